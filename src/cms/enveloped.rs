@@ -1,0 +1,328 @@
+//! EnvelopedData (RFC 5652 §6) with RSA key transport: decrypting what SCEP clients send
+//! (the pkcsPKIEnvelope of RFC 8894 §3.2.2) and encrypting what otad sends back.
+//!
+//! Decryption is built so that every failure looks the same from outside: RSA PKCS#1 v1.5
+//! key transport invites Bleichenbacher's attack, so a bad key-transport block is not reported
+//! but replaced by a random content key, and the failure surfaces later, as one
+//! [`CmsError::Decrypt`], like any other.
+
+use aws_lc_rs::cipher::{
+    DecryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey, UnboundCipherKey,
+};
+use aws_lc_rs::iv::FixedLength;
+use aws_lc_rs::rsa::{
+    Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey,
+    PublicEncryptingKey,
+};
+
+use super::ber::{self, Tlv};
+use super::{
+    algorithm_identifier, certificate_parts, encode_algorithm_null, encode_content_info,
+    malformed, object_identifier, oid, rsa_public_key, single, tag, CertificateId,
+    CertificateParts, CmsError, ContentCipher, Reader,
+};
+
+/// At most this many RecipientInfos in one EnvelopedData.
+pub const MAX_RECIPIENTS: usize = 16;
+
+/// Smallest RSA key aws-lc-rs encrypts to, in bits.
+const MIN_ENCRYPTION_RSA_BITS: usize = 2048;
+
+/// EnvelopedData and KeyTransRecipientInfo version 0 (RFC 5652 §6.1, §6.2.1).
+const VERSION_0: [u8; 3] = [tag::INTEGER, 0x01, 0x00];
+
+/// DER ContentInfo(EnvelopedData): one KeyTransRecipientInfo (version 0, issuerAndSerialNumber
+/// of the recipient cert, rsaEncryption PKCS#1 v1.5 via aws-lc-rs Pkcs1PublicEncryptingKey),
+/// a random content key and IV, the given cipher.
+///
+/// RFC 5652 §6.1, §6.2.1, §6.3; the encrypted content type is id-data. aws-lc-rs encrypts only
+/// to RSA keys of 2048 to 8192 bits; smaller recipients get [`CmsError::UnsupportedKey`].
+pub fn encrypt(
+    content: &[u8],
+    recipient_certificate: &[u8],
+    cipher: ContentCipher,
+) -> Result<Vec<u8>, CmsError> {
+    let parts = certificate_parts(recipient_certificate)?;
+    let (_, bits) = rsa_public_key(&parts.subject_public_key_info)?;
+    if bits < MIN_ENCRYPTION_RSA_BITS {
+        return Err(CmsError::UnsupportedKey(format!(
+            "recipient rsa key of {bits} bits (encryption needs {MIN_ENCRYPTION_RSA_BITS})"
+        )));
+    }
+    let public_key = PublicEncryptingKey::from_der(parts.subject_public_key_info.raw)
+        .map_err(|err| CmsError::UnsupportedKey(format!("recipient key ({err})")))?;
+    let public_key = Pkcs1PublicEncryptingKey::new(public_key)
+        .map_err(|_| CmsError::Encrypt("recipient key refused".into()))?;
+
+    let mut content_key = vec![0u8; cipher.key_len()];
+    aws_lc_rs::rand::fill(&mut content_key)
+        .map_err(|_| CmsError::Encrypt("no random content key".into()))?;
+    let (encrypted_content, iv) = encrypt_content(content, &content_key, cipher)?;
+
+    let mut encrypted_key = vec![0u8; public_key.ciphertext_size()];
+    let encrypted_key_len = public_key
+        .encrypt(&content_key, &mut encrypted_key)
+        .map_err(|_| CmsError::Encrypt("rsa key transport failed".into()))?
+        .len();
+    encrypted_key.truncate(encrypted_key_len);
+
+    let recipient_info = ber::tlv_of(
+        tag::SEQUENCE,
+        &[
+            &VERSION_0,
+            &parts.issuer_and_serial_number(),
+            &encode_algorithm_null(&oid::RSA_ENCRYPTION),
+            &ber::tlv(tag::OCTET_STRING, &encrypted_key),
+        ],
+    );
+    let algorithm = ber::tlv_of(
+        tag::SEQUENCE,
+        &[&ber::tlv(tag::OID, cipher.oid().as_bytes()), &ber::tlv(tag::OCTET_STRING, &iv)],
+    );
+    let encrypted_content_info = ber::tlv_of(
+        tag::SEQUENCE,
+        &[
+            &ber::tlv(tag::OID, oid::ID_DATA.as_bytes()),
+            &algorithm,
+            &ber::tlv(tag::CONTEXT_0_PRIMITIVE, &encrypted_content),
+        ],
+    );
+    let enveloped_data = ber::tlv_of(
+        tag::SEQUENCE,
+        &[&VERSION_0, &ber::tlv(tag::SET, &recipient_info), &encrypted_content_info],
+    );
+    Ok(encode_content_info(&oid::ID_ENVELOPED_DATA, &enveloped_data))
+}
+
+/// The content of a decrypted EnvelopedData.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decrypted {
+    /// The plaintext.
+    pub content: Vec<u8>,
+    /// The cipher the sender chose.
+    pub cipher: ContentCipher,
+}
+
+/// BER accepted; a bare EnvelopedData or a ContentInfo around one. Picks the KeyTrans
+/// recipient matching the cert (issuerAndSerialNumber or SKI), else the only KeyTrans one.
+/// RSA key transport through aws-lc-rs Pkcs1PrivateDecryptingKey (constant time); if it
+/// fails, or the key has the wrong length, continue with a random key of the right length so
+/// the failure is indistinguishable from a later one (Bleichenbacher countermeasure): every
+/// decryption failure returns the same CmsError::Decrypt.
+///
+/// RFC 5652 §6.1, §6.2.1; RFC 3218 §2.3.2 for the countermeasure.
+pub fn decrypt(
+    input: &[u8],
+    recipient_certificate: &[u8],
+    key: &PrivateDecryptingKey,
+) -> Result<Decrypted, CmsError> {
+    let der = ber::normalize(input)?;
+    let enveloped = parse_enveloped_data(&der)?;
+    let parts = certificate_parts(recipient_certificate)?;
+    let recipient = choose_recipient(&enveloped.recipients, &parts)?;
+    if recipient.key_encryption_algorithm != oid::RSA_ENCRYPTION {
+        return Err(CmsError::UnsupportedKeyTransport(
+            recipient.key_encryption_algorithm.to_string(),
+        ));
+    }
+
+    let cipher = ContentCipher::from_oid(&enveloped.cipher_oid)
+        .ok_or_else(|| CmsError::UnsupportedCipher(enveloped.cipher_oid.to_string()))?;
+    let iv = match enveloped.cipher_parameters {
+        Some(parameters) if parameters.is(tag::OCTET_STRING) => parameters.content,
+        _ => return Err(malformed("content encryption algorithm", "no IV")),
+    };
+    if iv.len() != cipher.iv_len() {
+        return Err(malformed("content encryption algorithm", "IV of the wrong length"));
+    }
+    let encrypted_content = enveloped.encrypted_content.ok_or(CmsError::NoContent)?;
+
+    let content_key = unwrap_content_key(key, recipient.encrypted_key, cipher.key_len())?;
+    let content = decrypt_content(encrypted_content, &content_key, iv, cipher)?;
+    Ok(Decrypted { content, cipher })
+}
+
+/// Recovers the content key from the key-transport block, or, if that fails in any way, a
+/// random key of the same length, chosen without a secret-dependent branch.
+fn unwrap_content_key(
+    key: &PrivateDecryptingKey,
+    encrypted_key: &[u8],
+    key_len: usize,
+) -> Result<Vec<u8>, CmsError> {
+    let mut fallback = vec![0u8; key_len];
+    aws_lc_rs::rand::fill(&mut fallback).map_err(|_| CmsError::Decrypt)?;
+    let private_key = Pkcs1PrivateDecryptingKey::new(key.clone()).map_err(|_| CmsError::Decrypt)?;
+
+    let mut plaintext = vec![0u8; private_key.min_output_size().max(key_len)];
+    let (succeeded, plaintext_len) = match private_key.decrypt(encrypted_key, &mut plaintext) {
+        Ok(recovered) => (1u8, recovered.len()),
+        Err(_) => (0u8, 0),
+    };
+    let good = succeeded & equal_lengths(plaintext_len, key_len);
+    let mask = 0u8.wrapping_sub(good);
+
+    Ok(fallback
+        .iter()
+        .zip(plaintext.iter())
+        .map(|(random, recovered)| (recovered & mask) | (random & !mask))
+        .collect())
+}
+
+/// 1 if `a == b`, else 0, computed without branching on the values.
+fn equal_lengths(a: usize, b: usize) -> u8 {
+    let difference = (a ^ b) as u64;
+    // The top bit of `d | -d` is set exactly when d != 0.
+    let nonzero = ((difference | difference.wrapping_neg()) >> 63) as u8;
+    1 ^ nonzero
+}
+
+/// Encrypts `content` under `content_key` with a fresh random IV, returning the ciphertext and
+/// the IV.
+fn encrypt_content(
+    content: &[u8],
+    content_key: &[u8],
+    cipher: ContentCipher,
+) -> Result<(Vec<u8>, Vec<u8>), CmsError> {
+    let failed = |_| CmsError::Encrypt(format!("{cipher} encryption failed"));
+    let key = UnboundCipherKey::new(cipher.aws_lc(), content_key).map_err(failed)?;
+    let key = PaddedBlockEncryptingKey::cbc_pkcs7(key).map_err(failed)?;
+    let mut buffer = content.to_vec();
+    let context = key.encrypt(&mut buffer).map_err(failed)?;
+    let iv: &[u8] = (&context).try_into().map_err(failed)?;
+    Ok((buffer, iv.to_vec()))
+}
+
+/// Decrypts the encryptedContent; every failure is [`CmsError::Decrypt`].
+fn decrypt_content(
+    encrypted_content: &[u8],
+    content_key: &[u8],
+    iv: &[u8],
+    cipher: ContentCipher,
+) -> Result<Vec<u8>, CmsError> {
+    let key = UnboundCipherKey::new(cipher.aws_lc(), content_key).map_err(|_| CmsError::Decrypt)?;
+    let key = PaddedBlockDecryptingKey::cbc_pkcs7(key).map_err(|_| CmsError::Decrypt)?;
+    let context = match cipher {
+        ContentCipher::Des3Cbc => {
+            let iv: [u8; 8] = iv.try_into().map_err(|_| CmsError::Decrypt)?;
+            DecryptionContext::Iv64(FixedLength::from(iv))
+        }
+        ContentCipher::Aes128Cbc | ContentCipher::Aes192Cbc | ContentCipher::Aes256Cbc => {
+            let iv: [u8; 16] = iv.try_into().map_err(|_| CmsError::Decrypt)?;
+            DecryptionContext::Iv128(FixedLength::from(iv))
+        }
+    };
+    let mut buffer = encrypted_content.to_vec();
+    let plaintext = key.decrypt(&mut buffer, context).map_err(|_| CmsError::Decrypt)?;
+    Ok(plaintext.to_vec())
+}
+
+/// One KeyTransRecipientInfo (RFC 5652 §6.2.1), borrowed from its DER.
+struct KeyTransRecipient<'a> {
+    rid: CertificateId<'a>,
+    key_encryption_algorithm: const_oid::ObjectIdentifier,
+    encrypted_key: &'a [u8],
+}
+
+/// The fields of an EnvelopedData (RFC 5652 §6.1) that this layer uses.
+struct EnvelopedDataParts<'a> {
+    recipients: Vec<KeyTransRecipient<'a>>,
+    cipher_oid: const_oid::ObjectIdentifier,
+    cipher_parameters: Option<Tlv<'a>>,
+    encrypted_content: Option<&'a [u8]>,
+}
+
+/// Parses a bare EnvelopedData or a ContentInfo around one.
+fn parse_enveloped_data(der: &[u8]) -> Result<EnvelopedDataParts<'_>, CmsError> {
+    const WHAT: &str = "enveloped data";
+    let outer = single(der, tag::SEQUENCE, WHAT)?;
+
+    // A ContentInfo starts with its contentType OID, an EnvelopedData with its version.
+    let enveloped = if outer.content.first() == Some(&tag::OID) {
+        super::content_info(der, oid::ID_ENVELOPED_DATA, CmsError::NotEnvelopedData)?
+    } else {
+        outer
+    };
+    if !enveloped.is(tag::SEQUENCE) {
+        return Err(malformed(WHAT, "not a SEQUENCE"));
+    }
+
+    let mut reader = Reader::new(enveloped.content, WHAT);
+    reader.expect(tag::INTEGER, "version")?;
+    reader.optional(tag::CONTEXT_0, "originatorInfo")?;
+    let recipient_infos = reader.expect(tag::SET, "recipientInfos")?;
+    let encrypted_content_info = reader.expect(tag::SEQUENCE, "encryptedContentInfo")?;
+    reader.optional(tag::CONTEXT_1, "unprotectedAttrs")?;
+    reader.finish()?;
+
+    let recipients = parse_recipients(recipient_infos.content)?;
+
+    const ECI: &str = "encrypted content info";
+    let mut reader = Reader::new(encrypted_content_info.content, ECI);
+    object_identifier(&reader.expect(tag::OID, "contentType")?, ECI)?;
+    let (cipher_oid, cipher_parameters) = algorithm_identifier(
+        &reader.expect(tag::SEQUENCE, "contentEncryptionAlgorithm")?,
+        ECI,
+    )?;
+    let encrypted_content = reader
+        .optional(tag::CONTEXT_0_PRIMITIVE, "encryptedContent")?
+        .map(|element| element.content);
+    reader.finish()?;
+
+    Ok(EnvelopedDataParts {
+        recipients,
+        cipher_oid,
+        cipher_parameters,
+        encrypted_content,
+    })
+}
+
+/// The KeyTransRecipientInfos among the RecipientInfos; other kinds (key agreement, KEK,
+/// password) are counted and skipped.
+fn parse_recipients(content: &[u8]) -> Result<Vec<KeyTransRecipient<'_>>, CmsError> {
+    const WHAT: &str = "key trans recipient info";
+    let mut recipients = Vec::new();
+    let mut count = 0;
+    let mut reader = Reader::new(content, "recipient infos");
+    while !reader.is_empty() {
+        let recipient_info = reader.any("recipient info")?;
+        count += 1;
+        if !recipient_info.is(tag::SEQUENCE) || count > MAX_RECIPIENTS {
+            continue;
+        }
+
+        let mut fields = Reader::new(recipient_info.content, WHAT);
+        fields.expect(tag::INTEGER, "version")?;
+        let rid = CertificateId::parse(&fields.any("rid")?, WHAT)?;
+        let (algorithm, _) = algorithm_identifier(
+            &fields.expect(tag::SEQUENCE, "keyEncryptionAlgorithm")?,
+            WHAT,
+        )?;
+        let encrypted_key = fields.expect(tag::OCTET_STRING, "encryptedKey")?;
+        fields.finish()?;
+
+        recipients.push(KeyTransRecipient {
+            rid,
+            key_encryption_algorithm: algorithm,
+            encrypted_key: encrypted_key.content,
+        });
+    }
+    if count > MAX_RECIPIENTS {
+        return Err(CmsError::TooManyRecipients(count));
+    }
+    Ok(recipients)
+}
+
+/// The recipient naming `certificate`, else the only one there is.
+fn choose_recipient<'r, 'a>(
+    recipients: &'r [KeyTransRecipient<'a>],
+    certificate: &CertificateParts<'_>,
+) -> Result<&'r KeyTransRecipient<'a>, CmsError> {
+    if let Some(recipient) = recipients.iter().find(|recipient| recipient.rid.matches(certificate))
+    {
+        return Ok(recipient);
+    }
+    match recipients {
+        [only] => Ok(only),
+        _ => Err(CmsError::NoRecipient),
+    }
+}

@@ -1,0 +1,236 @@
+//! The admin commands behind `otad init`, `otad serve` and `otad verify`.
+//!
+//! `main.rs` parses arguments; these functions do the work and return what to print, so the
+//! integration tests can run them without a process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use log::{info, warn};
+use serde_json::json;
+
+use crate::config::{self, Config};
+use crate::context::{files, Context};
+use crate::ota::{attributes, signer_kind, SignerKind};
+use crate::pki::apple::TrustAnchor;
+use crate::pki::ca::{random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute};
+use crate::pki::cert;
+use crate::pki::keys::RsaPrivateKey;
+use crate::store::{self, Store};
+
+/// How long the CA, RA and profile signer made by `otad init` are valid.
+pub const IDENTITY_VALIDITY_DAYS: u32 = 10 * 365;
+
+/// What `otad init` takes.
+pub struct InitOptions {
+    /// The state dir to create.
+    pub state: PathBuf,
+    /// The base URL devices will reach otad at.
+    pub url: String,
+    /// The organization in profiles and certificate subjects.
+    pub organization: String,
+}
+
+/// `otad init`: a new state dir with config, CA, RA and profile signer. Refuses to touch an
+/// existing state.
+pub fn init(options: &InitOptions) -> Result<String, String> {
+    let state = &options.state;
+    if state.join("otad.toml").exists() || state.join("ca").exists() {
+        return Err(format!(
+            "{}: already holds an otad state; refusing to overwrite it (choose another --state, \
+             or move the old one away first)",
+            state.display()
+        ));
+    }
+    let text = config::template(&options.url, &options.organization);
+    Config::parse(&text, &state.join("otad.toml")).map_err(|err| format!("--url: {err}"))?;
+
+    let store = Store::create(state).map_err(|err| err.to_string())?;
+    let org = &options.organization;
+    let ca = CertificateAuthority::create(&format!("{org} otad CA"), org, IDENTITY_VALIDITY_DAYS)
+        .map_err(|err| format!("creating the CA: {err}"))?;
+    let ra = issue_identity(&ca, &format!("{org} otad SCEP RA"), org, KeyUsageProfile::SigningAndEncipherment)?;
+    let signer = issue_identity(&ca, &format!("{org} otad profile signer"), org, KeyUsageProfile::Signing)?;
+
+    let write = |file: &str, bytes: &[u8], mode: u32| store.write_file(file, bytes, mode).map_err(|err| err.to_string());
+    write(files::CA_KEY, ca.key().to_pkcs8_pem().as_bytes(), 0o600)?;
+    write(files::CA_CERT, cert::der_to_pem(ca.certificate()).as_bytes(), 0o644)?;
+    write(files::RA_KEY, ra.1.to_pkcs8_pem().as_bytes(), 0o600)?;
+    write(files::RA_CERT, cert::der_to_pem(&ra.0).as_bytes(), 0o644)?;
+    write(files::SIGNER_KEY, signer.1.to_pkcs8_pem().as_bytes(), 0o600)?;
+    write(files::SIGNER_CERT, cert::der_to_pem(&signer.0).as_bytes(), 0o644)?;
+    // The config goes last: its presence marks a complete state dir.
+    write("otad.toml", text.as_bytes(), 0o640)?;
+
+    Ok(format!(
+        "created {} (CA, RA and profile signer; config in {})\nnext: edit [mdm] in the config, \
+         then run: otad serve --config {}",
+        state.display(),
+        state.join("otad.toml").display(),
+        state.join("otad.toml").display()
+    ))
+}
+
+fn issue_identity(
+    ca: &CertificateAuthority,
+    common_name: &str,
+    organization: &str,
+    usage: KeyUsageProfile,
+) -> Result<(Vec<u8>, RsaPrivateKey), String> {
+    let key = RsaPrivateKey::generate(2048).map_err(|err| format!("{common_name}: key: {err}"))?;
+    let subject = [
+        (SubjectAttribute::CommonName, common_name.to_string()),
+        (SubjectAttribute::Organization, organization.to_string()),
+    ];
+    let request = IssueRequest {
+        subject: &subject,
+        public_key_spki_der: &key.public_key_spki_der(),
+        serial: random_serial(),
+        validity_days: IDENTITY_VALIDITY_DAYS,
+        usage,
+    };
+    let certificate = ca.issue(&request).map_err(|err| format!("{common_name}: {err}"))?;
+    Ok((certificate, key))
+}
+
+/// `otad serve`: loads everything, warns about what an admin should know, and serves.
+pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
+    let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
+    crate::logger::init(derived.log_level);
+    let ctx = Context::from_config(config, derived)?;
+
+    if ctx.device_anchors.len() > 1 {
+        for anchor in ctx.device_anchors.iter().skip(1) {
+            warn!(
+                "ota.extra_device_ca: trusting {} like Apple's device CA: anything it signs can \
+                 enroll (meant for testing)",
+                anchor.name
+            );
+        }
+    }
+    for key in ctx.config.mdm_placeholders() {
+        warn!("{key}: still the placeholder `otad init` wrote; set it to your MDM server's value");
+    }
+    if !ctx.config.ota.challenge.is_empty() {
+        warn!("ota.challenge: one static challenge for every device; replays are not refused");
+    }
+
+    let listen = listen.unwrap_or(&ctx.config.http.listen).to_string();
+    let ctx = Arc::new(ctx);
+    start_sweeper(Arc::clone(&ctx));
+    info!("otad {} serving {} on {listen}", env!("CARGO_PKG_VERSION"), ctx.config.server.url);
+    crate::http::serve(ctx, &listen)
+}
+
+/// Removes expired challenges at start and then every ten minutes.
+fn start_sweeper(ctx: Arc<Context>) {
+    let spawned = std::thread::Builder::new().name("sweeper".into()).spawn(move || loop {
+        match ctx.store.sweep_challenges(store::now()) {
+            Ok(0) => {}
+            Ok(n) => info!("removed {n} expired challenges"),
+            Err(err) => warn!("sweeping challenges: {err}"),
+        }
+        std::thread::sleep(std::time::Duration::from_secs(600));
+    });
+    if let Err(err) = spawned {
+        warn!("cannot start the challenge sweeper: {err}");
+    }
+}
+
+/// What `otad verify` takes.
+pub struct VerifyOptions {
+    /// A config whose CA and extra device CAs to trust too.
+    pub config: Option<PathBuf>,
+    /// Verification time (unix seconds); now if absent.
+    pub at: Option<i64>,
+    /// Request bodies to check.
+    pub files: Vec<PathBuf>,
+}
+
+/// `otad verify`: one JSON line per file, and whether every file was trusted.
+pub fn verify(options: &VerifyOptions) -> Result<(Vec<String>, bool), String> {
+    let mut anchors = vec![TrustAnchor::apple_device_ca()];
+    let context = match &options.config {
+        Some(path) => {
+            let ctx = Context::load(path)?;
+            anchors = ctx.device_anchors.clone();
+            Some(ctx)
+        }
+        None => None,
+    };
+    let at = options.at.unwrap_or_else(store::now);
+
+    let mut lines = Vec::new();
+    let mut all_trusted = true;
+    for file in &options.files {
+        let verdict = verify_one(file, &anchors, context.as_ref(), at);
+        all_trusted &= verdict["trusted"] == json!(true);
+        lines.push(verdict.to_string());
+    }
+    Ok((lines, all_trusted))
+}
+
+fn verify_one(file: &Path, anchors: &[TrustAnchor], ctx: Option<&Context>, at: i64) -> serde_json::Value {
+    let mut verdict = json!({
+        "file": file.display().to_string(),
+        "trusted": false,
+        "phase": null,
+        "signer": null,
+        "attributes": {},
+        "error": null,
+    });
+    if let Err(err) = check_body(file, anchors, ctx, at, &mut verdict) {
+        verdict["error"] = json!(err);
+    } else {
+        verdict["trusted"] = json!(true);
+    }
+    verdict
+}
+
+fn check_body(
+    file: &Path,
+    anchors: &[TrustAnchor],
+    ctx: Option<&Context>,
+    at: i64,
+    verdict: &mut serde_json::Value,
+) -> Result<(), String> {
+    let body = std::fs::read(file).map_err(|err| format!("cannot read: {err}"))?;
+    let message = crate::cms::signed::verify(&body).map_err(|err| format!("body: {err}"))?;
+    let leaf = &message.signer.certificate;
+    if let Ok(summary) = cert::summarize(leaf) {
+        verdict["signer"] = json!({
+            "subject": summary.subject,
+            "issuer": summary.issuer,
+            "serial": summary.serial_hex,
+        });
+    }
+    let content = message.content.as_deref().unwrap_or_default();
+    let parsed = attributes::parse(content).map_err(|err| err.to_string())?;
+    verdict["attributes"] = json!(parsed.recordable());
+
+    let kind = signer_kind(leaf, anchors, ctx.map(|c| &c.ca))
+        .ok_or("signer not issued by Apple Device CA or by this server")?;
+    verdict["phase"] = json!(kind.phase());
+    cert::check_validity(leaf, at).map_err(|err| format!("signer certificate: {err}"))?;
+    if let (SignerKind::OwnCa { serial }, Some(ctx)) = (&kind, ctx) {
+        let record = ctx
+            .store
+            .cert(serial)
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("signer {serial}: not recorded as issued by this server"))?;
+        if record.revoked.is_some() {
+            return Err(format!("signer {serial}: revoked"));
+        }
+        if record.udid.as_deref() != Some(parsed.udid()) {
+            return Err(format!("signer {serial}: not issued to UDID {}", parsed.udid()));
+        }
+    }
+    Ok(())
+}
+
+/// Parses an RFC 3339 time for `--at`.
+pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|err| format!("--at {text:?}: not an RFC 3339 time like 2023-01-01T00:00:00Z ({err})"))
+}

@@ -1,0 +1,592 @@
+//! The configuration file, `otad.toml`: its keys, their defaults, and validation at load.
+//!
+//! Every key has a default, and `otad init` writes a file with every key present and
+//! commented ([`template`]). Loading refuses an unknown key, a wrong type or a bad value with
+//! a message naming the key, so that a typo never silently falls back to a default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The device attributes asked for in phase 1 unless `ota.device_attributes` says otherwise.
+pub const DEFAULT_DEVICE_ATTRIBUTES: &[&str] = &[
+    "UDID",
+    "SERIAL",
+    "PRODUCT",
+    "VERSION",
+    "IMEI",
+    "MEID",
+    "ICCID",
+    "DEVICE_NAME",
+    "MAC_ADDRESS_EN0",
+];
+
+/// Attribute names Apple documents for the Profile Service `DeviceAttributes` array.
+const KNOWN_DEVICE_ATTRIBUTES: &[&str] = &[
+    "UDID",
+    "SERIAL",
+    "PRODUCT",
+    "VERSION",
+    "IMEI",
+    "MEID",
+    "ICCID",
+    "DEVICE_NAME",
+    "MAC_ADDRESS_EN0",
+    "COMPROMISED",
+    "SPIRIT",
+];
+
+/// A configuration that failed to load; the text names the file, the key and what to do.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration, as loaded from `otad.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: the public URL and where state lives.
+    pub server: ServerConfig,
+    /// `[http]`: the listener.
+    pub http: HttpConfig,
+    /// `[ota]`: the three enrollment phases.
+    pub ota: OtaConfig,
+    /// `[scep]`: the SCEP CA.
+    pub scep: ScepConfig,
+    /// `[mdm]`: the MDM enrollment profile handed out in phase 3.
+    pub mdm: MdmConfig,
+    /// `[profile]`: a configured final profile instead of the MDM one.
+    pub profile: ProfileConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// Where this configuration was read from (not a key).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[server]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The base URL devices reach otad at, without a trailing slash.
+    pub url: String,
+    /// The state directory; relative paths are relative to the config file's folder.
+    pub state_dir: PathBuf,
+    /// The organization shown in profiles (PayloadOrganization) and put in certificates.
+    pub organization: String,
+    /// The reverse-DNS prefix of every PayloadIdentifier otad writes.
+    pub identifier: String,
+}
+
+/// `[http]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// The address to listen on.
+    pub listen: String,
+    /// Worker threads handling requests.
+    pub workers: usize,
+    /// Largest accepted request body in bytes; a larger one gets 413.
+    pub max_body: usize,
+}
+
+/// `[ota]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtaConfig {
+    /// How long a phase 1 challenge stays valid ("1h", "30m", "3600s" or seconds).
+    pub challenge_ttl: String,
+    /// A static challenge instead of a fresh one per download; empty means one-time ones.
+    pub challenge: String,
+    /// The attributes the device is asked for in phase 1.
+    pub device_attributes: Vec<String>,
+    /// "check" the Apple device certificate's validity at request time, or "ignore" it.
+    pub apple_leaf_validity: String,
+    /// Extra PEM files of device CAs trusted like Apple's (for testing with `otad simulate`).
+    pub extra_device_ca: Vec<PathBuf>,
+    /// The cipher of the phase 3 EncryptedPayloadContent: "des3", "aes128" or "aes256".
+    pub profile_cipher: String,
+    /// The name the device shows for the enrollment profiles.
+    pub display_name: String,
+}
+
+/// `[scep]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScepConfig {
+    /// A static challenge for SCEP clients that did not come through OTA; empty disables it.
+    pub challenge: String,
+    /// How long issued certificates are valid ("365d").
+    pub cert_validity: String,
+    /// How long a one-time SCEP challenge handed out in phase 2 or 3 stays valid.
+    pub challenge_ttl: String,
+}
+
+/// `[mdm]` keys: the MDM server devices are handed to in phase 3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MdmConfig {
+    /// The MDM server's ServerURL.
+    pub server_url: String,
+    /// The MDM server's CheckInURL; empty means the same as server_url.
+    pub checkin_url: String,
+    /// The APNs push topic (the MDM push certificate's UID, "com.apple.mgmt.…").
+    pub topic: String,
+    /// Whether devices sign their MDM messages (SignMessage).
+    pub sign_message: bool,
+    /// The MDM AccessRights bit mask (8191 = all).
+    pub access_rights: u32,
+    /// Serve the plain enrollment profile at `/mdm/enroll` to anyone who asks.
+    pub plain_enroll: bool,
+}
+
+/// `[profile]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    /// A `.mobileconfig` delivered in phase 3 instead of the MDM profile; empty for MDM.
+    pub template: String,
+}
+
+/// `[log]` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "error", "warn", "info", "debug" or "trace"; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            http: HttpConfig::default(),
+            ota: OtaConfig::default(),
+            scep: ScepConfig::default(),
+            mdm: MdmConfig::default(),
+            profile: ProfileConfig::default(),
+            log: LogConfig::default(),
+            path: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            url: "http://127.0.0.1:8080".into(),
+            state_dir: PathBuf::from("."),
+            organization: "otad".into(),
+            identifier: "com.example.otad".into(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+            workers: 4,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+impl Default for OtaConfig {
+    fn default() -> Self {
+        OtaConfig {
+            challenge_ttl: "1h".into(),
+            challenge: String::new(),
+            device_attributes: DEFAULT_DEVICE_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+            apple_leaf_validity: "check".into(),
+            extra_device_ca: Vec::new(),
+            profile_cipher: "des3".into(),
+            display_name: "Device Enrollment".into(),
+        }
+    }
+}
+
+impl Default for ScepConfig {
+    fn default() -> Self {
+        ScepConfig {
+            challenge: String::new(),
+            cert_validity: "365d".into(),
+            challenge_ttl: "1h".into(),
+        }
+    }
+}
+
+impl Default for MdmConfig {
+    fn default() -> Self {
+        MdmConfig {
+            server_url: String::new(),
+            checkin_url: String::new(),
+            topic: String::new(),
+            sign_message: true,
+            access_rights: 8191,
+            plain_enroll: false,
+        }
+    }
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            template: String::new(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+/// The cipher for phase 3's EncryptedPayloadContent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileCipher {
+    /// DES-EDE3-CBC, the only cipher Apple documents for profile encryption.
+    Des3,
+    /// AES-128-CBC.
+    Aes128,
+    /// AES-256-CBC.
+    Aes256,
+}
+
+/// Settings derived from the raw keys once, at load, so the request path never re-parses.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    /// `ota.challenge_ttl`.
+    pub ota_challenge_ttl: Duration,
+    /// `scep.challenge_ttl`.
+    pub scep_challenge_ttl: Duration,
+    /// `scep.cert_validity`, in whole days.
+    pub cert_validity_days: u32,
+    /// `ota.apple_leaf_validity == "check"`.
+    pub check_apple_leaf_validity: bool,
+    /// `ota.profile_cipher`.
+    pub profile_cipher: ProfileCipher,
+    /// `server.state_dir`, resolved against the config file's folder.
+    pub state_dir: PathBuf,
+    /// `ota.extra_device_ca`, resolved against the config file's folder.
+    pub extra_device_ca: Vec<PathBuf>,
+    /// `profile.template`, resolved, if set.
+    pub profile_template: Option<PathBuf>,
+    /// `log.level`.
+    pub log_level: log::LevelFilter,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<(Config, Derived), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError(format!("{}: cannot read the config file: {err}", path.display()))
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names it in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<(Config, Derived), ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|err| {
+            let message = err.message().to_string();
+            let line = err
+                .span()
+                .map(|span| text.get(..span.start).map_or(0, |head| head.lines().count()))
+                .map(|line| format!(" (line {})", line.max(1)))
+                .unwrap_or_default();
+            ConfigError(format!("{}{line}: {message}", path.display()))
+        })?;
+        config.path = path.to_path_buf();
+        let derived = config.validate()?;
+        Ok((config, derived))
+    }
+
+    fn validate(&mut self) -> Result<Derived, ConfigError> {
+        let file = self.path.display().to_string();
+        let bad = |key: &str, why: String| ConfigError(format!("{file}: {key}: {why}"));
+        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+
+        let url = self.server.url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(bad("server.url", format!("{url:?} is not an http(s) URL")));
+        }
+        if url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>') {
+            return Err(bad("server.url", "must not contain spaces, quotes or <>".into()));
+        }
+        self.server.url = url;
+        if self.server.identifier.is_empty()
+            || !self.server.identifier.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+        {
+            return Err(bad("server.identifier", "must be reverse-DNS, like com.example".into()));
+        }
+
+        self.http.listen.parse::<std::net::SocketAddr>().map_err(|err| {
+            bad("http.listen", format!("{:?} is not an address:port ({err})", self.http.listen))
+        })?;
+        if !(1..=256).contains(&self.http.workers) {
+            return Err(bad("http.workers", "must be between 1 and 256".into()));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body) {
+            return Err(bad("http.max_body", "must be between 1024 and 16777216 bytes".into()));
+        }
+
+        let ota_challenge_ttl = parse_duration(&self.ota.challenge_ttl)
+            .map_err(|why| bad("ota.challenge_ttl", why))?;
+        let scep_challenge_ttl = parse_duration(&self.scep.challenge_ttl)
+            .map_err(|why| bad("scep.challenge_ttl", why))?;
+        let validity = parse_duration(&self.scep.cert_validity)
+            .map_err(|why| bad("scep.cert_validity", why))?;
+        let cert_validity_days = u32::try_from(validity.as_secs() / 86_400)
+            .ok()
+            .filter(|days| (1..=3650).contains(days))
+            .ok_or_else(|| bad("scep.cert_validity", "must be 1 to 3650 days".into()))?;
+
+        for attribute in &self.ota.device_attributes {
+            if !KNOWN_DEVICE_ATTRIBUTES.contains(&attribute.as_str()) {
+                return Err(bad(
+                    "ota.device_attributes",
+                    format!("{attribute:?} is not one of {}", KNOWN_DEVICE_ATTRIBUTES.join(", ")),
+                ));
+            }
+        }
+        if !self.ota.device_attributes.iter().any(|a| a == "UDID") {
+            return Err(bad("ota.device_attributes", "must include UDID".into()));
+        }
+        let check_apple_leaf_validity = match self.ota.apple_leaf_validity.as_str() {
+            "check" => true,
+            "ignore" => false,
+            other => return Err(bad("ota.apple_leaf_validity", format!("{other:?}: use check or ignore"))),
+        };
+        let profile_cipher = match self.ota.profile_cipher.as_str() {
+            "des3" => ProfileCipher::Des3,
+            "aes128" => ProfileCipher::Aes128,
+            "aes256" => ProfileCipher::Aes256,
+            other => {
+                return Err(bad("ota.profile_cipher", format!("{other:?}: use des3, aes128 or aes256")))
+            }
+        };
+        for (key, value) in [("ota.challenge", &self.ota.challenge), ("scep.challenge", &self.scep.challenge)] {
+            if !value.is_empty() && value.len() < 8 {
+                return Err(bad(key, "a static challenge must be at least 8 characters".into()));
+            }
+        }
+
+        let log_level = self
+            .log
+            .level
+            .parse::<log::LevelFilter>()
+            .map_err(|_| bad("log.level", format!("{:?}: use error, warn, info, debug or trace", self.log.level)))?;
+
+        let profile_template = if self.profile.template.is_empty() {
+            None
+        } else {
+            Some(resolve(Path::new(&self.profile.template)))
+        };
+        Ok(Derived {
+            ota_challenge_ttl,
+            scep_challenge_ttl,
+            cert_validity_days,
+            check_apple_leaf_validity,
+            profile_cipher,
+            state_dir: resolve(&self.server.state_dir),
+            extra_device_ca: self.ota.extra_device_ca.iter().map(|p| resolve(p)).collect(),
+            profile_template,
+            log_level,
+        })
+    }
+
+    /// The `[mdm]` keys that still hold what `otad init` wrote, for a warning at start-up.
+    pub fn mdm_placeholders(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.profile.template.is_empty() {
+            if self.mdm.server_url.is_empty() || self.mdm.server_url.contains(PLACEHOLDER_MARK) {
+                keys.push("mdm.server_url");
+            }
+            if self.mdm.topic.is_empty() || self.mdm.topic.contains(PLACEHOLDER_MARK) {
+                keys.push("mdm.topic");
+            }
+        }
+        keys
+    }
+}
+
+/// Marks the values `otad init` writes that an admin must replace.
+pub const PLACEHOLDER_MARK: &str = "CHANGE-ME";
+
+/// Parses "90s", "30m", "1h", "365d" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 30m, 1h or 365d"))?;
+    let seconds = match unit {
+        "s" => Some(value),
+        "m" => value.checked_mul(60),
+        "h" => value.checked_mul(3600),
+        "d" => value.checked_mul(86_400),
+        _ => None,
+    }
+    .filter(|&s| s > 0)
+    .ok_or_else(|| format!("{text:?} is not a positive duration like 90s, 30m, 1h or 365d"))?;
+    Ok(Duration::from_secs(seconds))
+}
+
+/// The commented `otad.toml` that `otad init` writes: every key, with its default.
+pub fn template(url: &str, organization: &str) -> String {
+    let attributes = DEFAULT_DEVICE_ATTRIBUTES
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let host = url
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("example.com")
+        .to_string();
+    format!(
+        r#"# otad configuration. Every key is shown with its default; see README.md.
+
+[server]
+# The base URL devices reach otad at (no trailing slash). Profiles point devices here.
+url = "{url}"
+# The state directory (CA, keys, devices, certificates). Relative to this file's folder.
+state_dir = "."
+# The organization shown in profiles and put in certificate subjects.
+organization = "{organization}"
+# The reverse-DNS prefix of every PayloadIdentifier otad writes.
+identifier = "com.example.otad"
+
+[http]
+# The address and port to listen on. `otad serve --listen` overrides it.
+listen = "127.0.0.1:8080"
+# Worker threads handling requests.
+workers = 4
+# The largest request body accepted, in bytes; larger ones get 413.
+max_body = 65536
+
+[ota]
+# How long a phase 1 challenge stays valid: 90s, 30m, 1h, 2d, or seconds.
+challenge_ttl = "1h"
+# A static challenge for every download instead of a fresh one-time one (MicroMDM's way).
+# Empty: one fresh, single-use challenge per download (recommended).
+challenge = ""
+# What the device is asked to send in phase 2. UDID is required.
+device_attributes = [{attributes}]
+# "check": refuse an Apple device certificate that is not valid now; "ignore": accept it.
+apple_leaf_validity = "check"
+# PEM files of extra device CAs trusted like Apple's. For testing with `otad simulate` only:
+# anything signed by these keys can enroll. otad warns at start-up when this is set.
+extra_device_ca = []
+# Cipher of the final profile's EncryptedPayloadContent: "des3" (the one Apple documents),
+# "aes128" or "aes256".
+profile_cipher = "des3"
+# The name devices show for the enrollment profiles.
+display_name = "Device Enrollment"
+
+[scep]
+# A static challenge for SCEP clients that do not come through OTA (scepclient, servers).
+# Empty: only the one-time challenges handed out in phases 2 and 3 are accepted.
+challenge = ""
+# How long issued certificates are valid.
+cert_validity = "365d"
+# How long a one-time SCEP challenge from phase 2 or 3 stays valid.
+challenge_ttl = "1h"
+
+[mdm]
+# The MDM server devices enroll with in phase 3. Replace the {mark} values before use:
+# otad warns at start-up while they remain.
+server_url = "https://mdm.{host}/mdm/{mark}"
+# The MDM CheckInURL; empty means the same as server_url.
+checkin_url = ""
+# The APNs topic: the UID of your MDM push certificate.
+topic = "com.apple.mgmt.{mark}"
+# Whether devices sign their MDM messages.
+sign_message = true
+# MDM AccessRights bit mask; 8191 grants all.
+access_rights = 8191
+# Serve the plain (unprotected) enrollment profile at /mdm/enroll. Off: OTA is the point.
+plain_enroll = false
+
+[profile]
+# A .mobileconfig delivered in phase 3 instead of the MDM profile. Empty: the MDM profile.
+template = ""
+
+[log]
+# error, warn, info, debug or trace. RUST_LOG overrides it.
+level = "info"
+"#,
+        mark = PLACEHOLDER_MARK
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_loads_with_every_default() {
+        let text = template("https://otad.example.com", "Example");
+        let (config, derived) = Config::parse(&text, Path::new("/etc/otad/otad.toml")).unwrap();
+        assert_eq!(config.server.url, "https://otad.example.com");
+        assert_eq!(derived.state_dir, PathBuf::from("/etc/otad/."));
+        assert_eq!(derived.ota_challenge_ttl, Duration::from_secs(3600));
+        assert_eq!(derived.cert_validity_days, 365);
+        assert_eq!(derived.profile_cipher, ProfileCipher::Des3);
+        assert!(derived.check_apple_leaf_validity);
+        assert_eq!(config.mdm_placeholders(), vec!["mdm.server_url", "mdm.topic"]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::parse("[ota]\nchallenge_tll = \"1h\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.0.contains("challenge_tll"), "{err}");
+        assert!(err.0.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("[ota]\nprofile_cipher = \"rc2\"\n", "ota.profile_cipher"),
+            ("[ota]\nchallenge_ttl = \"soon\"\n", "ota.challenge_ttl"),
+            ("[scep]\ncert_validity = \"1h\"\n", "scep.cert_validity"),
+            ("[server]\nurl = \"ftp://x\"\n", "server.url"),
+            ("[http]\nlisten = \"localhost\"\n", "http.listen"),
+            ("[ota]\ndevice_attributes = [\"SERIAL\"]\n", "ota.device_attributes"),
+            ("[ota]\nchallenge = \"short\"\n", "ota.challenge"),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+            assert!(err.0.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! The HTTP adapter: tiny_http with a fixed pool of worker threads, routing, body limits,
+//! and the one place where errors become HTTP statuses.
+//!
+//! Every refusal is a status with a one-line reason in a `text/plain` body and a warn log line
+//! with the remote address; an internal failure logs its detail and tells the client only
+//! that it happened.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use log::{error, info, warn};
+
+use crate::context::Context;
+use crate::ota::{self, OtaError};
+use crate::scep;
+use crate::store::now;
+
+/// Content type of a signed configuration profile.
+pub const PROFILE_CONTENT_TYPE: &str = "application/x-apple-aspen-config";
+
+/// Most headers read from one request.
+pub const MAX_HEADERS: usize = 64;
+
+/// What a handler answers.
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Vec<u8>,
+    /// A file name for Content-Disposition, for profiles Safari should offer to install.
+    pub attachment: Option<&'static str>,
+}
+
+impl Reply {
+    /// 200 with a body.
+    pub fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
+        Reply { status: 200, content_type, body, attachment: None }
+    }
+
+    /// A signed profile offered as a download.
+    pub fn profile(body: Vec<u8>, file: &'static str) -> Reply {
+        Reply { status: 200, content_type: PROFILE_CONTENT_TYPE, body, attachment: Some(file) }
+    }
+}
+
+/// A refused request: its status and the one-line reason the client sees.
+#[derive(Debug)]
+pub struct Refusal {
+    /// HTTP status (4xx, or 500 for our own failures).
+    pub status: u16,
+    /// The reason, one line.
+    pub reason: String,
+}
+
+impl Refusal {
+    /// A refusal with a status and reason.
+    pub fn new(status: u16, reason: impl Into<String>) -> Refusal {
+        Refusal { status, reason: reason.into() }
+    }
+}
+
+impl From<OtaError> for Refusal {
+    fn from(err: OtaError) -> Refusal {
+        let status = match &err {
+            OtaError::Malformed(_) => 400,
+            OtaError::Untrusted(_) | OtaError::Challenge(_) | OtaError::Refused(_) => 403,
+            OtaError::Internal(_) => 500,
+            #[allow(unreachable_patterns)]
+            _ => 500,
+        };
+        Refusal::new(status, err.to_string())
+    }
+}
+
+impl From<scep::ScepError> for Refusal {
+    fn from(err: scep::ScepError) -> Refusal {
+        Refusal::new(err.status(), err.to_string())
+    }
+}
+
+/// A request with what the handlers need, the body not yet read.
+pub struct Incoming<'a> {
+    /// GET, POST, …
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The decoded query parameters.
+    pub query: Vec<(String, String)>,
+    /// The remote address, for logs.
+    pub remote: String,
+}
+
+impl Incoming<'_> {
+    /// The first value of a query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `%XX` escapes and, in a query, `+` as a space only when `plus_is_space`.
+pub fn percent_decode(text: &str, plus_is_space: bool) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|c| (*c as char).to_digit(16));
+        match b {
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(hi), Some(lo)) => {
+                    out.push((hi * 16 + lo) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' if plus_is_space => out.push(b' '),
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Splits a request target into its path and decoded query parameters. Query values are
+/// decoded without turning `+` into a space: SCEP clients put raw base64 in `message`.
+pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let params = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .take(32)
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = String::from_utf8_lossy(&percent_decode(key, false)).into_owned();
+            let value = String::from_utf8_lossy(&percent_decode(value, false)).into_owned();
+            (key, value)
+        })
+        .collect();
+    (path, params)
+}
+
+/// Reads a request body of at most `limit` bytes; larger gets 413 before reading on when the
+/// length is declared, or as soon as the limit is passed when it is not.
+pub fn read_body(reader: &mut dyn Read, declared: Option<usize>, limit: usize) -> Result<Vec<u8>, Refusal> {
+    let too_large = || Refusal::new(413, format!("request body: over the {limit} bytes allowed"));
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|err| Refusal::new(400, format!("request body: cannot read: {err}")))?;
+    if body.len() > limit {
+        return Err(too_large());
+    }
+    Ok(body)
+}
+
+/// Routes one request. `body` reads the request body on demand, with the size limit applied.
+pub fn route(
+    ctx: &Context,
+    incoming: &Incoming<'_>,
+    body: &mut dyn FnMut() -> Result<Vec<u8>, Refusal>,
+) -> Result<Reply, Refusal> {
+    let method = incoming.method;
+    match incoming.path {
+        "/ota/enroll" => match method {
+            "GET" => {
+                let signed = ota::phase1(ctx, now())?;
+                info!("phase 1: profile service handed out remote={}", incoming.remote);
+                Ok(Reply::profile(signed, "enroll.mobileconfig"))
+            }
+            _ => Err(method_not_allowed("GET")),
+        },
+        "/ota/phase23" => match method {
+            "POST" => {
+                let body = body()?;
+                let reply = ota::phase23(ctx, &body, &incoming.remote, now())?;
+                let file = if reply.phase == 2 { "identity.mobileconfig" } else { "enrollment.mobileconfig" };
+                Ok(Reply::profile(reply.body, file))
+            }
+            _ => Err(method_not_allowed("POST")),
+        },
+        "/mdm/enroll" => match method {
+            "GET" if ctx.config.mdm.plain_enroll => {
+                let signed = ota::plain_enrollment(ctx, now())?;
+                info!("plain enrollment profile handed out remote={}", incoming.remote);
+                Ok(Reply::profile(signed, "enrollment.mobileconfig"))
+            }
+            "GET" => Err(Refusal::new(404, "/mdm/enroll: off (set mdm.plain_enroll = true to serve it)")),
+            "POST" => {
+                let body = body()?;
+                let reply = ota::dep_enrollment(ctx, &body, &incoming.remote, now())?;
+                Ok(Reply::profile(reply.body, "enrollment.mobileconfig"))
+            }
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        "/scep" | "/scep/pkiclient.exe" | "/cgi-bin/pkiclient.exe" => match method {
+            "GET" | "POST" => {
+                let body = if method == "POST" { Some(body()?) } else { None };
+                let reply = scep::handle(ctx, incoming, body.as_deref())?;
+                Ok(Reply::ok(reply.content_type, reply.body))
+            }
+            _ => Err(method_not_allowed("GET, POST")),
+        },
+        "/ca" => match method {
+            "GET" => Ok(Reply::ok("application/x-x509-ca-cert", ctx.ca.certificate().to_vec())),
+            _ => Err(method_not_allowed("GET")),
+        },
+        "/healthz" => match method {
+            "GET" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
+            _ => Err(method_not_allowed("GET")),
+        },
+        path => Err(Refusal::new(404, format!("{}: no such endpoint", truncate(path)))),
+    }
+}
+
+fn method_not_allowed(allowed: &str) -> Refusal {
+    Refusal::new(405, format!("method not allowed here (use {allowed})"))
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(80).filter(|c| !c.is_control()).collect()
+}
+
+fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
+    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
+}
+
+/// Handles one tiny_http request to the end.
+fn handle(ctx: &Context, mut request: tiny_http::Request) {
+    let remote = request.remote_addr().map_or_else(|| "-".to_string(), |a| a.to_string());
+    let method = request.method().as_str().to_string();
+    let target = request.url().to_string();
+    let (path, query) = split_target(&target);
+    let incoming = Incoming { method: &method, path, query, remote: remote.clone() };
+
+    let too_many_headers = request.headers().len() > MAX_HEADERS;
+    let declared = request.body_length();
+    let limit = ctx.config.http.max_body;
+    let reply = if too_many_headers {
+        Err(Refusal::new(431, format!("request: more than {MAX_HEADERS} headers")))
+    } else {
+        let reader = request.as_reader();
+        route(ctx, &incoming, &mut || read_body(reader, declared, limit))
+    };
+
+    let reply = reply.unwrap_or_else(|refusal| {
+        if refusal.status >= 500 {
+            error!("{method} {path}: {} remote={remote}", refusal.reason);
+            Reply::ok("text/plain", b"internal error; see the server log\n".to_vec())
+                .with_status(refusal.status)
+        } else {
+            warn!("{method} {path}: {} {} remote={remote}", refusal.status, refusal.reason);
+            let mut body = refusal.reason.into_bytes();
+            body.push(b'\n');
+            Reply::ok("text/plain; charset=utf-8", body).with_status(refusal.status)
+        }
+    });
+
+    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
+    if let Some(h) = header("Content-Type", reply.content_type) {
+        response.add_header(h);
+    }
+    if let Some(file) = reply.attachment {
+        if let Some(h) = header("Content-Disposition", &format!("attachment; filename=\"{file}\"")) {
+            response.add_header(h);
+        }
+    }
+    if let Err(err) = request.respond(response) {
+        warn!("{method} {path}: cannot send the response: {err} remote={remote}");
+    }
+}
+
+impl Reply {
+    fn with_status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+}
+
+/// Serves until the process is stopped: `workers` threads take requests from one listener.
+pub fn serve(ctx: Arc<Context>, listen: &str) -> Result<(), String> {
+    let server = tiny_http::Server::http(listen).map_err(|err| format!("{listen}: cannot listen: {err}"))?;
+    serve_on(ctx, server)
+}
+
+/// Serves on an already bound server.
+pub fn serve_on(ctx: Arc<Context>, server: tiny_http::Server) -> Result<(), String> {
+    let server = Arc::new(server);
+    let workers = ctx.config.http.workers;
+    let handles: Vec<_> = (0..workers)
+        .map(|n| {
+            let server = Arc::clone(&server);
+            let ctx = Arc::clone(&ctx);
+            std::thread::Builder::new()
+                .name(format!("worker-{n}"))
+                .spawn(move || loop {
+                    match server.recv() {
+                        Ok(request) => handle(&ctx, request),
+                        Err(err) => {
+                            error!("accepting a request: {err}");
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                    }
+                })
+                .map_err(|err| format!("cannot start worker thread: {err}"))
+        })
+        .collect::<Result<_, _>>()?;
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_keeps_raw_plus_and_decodes_escapes() {
+        let (path, query) = split_target("/scep?operation=PKIOperation&message=ab+c%2Fd%3D");
+        assert_eq!(path, "/scep");
+        assert_eq!(query[0], ("operation".to_string(), "PKIOperation".to_string()));
+        assert_eq!(query[1].1, "ab+c/d=");
+    }
+
+    #[test]
+    fn body_limits() {
+        let big = vec![0u8; 10];
+        assert_eq!(read_body(&mut &big[..], None, 10).unwrap().len(), 10);
+        assert_eq!(read_body(&mut &big[..], None, 9).unwrap_err().status, 413);
+        assert_eq!(read_body(&mut &big[..], Some(10), 9).unwrap_err().status, 413);
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_broken_escapes() {
+        assert_eq!(percent_decode("%4", false), b"%4");
+        assert_eq!(percent_decode("%zz", false), b"%zz");
+        assert_eq!(percent_decode("a+b", true), b"a b");
+    }
+}

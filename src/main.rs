@@ -1,0 +1,250 @@
+//! The `otad` command line: argument parsing and help texts; the work is in the library.
+//!
+//! Exit codes: 0 success, 1 the command ran and failed (or `verify` found an untrusted
+//! file), 2 the command line itself was wrong.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use lexopt::prelude::*;
+
+use otad::commands::{self, InitOptions, VerifyOptions};
+use otad::simulate::{self, SimulateOptions};
+
+const HELP: &str = "\
+otad: Apple over-the-air enrollment server with its own SCEP CA
+
+usage: otad <command> [options]
+
+commands:
+  init       create a state dir: config, CA, RA and profile-signing identity
+  serve      run the server
+  verify     check captured phase 2/3 request bodies, one JSON line per file
+  simulate   walk a whole enrollment against a running server as a test device
+
+`otad <command> --help` explains each command's options.
+";
+
+const INIT_HELP: &str = "\
+usage: otad init --state DIR --url URL [--organization ORG]
+
+Creates DIR with otad.toml (every key, commented), an RSA-2048 CA, a separate RA key and
+certificate (SCEP decryption and CertRep signing) and a profile-signing identity. Private
+keys are mode 0600. Refuses to touch a DIR that already holds a state.
+
+  --state DIR          the state dir to create (may exist if empty)
+  --url URL            the base URL devices reach otad at, e.g. https://otad.example.com
+  --organization ORG   the organization in profiles and certificates (default: otad)
+";
+
+const SERVE_HELP: &str = "\
+usage: otad serve --config FILE [--listen ADDR]
+
+Serves the enrollment endpoints until stopped. Logs go to stderr.
+
+  --config FILE   the otad.toml to use
+  --listen ADDR   address:port to listen on, overriding http.listen
+";
+
+const VERIFY_HELP: &str = "\
+usage: otad verify [--config FILE] [--at RFC3339] FILE...
+
+Checks captured phase 2/3 request bodies (CMS SignedData, BER or DER) and prints one JSON
+object per file: file, trusted, phase, signer, attributes, error. Exit 0 only if every file
+is trusted.
+
+  --config FILE   also trust this server's CA (phase 3) and its ota.extra_device_ca
+  --at TIME       verify as of this RFC 3339 time (captured certificates expire)
+";
+
+const SIMULATE_HELP: &str = "\
+usage: otad simulate --url URL --device-ca DIR [--udid U] [--serial S]
+                     [--signed-attributes] [--leaf-only]
+
+Acts as an Apple device against a running server: phase 1, phase 2, SCEP, phase 3, then
+decrypts the final profile and prints a summary. Exit 0 only if every phase succeeded.
+On first use it creates a test device CA in DIR (device-ca.pem, device-ca.key); the server
+trusts it only if its config lists DIR/device-ca.pem in ota.extra_device_ca.
+
+  --url URL              the server's base URL (as in server.url)
+  --device-ca DIR        where the test device CA lives
+  --udid U               the device's UDID (default: a random one)
+  --serial S             the device's serial number (default: a random one)
+  --signed-attributes    sign phase 2 with signed attributes (as the iOS simulator does)
+  --leaf-only            send only the device certificate, not its CA
+";
+
+enum Outcome {
+    Done,
+    Failed,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed) => ExitCode::from(1),
+        Err(Usage(message)) => {
+            eprintln!("otad: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+struct Usage(String);
+
+impl From<lexopt::Error> for Usage {
+    fn from(err: lexopt::Error) -> Self {
+        Usage(err.to_string())
+    }
+}
+
+fn fail(message: String) -> Outcome {
+    eprintln!("otad: {message}");
+    Outcome::Failed
+}
+
+fn run() -> Result<Outcome, Usage> {
+    let mut parser = lexopt::Parser::from_env();
+    let command = match parser.next()? {
+        Some(Value(command)) => command.string()?,
+        Some(Long("help")) | Some(Short('h')) | None => {
+            print!("{HELP}");
+            return Ok(Outcome::Done);
+        }
+        Some(Long("version")) => {
+            println!("otad {}", env!("CARGO_PKG_VERSION"));
+            return Ok(Outcome::Done);
+        }
+        Some(other) => return Err(other.unexpected().into()),
+    };
+    match command.as_str() {
+        "init" => init(parser),
+        "serve" => serve(parser),
+        "verify" => verify(parser),
+        "simulate" => simulate(parser),
+        other => Err(Usage(format!("unknown command {other:?}; see otad --help"))),
+    }
+}
+
+fn required<T>(value: Option<T>, flag: &str, help: &str) -> Result<T, Usage> {
+    value.ok_or_else(|| Usage(format!("{flag} is required\n\n{help}")))
+}
+
+fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
+    let (mut state, mut url, mut organization) = (None, None, "otad".to_string());
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("state") => state = Some(PathBuf::from(parser.value()?)),
+            Long("url") => url = Some(parser.value()?.string()?),
+            Long("organization") => organization = parser.value()?.string()?,
+            Long("help") | Short('h') => {
+                print!("{INIT_HELP}");
+                return Ok(Outcome::Done);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let options = InitOptions {
+        state: required(state, "--state", INIT_HELP)?,
+        url: required(url, "--url", INIT_HELP)?,
+        organization,
+    };
+    Ok(match commands::init(&options) {
+        Ok(message) => {
+            println!("{message}");
+            Outcome::Done
+        }
+        Err(err) => fail(err),
+    })
+}
+
+fn serve(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
+    let (mut config, mut listen) = (None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(parser.value()?)),
+            Long("listen") => listen = Some(parser.value()?.string()?),
+            Long("help") | Short('h') => {
+                print!("{SERVE_HELP}");
+                return Ok(Outcome::Done);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let config = required(config, "--config", SERVE_HELP)?;
+    Ok(match commands::serve(&config, listen.as_deref()) {
+        Ok(()) => Outcome::Done,
+        Err(err) => fail(err),
+    })
+}
+
+fn verify(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
+    let mut options = VerifyOptions { config: None, at: None, files: Vec::new() };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("config") => options.config = Some(PathBuf::from(parser.value()?)),
+            Long("at") => {
+                let text = parser.value()?.string()?;
+                options.at = Some(commands::parse_rfc3339(&text).map_err(Usage)?);
+            }
+            Long("help") | Short('h') => {
+                print!("{VERIFY_HELP}");
+                return Ok(Outcome::Done);
+            }
+            Value(file) => options.files.push(PathBuf::from(file)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    if options.files.is_empty() {
+        return Err(Usage(format!("no FILE given\n\n{VERIFY_HELP}")));
+    }
+    Ok(match commands::verify(&options) {
+        Ok((lines, all_trusted)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            if all_trusted {
+                Outcome::Done
+            } else {
+                Outcome::Failed
+            }
+        }
+        Err(err) => fail(err),
+    })
+}
+
+fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
+    let (mut url, mut device_ca_dir) = (None, None);
+    let (mut udid, mut serial) = (None, None);
+    let (mut signed_attributes, mut leaf_only) = (false, false);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("url") => url = Some(parser.value()?.string()?),
+            Long("device-ca") => device_ca_dir = Some(PathBuf::from(parser.value()?)),
+            Long("udid") => udid = Some(parser.value()?.string()?),
+            Long("serial") => serial = Some(parser.value()?.string()?),
+            Long("signed-attributes") => signed_attributes = true,
+            Long("leaf-only") => leaf_only = true,
+            Long("help") | Short('h') => {
+                print!("{SIMULATE_HELP}");
+                return Ok(Outcome::Done);
+            }
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let options = SimulateOptions {
+        url: required(url, "--url", SIMULATE_HELP)?,
+        device_ca_dir: required(device_ca_dir, "--device-ca", SIMULATE_HELP)?,
+        udid,
+        serial,
+        signed_attributes,
+        leaf_only,
+    };
+    Ok(match simulate::run(&options) {
+        Ok(summary) => {
+            print!("{summary}");
+            Outcome::Done
+        }
+        Err(err) => fail(err),
+    })
+}

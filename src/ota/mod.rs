@@ -1,0 +1,471 @@
+//! The three OTA enrollment phases (Apple's "Over-the-Air Profile Delivery and Configuration").
+//!
+//! - Phase 1: [`phase1`] hands out a signed Profile Service payload with a fresh challenge.
+//! - Phase 2: the device signs its attributes with its Apple device certificate; [`phase23`]
+//!   checks the signer by Apple's pinned key, consumes the challenge and answers with a SCEP
+//!   profile whose one-time challenge is bound to the device's UDID.
+//! - Phase 3: the device signs its attributes again with the certificate our SCEP CA issued
+//!   it; [`phase23`] checks that certificate was issued to this UDID and answers with the final
+//!   profile, encrypted to that certificate.
+//!
+//! Phases 2 and 3 share one URL: the phase is chosen by who signed the body ([`classify`]).
+
+pub mod attributes;
+pub mod machine;
+pub mod profile;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine;
+use log::info;
+
+use crate::cms::{self, oid, signed, ContentCipher, DigestAlgorithm};
+use crate::config::ProfileCipher;
+use crate::context::{Context, Identity};
+use crate::pki::apple::TrustAnchor;
+use crate::pki::ca::CertificateAuthority;
+use crate::pki::cert;
+use crate::store::{ChallengePurpose, ChallengeRecord, DeviceRecord, HistoryEntry};
+use attributes::DeviceAttributes;
+use machine::Event;
+use profile::{Branding, MdmSettings};
+
+/// Why a phase request was refused. The HTTP status for each is chosen in `http`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OtaError {
+    /// The body is not a well-formed request (400).
+    Malformed(String),
+    /// The signer is not trusted, or the signature does not verify (403).
+    Untrusted(String),
+    /// The challenge is missing, unknown, used or expired (403).
+    Challenge(String),
+    /// The step is out of order for this device, or the device is refused (403).
+    Refused(String),
+    /// Something on our side failed; the detail goes to the log, not the client (500).
+    Internal(String),
+}
+
+impl fmt::Display for OtaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OtaError::Malformed(why)
+            | OtaError::Untrusted(why)
+            | OtaError::Challenge(why)
+            | OtaError::Refused(why)
+            | OtaError::Internal(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for OtaError {}
+
+impl From<crate::store::StoreError> for OtaError {
+    fn from(err: crate::store::StoreError) -> Self {
+        OtaError::Internal(format!("state: {err}"))
+    }
+}
+
+/// Who signed a phase 2 or 3 body, which decides the phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignerKind {
+    /// A device certificate signed by a pinned device CA's key (Apple's, or an extra one).
+    Device {
+        /// The anchor's name.
+        anchor: String,
+    },
+    /// A certificate our SCEP CA signed.
+    OwnCa {
+        /// Its serial, lowercase hex.
+        serial: String,
+    },
+}
+
+impl SignerKind {
+    /// 2 or 3.
+    pub fn phase(&self) -> u8 {
+        match self {
+            SignerKind::Device { .. } => 2,
+            SignerKind::OwnCa { .. } => 3,
+        }
+    }
+}
+
+/// A verified phase 2 or 3 body.
+pub struct VerifiedBody {
+    /// The SignedData, signature checked.
+    pub message: signed::SignedMessage,
+    /// Who signed it.
+    pub signer: SignerKind,
+    /// What the device says about itself.
+    pub attributes: DeviceAttributes,
+}
+
+/// Verifies a phase 2/3 body's signature and decides who signed it.
+///
+/// The phase is chosen by the signer and nothing else: a body that verifies under a pinned
+/// device CA's key is phase 2; one whose signer our CA issued is phase 3. Certificates are
+/// matched by key, never by name, so a certificate carrying Apple's names over another key
+/// is refused. The certificates the device sent besides its own are not needed: the anchors
+/// are pinned here, and Apple's expired intermediates add nothing to that.
+pub fn classify(
+    body: &[u8],
+    anchors: &[TrustAnchor],
+    ca: Option<&CertificateAuthority>,
+) -> Result<VerifiedBody, OtaError> {
+    let message = signed::verify(body).map_err(|err| match err {
+        cms::CmsError::BadSignature
+        | cms::CmsError::MessageDigestMismatch
+        | cms::CmsError::ContentTypeMismatch => OtaError::Untrusted(format!("signature: {err}")),
+        other => OtaError::Malformed(format!("body: {other}")),
+    })?;
+    let leaf = &message.signer.certificate;
+    let Some(signer) = signer_kind(leaf, anchors, ca) else {
+        let who = cert::summarize(leaf).map(|s| s.subject).unwrap_or_else(|_| "?".into());
+        return Err(OtaError::Untrusted(format!(
+            "signer {who}: not issued by Apple Device CA or by this server"
+        )));
+    };
+
+    let content = message.content.as_deref().unwrap_or_default();
+    let attributes = attributes::parse(content).map_err(|err| OtaError::Malformed(err.to_string()))?;
+    Ok(VerifiedBody { message, signer, attributes })
+}
+
+/// Who vouches for a signer certificate: a pinned device CA's key, our CA's key, or nobody.
+pub fn signer_kind(
+    leaf: &[u8],
+    anchors: &[TrustAnchor],
+    ca: Option<&CertificateAuthority>,
+) -> Option<SignerKind> {
+    if let Some(anchor) = anchors.iter().find(|a| a.verify_issued(leaf).is_ok()) {
+        return Some(SignerKind::Device { anchor: anchor.name.clone() });
+    }
+    if ca.is_some_and(|ca| ca.issued(leaf)) {
+        return cert::serial_hex(leaf).ok().map(|serial| SignerKind::OwnCa { serial });
+    }
+    None
+}
+
+fn branding(ctx: &Context) -> Branding {
+    Branding {
+        organization: ctx.config.server.organization.clone(),
+        identifier: ctx.config.server.identifier.clone(),
+        display_name: ctx.config.ota.display_name.clone(),
+    }
+}
+
+/// A fresh random challenge: 32 bytes, base64url.
+pub fn new_challenge() -> String {
+    let mut bytes = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Signs a profile plist with the profile-signing identity (SHA-256, signed attributes, our
+/// CA's certificate included so the device can show who signed it).
+pub fn sign_profile(ctx: &Context, profile: &plist::Value) -> Result<Vec<u8>, OtaError> {
+    sign_with(&ctx.signer, ctx.ca.certificate(), &profile::to_xml(profile))
+}
+
+fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<u8>, OtaError> {
+    let signer = signed::SignerIdentity { certificate: &identity.certificate, key: identity.key.signing() };
+    let options = signed::SignOptions {
+        content_type: oid::ID_DATA,
+        digest: DigestAlgorithm::Sha256,
+        signed_attributes: true,
+        extra_attributes: &[],
+        certificates: &[ca_cert],
+    };
+    signed::sign(content, &signer, &options).map_err(|err| OtaError::Internal(format!("signing: {err}")))
+}
+
+/// Phase 1: a signed Profile Service payload with a fresh single-use challenge (or the
+/// static `ota.challenge`).
+pub fn phase1(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
+    let challenge = if ctx.config.ota.challenge.is_empty() {
+        let challenge = new_challenge();
+        let record = ChallengeRecord {
+            purpose: ChallengePurpose::Phase2,
+            created: now,
+            expires: now.saturating_add(ttl_secs(ctx.derived.ota_challenge_ttl)),
+            udid: None,
+            subject: Vec::new(),
+        };
+        ctx.store.put_challenge(&challenge, &record)?;
+        challenge
+    } else {
+        ctx.config.ota.challenge.clone()
+    };
+
+    let url = format!("{}/ota/phase23", ctx.config.server.url);
+    let payload =
+        profile::profile_service(&branding(ctx), &url, &ctx.config.ota.device_attributes, &challenge);
+    sign_profile(ctx, &payload)
+}
+
+fn ttl_secs(ttl: std::time::Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// What a phase 2 or 3 request produced.
+pub struct PhaseReply {
+    /// 2 or 3.
+    pub phase: u8,
+    /// The device's UDID.
+    pub udid: String,
+    /// The signed profile to send back.
+    pub body: Vec<u8>,
+}
+
+/// Phase 2 or 3, chosen by who signed `body`.
+pub fn phase23(ctx: &Context, body: &[u8], remote: &str, now: i64) -> Result<PhaseReply, OtaError> {
+    let verified = classify(body, &ctx.device_anchors, Some(&ctx.ca))?;
+    let udid = verified.attributes.udid().to_string();
+    if !crate::store::valid_udid(&udid) {
+        return Err(OtaError::Malformed(format!("UDID {:?}: not a valid UDID", truncate(&udid))));
+    }
+    let body = match &verified.signer {
+        SignerKind::Device { .. } => phase2(ctx, &verified, remote, now)?,
+        SignerKind::OwnCa { serial } => phase3(ctx, &verified, serial, remote, now)?,
+    };
+    Ok(PhaseReply { phase: verified.signer.phase(), udid, body })
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+/// Checks and consumes the phase 1 challenge the device echoes.
+fn consume_phase1_challenge(ctx: &Context, attributes: &DeviceAttributes, now: i64) -> Result<(), OtaError> {
+    let Some(challenge) = attributes.challenge() else {
+        return Err(OtaError::Challenge("phase 2: no CHALLENGE in the device attributes".into()));
+    };
+    if !ctx.config.ota.challenge.is_empty() {
+        let expected = ctx.config.ota.challenge.as_bytes();
+        return aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), expected)
+            .map_err(|_| OtaError::Challenge("phase 2: wrong challenge".into()));
+    }
+    match ctx.store.take_challenge(challenge)? {
+        Some(record) if record.purpose == ChallengePurpose::Phase2 && record.expires > now => Ok(()),
+        Some(record) if record.purpose == ChallengePurpose::Phase2 => {
+            Err(OtaError::Challenge("phase 2: challenge expired; download the profile again".into()))
+        }
+        _ => Err(OtaError::Challenge("phase 2: challenge unknown or already used".into())),
+    }
+}
+
+/// Hands out a one-time SCEP challenge bound to `udid` and the subject its certificate gets.
+fn bind_scep_challenge(ctx: &Context, udid: &str, now: i64) -> Result<(String, Vec<(String, String)>), OtaError> {
+    let subject = vec![
+        ("CN".to_string(), udid.to_string()),
+        ("O".to_string(), ctx.config.server.organization.clone()),
+    ];
+    let challenge = new_challenge();
+    let record = ChallengeRecord {
+        purpose: ChallengePurpose::Scep,
+        created: now,
+        expires: now.saturating_add(ttl_secs(ctx.derived.scep_challenge_ttl)),
+        udid: Some(udid.to_string()),
+        subject: subject.clone(),
+    };
+    ctx.store.put_challenge(&challenge, &record)?;
+    Ok((challenge, subject))
+}
+
+fn phase2(ctx: &Context, verified: &VerifiedBody, remote: &str, now: i64) -> Result<Vec<u8>, OtaError> {
+    let leaf = &verified.message.signer.certificate;
+    if ctx.derived.check_apple_leaf_validity {
+        cert::check_validity(leaf, now)
+            .map_err(|err| OtaError::Untrusted(format!("phase 2 device certificate: {err}")))?;
+    }
+    let attributes = &verified.attributes;
+    let udid = attributes.udid();
+
+    consume_phase1_challenge(ctx, attributes, now)?;
+    let (scep_challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
+
+    let brand = branding(ctx);
+    let scep_url = format!("{}/scep", ctx.config.server.url);
+    let (scep, _) = profile::scep_payload(&brand, &scep_url, &subject, &scep_challenge);
+    let profile = profile::configuration(&brand, &brand.display_name, "identity", vec![scep]);
+    let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
+
+    let entry = HistoryEntry { event: "phase2".into(), at: now, remote: remote.into(), serial: None };
+    update_device(ctx, udid, attributes, Event::Phase2, entry)?;
+    info!(
+        "phase 2: udid={udid} serial={} product={} remote={remote}",
+        attributes.get("SERIAL").unwrap_or("-"),
+        attributes.get("PRODUCT").unwrap_or("-")
+    );
+    Ok(body)
+}
+
+/// Moves a device through the state machine and records the event, under the state lock.
+fn update_device(
+    ctx: &Context,
+    udid: &str,
+    attributes: &DeviceAttributes,
+    event: Event,
+    entry: HistoryEntry,
+) -> Result<(), OtaError> {
+    ctx.store.transaction(|| {
+        let existing = ctx.store.device(udid)?;
+        let from = existing.as_ref().map(|d| d.phase);
+        let phase = machine::next(from, event).map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+        let mut device = existing.unwrap_or_else(|| DeviceRecord {
+            udid: udid.to_string(),
+            attributes: BTreeMap::new(),
+            phase,
+            first_seen: entry.at,
+            last_seen: entry.at,
+            certificates: Vec::new(),
+            history: Vec::new(),
+        });
+        device.phase = phase;
+        device.attributes = attributes.recordable();
+        device.record(entry);
+        ctx.store.save_device(&device)?;
+        Ok(())
+    })
+}
+
+fn phase3(
+    ctx: &Context,
+    verified: &VerifiedBody,
+    serial: &str,
+    remote: &str,
+    now: i64,
+) -> Result<Vec<u8>, OtaError> {
+    let attributes = &verified.attributes;
+    let udid = attributes.udid();
+    let leaf = &verified.message.signer.certificate;
+
+    let record = ctx.store.cert(serial)?.ok_or_else(|| {
+        OtaError::Untrusted(format!("phase 3 signer {serial}: not a certificate this server issued to a device"))
+    })?;
+    if record.revoked.is_some() {
+        return Err(OtaError::Untrusted(format!("phase 3 signer {serial}: revoked")));
+    }
+    match record.udid.as_deref() {
+        Some(bound) if bound == udid => {}
+        Some(bound) => {
+            return Err(OtaError::Untrusted(format!(
+                "phase 3 signer {serial}: issued to UDID {bound}, not {}",
+                truncate(udid)
+            )))
+        }
+        None => {
+            return Err(OtaError::Untrusted(format!(
+                "phase 3 signer {serial}: not issued through OTA enrollment"
+            )))
+        }
+    }
+    cert::check_validity(leaf, now)
+        .map_err(|err| OtaError::Untrusted(format!("phase 3 signer {serial}: {err}")))?;
+    let from = ctx.store.device(udid)?.map(|d| d.phase);
+    machine::next(from, Event::Phase3).map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+
+    let mut profile = final_profile(ctx, udid, now)?;
+    let cipher = match ctx.derived.profile_cipher {
+        ProfileCipher::Des3 => ContentCipher::Des3Cbc,
+        ProfileCipher::Aes128 => ContentCipher::Aes128Cbc,
+        ProfileCipher::Aes256 => ContentCipher::Aes256Cbc,
+    };
+    profile::encrypt_payload_content(&mut profile, |plain| cms::enveloped::encrypt(plain, leaf, cipher))
+        .ok_or_else(|| OtaError::Internal("final profile: no PayloadContent array".into()))?
+        .map_err(|err| OtaError::Internal(format!("final profile encryption: {err}")))?;
+    let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
+
+    let entry = HistoryEntry { event: "phase3".into(), at: now, remote: remote.into(), serial: Some(serial.into()) };
+    update_device(ctx, udid, attributes, Event::Phase3, entry)?;
+    info!(
+        "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
+        attributes.get("SERIAL").unwrap_or("-")
+    );
+    Ok(body)
+}
+
+/// The final profile before encryption: the configured template, or an MDM enrollment
+/// profile with its own SCEP identity (a fresh challenge bound to the device).
+fn final_profile(ctx: &Context, udid: &str, now: i64) -> Result<plist::Dictionary, OtaError> {
+    if let Some(template) = &ctx.template {
+        return Ok(template.clone());
+    }
+    let (challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
+    Ok(mdm_profile(ctx, &challenge, &subject))
+}
+
+/// An MDM enrollment profile: a SCEP payload to our CA and an MDM payload using it.
+pub fn mdm_profile(ctx: &Context, scep_challenge: &str, subject: &[(String, String)]) -> plist::Dictionary {
+    let brand = branding(ctx);
+    let scep_url = format!("{}/scep", ctx.config.server.url);
+    let (scep, identity_uuid) = profile::scep_payload(&brand, &scep_url, subject, scep_challenge);
+    let mdm = &ctx.config.mdm;
+    let settings = MdmSettings {
+        server_url: mdm.server_url.clone(),
+        checkin_url: mdm.checkin_url.clone(),
+        topic: mdm.topic.clone(),
+        sign_message: mdm.sign_message,
+        access_rights: mdm.access_rights,
+    };
+    let mdm_payload = profile::mdm_payload(&brand, &settings, &identity_uuid);
+    profile::configuration(&brand, &brand.display_name, "mdm-enrollment", vec![scep, mdm_payload])
+}
+
+/// The plain enrollment profile for `/mdm/enroll`: a fresh one-time SCEP challenge not bound
+/// to any device (the caller proved nothing), signed.
+pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
+    let challenge = new_challenge();
+    let subject = vec![("O".to_string(), ctx.config.server.organization.clone())];
+    let record = ChallengeRecord {
+        purpose: ChallengePurpose::Scep,
+        created: now,
+        expires: now.saturating_add(ttl_secs(ctx.derived.scep_challenge_ttl)),
+        udid: None,
+        subject: subject.clone(),
+    };
+    ctx.store.put_challenge(&challenge, &record)?;
+    let profile = mdm_profile(ctx, &challenge, &subject);
+    sign_profile(ctx, &plist::Value::Dictionary(profile))
+}
+
+/// `POST /mdm/enroll`: the MDM enrollment profile for a device whose DEP machine-info body is
+/// signed by a pinned device CA's key; its SCEP challenge is bound to the device's UDID.
+pub fn dep_enrollment(ctx: &Context, body: &[u8], remote: &str, now: i64) -> Result<PhaseReply, OtaError> {
+    let verified = classify(body, &ctx.device_anchors, None)?;
+    let udid = verified.attributes.udid().to_string();
+    if !crate::store::valid_udid(&udid) {
+        return Err(OtaError::Malformed(format!("UDID {:?}: not a valid UDID", truncate(&udid))));
+    }
+    if ctx.derived.check_apple_leaf_validity {
+        cert::check_validity(&verified.message.signer.certificate, now)
+            .map_err(|err| OtaError::Untrusted(format!("machine info device certificate: {err}")))?;
+    }
+
+    let (challenge, subject) = bind_scep_challenge(ctx, &udid, now)?;
+    let profile = mdm_profile(ctx, &challenge, &subject);
+    let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
+
+    let entry = HistoryEntry { event: "dep-enroll".into(), at: now, remote: remote.into(), serial: None };
+    update_device(ctx, &udid, &verified.attributes, Event::Phase2, entry)?;
+    info!("dep enrollment: udid={udid} remote={remote}");
+    Ok(PhaseReply { phase: 2, udid, body })
+}
+
+/// Records that the SCEP CA issued `serial` to the device `udid` (with a challenge bound to
+/// it in phase 2 or 3): the device moves to certified and keeps the serial.
+pub fn certificate_issued(ctx: &Context, udid: &str, serial: &str, remote: &str, now: i64) -> Result<(), OtaError> {
+    ctx.store.transaction(|| {
+        let Some(mut device) = ctx.store.device(udid)? else {
+            return Err(OtaError::Refused(format!("{udid}: certificate for a device never seen")));
+        };
+        device.phase = machine::next(Some(device.phase), Event::CertificateIssued)
+            .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+        device.certificates.push(serial.to_string());
+        device.record(HistoryEntry { event: "certificate".into(), at: now, remote: remote.into(), serial: Some(serial.into()) });
+        ctx.store.save_device(&device)?;
+        Ok(())
+    })
+}

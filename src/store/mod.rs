@@ -1,0 +1,541 @@
+//! The state directory: CA and keys, challenges, devices and issued certificates, as files.
+//!
+//! Layout under the state dir:
+//!
+//! ```text
+//! otad.toml                     configuration
+//! ca/ca.pem ca.key              the SCEP CA (keys mode 0600)
+//! ca/ra.pem ra.key              the RA: decrypts SCEP requests, signs CertReps
+//! ca/signer.pem signer.key      signs profiles
+//! challenges/<sha256>.json      one live challenge, named by the hash of its value
+//! devices/<UDID>.json           one device, after strict validation of the UDID
+//! certs/<serial hex>.json       one issued certificate, created once, never overwritten
+//! .lock                         flock shared by the server and the CLI
+//! ```
+//!
+//! No device string reaches a path unvalidated, and challenge values never reach the disk in
+//! clear. Reads need no lock because every write is an atomic replace; read-modify-write
+//! sequences run inside [`Store::transaction`].
+
+pub mod fsutil;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
+
+/// The folders of a state dir.
+const FOLDERS: &[&str] = &["ca", "challenges", "devices", "certs"];
+
+/// History entries kept per device; older ones are dropped first.
+pub const MAX_DEVICE_HISTORY: usize = 50;
+
+/// The longest UDID accepted (Apple's are 25, 36 or 40 characters).
+pub const MAX_UDID_LEN: usize = 64;
+
+/// A failure of the state directory.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file could not be read or written.
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A state file exists but does not parse.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate with this serial is already recorded.
+    SerialTaken(String),
+    /// A name from outside (UDID, serial) is not safe to use in a path.
+    InvalidName(&'static str),
+    /// The state dir has no such layout; `otad init` makes one.
+    NotInitialized(PathBuf),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+            StoreError::Corrupt { path, reason } => {
+                write!(f, "{}: corrupt state file: {reason}", path.display())
+            }
+            StoreError::SerialTaken(serial) => write!(f, "certificate {serial}: already recorded"),
+            StoreError::InvalidName(what) => write!(f, "{what}: not a valid name"),
+            StoreError::NotInitialized(path) => write!(
+                f,
+                "{}: not an otad state dir (run `otad init --state {}` first)",
+                path.display(),
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a challenge was handed out for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengePurpose {
+    /// Handed out in phase 1; answered in phase 2.
+    Phase2,
+    /// A one-time SCEP challenge handed out in phase 2 or 3, bound to a device.
+    Scep,
+}
+
+/// A live challenge. Its value is not stored: the file is named by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeRecord {
+    /// What the challenge is for.
+    pub purpose: ChallengePurpose,
+    /// When it was made (unix seconds).
+    pub created: i64,
+    /// When it stops being valid (unix seconds).
+    pub expires: i64,
+    /// The device it is bound to, for SCEP challenges.
+    pub udid: Option<String>,
+    /// The certificate subject bound to it, as (attribute, value) pairs, for SCEP challenges.
+    pub subject: Vec<(String, String)>,
+}
+
+/// How far a device has come through enrollment. The transitions live in `ota::machine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DevicePhase {
+    /// Phase 2 done: attributes recorded, a SCEP challenge handed out.
+    Identified,
+    /// The SCEP CA issued the device its identity certificate.
+    Certified,
+    /// Phase 3 done: the final profile was delivered.
+    Enrolled,
+}
+
+/// One event in a device's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// What happened ("phase2", "certificate", "phase3").
+    pub event: String,
+    /// When (unix seconds).
+    pub at: i64,
+    /// The remote address, where there was one.
+    pub remote: String,
+    /// A certificate serial, where the event concerns one.
+    pub serial: Option<String>,
+}
+
+/// A device, by UDID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The UDID (validated by [`valid_udid`]).
+    pub udid: String,
+    /// Every attribute the device sent in its latest phase 2 or 3 (CHALLENGE excluded).
+    pub attributes: BTreeMap<String, String>,
+    /// How far it has come.
+    pub phase: DevicePhase,
+    /// First seen (unix seconds).
+    pub first_seen: i64,
+    /// Last seen (unix seconds).
+    pub last_seen: i64,
+    /// Serials of the certificates issued to it, oldest first.
+    pub certificates: Vec<String>,
+    /// The latest events, oldest first, at most [`MAX_DEVICE_HISTORY`].
+    pub history: Vec<HistoryEntry>,
+}
+
+impl DeviceRecord {
+    /// Appends an event, dropping the oldest beyond [`MAX_DEVICE_HISTORY`].
+    pub fn record(&mut self, entry: HistoryEntry) {
+        self.last_seen = self.last_seen.max(entry.at);
+        self.history.push(entry);
+        let excess = self.history.len().saturating_sub(MAX_DEVICE_HISTORY);
+        self.history.drain(..excess);
+    }
+}
+
+/// A certificate the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRecord {
+    /// Serial, lowercase hex.
+    pub serial: String,
+    /// The device it was issued to, when issued through OTA.
+    pub udid: Option<String>,
+    /// The subject, as the certificate states it.
+    pub subject: String,
+    /// Issued at (unix seconds).
+    pub issued_at: i64,
+    /// Not valid after (unix seconds).
+    pub not_after: i64,
+    /// Revoked at (unix seconds), if revoked.
+    pub revoked: Option<i64>,
+    /// Which kind of challenge authorised it ("ota" or "static").
+    pub authorised_by: String,
+    /// The certificate, PEM.
+    pub pem: String,
+}
+
+/// True for a UDID safe to use as a file name: 1 to 64 of `A-Z a-z 0-9 -`, not starting
+/// with `-`.
+pub fn valid_udid(udid: &str) -> bool {
+    !udid.is_empty()
+        && udid.len() <= MAX_UDID_LEN
+        && !udid.starts_with('-')
+        && udid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn valid_serial(serial: &str) -> bool {
+    !serial.is_empty()
+        && serial.len() <= 64
+        && serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn challenge_file_name(value: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.json")
+}
+
+/// The current time in unix seconds.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// An open state directory.
+pub struct Store {
+    root: PathBuf,
+    in_process: Mutex<()>,
+}
+
+impl Store {
+    /// Creates the folders of a new state dir (the folder itself may exist, empty).
+    pub fn create(root: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(root).map_err(io_err(root))?;
+        for folder in FOLDERS {
+            let path = root.join(folder);
+            std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        }
+        fsutil::sync_dir(root).map_err(io_err(root))?;
+        Store::open(root)
+    }
+
+    /// Opens an existing state dir.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        for folder in FOLDERS {
+            if !root.join(folder).is_dir() {
+                return Err(StoreError::NotInitialized(root.to_path_buf()));
+            }
+        }
+        Ok(Store { root: root.to_path_buf(), in_process: Mutex::new(()) })
+    }
+
+    /// The state dir.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A path under the state dir, for files the CLI writes (`ca/ca.pem` and the like).
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.root.join(relative)
+    }
+
+    /// Runs `work` holding the state lock: one writer at a time across this process's threads
+    /// and the CLI.
+    pub fn transaction<T, E>(&self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _thread = self.in_process.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lock_path = self.root.join(".lock");
+        let _process = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
+        work()
+    }
+
+    /// Writes a file under the state dir atomically.
+    pub fn write_file(&self, relative: &str, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+        let path = self.root.join(relative);
+        write_atomic(&path, bytes, mode).map_err(io_err(&path))
+    }
+
+    /// Reads a file under the state dir.
+    pub fn read_file(&self, relative: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.root.join(relative);
+        std::fs::read(&path).map_err(io_err(&path))
+    }
+
+    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = read_optional(path).map_err(io_err(path))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| StoreError::Corrupt { path: path.to_path_buf(), reason: err.to_string() })
+    }
+
+    fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Stores a new challenge under the hash of its value.
+    pub fn put_challenge(&self, value: &str, record: &ChallengeRecord) -> Result<(), StoreError> {
+        let path = self.root.join("challenges").join(challenge_file_name(value));
+        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
+    }
+
+    /// Takes a challenge: whoever removes its file owns it, so two requests racing with the
+    /// same value cannot both succeed. Returns `None` for an unknown or already used one.
+    /// Expiry is the caller's to judge (the record says when).
+    pub fn take_challenge(&self, value: &str) -> Result<Option<ChallengeRecord>, StoreError> {
+        let path = self.root.join("challenges").join(challenge_file_name(value));
+        let Some(record) = self.read_json::<ChallengeRecord>(&path)? else {
+            return Ok(None);
+        };
+        if remove_durably(&path).map_err(io_err(&path))? {
+            Ok(Some(record))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Removes expired challenges; returns how many. Unparsable files are left for an admin.
+    pub fn sweep_challenges(&self, now: i64) -> Result<usize, StoreError> {
+        let dir = self.root.join("challenges");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let path = entry.map_err(io_err(&dir))?.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            if let Ok(Some(record)) = self.read_json::<ChallengeRecord>(&path) {
+                if record.expires <= now && remove_durably(&path).map_err(io_err(&path))? {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Counts live challenge files.
+    pub fn count_challenges(&self) -> Result<usize, StoreError> {
+        let dir = self.root.join("challenges");
+        let entries = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
+        Ok(entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+    }
+
+    fn device_path(&self, udid: &str) -> Result<PathBuf, StoreError> {
+        if !valid_udid(udid) {
+            return Err(StoreError::InvalidName("UDID"));
+        }
+        Ok(self.root.join("devices").join(format!("{udid}.json")))
+    }
+
+    /// The device with this UDID, if known.
+    pub fn device(&self, udid: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let path = self.device_path(udid)?;
+        self.read_json(&path)
+    }
+
+    /// Writes a device record (inside a [`Store::transaction`] when read-modify-write).
+    pub fn save_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
+        let path = self.device_path(&device.udid)?;
+        write_atomic(&path, &Self::to_json(device), 0o644).map_err(io_err(&path))
+    }
+
+    /// Every device, sorted by UDID (an admin command; never on the request path).
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.list("devices")
+    }
+
+    /// Every certificate record, sorted by serial (an admin command).
+    pub fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
+        self.list("certs")
+    }
+
+    fn list<T: for<'de> Deserialize<'de>>(&self, folder: &str) -> Result<Vec<T>, StoreError> {
+        let dir = self.root.join(folder);
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .collect();
+        paths.sort();
+        let mut records = Vec::with_capacity(paths.len());
+        for path in paths {
+            if let Some(record) = self.read_json(&path)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
+    fn cert_path(&self, serial: &str) -> Result<PathBuf, StoreError> {
+        if !valid_serial(serial) {
+            return Err(StoreError::InvalidName("certificate serial"));
+        }
+        Ok(self.root.join("certs").join(format!("{serial}.json")))
+    }
+
+    /// The certificate with this serial (lowercase hex), if we issued it.
+    pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
+        let path = self.cert_path(serial)?;
+        self.read_json(&path)
+    }
+
+    /// Records a newly issued certificate. A serial is recorded once: a second record with
+    /// the same serial fails with [`StoreError::SerialTaken`] and changes nothing.
+    pub fn create_cert(&self, cert: &CertRecord) -> Result<(), StoreError> {
+        let path = self.cert_path(&cert.serial)?;
+        match create_atomic(&path, &Self::to_json(cert), 0o644) {
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                Err(StoreError::SerialTaken(cert.serial.clone()))
+            }
+            other => other.map_err(io_err(&path)),
+        }
+    }
+
+    /// Rewrites an existing certificate record (revocation).
+    pub fn update_cert(&self, cert: &CertRecord) -> Result<(), StoreError> {
+        let path = self.cert_path(&cert.serial)?;
+        write_atomic(&path, &Self::to_json(cert), 0o644).map_err(io_err(&path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state")).unwrap();
+        (dir, store)
+    }
+
+    fn challenge(purpose: ChallengePurpose) -> ChallengeRecord {
+        ChallengeRecord { purpose, created: 1, expires: 100, udid: None, subject: Vec::new() }
+    }
+
+    #[test]
+    fn open_refuses_an_uninitialised_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::NotInitialized(_))));
+    }
+
+    #[test]
+    fn challenge_is_taken_once_and_not_stored_in_clear() {
+        let (_dir, store) = store();
+        store.put_challenge("s3cret-value", &challenge(ChallengePurpose::Phase2)).unwrap();
+        let names: Vec<String> = std::fs::read_dir(store.path("challenges"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 1);
+        assert!(!names[0].contains("s3cret"));
+        let body = std::fs::read_to_string(store.path("challenges").join(&names[0])).unwrap();
+        assert!(!body.contains("s3cret"));
+
+        let taken = store.take_challenge("s3cret-value").unwrap().unwrap();
+        assert_eq!(taken.purpose, ChallengePurpose::Phase2);
+        assert_eq!(store.take_challenge("s3cret-value").unwrap(), None);
+        assert_eq!(store.take_challenge("other").unwrap(), None);
+    }
+
+    #[test]
+    fn racing_takers_have_one_winner() {
+        let (_dir, store) = store();
+        store.put_challenge("raced", &challenge(ChallengePurpose::Scep)).unwrap();
+        let store = std::sync::Arc::new(store);
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || store.take_challenge("raced").unwrap().is_some())
+            })
+            .collect();
+        let winners = handles.into_iter().filter(|_| true).map(|h| h.join().unwrap()).filter(|w| *w).count();
+        assert_eq!(winners, 1);
+    }
+
+    #[test]
+    fn sweep_removes_only_expired() {
+        let (_dir, store) = store();
+        let mut live = challenge(ChallengePurpose::Phase2);
+        live.expires = 1000;
+        store.put_challenge("old", &challenge(ChallengePurpose::Phase2)).unwrap();
+        store.put_challenge("live", &live).unwrap();
+        assert_eq!(store.sweep_challenges(500).unwrap(), 1);
+        assert_eq!(store.count_challenges().unwrap(), 1);
+        assert!(store.take_challenge("live").unwrap().is_some());
+    }
+
+    #[test]
+    fn udids_are_validated_before_reaching_a_path() {
+        let (_dir, store) = store();
+        for bad in ["", "../etc/passwd", "a/b", "-rf", "x.json", &"A".repeat(65), "ÄÖ"] {
+            assert!(matches!(store.device(bad), Err(StoreError::InvalidName(_))), "{bad:?}");
+        }
+        assert_eq!(store.device("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C").unwrap(), None);
+    }
+
+    #[test]
+    fn device_round_trip_and_history_is_bounded() {
+        let (_dir, store) = store();
+        let mut device = DeviceRecord {
+            udid: "00008030-001A35E12345802E".into(),
+            attributes: BTreeMap::from([("SERIAL".into(), "ZDL2M9PTJ3".into())]),
+            phase: DevicePhase::Identified,
+            first_seen: 10,
+            last_seen: 10,
+            certificates: Vec::new(),
+            history: Vec::new(),
+        };
+        for at in 0..(MAX_DEVICE_HISTORY as i64 + 5) {
+            device.record(HistoryEntry { event: "phase2".into(), at: 100 + at, remote: "r".into(), serial: None });
+        }
+        assert_eq!(device.history.len(), MAX_DEVICE_HISTORY);
+        assert_eq!(device.history[0].at, 105);
+        store.save_device(&device).unwrap();
+        assert_eq!(store.device(&device.udid).unwrap().unwrap(), device);
+        assert_eq!(store.devices().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_serial_is_recorded_once() {
+        let (_dir, store) = store();
+        let cert = CertRecord {
+            serial: "0a1b".into(),
+            udid: None,
+            subject: "CN=x".into(),
+            issued_at: 1,
+            not_after: 2,
+            revoked: None,
+            authorised_by: "static".into(),
+            pem: String::new(),
+        };
+        store.create_cert(&cert).unwrap();
+        let mut other = cert.clone();
+        other.subject = "CN=y".into();
+        assert!(matches!(store.create_cert(&other), Err(StoreError::SerialTaken(_))));
+        assert_eq!(store.cert("0a1b").unwrap().unwrap().subject, "CN=x");
+        assert!(matches!(store.cert("0A1B"), Err(StoreError::InvalidName(_))));
+        assert!(matches!(store.cert("../x"), Err(StoreError::InvalidName(_))));
+    }
+}
