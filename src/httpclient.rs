@@ -33,6 +33,8 @@ const MAX_CHUNKS: usize = 64 * 1024;
 pub enum HttpError {
     /// The URL is not `http://host[:port][/path][?query]`.
     InvalidUrl(&'static str),
+    /// The Content-Type given for a POST body contains control characters.
+    InvalidContentType,
     /// The URL is `https://`, which this client cannot speak yet.
     TlsNotSupported,
     /// The URL's scheme is neither `http` nor `https`.
@@ -86,16 +88,25 @@ impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HttpError::InvalidUrl(why) => write!(f, "url: {why}"),
+            HttpError::InvalidContentType => {
+                f.write_str("request: content type contains control characters")
+            }
             HttpError::TlsNotSupported => {
                 f.write_str("url: https is not supported yet; use an http:// URL")
             }
             HttpError::UnsupportedScheme(scheme) => {
                 write!(f, "url: scheme {scheme:?} is not supported (use http://)")
             }
-            HttpError::Resolve { authority, source: Some(err) } => {
+            HttpError::Resolve {
+                authority,
+                source: Some(err),
+            } => {
                 write!(f, "{authority}: cannot resolve: {err}")
             }
-            HttpError::Resolve { authority, source: None } => {
+            HttpError::Resolve {
+                authority,
+                source: None,
+            } => {
                 write!(f, "{authority}: resolves to no address")
             }
             HttpError::Connect { authority, source } => {
@@ -110,7 +121,10 @@ impl fmt::Display for HttpError {
             HttpError::HeaderMalformed => f.write_str("response: malformed header line"),
             HttpError::TooManyHeaders => write!(f, "response: more than {MAX_HEADERS} headers"),
             HttpError::HeadersTooLarge => {
-                write!(f, "response: headers over the {MAX_HEADER_BYTES} bytes allowed")
+                write!(
+                    f,
+                    "response: headers over the {MAX_HEADER_BYTES} bytes allowed"
+                )
             }
             HttpError::ContentLengthInvalid => f.write_str("response: invalid Content-Length"),
             HttpError::TransferEncodingUnsupported(te) => {
@@ -192,10 +206,14 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
         return Err(HttpError::InvalidUrl("too long"));
     }
     if url.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(HttpError::InvalidUrl("contains spaces or control characters"));
+        return Err(HttpError::InvalidUrl(
+            "contains spaces or control characters",
+        ));
     }
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Err(HttpError::InvalidUrl("no scheme (expected http://host/...)"));
+        return Err(HttpError::InvalidUrl(
+            "no scheme (expected http://host/...)",
+        ));
     };
     match scheme.to_ascii_lowercase().as_str() {
         "http" => {}
@@ -208,12 +226,15 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
     // The fragment is never sent.
     let rest = rest.split('#').next().unwrap_or_default();
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(split);
+    let (authority, path) = rest.split_at_checked(split).unwrap_or((rest, ""));
     if authority.contains('@') {
         return Err(HttpError::InvalidUrl("user information is not supported"));
     }
     let (host, port) = split_authority(authority)?;
-    let connect_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let connect_host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     if connect_host.is_empty() {
         return Err(HttpError::InvalidUrl("no host"));
     }
@@ -224,7 +245,12 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
     } else {
         path.to_string()
     };
-    Ok(Target { host: host.to_string(), connect_host, port, path })
+    Ok(Target {
+        host: host.to_string(),
+        connect_host,
+        port,
+        path,
+    })
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
@@ -233,7 +259,9 @@ fn split_authority(authority: &str) -> Result<(&str, u16), HttpError> {
         let Some(end) = authority.find(']') else {
             return Err(HttpError::InvalidUrl("unterminated IPv6 address"));
         };
-        let (host, after) = authority.split_at(end + 1);
+        let (host, after) = authority
+            .split_at_checked(end + 1)
+            .ok_or(HttpError::InvalidUrl("unterminated IPv6 address"))?;
         match after.strip_prefix(':') {
             Some(port) => (host, Some(port)),
             None if after.is_empty() => (host, None),
@@ -247,7 +275,9 @@ fn split_authority(authority: &str) -> Result<(&str, u16), HttpError> {
     };
     let port = match port {
         None => 80,
-        Some(port) => port.parse::<u16>().map_err(|_| HttpError::InvalidUrl("bad port"))?,
+        Some(port) => port
+            .parse::<u16>()
+            .map_err(|_| HttpError::InvalidUrl("bad port"))?,
     };
     if port == 0 {
         return Err(HttpError::InvalidUrl("bad port"));
@@ -264,13 +294,17 @@ fn request(
     let target = parse_url(url)?;
     if let Some((content_type, _)) = body {
         if content_type.chars().any(|c| c.is_control()) {
-            return Err(HttpError::InvalidUrl("content type contains control characters"));
+            return Err(HttpError::InvalidContentType);
         }
     }
 
     let stream = connect(&target)?;
-    stream.set_read_timeout(Some(TIMEOUT)).map_err(HttpError::Send)?;
-    stream.set_write_timeout(Some(TIMEOUT)).map_err(HttpError::Send)?;
+    stream
+        .set_read_timeout(Some(TIMEOUT))
+        .map_err(HttpError::Send)?;
+    stream
+        .set_write_timeout(Some(TIMEOUT))
+        .map_err(HttpError::Send)?;
 
     let mut head = format!(
         "{method} {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: otad-simulate\r\nAccept: */*\r\n\
@@ -294,7 +328,10 @@ fn request(
     let mut message = head.into_bytes();
     message.extend_from_slice(payload);
     let mut writer = &stream;
-    writer.write_all(&message).and_then(|()| writer.flush()).map_err(HttpError::Send)?;
+    writer
+        .write_all(&message)
+        .and_then(|()| writer.flush())
+        .map_err(HttpError::Send)?;
 
     read_response(&mut BufReader::new(&stream))
 }
@@ -304,7 +341,10 @@ fn connect(target: &Target) -> Result<TcpStream, HttpError> {
     let authority = target.authority();
     let addresses = (target.connect_host.as_str(), target.port)
         .to_socket_addrs()
-        .map_err(|err| HttpError::Resolve { authority: authority.clone(), source: Some(err) })?;
+        .map_err(|err| HttpError::Resolve {
+            authority: authority.clone(),
+            source: Some(err),
+        })?;
 
     let mut last = None;
     for address in addresses {
@@ -315,7 +355,10 @@ fn connect(target: &Target) -> Result<TcpStream, HttpError> {
     }
     Err(match last {
         Some(source) => HttpError::Connect { authority, source },
-        None => HttpError::Resolve { authority, source: None },
+        None => HttpError::Resolve {
+            authority,
+            source: None,
+        },
     })
 }
 
@@ -382,7 +425,11 @@ fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse, HttpError> {
         }
     };
 
-    Ok(HttpResponse { status, content_type, body })
+    Ok(HttpResponse {
+        status,
+        content_type,
+        body,
+    })
 }
 
 /// The values of every header called `name`, in order.
@@ -390,7 +437,10 @@ fn header_values<'a>(
     headers: &'a [(String, String)],
     name: &'a str,
 ) -> impl Iterator<Item = &'a String> + 'a {
-    headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    headers
+        .iter()
+        .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
 }
 
 /// One status or header line without its line ending, charged to the header budget.
@@ -417,7 +467,9 @@ fn parse_status_line(line: &[u8]) -> Result<u16, HttpError> {
     if !version.starts_with("HTTP/1.") || code.len() != 3 {
         return Err(HttpError::StatusLineMalformed);
     }
-    let status = code.parse::<u16>().map_err(|_| HttpError::StatusLineMalformed)?;
+    let status = code
+        .parse::<u16>()
+        .map_err(|_| HttpError::StatusLineMalformed)?;
     if !(100..=999).contains(&status) {
         return Err(HttpError::StatusLineMalformed);
     }
@@ -441,9 +493,15 @@ fn read_exact_body(reader: &mut impl Read, length: usize) -> Result<Vec<u8>, Htt
         return Err(HttpError::BodyTooLarge);
     }
     let mut body = Vec::with_capacity(length);
-    reader.take(length as u64).read_to_end(&mut body).map_err(HttpError::Receive)?;
+    reader
+        .take(length as u64)
+        .read_to_end(&mut body)
+        .map_err(HttpError::Receive)?;
     if body.len() != length {
-        return Err(HttpError::BodyTruncated { expected: length, received: body.len() });
+        return Err(HttpError::BodyTruncated {
+            expected: length,
+            received: body.len(),
+        });
     }
     Ok(body)
 }
@@ -463,7 +521,10 @@ fn read_to_eof(reader: &mut impl Read) -> Result<Vec<u8>, HttpError> {
 
 /// A chunked body (RFC 9112 section 7.1); trailers are read and dropped, charged to what is
 /// left of the header budget.
-fn read_chunked(reader: &mut impl BufRead, mut trailer_budget: usize) -> Result<Vec<u8>, HttpError> {
+fn read_chunked(
+    reader: &mut impl BufRead,
+    mut trailer_budget: usize,
+) -> Result<Vec<u8>, HttpError> {
     let mut body = Vec::new();
     for _ in 0..MAX_CHUNKS {
         let Some(line) = read_line(reader, MAX_CHUNK_LINE)? else {
@@ -487,7 +548,10 @@ fn read_chunked(reader: &mut impl BufRead, mut trailer_budget: usize) -> Result<
             return Err(HttpError::BodyTooLarge);
         }
         let before = body.len();
-        reader.take(size as u64).read_to_end(&mut body).map_err(HttpError::Receive)?;
+        reader
+            .take(size as u64)
+            .read_to_end(&mut body)
+            .map_err(HttpError::Receive)?;
         if body.len() - before != size {
             return Err(HttpError::ChunkMalformed);
         }
@@ -557,15 +621,24 @@ mod tests {
         let (base, server) = serve_once(reply);
         let response = get(&format!("{base}/healthz?x=1")).unwrap();
         assert_eq!(response.status, 200);
-        assert_eq!(response.content_type.as_deref(), Some("text/plain; charset=utf-8"));
+        assert_eq!(
+            response.content_type.as_deref(),
+            Some("text/plain; charset=utf-8")
+        );
         assert_eq!(response.media_type().as_deref(), Some("text/plain"));
         assert_eq!(response.body, b"hello");
 
         let request = String::from_utf8(server.join().unwrap()).unwrap();
-        assert!(request.starts_with("GET /healthz?x=1 HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.starts_with("GET /healthz?x=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
         assert!(request.contains("\r\nConnection: close\r\n"));
         let host = base.trim_start_matches("http://");
-        assert!(request.contains(&format!("\r\nHost: {host}\r\n")), "{request}");
+        assert!(
+            request.contains(&format!("\r\nHost: {host}\r\n")),
+            "{request}"
+        );
         assert!(!request.contains("Content-Length"));
     }
 
@@ -574,8 +647,12 @@ mod tests {
         let reply = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nrefused".to_vec();
         let (base, server) = serve_once(reply);
         let body = [0x30u8, 0x80, 0x00, 0x00, 0xff];
-        let response = post(&format!("{base}/ota/phase23"), "application/pkcs7-signature", &body)
-            .unwrap();
+        let response = post(
+            &format!("{base}/ota/phase23"),
+            "application/pkcs7-signature",
+            &body,
+        )
+        .unwrap();
         assert_eq!(response.status, 403);
         assert_eq!(response.content_type, None);
         assert_eq!(response.body, b"refused");
@@ -596,7 +673,10 @@ mod tests {
         let (base, server) = serve_once(chunked);
         assert_eq!(get(&base).unwrap().body, b"Wikipedia");
         let request = String::from_utf8(server.join().unwrap()).unwrap();
-        assert!(request.starts_with("GET / HTTP/1.1\r\n"), "an empty path is sent as /");
+        assert!(
+            request.starts_with("GET / HTTP/1.1\r\n"),
+            "an empty path is sent as /"
+        );
 
         let (base, server) = serve_once(b"HTTP/1.0 200 OK\n\nuntil the end".to_vec());
         assert_eq!(get(&base).unwrap().body, b"until the end");
@@ -608,7 +688,10 @@ mod tests {
         let read = |bytes: &[u8]| read_response(&mut &bytes[..]);
         assert!(matches!(
             read(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
-            Err(HttpError::BodyTruncated { expected: 10, received: 5 })
+            Err(HttpError::BodyTruncated {
+                expected: 10,
+                received: 5
+            })
         ));
         assert!(matches!(
             read(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999\r\n\r\n"),
@@ -622,11 +705,23 @@ mod tests {
             read(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"),
             Err(HttpError::ContentLengthInvalid)
         ));
-        assert!(matches!(read(b"HTTP/1.1 200 OK\r\nContent"), Err(HttpError::HeadersTruncated)));
+        assert!(matches!(
+            read(b"HTTP/1.1 200 OK\r\nContent"),
+            Err(HttpError::HeadersTruncated)
+        ));
         assert!(matches!(read(b""), Err(HttpError::HeadersTruncated)));
-        assert!(matches!(read(b"SMTP 220 hi\r\n\r\n"), Err(HttpError::StatusLineMalformed)));
-        assert!(matches!(read(b"HTTP/1.1 20 OK\r\n\r\n"), Err(HttpError::StatusLineMalformed)));
-        assert!(matches!(read(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"), Err(HttpError::HeaderMalformed)));
+        assert!(matches!(
+            read(b"SMTP 220 hi\r\n\r\n"),
+            Err(HttpError::StatusLineMalformed)
+        ));
+        assert!(matches!(
+            read(b"HTTP/1.1 20 OK\r\n\r\n"),
+            Err(HttpError::StatusLineMalformed)
+        ));
+        assert!(matches!(
+            read(b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n"),
+            Err(HttpError::HeaderMalformed)
+        ));
         assert!(matches!(
             read(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Err(HttpError::TransferEncodingUnsupported(_))
@@ -654,26 +749,39 @@ mod tests {
             many.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
         }
         many.extend_from_slice(b"\r\n");
-        assert!(matches!(read_response(&mut &many[..]), Err(HttpError::TooManyHeaders)));
+        assert!(matches!(
+            read_response(&mut &many[..]),
+            Err(HttpError::TooManyHeaders)
+        ));
 
         let mut exactly = b"HTTP/1.1 200 OK\r\n".to_vec();
         for n in 1..MAX_HEADERS {
             exactly.extend_from_slice(format!("X-{n}: v\r\n").as_bytes());
         }
         exactly.extend_from_slice(b"Content-Length: 2\r\n\r\nok");
-        assert_eq!(read_response(&mut &exactly[..]).unwrap().body, b"ok", "64 headers are fine");
+        assert_eq!(
+            read_response(&mut &exactly[..]).unwrap().body,
+            b"ok",
+            "64 headers are fine"
+        );
 
         let mut large = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
         large.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES));
         large.extend_from_slice(b"\r\n\r\n");
-        assert!(matches!(read_response(&mut &large[..]), Err(HttpError::HeadersTooLarge)));
+        assert!(matches!(
+            read_response(&mut &large[..]),
+            Err(HttpError::HeadersTooLarge)
+        ));
     }
 
     #[test]
     fn body_to_eof_is_bounded() {
         let mut big = b"HTTP/1.1 200 OK\r\n\r\n".to_vec();
         big.resize(big.len() + MAX_BODY_BYTES + 1, b'x');
-        assert!(matches!(read_response(&mut &big[..]), Err(HttpError::BodyTooLarge)));
+        assert!(matches!(
+            read_response(&mut &big[..]),
+            Err(HttpError::BodyTooLarge)
+        ));
     }
 
     #[test]
@@ -685,23 +793,59 @@ mod tests {
         assert_eq!(target.authority(), "127.0.0.1:8080");
 
         let v6 = parse_url("http://[::1]:9/x").unwrap();
-        assert_eq!((v6.connect_host.as_str(), v6.port, v6.authority()), ("::1", 9, "[::1]:9".into()));
+        assert_eq!(
+            (v6.connect_host.as_str(), v6.port, v6.authority()),
+            ("::1", 9, "[::1]:9".into())
+        );
         let plain = parse_url("HTTP://localhost?q").unwrap();
         assert_eq!((plain.port, plain.path.as_str()), (80, "/?q"));
 
-        assert!(matches!(get("https://127.0.0.1/"), Err(HttpError::TlsNotSupported)));
+        assert!(matches!(
+            get("https://127.0.0.1/"),
+            Err(HttpError::TlsNotSupported)
+        ));
         assert_eq!(
             HttpError::TlsNotSupported.to_string(),
             "url: https is not supported yet; use an http:// URL"
         );
-        assert!(matches!(parse_url("ftp://x/"), Err(HttpError::UnsupportedScheme(_))));
-        assert!(matches!(parse_url("127.0.0.1/x"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://a b/"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://x/\r\nHost: y"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://u@x/"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://x:99999/"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://:80/"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(parse_url("http://[::1/"), Err(HttpError::InvalidUrl(_))));
+        assert!(matches!(
+            parse_url("ftp://x/"),
+            Err(HttpError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            parse_url("127.0.0.1/x"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://a b/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://x/\r\nHost: y"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://u@x/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://x:99999/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://:80/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            parse_url("http://[::1/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+    }
+
+    #[test]
+    fn header_injection_through_the_content_type_is_refused() {
+        let err = post("http://127.0.0.1:9/", "text/plain\r\nX-Injected: 1", b"").unwrap_err();
+        assert!(matches!(err, HttpError::InvalidContentType), "{err}");
     }
 
     #[test]
@@ -711,6 +855,8 @@ mod tests {
         drop(listener);
         let err = get(&format!("http://127.0.0.1:{port}/")).unwrap_err();
         assert!(matches!(err, HttpError::Connect { .. }), "{err}");
-        assert!(err.to_string().starts_with(&format!("127.0.0.1:{port}: cannot connect")));
+        assert!(err
+            .to_string()
+            .starts_with(&format!("127.0.0.1:{port}: cannot connect")));
     }
 }

@@ -193,7 +193,11 @@ pub(crate) fn header(input: &[u8]) -> Result<Header, BerError> {
             }
             let octets = input.get(pos..pos + count).ok_or(BerError::Truncated)?;
             pos += count;
-            Some(octets.iter().fold(0usize, |value, octet| (value << 8) | usize::from(*octet)))
+            Some(
+                octets
+                    .iter()
+                    .fold(0usize, |value, octet| (value << 8) | usize::from(*octet)),
+            )
         }
     };
 
@@ -255,15 +259,25 @@ impl Normalizer {
 
         if !header.constructed() {
             let length = header.length.ok_or(BerError::BadLength)?;
-            let end = header.header_len.checked_add(length).ok_or(BerError::BadLength)?;
-            let content = input.get(header.header_len..end).ok_or(BerError::Truncated)?;
+            let end = header
+                .header_len
+                .checked_add(length)
+                .ok_or(BerError::BadLength)?;
+            let content = input
+                .get(header.header_len..end)
+                .ok_or(BerError::Truncated)?;
             return Ok((encode_element(tag, content, false), end));
         }
 
         let (children, used) = match header.length {
             Some(length) => {
-                let end = header.header_len.checked_add(length).ok_or(BerError::BadLength)?;
-                let body = input.get(header.header_len..end).ok_or(BerError::Truncated)?;
+                let end = header
+                    .header_len
+                    .checked_add(length)
+                    .ok_or(BerError::BadLength)?;
+                let body = input
+                    .get(header.header_len..end)
+                    .ok_or(BerError::Truncated)?;
                 (self.definite_children(body, depth)?, end)
             }
             None => {
@@ -328,7 +342,9 @@ fn build_constructed(tag: &[u8], children: Vec<Element>) -> Result<Element, BerE
             }
             Ok(encode_element(&[OCTET_STRING], &joined, false))
         }
-        [BIT_STRING_CONSTRUCTED] => Ok(encode_element(&[BIT_STRING], &join_bits(&children)?, false)),
+        [BIT_STRING_CONSTRUCTED] => {
+            Ok(encode_element(&[BIT_STRING], &join_bits(&children)?, false))
+        }
         [SEQUENCE] if is_encrypted_content_info(&children) => {
             // RFC 5652 §6.1: EncryptedContentInfo ::= SEQUENCE { contentType OID,
             // contentEncryptionAlgorithm AlgorithmIdentifier, encryptedContent [0] IMPLICIT
@@ -393,8 +409,10 @@ fn join_bits(children: &[Element]) -> Result<Vec<u8>, BerError> {
         if child.first() != Some(BIT_STRING) {
             return Err(BerError::BadChunk);
         }
-        let (chunk_unused, payload) =
-            child.content().split_first().ok_or(BerError::BadBitString)?;
+        let (chunk_unused, payload) = child
+            .content()
+            .split_first()
+            .ok_or(BerError::BadBitString)?;
         let last = index + 1 == count;
         if *chunk_unused > 7 || (*chunk_unused != 0 && (!last || payload.is_empty())) {
             return Err(BerError::BadBitString);
@@ -429,7 +447,9 @@ fn encode_children(tag: &[u8], children: &[Element]) -> Element {
     for child in children {
         content.extend_from_slice(&child.der);
     }
-    let only_octet_strings = children.iter().all(|child| child.first() == Some(OCTET_STRING));
+    let only_octet_strings = children
+        .iter()
+        .all(|child| child.first() == Some(OCTET_STRING));
     encode_element(tag, &content, only_octet_strings)
 }
 
@@ -442,7 +462,11 @@ pub(crate) fn push_length(out: &mut Vec<u8>, length: usize) {
         }
     }
     let octets = length.to_be_bytes();
-    let significant: Vec<u8> = octets.iter().copied().skip_while(|octet| *octet == 0).collect();
+    let significant: Vec<u8> = octets
+        .iter()
+        .copied()
+        .skip_while(|octet| *octet == 0)
+        .collect();
     // At most size_of::<usize>() octets, so the count fits the seven bits it has.
     out.push(0x80 | (significant.len() as u8));
     out.extend_from_slice(&significant);
@@ -480,7 +504,10 @@ impl Tlv<'_> {
 pub(crate) fn split_der(input: &[u8]) -> Result<(Tlv<'_>, &[u8]), BerError> {
     let header = header(input)?;
     let length = header.length.ok_or(BerError::BadLength)?;
-    let end = header.header_len.checked_add(length).ok_or(BerError::BadLength)?;
+    let end = header
+        .header_len
+        .checked_add(length)
+        .ok_or(BerError::BadLength)?;
     let raw = input.get(..end).ok_or(BerError::Truncated)?;
     let tlv = Tlv {
         tag: raw.get(..header.tag_len).ok_or(BerError::Truncated)?,
@@ -504,7 +531,9 @@ mod tests {
     #[test]
     fn indefinite_lengths_become_definite() {
         // SEQUENCE (indefinite) { INTEGER 5, SEQUENCE (indefinite) { NULL } }
-        let ber = [0x30, 0x80, 0x02, 0x01, 0x05, 0x30, 0x80, 0x05, 0x00, 0, 0, 0, 0];
+        let ber = [
+            0x30, 0x80, 0x02, 0x01, 0x05, 0x30, 0x80, 0x05, 0x00, 0, 0, 0, 0,
+        ];
         let der = [0x30, 0x07, 0x02, 0x01, 0x05, 0x30, 0x02, 0x05, 0x00];
         assert_eq!(normalized(&ber), der);
     }
@@ -557,10 +586,14 @@ mod tests {
 
     #[test]
     fn chunked_bit_strings_are_joined() {
-        let ber = [0x23, 0x80, 0x03, 0x02, 0x00, 0xf0, 0x03, 0x02, 0x04, 0xa0, 0, 0];
+        let ber = [
+            0x23, 0x80, 0x03, 0x02, 0x00, 0xf0, 0x03, 0x02, 0x04, 0xa0, 0, 0,
+        ];
         assert_eq!(normalized(&ber), [0x03, 0x03, 0x04, 0xf0, 0xa0]);
         // Unused bits in a chunk other than the last are not allowed.
-        let ber = [0x23, 0x80, 0x03, 0x02, 0x04, 0xf0, 0x03, 0x02, 0x00, 0xa0, 0, 0];
+        let ber = [
+            0x23, 0x80, 0x03, 0x02, 0x04, 0xf0, 0x03, 0x02, 0x00, 0xa0, 0, 0,
+        ];
         assert_eq!(normalize(&ber), Err(BerError::BadBitString));
         let ber = [0x23, 0x80, 0x03, 0x02, 0x08, 0xf0, 0, 0];
         assert_eq!(normalize(&ber), Err(BerError::BadBitString));
@@ -576,7 +609,7 @@ mod tests {
             0x04, 0x02, b'a', b'b', 0x04, 0x01, b'c', 0, 0, 0, 0,
         ];
         let der = [
-            0x30, 0x0d, 0x06, 0x02, 0x2a, 0x03, 0x30, 0x04, 0x06, 0x02, 0x2a, 0x04, 0x80, 0x03,
+            0x30, 0x0f, 0x06, 0x02, 0x2a, 0x03, 0x30, 0x04, 0x06, 0x02, 0x2a, 0x04, 0x80, 0x03,
             b'a', b'b', b'c',
         ];
         assert_eq!(normalized(&ber), der);
@@ -585,7 +618,9 @@ mod tests {
     #[test]
     fn explicit_context_tags_elsewhere_are_kept() {
         // EncapsulatedContentInfo: SEQUENCE { OID, [0] EXPLICIT OCTET STRING } stays as is.
-        let der = [0x30, 0x09, 0x06, 0x02, 0x2a, 0x03, 0xa0, 0x03, 0x04, 0x01, b'x'];
+        let der = [
+            0x30, 0x09, 0x06, 0x02, 0x2a, 0x03, 0xa0, 0x03, 0x04, 0x01, b'x',
+        ];
         assert_eq!(normalized(&der), der);
     }
 
@@ -593,17 +628,23 @@ mod tests {
     fn high_tag_numbers_are_supported() {
         // [APPLICATION 200] constructed, indefinite, holding [PRIVATE 31] primitive.
         let ber = [0x7f, 0x81, 0x48, 0x80, 0xdf, 0x1f, 0x01, 0xee, 0, 0];
-        assert_eq!(normalized(&ber), [0x7f, 0x81, 0x48, 0x04, 0xdf, 0x1f, 0x01, 0xee]);
+        assert_eq!(
+            normalized(&ber),
+            [0x7f, 0x81, 0x48, 0x04, 0xdf, 0x1f, 0x01, 0xee]
+        );
         // A high-form tag for a number below 31, or with a leading zero digit, is malformed.
         assert_eq!(normalize(&[0x1f, 0x05, 0x00]), Err(BerError::BadTag));
         assert_eq!(normalize(&[0x1f, 0x80, 0x20, 0x00]), Err(BerError::BadTag));
-        assert_eq!(normalize(&[0x1f, 0x81, 0x82, 0x83, 0x84, 0x05, 0x00]), Err(BerError::BadTag));
+        assert_eq!(
+            normalize(&[0x1f, 0x81, 0x82, 0x83, 0x84, 0x05, 0x00]),
+            Err(BerError::BadTag)
+        );
     }
 
     #[test]
     fn der_input_is_identical() {
         let der = [
-            0x30, 0x14, 0x02, 0x01, 0x01, 0x31, 0x06, 0x02, 0x01, 0x09, 0x02, 0x01, 0x03, 0x04,
+            0x30, 0x15, 0x02, 0x01, 0x01, 0x31, 0x06, 0x02, 0x01, 0x09, 0x02, 0x01, 0x03, 0x04,
             0x02, 0xff, 0x00, 0x03, 0x02, 0x04, 0xf0, 0x80, 0x00,
         ];
         assert_eq!(normalized(&der), der);
@@ -633,7 +674,7 @@ mod tests {
         assert_eq!(normalize_with(&nested, &limits), Err(BerError::TooDeep));
 
         // Deep indefinite nesting under the default limits.
-        let mut deep = vec![0x30, 0x80].repeat(40);
+        let mut deep = [0x30, 0x80].repeat(40);
         deep.extend_from_slice(&[0x00, 0x00].repeat(40));
         assert_eq!(normalize(&deep), Err(BerError::TooDeep));
     }
@@ -650,7 +691,10 @@ mod tests {
             max_elements: 3,
             ..DEFAULT_LIMITS
         };
-        assert_eq!(normalize_with(&ber, &limits), Err(BerError::TooManyElements));
+        assert_eq!(
+            normalize_with(&ber, &limits),
+            Err(BerError::TooManyElements)
+        );
     }
 
     #[test]
@@ -659,15 +703,25 @@ mod tests {
             max_input: 3,
             ..DEFAULT_LIMITS
         };
-        assert_eq!(normalize_with(&[0x04, 0x01, 0xaa], &limits), Ok(vec![0x04, 0x01, 0xaa]));
-        assert_eq!(normalize_with(&[0x04, 0x02, 0xaa, 0xbb], &limits), Err(BerError::TooLarge));
+        assert_eq!(
+            normalize_with(&[0x04, 0x01, 0xaa], &limits),
+            Ok(vec![0x04, 0x01, 0xaa])
+        );
+        assert_eq!(
+            normalize_with(&[0x04, 0x02, 0xaa, 0xbb], &limits),
+            Err(BerError::TooLarge)
+        );
     }
 
     #[test]
     fn truncated_input_is_refused() {
         let ber = [0x30, 0x80, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0, 0, 0, 0];
         for end in 0..ber.len() {
-            assert_eq!(normalize(&ber[..end]), Err(BerError::Truncated), "cut at {end}");
+            assert_eq!(
+                normalize(&ber[..end]),
+                Err(BerError::Truncated),
+                "cut at {end}"
+            );
         }
         assert_eq!(normalize(&[0x04, 0x05, 0x01]), Err(BerError::Truncated));
         assert_eq!(normalize(&[0x04, 0x82, 0x01]), Err(BerError::Truncated));
@@ -676,23 +730,38 @@ mod tests {
     #[test]
     fn trailing_data_is_refused() {
         assert_eq!(normalize(&[0x05, 0x00, 0x00]), Err(BerError::TrailingData));
-        assert_eq!(normalize(&[0x30, 0x80, 0x05, 0x00, 0, 0, 0x05]), Err(BerError::TrailingData));
+        assert_eq!(
+            normalize(&[0x30, 0x80, 0x05, 0x00, 0, 0, 0x05]),
+            Err(BerError::TrailingData)
+        );
     }
 
     #[test]
     fn malformed_lengths_and_tags_are_refused() {
         // Indefinite length on a primitive element.
-        assert_eq!(normalize(&[0x04, 0x80, 0x00, 0x00]), Err(BerError::BadLength));
+        assert_eq!(
+            normalize(&[0x04, 0x80, 0x00, 0x00]),
+            Err(BerError::BadLength)
+        );
         // Reserved length octet and over-long length.
         assert_eq!(normalize(&[0x04, 0xff, 0x00]), Err(BerError::BadLength));
-        assert_eq!(normalize(&[0x04, 0x85, 0, 0, 0, 0, 1, 0]), Err(BerError::BadLength));
+        assert_eq!(
+            normalize(&[0x04, 0x85, 0, 0, 0, 0, 1, 0]),
+            Err(BerError::BadLength)
+        );
         // End-of-contents marker with a non-zero length octet.
-        assert_eq!(normalize(&[0x30, 0x80, 0x00, 0x01, 0x00]), Err(BerError::BadLength));
+        assert_eq!(
+            normalize(&[0x30, 0x80, 0x00, 0x01, 0x00]),
+            Err(BerError::BadLength)
+        );
         // End-of-contents marker at the top, or inside a definite-length element.
         assert_eq!(normalize(&[0x00, 0x00]), Err(BerError::BadTag));
         assert_eq!(normalize(&[0x30, 0x02, 0x00, 0x00]), Err(BerError::BadTag));
         // A child running past the end of its definite-length parent.
-        assert_eq!(normalize(&[0x30, 0x02, 0x04, 0x02, 0xaa, 0xbb]), Err(BerError::Truncated));
+        assert_eq!(
+            normalize(&[0x30, 0x02, 0x04, 0x02, 0xaa, 0xbb]),
+            Err(BerError::Truncated)
+        );
     }
 
     #[test]

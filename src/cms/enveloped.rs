@@ -11,15 +11,14 @@ use aws_lc_rs::cipher::{
 };
 use aws_lc_rs::iv::FixedLength;
 use aws_lc_rs::rsa::{
-    Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey,
-    PublicEncryptingKey,
+    Pkcs1PrivateDecryptingKey, Pkcs1PublicEncryptingKey, PrivateDecryptingKey, PublicEncryptingKey,
 };
 
 use super::ber::{self, Tlv};
 use super::{
-    algorithm_identifier, certificate_parts, encode_algorithm_null, encode_content_info,
-    malformed, object_identifier, oid, rsa_public_key, single, tag, CertificateId,
-    CertificateParts, CmsError, ContentCipher, Reader,
+    algorithm_identifier, certificate_parts, encode_algorithm_null, encode_content_info, malformed,
+    object_identifier, oid, rsa_public_key, single, tag, CertificateId, CertificateParts, CmsError,
+    ContentCipher, Reader,
 };
 
 /// At most this many RecipientInfos in one EnvelopedData.
@@ -44,6 +43,8 @@ pub fn encrypt(
 ) -> Result<Vec<u8>, CmsError> {
     let parts = certificate_parts(recipient_certificate)?;
     let (_, bits) = rsa_public_key(&parts.subject_public_key_info)?;
+    // TODO: RSA-1024 recipients: aws-lc-rs's PublicEncryptingKey takes 2048..=8192 bits only,
+    // so content cannot be encrypted to a 1024-bit SCEP key; profiles must ask for 2048.
     if bits < MIN_ENCRYPTION_RSA_BITS {
         return Err(CmsError::UnsupportedKey(format!(
             "recipient rsa key of {bits} bits (encryption needs {MIN_ENCRYPTION_RSA_BITS})"
@@ -77,7 +78,10 @@ pub fn encrypt(
     );
     let algorithm = ber::tlv_of(
         tag::SEQUENCE,
-        &[&ber::tlv(tag::OID, cipher.oid().as_bytes()), &ber::tlv(tag::OCTET_STRING, &iv)],
+        &[
+            &ber::tlv(tag::OID, cipher.oid().as_bytes()),
+            &ber::tlv(tag::OCTET_STRING, &iv),
+        ],
     );
     let encrypted_content_info = ber::tlv_of(
         tag::SEQUENCE,
@@ -89,9 +93,16 @@ pub fn encrypt(
     );
     let enveloped_data = ber::tlv_of(
         tag::SEQUENCE,
-        &[&VERSION_0, &ber::tlv(tag::SET, &recipient_info), &encrypted_content_info],
+        &[
+            &VERSION_0,
+            &ber::tlv(tag::SET, &recipient_info),
+            &encrypted_content_info,
+        ],
     );
-    Ok(encode_content_info(&oid::ID_ENVELOPED_DATA, &enveloped_data))
+    Ok(encode_content_info(
+        &oid::ID_ENVELOPED_DATA,
+        &enveloped_data,
+    ))
 }
 
 /// The content of a decrypted EnvelopedData.
@@ -133,7 +144,10 @@ pub fn decrypt(
         _ => return Err(malformed("content encryption algorithm", "no IV")),
     };
     if iv.len() != cipher.iv_len() {
-        return Err(malformed("content encryption algorithm", "IV of the wrong length"));
+        return Err(malformed(
+            "content encryption algorithm",
+            "IV of the wrong length",
+        ));
     }
     let encrypted_content = enveloped.encrypted_content.ok_or(CmsError::NoContent)?;
 
@@ -212,7 +226,9 @@ fn decrypt_content(
         }
     };
     let mut buffer = encrypted_content.to_vec();
-    let plaintext = key.decrypt(&mut buffer, context).map_err(|_| CmsError::Decrypt)?;
+    let plaintext = key
+        .decrypt(&mut buffer, context)
+        .map_err(|_| CmsError::Decrypt)?;
     Ok(plaintext.to_vec())
 }
 
@@ -317,12 +333,317 @@ fn choose_recipient<'r, 'a>(
     recipients: &'r [KeyTransRecipient<'a>],
     certificate: &CertificateParts<'_>,
 ) -> Result<&'r KeyTransRecipient<'a>, CmsError> {
-    if let Some(recipient) = recipients.iter().find(|recipient| recipient.rid.matches(certificate))
+    if let Some(recipient) = recipients
+        .iter()
+        .find(|recipient| recipient.rid.matches(certificate))
     {
         return Ok(recipient);
     }
     match recipients {
         [only] => Ok(only),
         _ => Err(CmsError::NoRecipient),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cms::test_support::{have_openssl, openssl, shared, TestResult};
+
+    const CONTENT: &[u8] = b"-----BEGIN CERTIFICATE REQUEST----- not really, but 51+ octets";
+
+    const ALL_CIPHERS: [ContentCipher; 4] = [
+        ContentCipher::Des3Cbc,
+        ContentCipher::Aes128Cbc,
+        ContentCipher::Aes192Cbc,
+        ContentCipher::Aes256Cbc,
+    ];
+
+    #[test]
+    fn round_trip_for_every_cipher() -> TestResult {
+        let recipient = shared(0)?;
+        for cipher in ALL_CIPHERS {
+            let message = encrypt(CONTENT, &recipient.certificate, cipher)?;
+            let decrypted = decrypt(&message, &recipient.certificate, &recipient.decrypting)?;
+            assert_eq!(decrypted.content, CONTENT, "{cipher}");
+            assert_eq!(decrypted.cipher, cipher);
+        }
+        // Empty content pads to one block and comes back empty.
+        let message = encrypt(b"", &recipient.certificate, ContentCipher::Aes128Cbc)?;
+        let decrypted = decrypt(&message, &recipient.certificate, &recipient.decrypting)?;
+        assert_eq!(decrypted.content, b"");
+        Ok(())
+    }
+
+    #[test]
+    fn encryption_is_randomised() -> TestResult {
+        let recipient = shared(0)?;
+        let first = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes256Cbc)?;
+        let second = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes256Cbc)?;
+        assert_ne!(first, second);
+        Ok(())
+    }
+
+    /// Decrypts with a key that cannot be right, `attempts` times. Each attempt must fail
+    /// with Decrypt or, as the Bleichenbacher countermeasure allows (the random key gives valid
+    /// padding about one time in 256), give content other than the original; most must fail.
+    fn assert_decrypt_fails(
+        message: &[u8],
+        certificate: &[u8],
+        key: &PrivateDecryptingKey,
+    ) -> TestResult {
+        let attempts = 8;
+        let mut failures = 0;
+        for _ in 0..attempts {
+            match decrypt(message, certificate, key) {
+                Err(CmsError::Decrypt) => failures += 1,
+                Ok(decrypted) => assert_ne!(decrypted.content, CONTENT),
+                Err(other) => return Err(format!("expected Decrypt, got {other}").into()),
+            }
+        }
+        assert!(
+            failures >= attempts / 2,
+            "only {failures} of {attempts} failed"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_key_gives_decrypt() -> TestResult {
+        let recipient = shared(0)?;
+        let wrong = shared(1)?;
+        for cipher in ALL_CIPHERS {
+            let message = encrypt(CONTENT, &recipient.certificate, cipher)?;
+            assert_decrypt_fails(&message, &recipient.certificate, &wrong.decrypting)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn content_key_of_the_wrong_length_gives_decrypt() -> TestResult {
+        let recipient = shared(0)?;
+        let mut message = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes128Cbc)?;
+        // Relabel the AES-128 content as AES-256 (the OIDs differ in their last octet only):
+        // the transported 16-octet key is now of the wrong length.
+        let aes128 = ber::tlv(tag::OID, oid::AES128_CBC.as_bytes());
+        let start = message
+            .windows(aes128.len())
+            .position(|window| window == aes128.as_slice())
+            .ok_or("no AES-128 OID")?;
+        let last = message.get_mut(start + aes128.len() - 1).ok_or("range")?;
+        *last = 0x2a;
+        assert_decrypt_fails(&message, &recipient.certificate, &recipient.decrypting)
+    }
+
+    #[test]
+    fn wrong_length_rsa_block_gives_decrypt() -> TestResult {
+        // A 4096-bit key cannot take a 2048-bit block: the same opaque failure.
+        let recipient = shared(0)?;
+        let message = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes128Cbc)?;
+        let big = PrivateDecryptingKey::generate(aws_lc_rs::rsa::KeySize::Rsa4096)?;
+        assert_decrypt_fails(&message, &recipient.certificate, &big)
+    }
+
+    #[test]
+    fn bare_enveloped_data_is_accepted() -> TestResult {
+        let recipient = shared(0)?;
+        let message = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes256Cbc)?;
+        let inner =
+            crate::cms::content_info(&message, oid::ID_ENVELOPED_DATA, CmsError::NotEnvelopedData)?;
+        let decrypted = decrypt(inner.raw, &recipient.certificate, &recipient.decrypting)?;
+        assert_eq!(decrypted.content, CONTENT);
+        Ok(())
+    }
+
+    #[test]
+    fn foreign_and_truncated_input_is_refused_without_panic() -> TestResult {
+        let recipient = shared(0)?;
+        let message = encrypt(CONTENT, &recipient.certificate, ContentCipher::Aes128Cbc)?;
+        for end in 0..message.len() {
+            let cut = message.get(..end).ok_or("range")?;
+            assert!(
+                decrypt(cut, &recipient.certificate, &recipient.decrypting).is_err(),
+                "cut at {end}"
+            );
+        }
+        let signed = crate::cms::signed::certs_only(&[&recipient.certificate])?;
+        assert!(matches!(
+            decrypt(&signed, &recipient.certificate, &recipient.decrypting),
+            Err(CmsError::NotEnvelopedData)
+        ));
+        assert!(matches!(
+            encrypt(CONTENT, b"not a certificate", ContentCipher::Aes128Cbc),
+            Err(CmsError::Malformed(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn constant_time_length_comparison() {
+        assert_eq!(equal_lengths(16, 16), 1);
+        assert_eq!(equal_lengths(16, 32), 0);
+        assert_eq!(equal_lengths(0, usize::MAX), 0);
+        assert_eq!(equal_lengths(0, 0), 1);
+    }
+
+    #[test]
+    fn openssl_decrypts_what_encrypt_makes() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let recipient = shared(0)?;
+        std::fs::write(dir.path().join("cert.pem"), &recipient.certificate_pem)?;
+        std::fs::write(dir.path().join("key.pem"), &recipient.key_pem)?;
+        for cipher in ALL_CIPHERS {
+            let message = encrypt(CONTENT, &recipient.certificate, cipher)?;
+            std::fs::write(dir.path().join("enveloped.der"), &message)?;
+            openssl(
+                dir.path(),
+                &[
+                    "cms",
+                    "-decrypt",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    "enveloped.der",
+                    "-recip",
+                    "cert.pem",
+                    "-inkey",
+                    "key.pem",
+                    "-out",
+                    "content.out",
+                ],
+            )?;
+            assert_eq!(
+                std::fs::read(dir.path().join("content.out"))?,
+                CONTENT,
+                "{cipher}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn decrypt_accepts_openssl_streamed_ber() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let recipient = shared(0)?;
+        std::fs::write(dir.path().join("cert.pem"), &recipient.certificate_pem)?;
+        // Large enough that OpenSSL streams the encryptedContent in several chunks.
+        let content = CONTENT.repeat(150);
+        std::fs::write(dir.path().join("content.bin"), &content)?;
+        let cases: [(&[&str], ContentCipher); 5] = [
+            (&["-des3"], ContentCipher::Des3Cbc),
+            (&["-aes128"], ContentCipher::Aes128Cbc),
+            (&["-aes192"], ContentCipher::Aes192Cbc),
+            (&["-aes256"], ContentCipher::Aes256Cbc),
+            (&["-aes256", "-keyid"], ContentCipher::Aes256Cbc),
+        ];
+        for (extra, cipher) in cases {
+            let mut args = vec![
+                "cms",
+                "-encrypt",
+                "-stream",
+                "-binary",
+                "-outform",
+                "DER",
+                "-in",
+                "content.bin",
+                "-out",
+                "enveloped.ber",
+            ];
+            args.extend_from_slice(extra);
+            args.push("cert.pem");
+            openssl(dir.path(), &args)?;
+            let message = std::fs::read(dir.path().join("enveloped.ber"))?;
+            assert_ne!(
+                ber::normalize(&message)?,
+                message,
+                "openssl streamed BER ({extra:?})"
+            );
+
+            let decrypted = decrypt(&message, &recipient.certificate, &recipient.decrypting)?;
+            assert_eq!(decrypted.content, content, "{extra:?}");
+            assert_eq!(decrypted.cipher, cipher, "{extra:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn recipient_is_chosen_by_certificate() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let (first, second, third) = (shared(0)?, shared(1)?, shared(2)?);
+        std::fs::write(dir.path().join("first.pem"), &first.certificate_pem)?;
+        std::fs::write(dir.path().join("second.pem"), &second.certificate_pem)?;
+        std::fs::write(dir.path().join("content.bin"), CONTENT)?;
+        openssl(
+            dir.path(),
+            &[
+                "cms",
+                "-encrypt",
+                "-binary",
+                "-outform",
+                "DER",
+                "-aes128",
+                "-in",
+                "content.bin",
+                "-out",
+                "two.der",
+                "first.pem",
+                "second.pem",
+            ],
+        )?;
+        let message = std::fs::read(dir.path().join("two.der"))?;
+
+        for recipient in [first, second] {
+            let decrypted = decrypt(&message, &recipient.certificate, &recipient.decrypting)?;
+            assert_eq!(decrypted.content, CONTENT);
+        }
+        assert!(matches!(
+            decrypt(&message, &third.certificate, &third.decrypting),
+            Err(CmsError::NoRecipient)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn small_rsa_recipients_are_refused() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:1024",
+                "-nodes",
+                "-subj",
+                "/CN=small",
+                "-days",
+                "1",
+                "-keyout",
+                "small.key",
+                "-outform",
+                "DER",
+                "-out",
+                "small.der",
+            ],
+        )?;
+        let certificate = std::fs::read(dir.path().join("small.der"))?;
+        assert!(matches!(
+            encrypt(CONTENT, &certificate, ContentCipher::Aes128Cbc),
+            Err(CmsError::UnsupportedKey(text)) if text.contains("1024")
+        ));
+        Ok(())
     }
 }

@@ -18,8 +18,8 @@ pub mod signed;
 
 pub use enveloped::{decrypt, encrypt, Decrypted};
 pub use signed::{
-    certs_only, parse_certs_only, sign, verify, SignOptions, SignedAttribute, SignedMessage,
-    Signer, SignerIdentity,
+    certs_only, parse_certs_only, read_unverified, sign, verify, SignOptions, SignedAttribute,
+    SignedMessage, Signer, SignerIdentity, UnverifiedMessage,
 };
 
 use ber::Tlv;
@@ -29,6 +29,8 @@ pub const MAX_CERTIFICATES: usize = 16;
 
 /// DER identifier octets this layer reads and writes.
 pub(crate) mod tag {
+    /// BOOLEAN.
+    pub(crate) const BOOLEAN: u8 = 0x01;
     /// INTEGER.
     pub(crate) const INTEGER: u8 = 0x02;
     /// BIT STRING.
@@ -87,7 +89,9 @@ impl DigestAlgorithm {
 
     /// The digest of `data`, computed by aws-lc-rs.
     pub fn digest(self, data: &[u8]) -> Vec<u8> {
-        aws_lc_rs::digest::digest(self.aws_lc(), data).as_ref().to_vec()
+        aws_lc_rs::digest::digest(self.aws_lc(), data)
+            .as_ref()
+            .to_vec()
     }
 
     /// The aws-lc-rs digest algorithm.
@@ -243,8 +247,9 @@ pub enum CmsError {
 impl fmt::Display for CmsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Ber(err) => write!(f, "cms: {err}"),
-            Self::Malformed(what) => write!(f, "cms: malformed: {what}"),
+            // Both texts already start with their subject.
+            Self::Ber(err) => write!(f, "{err}"),
+            Self::Malformed(what) => f.write_str(what),
             Self::NotSignedData => f.write_str("content info: does not hold a signed data"),
             Self::NotEnvelopedData => f.write_str("content info: does not hold an enveloped data"),
             Self::SignerCount(count) => write!(f, "signed data: has {count} signer infos"),
@@ -332,9 +337,8 @@ impl<'a> Reader<'a> {
 
     /// The next element, whatever it is.
     pub(crate) fn any(&mut self, field: &str) -> Result<Tlv<'a>, CmsError> {
-        let (element, rest) = ber::split_der(self.rest).map_err(|err| {
-            CmsError::Malformed(format!("{}: {field}: {err}", self.what))
-        })?;
+        let (element, rest) = ber::split_der(self.rest)
+            .map_err(|err| CmsError::Malformed(format!("{}: {field}: {err}", self.what)))?;
         self.rest = rest;
         Ok(element)
     }
@@ -427,7 +431,10 @@ pub(crate) fn encode_algorithm(algorithm: &ObjectIdentifier) -> Vec<u8> {
 pub(crate) fn encode_algorithm_null(algorithm: &ObjectIdentifier) -> Vec<u8> {
     ber::tlv_of(
         tag::SEQUENCE,
-        &[&ber::tlv(tag::OID, algorithm.as_bytes()), &[tag::NULL, 0x00]],
+        &[
+            &ber::tlv(tag::OID, algorithm.as_bytes()),
+            &[tag::NULL, 0x00],
+        ],
     )
 }
 
@@ -577,7 +584,7 @@ fn find_subject_key_identifier(explicit: &[u8]) -> Result<Option<&[u8]>, CmsErro
         let extension = reader.expect(tag::SEQUENCE, "extension")?;
         let mut fields = Reader::new(extension.content, WHAT);
         let id = object_identifier(&fields.expect(tag::OID, "extnID")?, WHAT)?;
-        fields.optional(0x01, "critical")?;
+        fields.optional(tag::BOOLEAN, "critical")?;
         let value = fields.expect(tag::OCTET_STRING, "extnValue")?;
         fields.finish()?;
         if id == oid::SUBJECT_KEY_IDENTIFIER {
@@ -603,7 +610,9 @@ pub(crate) fn rsa_public_key<'a>(spki: &Tlv<'a>) -> Result<(&'a [u8], usize), Cm
     let key = reader.expect(tag::BIT_STRING, "subjectPublicKey")?;
     reader.finish()?;
     if algorithm != oid::RSA_ENCRYPTION {
-        return Err(CmsError::UnsupportedKey(format!("public key algorithm {algorithm}")));
+        return Err(CmsError::UnsupportedKey(format!(
+            "public key algorithm {algorithm}"
+        )));
     }
 
     let rsa_public_key = match key.content.split_first() {
@@ -625,7 +634,11 @@ pub(crate) fn rsa_public_key<'a>(spki: &Tlv<'a>) -> Result<(&'a [u8], usize), Cm
 
 /// Bit length of a non-negative DER INTEGER's content octets.
 fn integer_bits(content: &[u8]) -> usize {
-    let significant: Vec<u8> = content.iter().copied().skip_while(|octet| *octet == 0).collect();
+    let significant: Vec<u8> = content
+        .iter()
+        .copied()
+        .skip_while(|octet| *octet == 0)
+        .collect();
     match significant.first() {
         Some(first) => significant.len() * 8 - first.leading_zeros() as usize,
         None => 0,
@@ -638,7 +651,11 @@ mod tests {
 
     #[test]
     fn digest_oids_round_trip_and_accept_signature_oids() {
-        for digest in [DigestAlgorithm::Sha1, DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {
+        for digest in [
+            DigestAlgorithm::Sha1,
+            DigestAlgorithm::Sha256,
+            DigestAlgorithm::Sha512,
+        ] {
             assert_eq!(DigestAlgorithm::from_oid(&digest.oid()), Some(digest));
         }
         assert_eq!(
@@ -704,5 +721,100 @@ mod tests {
         ));
         let reader = Reader::new(&[0x05, 0x00], "test");
         assert!(reader.finish().is_err());
+    }
+}
+
+/// Key pairs, certificates and the OpenSSL command line, for the unit tests of this layer.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::error::Error;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    use aws_lc_rs::rsa::PrivateDecryptingKey;
+    use aws_lc_rs::signature::RsaKeyPair;
+
+    /// What a test returns.
+    pub(crate) type TestResult = Result<(), Box<dyn Error>>;
+
+    /// Where the OpenSSL command line is expected.
+    pub(crate) const OPENSSL: &str = "/usr/bin/openssl";
+
+    /// A self-signed RSA-2048 certificate and its key in every form the tests need.
+    pub(crate) struct Identity {
+        pub(crate) certificate: Vec<u8>,
+        pub(crate) certificate_pem: String,
+        pub(crate) key_pem: String,
+        pub(crate) signing: RsaKeyPair,
+        pub(crate) decrypting: PrivateDecryptingKey,
+    }
+
+    /// A new identity with subject CN `common_name` and serial number `serial`, whose
+    /// certificate carries a subjectKeyIdentifier.
+    pub(crate) fn identity(common_name: &str, serial: u64) -> Result<Identity, Box<dyn Error>> {
+        let key =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
+        // ExplicitNoCa makes rcgen write extensions, the subjectKeyIdentifier among them.
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let certificate = params.self_signed(&key)?;
+
+        let pkcs8 = key.serialize_der();
+        Ok(Identity {
+            certificate: certificate.der().to_vec(),
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+            signing: RsaKeyPair::from_pkcs8(&pkcs8)?,
+            decrypting: PrivateDecryptingKey::from_pkcs8(&pkcs8)?,
+        })
+    }
+
+    /// Identities made once and shared by the tests (RSA key generation is slow).
+    pub(crate) fn shared(index: usize) -> Result<&'static Identity, Box<dyn Error>> {
+        static IDENTITIES: OnceLock<Result<Vec<Identity>, String>> = OnceLock::new();
+        let identities = IDENTITIES.get_or_init(|| {
+            (0..3u64)
+                .map(|n| identity(&format!("otad cms test {n}"), 1000 + n))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| err.to_string())
+        });
+        match identities {
+            Ok(list) => list
+                .get(index)
+                .ok_or_else(|| "no such test identity".into()),
+            Err(err) => Err(err.clone().into()),
+        }
+    }
+
+    /// Whether the OpenSSL command line is there; outside CI its absence skips a test.
+    pub(crate) fn have_openssl() -> Result<bool, Box<dyn Error>> {
+        if Path::new(OPENSSL).exists() {
+            return Ok(true);
+        }
+        if std::env::var("CI").as_deref() == Ok("true") {
+            return Err(format!("{OPENSSL} is missing under CI=true").into());
+        }
+        eprintln!("SKIP: {OPENSSL} is absent");
+        Ok(false)
+    }
+
+    /// Runs `openssl` with `args` in `dir`, failing with its stderr if it fails.
+    pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<(), Box<dyn Error>> {
+        let output = Command::new(OPENSSL).current_dir(dir).args(args).output()?;
+        if !output.status.success() {
+            return Err(format!(
+                "openssl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        Ok(())
     }
 }

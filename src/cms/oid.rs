@@ -89,9 +89,15 @@ mod tests {
     #[test]
     fn encodings_match_the_rfcs() {
         // The DER content octets of a few identifiers, as printed in RFC 5652 / RFC 3565.
-        assert_eq!(ID_SIGNED_DATA.as_bytes(), [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 7, 2]);
+        assert_eq!(
+            ID_SIGNED_DATA.as_bytes(),
+            [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 1, 7, 2]
+        );
         assert_eq!(SHA1.as_bytes(), [0x2b, 0x0e, 0x03, 0x02, 0x1a]);
-        assert_eq!(AES256_CBC.as_bytes(), [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 1, 0x2a]);
+        assert_eq!(
+            AES256_CBC.as_bytes(),
+            [0x60, 0x86, 0x48, 1, 0x65, 3, 4, 1, 0x2a]
+        );
         assert_eq!(TRANSACTION_ID.to_string(), "2.16.840.1.113733.1.9.7");
     }
 }

@@ -13,10 +13,9 @@ use der::Encode;
 
 use super::ber::{self, Tlv};
 use super::{
-    algorithm_identifier, certificate_parts, content_info, encode_algorithm,
-    encode_algorithm_null, encode_content_info, malformed, object_identifier, oid,
-    rsa_public_key, single, tag, CertificateId, CmsError, DigestAlgorithm, Reader,
-    MAX_CERTIFICATES,
+    algorithm_identifier, certificate_parts, content_info, encode_algorithm, encode_algorithm_null,
+    encode_content_info, malformed, object_identifier, oid, rsa_public_key, single, tag,
+    CertificateId, CmsError, DigestAlgorithm, Reader, MAX_CERTIFICATES,
 };
 
 /// At most this many signed attributes in one SignerInfo.
@@ -94,15 +93,18 @@ pub fn verify(input: &[u8]) -> Result<SignedMessage, CmsError> {
     check_signature_algorithm(&signer_info.signature_algorithm, digest)?;
 
     // Certificates that do not parse cannot be the signer's; they are still returned.
-    let certificate = signed_data
+    let (certificate, parts) = signed_data
         .certificates
         .iter()
         .copied()
-        .find(|certificate| {
-            certificate_parts(certificate).is_ok_and(|parts| signer_info.sid.matches(&parts))
+        .find_map(|certificate| {
+            let parts = certificate_parts(certificate).ok()?;
+            signer_info
+                .sid
+                .matches(&parts)
+                .then_some((certificate, parts))
         })
         .ok_or(CmsError::SignerCertificateMissing)?;
-    let parts = certificate_parts(certificate)?;
     let (public_key, _) = rsa_public_key(&parts.subject_public_key_info)?;
 
     let content = signed_data.content.ok_or(CmsError::NoContent)?;
@@ -130,7 +132,11 @@ pub fn verify(input: &[u8]) -> Result<SignedMessage, CmsError> {
     Ok(SignedMessage {
         content_type: signed_data.content_type,
         content: Some(content.to_vec()),
-        certificates: signed_data.certificates.iter().map(|cert| cert.to_vec()).collect(),
+        certificates: signed_data
+            .certificates
+            .iter()
+            .map(|cert| cert.to_vec())
+            .collect(),
         signer: Signer {
             certificate: certificate.to_vec(),
             digest,
@@ -139,7 +145,74 @@ pub fn verify(input: &[u8]) -> Result<SignedMessage, CmsError> {
     })
 }
 
+/// A SignedData read without checking its signature. Nothing in it may be trusted: it exists
+/// so that a request whose signature fails can still be answered, e.g. with a SCEP CertRep
+/// FAILURE badMessageCheck that echoes its transactionID and senderNonce (RFC 8894 §3.3.2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnverifiedMessage {
+    /// The eContentType.
+    pub content_type: ObjectIdentifier,
+    /// The eContent (chunks joined), `None` if absent.
+    pub content: Option<Vec<u8>>,
+    /// DER of each certificate, in the order sent.
+    pub certificates: Vec<Vec<u8>>,
+    /// DER of the certificate the SignerInfo's sid names, if it is among `certificates`.
+    pub signer_certificate: Option<Vec<u8>>,
+    /// The digestAlgorithm, if it is one this layer knows.
+    pub digest: Option<DigestAlgorithm>,
+    /// The signedAttrs, in the order sent, or `None` if there were none.
+    pub signed_attributes: Option<Vec<SignedAttribute>>,
+}
+
+impl UnverifiedMessage {
+    /// DER (TLV) of the first value of a signed attribute, if present.
+    pub fn signed_attribute(&self, oid: &ObjectIdentifier) -> Option<&[u8]> {
+        let attributes = self.signed_attributes.as_ref()?;
+        let attribute = attributes.iter().find(|attribute| attribute.oid == *oid)?;
+        attribute.values.first().map(Vec::as_slice)
+    }
+}
+
+/// Parses a ContentInfo(SignedData) — BER accepted — with exactly one SignerInfo, like
+/// [`verify`] but checking neither the signature nor the signed attributes' values.
+///
+/// RFC 5652 §5. Use [`verify`] for anything that acts on the content.
+pub fn read_unverified(input: &[u8]) -> Result<UnverifiedMessage, CmsError> {
+    let der = ber::normalize(input)?;
+    let signed_data = parse_signed_data(&der)?;
+    let signer_info = match signed_data.signer_infos.as_slice() {
+        [one] => parse_signer_info(one)?,
+        others => return Err(CmsError::SignerCount(others.len())),
+    };
+
+    let signer_certificate = signed_data
+        .certificates
+        .iter()
+        .copied()
+        .find(|certificate| {
+            certificate_parts(certificate).is_ok_and(|parts| signer_info.sid.matches(&parts))
+        });
+    let signed_attributes = match signer_info.signed_attributes {
+        Some(element) => Some(parse_attributes(element.content)?),
+        None => None,
+    };
+
+    Ok(UnverifiedMessage {
+        content_type: signed_data.content_type,
+        content: signed_data.content.map(<[u8]>::to_vec),
+        certificates: signed_data
+            .certificates
+            .iter()
+            .map(|cert| cert.to_vec())
+            .collect(),
+        signer_certificate: signer_certificate.map(<[u8]>::to_vec),
+        digest: DigestAlgorithm::from_oid(&signer_info.digest_algorithm),
+        signed_attributes,
+    })
+}
+
 /// The key and certificate that sign.
+#[derive(Debug, Clone, Copy)]
 pub struct SignerIdentity<'a> {
     /// DER of the signer's certificate; its key must be `key`'s public half.
     pub certificate: &'a [u8],
@@ -193,6 +266,9 @@ fn build_signed_data(
     attributes: Option<&[Vec<u8>]>,
 ) -> Result<Vec<u8>, CmsError> {
     let encoding: &'static dyn RsaEncoding = match options.digest {
+        // TODO: SHA-1 signing: aws-lc-rs 1.19 has no PKCS#1 v1.5 SHA-1 signing encoding, and
+        // the crypto policy keeps every private-key operation in aws-lc-rs, so SHA-1 only
+        // verifies; callers answer with SHA-256 or SHA-512 (GetCACaps, RFC 8894 §3.5.2).
         DigestAlgorithm::Sha1 => {
             return Err(CmsError::UnsupportedDigest(format!(
                 "{} (aws-lc-rs makes no sha-1 rsa signatures)",
@@ -206,7 +282,9 @@ fn build_signed_data(
     let parts = certificate_parts(signer.certificate)?;
     let (certificate_key, _) = rsa_public_key(&parts.subject_public_key_info)?;
     if signer.key.public_key().as_ref() != certificate_key {
-        return Err(CmsError::Sign("signer key does not match the certificate".into()));
+        return Err(CmsError::Sign(
+            "signer key does not match the certificate".into(),
+        ));
     }
     let count = 1 + options.certificates.len();
     if count > MAX_CERTIFICATES {
@@ -311,7 +389,11 @@ pub fn parse_certs_only(input: &[u8]) -> Result<Vec<Vec<u8>>, CmsError> {
     if signed_data.certificates.is_empty() {
         return Err(CmsError::NoCertificates);
     }
-    Ok(signed_data.certificates.iter().map(|cert| cert.to_vec()).collect())
+    Ok(signed_data
+        .certificates
+        .iter()
+        .map(|cert| cert.to_vec())
+        .collect())
 }
 
 /// The fields of a SignedData (RFC 5652 §5.1) that this layer uses, borrowed from its DER.
@@ -455,13 +537,21 @@ fn only_value<'a>(
     name: &'static str,
 ) -> Result<&'a [u8], CmsError> {
     let mut matching = attributes.iter().filter(|attribute| attribute.oid == *oid);
-    let attribute = matching.next().ok_or(CmsError::MissingSignedAttribute(name))?;
+    let attribute = matching
+        .next()
+        .ok_or(CmsError::MissingSignedAttribute(name))?;
     if matching.next().is_some() {
-        return Err(malformed("signed attributes", &format!("{name} appears twice")));
+        return Err(malformed(
+            "signed attributes",
+            &format!("{name} appears twice"),
+        ));
     }
     match attribute.values.as_slice() {
         [value] => Ok(value),
-        _ => Err(malformed("signed attributes", &format!("{name} has not one value"))),
+        _ => Err(malformed(
+            "signed attributes",
+            &format!("{name} has not one value"),
+        )),
     }
 }
 
@@ -502,7 +592,11 @@ fn check_signature_algorithm(
         oid::SHA1_WITH_RSA_ENCRYPTION => DigestAlgorithm::Sha1,
         oid::SHA256_WITH_RSA_ENCRYPTION => DigestAlgorithm::Sha256,
         oid::SHA512_WITH_RSA_ENCRYPTION => DigestAlgorithm::Sha512,
-        _ => return Err(CmsError::UnsupportedSignatureAlgorithm(algorithm.to_string())),
+        _ => {
+            return Err(CmsError::UnsupportedSignatureAlgorithm(
+                algorithm.to_string(),
+            ))
+        }
     };
     if implied != digest {
         return Err(CmsError::UnsupportedSignatureAlgorithm(format!(
@@ -546,7 +640,9 @@ fn signed_attributes(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<Ve
     let mut seen = vec![oid::CONTENT_TYPE, oid::SIGNING_TIME, oid::MESSAGE_DIGEST];
     for (attribute_type, value) in options.extra_attributes {
         if seen.contains(attribute_type) {
-            return Err(CmsError::Sign(format!("attribute {attribute_type} given twice")));
+            return Err(CmsError::Sign(format!(
+                "attribute {attribute_type} given twice"
+            )));
         }
         match ber::split_der(value) {
             Ok((_, [])) => {}
@@ -571,7 +667,10 @@ fn signed_attributes(content: &[u8], options: &SignOptions<'_>) -> Result<Vec<Ve
 fn encode_attribute(attribute_type: &ObjectIdentifier, value: &[u8]) -> Vec<u8> {
     ber::tlv_of(
         tag::SEQUENCE,
-        &[&ber::tlv(tag::OID, attribute_type.as_bytes()), &ber::tlv(tag::SET, value)],
+        &[
+            &ber::tlv(tag::OID, attribute_type.as_bytes()),
+            &ber::tlv(tag::SET, value),
+        ],
     )
 }
 
@@ -604,4 +703,592 @@ fn der_set_order(a: &[u8], b: &[u8]) -> Ordering {
         })
         .find(|order| order.is_ne())
         .unwrap_or_else(|| a.len().cmp(&b.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cms::test_support::{have_openssl, identity, openssl, shared, TestResult};
+
+    const CONTENT: &[u8] = b"<plist><dict><key>UDID</key><string>test</string></dict></plist>";
+
+    fn plain_options(digest: DigestAlgorithm, signed_attributes: bool) -> SignOptions<'static> {
+        SignOptions {
+            content_type: oid::ID_DATA,
+            digest,
+            signed_attributes,
+            extra_attributes: &[],
+            certificates: &[],
+        }
+    }
+
+    fn signer(index: usize) -> Result<SignerIdentity<'static>, Box<dyn std::error::Error>> {
+        let identity = shared(index)?;
+        Ok(SignerIdentity {
+            certificate: &identity.certificate,
+            key: &identity.signing,
+        })
+    }
+
+    /// Flips the last octet of the first occurrence of `needle` in `haystack`.
+    fn flip_in(haystack: &mut [u8], needle: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
+        let start = haystack
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .ok_or("needle not found")?;
+        let last = haystack
+            .get_mut(start + needle.len() - 1)
+            .ok_or("out of range")?;
+        *last ^= 0x01;
+        Ok(())
+    }
+
+    #[test]
+    fn round_trip_with_and_without_signed_attributes() -> TestResult {
+        let signer = signer(0)?;
+        for digest in [DigestAlgorithm::Sha256, DigestAlgorithm::Sha512] {
+            for with_attributes in [false, true] {
+                let message = sign(CONTENT, &signer, &plain_options(digest, with_attributes))?;
+                let verified = verify(&message)?;
+                assert_eq!(verified.content.as_deref(), Some(CONTENT));
+                assert_eq!(verified.content_type, oid::ID_DATA);
+                assert_eq!(verified.signer.digest, digest);
+                assert_eq!(verified.signer.certificate, signer.certificate);
+                assert_eq!(verified.certificates, vec![signer.certificate.to_vec()]);
+                assert_eq!(verified.signer.signed_attributes.is_some(), with_attributes);
+                if with_attributes {
+                    let expected = ber::tlv(tag::OCTET_STRING, &digest.digest(CONTENT));
+                    assert_eq!(
+                        verified.signed_attribute(&oid::MESSAGE_DIGEST),
+                        Some(expected.as_slice())
+                    );
+                    let time = verified
+                        .signed_attribute(&oid::SIGNING_TIME)
+                        .ok_or("no time")?;
+                    assert_eq!(time.first(), Some(&0x17), "signingTime is a UTCTime");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn sha1_signing_is_refused() -> TestResult {
+        let result = sign(
+            CONTENT,
+            &signer(0)?,
+            &plain_options(DigestAlgorithm::Sha1, true),
+        );
+        let sha1 = oid::SHA1.to_string();
+        assert!(matches!(result, Err(CmsError::UnsupportedDigest(text)) if text.contains(&sha1)));
+        Ok(())
+    }
+
+    #[test]
+    fn extra_attributes_and_certificates_are_carried() -> TestResult {
+        let other = shared(1)?;
+        let transaction = ber::tlv(0x13, b"4242");
+        let nonce = ber::tlv(tag::OCTET_STRING, &[7u8; 16]);
+        let extra = [
+            (oid::TRANSACTION_ID, transaction.clone()),
+            (oid::SENDER_NONCE, nonce.clone()),
+        ];
+        let certificates = [other.certificate.as_slice()];
+        let options = SignOptions {
+            extra_attributes: &extra,
+            certificates: &certificates,
+            ..plain_options(DigestAlgorithm::Sha256, false)
+        };
+        let verified = verify(&sign(CONTENT, &signer(0)?, &options)?)?;
+
+        assert_eq!(
+            verified.signed_attribute(&oid::TRANSACTION_ID),
+            Some(transaction.as_slice())
+        );
+        assert_eq!(
+            verified.signed_attribute(&oid::SENDER_NONCE),
+            Some(nonce.as_slice())
+        );
+        assert_eq!(verified.signed_attribute(&oid::RECIPIENT_NONCE), None);
+        let attributes = verified
+            .signer
+            .signed_attributes
+            .as_deref()
+            .ok_or("no attributes")?;
+        assert_eq!(attributes.len(), 5);
+        // The signer's certificate comes first, then the extras in order.
+        assert_eq!(
+            verified.certificates,
+            vec![signer(0)?.certificate.to_vec(), other.certificate.clone()]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn bad_extra_attributes_are_refused() -> TestResult {
+        let extra = [(
+            oid::CONTENT_TYPE,
+            ber::tlv(tag::OID, oid::ID_DATA.as_bytes()),
+        )];
+        let options = SignOptions {
+            extra_attributes: &extra,
+            ..plain_options(DigestAlgorithm::Sha256, true)
+        };
+        assert!(matches!(
+            sign(CONTENT, &signer(0)?, &options),
+            Err(CmsError::Sign(_))
+        ));
+
+        let extra = [(oid::TRANSACTION_ID, vec![0x13, 0x05, b'x'])];
+        let options = SignOptions {
+            extra_attributes: &extra,
+            ..plain_options(DigestAlgorithm::Sha256, true)
+        };
+        assert!(matches!(
+            sign(CONTENT, &signer(0)?, &options),
+            Err(CmsError::Sign(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn key_not_matching_the_certificate_is_refused() -> TestResult {
+        let mismatched = SignerIdentity {
+            certificate: &shared(0)?.certificate,
+            key: &shared(1)?.signing,
+        };
+        let result = sign(
+            CONTENT,
+            &mismatched,
+            &plain_options(DigestAlgorithm::Sha256, true),
+        );
+        assert!(matches!(result, Err(CmsError::Sign(_))));
+        Ok(())
+    }
+
+    #[test]
+    fn tampered_content_is_detected() -> TestResult {
+        let signer = signer(0)?;
+        let mut with_attributes = sign(
+            CONTENT,
+            &signer,
+            &plain_options(DigestAlgorithm::Sha256, true),
+        )?;
+        flip_in(&mut with_attributes, b"UDID")?;
+        assert!(matches!(
+            verify(&with_attributes),
+            Err(CmsError::MessageDigestMismatch)
+        ));
+
+        let mut without = sign(
+            CONTENT,
+            &signer,
+            &plain_options(DigestAlgorithm::Sha256, false),
+        )?;
+        flip_in(&mut without, b"UDID")?;
+        assert!(matches!(verify(&without), Err(CmsError::BadSignature)));
+        Ok(())
+    }
+
+    #[test]
+    fn tampered_signature_is_detected() -> TestResult {
+        let signer = signer(0)?;
+        for with_attributes in [false, true] {
+            let mut message = sign(
+                CONTENT,
+                &signer,
+                &plain_options(DigestAlgorithm::Sha256, with_attributes),
+            )?;
+            // The signature is the last field of the last element.
+            let last = message.last_mut().ok_or("empty")?;
+            *last ^= 0x80;
+            assert!(matches!(verify(&message), Err(CmsError::BadSignature)));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn unverified_reading_survives_a_bad_signature() -> TestResult {
+        let transaction = ber::tlv(0x13, b"77");
+        let extra = [(oid::TRANSACTION_ID, transaction.clone())];
+        let options = SignOptions {
+            extra_attributes: &extra,
+            ..plain_options(DigestAlgorithm::Sha256, true)
+        };
+        let signer = signer(0)?;
+        let mut message = sign(CONTENT, &signer, &options)?;
+        let last = message.last_mut().ok_or("empty")?;
+        *last ^= 0x01;
+        assert!(matches!(verify(&message), Err(CmsError::BadSignature)));
+
+        let unverified = read_unverified(&message)?;
+        assert_eq!(
+            unverified.signed_attribute(&oid::TRANSACTION_ID),
+            Some(transaction.as_slice())
+        );
+        assert_eq!(unverified.digest, Some(DigestAlgorithm::Sha256));
+        assert_eq!(
+            unverified.signer_certificate.as_deref(),
+            Some(signer.certificate)
+        );
+        assert_eq!(unverified.content.as_deref(), Some(CONTENT));
+        let certs_only = certs_only(&[signer.certificate])?;
+        assert!(matches!(
+            read_unverified(&certs_only),
+            Err(CmsError::SignerCount(0))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn swapped_certificate_is_detected() -> TestResult {
+        let signer = signer(0)?;
+        let message = sign(
+            CONTENT,
+            &signer,
+            &plain_options(DigestAlgorithm::Sha256, true),
+        )?;
+
+        // Another certificate in its place: nothing matches the sid.
+        let other = &shared(1)?.certificate;
+        let swapped = replace(&message, signer.certificate, other)?;
+        assert!(matches!(
+            verify(&swapped),
+            Err(CmsError::SignerCertificateMissing)
+        ));
+
+        // A certificate with the same issuer and serial number but another key.
+        let impostor = identity("otad cms test 0", 1000)?;
+        assert_eq!(impostor.certificate.len(), signer.certificate.len());
+        let swapped = replace(&message, signer.certificate, &impostor.certificate)?;
+        assert!(matches!(verify(&swapped), Err(CmsError::BadSignature)));
+        Ok(())
+    }
+
+    /// `message` with the first occurrence of `from` replaced by `to`, of the same length.
+    fn replace(
+        message: &[u8],
+        from: &[u8],
+        to: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+        if from.len() != to.len() {
+            return Err("replacement must keep the length".into());
+        }
+        let start = message
+            .windows(from.len())
+            .position(|window| window == from)
+            .ok_or("not found")?;
+        let mut out = message.to_vec();
+        out.get_mut(start..start + from.len())
+            .ok_or("range")?
+            .copy_from_slice(to);
+        Ok(out)
+    }
+
+    #[test]
+    fn unsorted_signed_attributes_verify_as_sent() -> TestResult {
+        let signer = signer(0)?;
+        let options = plain_options(DigestAlgorithm::Sha256, true);
+        let mut attributes = signed_attributes(CONTENT, &options)?;
+        sort_der_set(&mut attributes);
+        attributes.reverse();
+        let message = build_signed_data(CONTENT, &signer, &options, Some(&attributes))?;
+        let verified = verify(&message)?;
+
+        let order: Vec<ObjectIdentifier> = verified
+            .signer
+            .signed_attributes
+            .as_deref()
+            .ok_or("no attributes")?
+            .iter()
+            .map(|attribute| attribute.oid)
+            .collect();
+        let mut sorted = attributes.clone();
+        sort_der_set(&mut sorted);
+        assert_ne!(sorted, attributes, "the attributes were really unsorted");
+        // Sorted, they are contentType, signingTime, messageDigest (shortest first).
+        assert_eq!(
+            order,
+            [oid::MESSAGE_DIGEST, oid::SIGNING_TIME, oid::CONTENT_TYPE]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn wrong_or_missing_content_type_attribute_is_detected() -> TestResult {
+        let signer = signer(0)?;
+        let options = plain_options(DigestAlgorithm::Sha256, true);
+        let digest = ber::tlv(tag::OCTET_STRING, &DigestAlgorithm::Sha256.digest(CONTENT));
+        let wrong_type = vec![
+            encode_attribute(
+                &oid::CONTENT_TYPE,
+                &ber::tlv(tag::OID, oid::ID_ENVELOPED_DATA.as_bytes()),
+            ),
+            encode_attribute(&oid::MESSAGE_DIGEST, &digest),
+        ];
+        let message = build_signed_data(CONTENT, &signer, &options, Some(&wrong_type))?;
+        assert!(matches!(
+            verify(&message),
+            Err(CmsError::ContentTypeMismatch)
+        ));
+
+        let no_type = vec![encode_attribute(&oid::MESSAGE_DIGEST, &digest)];
+        let message = build_signed_data(CONTENT, &signer, &options, Some(&no_type))?;
+        assert!(matches!(
+            verify(&message),
+            Err(CmsError::MissingSignedAttribute("contentType"))
+        ));
+
+        let no_digest = vec![encode_attribute(
+            &oid::CONTENT_TYPE,
+            &ber::tlv(tag::OID, oid::ID_DATA.as_bytes()),
+        )];
+        let message = build_signed_data(CONTENT, &signer, &options, Some(&no_digest))?;
+        assert!(matches!(
+            verify(&message),
+            Err(CmsError::MissingSignedAttribute("messageDigest"))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn other_content_types_get_version_3() -> TestResult {
+        let custom = ObjectIdentifier::new_unwrap("1.2.3.4");
+        let options = SignOptions {
+            content_type: custom,
+            ..plain_options(DigestAlgorithm::Sha256, true)
+        };
+        let message = sign(CONTENT, &signer(0)?, &options)?;
+        let verified = verify(&message)?;
+        assert_eq!(verified.content_type, custom);
+        let signed_data = content_info(&message, oid::ID_SIGNED_DATA, CmsError::NotSignedData)?;
+        assert_eq!(signed_data.content.get(..3), Some(&VERSION_3[..]));
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_or_foreign_input_is_refused_without_panic() -> TestResult {
+        let message = sign(
+            CONTENT,
+            &signer(0)?,
+            &plain_options(DigestAlgorithm::Sha256, true),
+        )?;
+        for end in 0..message.len() {
+            assert!(
+                verify(message.get(..end).ok_or("range")?).is_err(),
+                "cut at {end}"
+            );
+        }
+        let enveloped = encode_content_info(&oid::ID_ENVELOPED_DATA, &[tag::SEQUENCE, 0]);
+        assert!(matches!(verify(&enveloped), Err(CmsError::NotSignedData)));
+        assert!(matches!(
+            verify(&[0x30, 0x80]),
+            Err(CmsError::Ber(ber::BerError::Truncated))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn certs_only_round_trip() -> TestResult {
+        let first = &shared(0)?.certificate;
+        let second = &shared(1)?.certificate;
+        let message = certs_only(&[second, first])?;
+        assert_eq!(
+            parse_certs_only(&message)?,
+            vec![second.clone(), first.clone()]
+        );
+        assert!(matches!(verify(&message), Err(CmsError::SignerCount(0))));
+
+        let signed = sign(
+            CONTENT,
+            &signer(0)?,
+            &plain_options(DigestAlgorithm::Sha256, false),
+        )?;
+        assert!(matches!(
+            parse_certs_only(&signed),
+            Err(CmsError::SignerCount(1))
+        ));
+        assert!(matches!(certs_only(&[]), Err(CmsError::NoCertificates)));
+        Ok(())
+    }
+
+    #[test]
+    fn too_many_certificates_are_refused() -> TestResult {
+        let certificate = shared(0)?.certificate.as_slice();
+        let many = vec![certificate; MAX_CERTIFICATES + 1];
+        assert!(matches!(
+            certs_only(&many),
+            Err(CmsError::TooManyCertificates(17))
+        ));
+
+        // Build the over-full message by hand, as a hostile sender would.
+        let signed_data = ber::tlv_of(
+            tag::SEQUENCE,
+            &[
+                &VERSION_1,
+                &[tag::SET, 0x00],
+                &ber::tlv(tag::SEQUENCE, &ber::tlv(tag::OID, oid::ID_DATA.as_bytes())),
+                &ber::tlv(tag::CONTEXT_0, &many.concat()),
+                &[tag::SET, 0x00],
+            ],
+        );
+        let message = encode_content_info(&oid::ID_SIGNED_DATA, &signed_data);
+        assert!(matches!(
+            parse_certs_only(&message),
+            Err(CmsError::TooManyCertificates(17))
+        ));
+        assert!(matches!(
+            verify(&message),
+            Err(CmsError::TooManyCertificates(17))
+        ));
+
+        let extras = vec![certificate; MAX_CERTIFICATES];
+        let options = SignOptions {
+            certificates: &extras,
+            ..plain_options(DigestAlgorithm::Sha256, false)
+        };
+        assert!(matches!(
+            sign(CONTENT, &signer(0)?, &options),
+            Err(CmsError::TooManyCertificates(17))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn der_set_order_follows_x690() {
+        assert_eq!(der_set_order(&[0x01, 0x02], &[0x01, 0x03]), Ordering::Less);
+        assert_eq!(der_set_order(&[0x02], &[0x01, 0xff]), Ordering::Greater);
+        // The shorter is padded with zeros; a tie falls back to the length.
+        assert_eq!(der_set_order(&[0x01], &[0x01, 0x00]), Ordering::Less);
+        assert_eq!(der_set_order(&[0x01], &[0x01, 0x01]), Ordering::Less);
+        let mut set = vec![vec![0x31, 0x02], vec![0x30, 0x05], vec![0x30, 0x01, 0x00]];
+        sort_der_set(&mut set);
+        assert_eq!(
+            set,
+            vec![vec![0x30, 0x01, 0x00], vec![0x30, 0x05], vec![0x31, 0x02]]
+        );
+    }
+
+    #[test]
+    fn signature_algorithm_must_match_the_digest() {
+        assert!(check_signature_algorithm(&oid::RSA_ENCRYPTION, DigestAlgorithm::Sha1).is_ok());
+        assert!(check_signature_algorithm(
+            &oid::SHA256_WITH_RSA_ENCRYPTION,
+            DigestAlgorithm::Sha256
+        )
+        .is_ok());
+        assert!(matches!(
+            check_signature_algorithm(&oid::SHA1_WITH_RSA_ENCRYPTION, DigestAlgorithm::Sha256),
+            Err(CmsError::UnsupportedSignatureAlgorithm(_))
+        ));
+        assert!(matches!(
+            check_signature_algorithm(&oid::SHA256, DigestAlgorithm::Sha256),
+            Err(CmsError::UnsupportedSignatureAlgorithm(_))
+        ));
+    }
+
+    #[test]
+    fn openssl_verifies_what_sign_makes() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let signer = signer(0)?;
+        for with_attributes in [false, true] {
+            let message = sign(
+                CONTENT,
+                &signer,
+                &plain_options(DigestAlgorithm::Sha256, with_attributes),
+            )?;
+            std::fs::write(dir.path().join("signed.der"), &message)?;
+            openssl(
+                dir.path(),
+                &[
+                    "cms",
+                    "-verify",
+                    "-noverify",
+                    "-binary",
+                    "-inform",
+                    "DER",
+                    "-in",
+                    "signed.der",
+                    "-out",
+                    "content.out",
+                ],
+            )?;
+            assert_eq!(std::fs::read(dir.path().join("content.out"))?, CONTENT);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn verify_accepts_openssl_streamed_ber() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        let identity = shared(0)?;
+        std::fs::write(dir.path().join("cert.pem"), &identity.certificate_pem)?;
+        std::fs::write(dir.path().join("key.pem"), &identity.key_pem)?;
+        // Large enough that OpenSSL streams the eContent in several chunks.
+        let content = CONTENT.repeat(150);
+        std::fs::write(dir.path().join("content.xml"), &content)?;
+
+        let cases: [(&[&str], DigestAlgorithm, bool); 5] = [
+            (&["-md", "sha256"], DigestAlgorithm::Sha256, true),
+            (&["-md", "sha1"], DigestAlgorithm::Sha1, true),
+            (&["-md", "sha1", "-noattr"], DigestAlgorithm::Sha1, false),
+            (&["-md", "sha512", "-keyid"], DigestAlgorithm::Sha512, true),
+            (
+                &["-md", "sha256", "-noattr", "-keyid"],
+                DigestAlgorithm::Sha256,
+                false,
+            ),
+        ];
+        for (extra, digest, with_attributes) in cases {
+            let mut args = vec![
+                "cms",
+                "-sign",
+                "-stream",
+                "-nodetach",
+                "-binary",
+                "-outform",
+                "DER",
+                "-signer",
+                "cert.pem",
+                "-inkey",
+                "key.pem",
+                "-in",
+                "content.xml",
+                "-out",
+                "signed.ber",
+            ];
+            args.extend_from_slice(extra);
+            openssl(dir.path(), &args)?;
+            let message = std::fs::read(dir.path().join("signed.ber"))?;
+            assert_ne!(
+                ber::normalize(&message)?,
+                message,
+                "openssl streamed BER ({extra:?})"
+            );
+
+            let verified = verify(&message)?;
+            assert_eq!(
+                verified.content.as_deref(),
+                Some(content.as_slice()),
+                "{extra:?}"
+            );
+            assert_eq!(verified.signer.digest, digest, "{extra:?}");
+            assert_eq!(
+                verified.signer.certificate, identity.certificate,
+                "{extra:?}"
+            );
+            assert_eq!(
+                verified.signer.signed_attributes.is_some(),
+                with_attributes,
+                "{extra:?}"
+            );
+        }
+        Ok(())
+    }
 }
