@@ -227,6 +227,7 @@ impl fmt::Display for Summary {
 /// The usual name of a content cipher.
 pub fn cipher_name(cipher: ContentCipher) -> &'static str {
     match cipher {
+        ContentCipher::DesCbc => "des-cbc",
         ContentCipher::Des3Cbc => "des-ede3-cbc",
         ContentCipher::Aes128Cbc => "aes-128-cbc",
         ContentCipher::Aes192Cbc => "aes-192-cbc",

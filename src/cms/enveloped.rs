@@ -216,7 +216,7 @@ fn decrypt_content(
     let key = UnboundCipherKey::new(cipher.aws_lc(), content_key).map_err(|_| CmsError::Decrypt)?;
     let key = PaddedBlockDecryptingKey::cbc_pkcs7(key).map_err(|_| CmsError::Decrypt)?;
     let context = match cipher {
-        ContentCipher::Des3Cbc => {
+        ContentCipher::DesCbc | ContentCipher::Des3Cbc => {
             let iv: [u8; 8] = iv.try_into().map_err(|_| CmsError::Decrypt)?;
             DecryptionContext::Iv64(FixedLength::from(iv))
         }
@@ -263,10 +263,10 @@ fn parse_enveloped_data(der: &[u8]) -> Result<EnvelopedDataParts<'_>, CmsError> 
     }
 
     let mut reader = Reader::new(enveloped.content, WHAT);
-    reader.expect(tag::INTEGER, "version")?;
+    reader.take(tag::INTEGER, "version")?;
     reader.optional(tag::CONTEXT_0, "originatorInfo")?;
-    let recipient_infos = reader.expect(tag::SET, "recipientInfos")?;
-    let encrypted_content_info = reader.expect(tag::SEQUENCE, "encryptedContentInfo")?;
+    let recipient_infos = reader.take(tag::SET, "recipientInfos")?;
+    let encrypted_content_info = reader.take(tag::SEQUENCE, "encryptedContentInfo")?;
     reader.optional(tag::CONTEXT_1, "unprotectedAttrs")?;
     reader.finish()?;
 
@@ -274,9 +274,9 @@ fn parse_enveloped_data(der: &[u8]) -> Result<EnvelopedDataParts<'_>, CmsError> 
 
     const ECI: &str = "encrypted content info";
     let mut reader = Reader::new(encrypted_content_info.content, ECI);
-    object_identifier(&reader.expect(tag::OID, "contentType")?, ECI)?;
+    object_identifier(&reader.take(tag::OID, "contentType")?, ECI)?;
     let (cipher_oid, cipher_parameters) = algorithm_identifier(
-        &reader.expect(tag::SEQUENCE, "contentEncryptionAlgorithm")?,
+        &reader.take(tag::SEQUENCE, "contentEncryptionAlgorithm")?,
         ECI,
     )?;
     let encrypted_content = reader
@@ -307,13 +307,11 @@ fn parse_recipients(content: &[u8]) -> Result<Vec<KeyTransRecipient<'_>>, CmsErr
         }
 
         let mut fields = Reader::new(recipient_info.content, WHAT);
-        fields.expect(tag::INTEGER, "version")?;
+        fields.take(tag::INTEGER, "version")?;
         let rid = CertificateId::parse(&fields.any("rid")?, WHAT)?;
-        let (algorithm, _) = algorithm_identifier(
-            &fields.expect(tag::SEQUENCE, "keyEncryptionAlgorithm")?,
-            WHAT,
-        )?;
-        let encrypted_key = fields.expect(tag::OCTET_STRING, "encryptedKey")?;
+        let (algorithm, _) =
+            algorithm_identifier(&fields.take(tag::SEQUENCE, "keyEncryptionAlgorithm")?, WHAT)?;
+        let encrypted_key = fields.take(tag::OCTET_STRING, "encryptedKey")?;
         fields.finish()?;
 
         recipients.push(KeyTransRecipient {
@@ -352,7 +350,8 @@ mod tests {
 
     const CONTENT: &[u8] = b"-----BEGIN CERTIFICATE REQUEST----- not really, but 51+ octets";
 
-    const ALL_CIPHERS: [ContentCipher; 4] = [
+    const ALL_CIPHERS: [ContentCipher; 5] = [
+        ContentCipher::DesCbc,
         ContentCipher::Des3Cbc,
         ContentCipher::Aes128Cbc,
         ContentCipher::Aes192Cbc,
@@ -536,7 +535,8 @@ mod tests {
         // Large enough that OpenSSL streams the encryptedContent in several chunks.
         let content = CONTENT.repeat(150);
         std::fs::write(dir.path().join("content.bin"), &content)?;
-        let cases: [(&[&str], ContentCipher); 5] = [
+        let cases: [(&[&str], ContentCipher); 6] = [
+            (&["-des"], ContentCipher::DesCbc),
             (&["-des3"], ContentCipher::Des3Cbc),
             (&["-aes128"], ContentCipher::Aes128Cbc),
             (&["-aes192"], ContentCipher::Aes192Cbc),

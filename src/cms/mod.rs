@@ -117,6 +117,10 @@ impl fmt::Display for DigestAlgorithm {
 /// Content-encryption ciphers (CBC, PKCS#7 padding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentCipher {
+    /// Single DES in CBC mode (RFC 3370 §5.1 names it only to retire it). 56-bit keys: read
+    /// and answered only because micromdm/scep's `scepclient` 2.1 still sends it; never
+    /// chosen by otad on its own.
+    DesCbc,
     /// Three-key triple DES in CBC mode (RFC 3370 §5.1); legacy SCEP clients.
     Des3Cbc,
     /// AES-128 in CBC mode (RFC 3565 §2.3).
@@ -131,6 +135,7 @@ impl ContentCipher {
     /// The contentEncryptionAlgorithm identifier.
     pub fn oid(self) -> ObjectIdentifier {
         match self {
+            Self::DesCbc => oid::DES_CBC,
             Self::Des3Cbc => oid::DES_EDE3_CBC,
             Self::Aes128Cbc => oid::AES128_CBC,
             Self::Aes192Cbc => oid::AES192_CBC,
@@ -141,6 +146,7 @@ impl ContentCipher {
     /// The cipher a contentEncryptionAlgorithm identifier names.
     pub fn from_oid(oid: &ObjectIdentifier) -> Option<Self> {
         match *oid {
+            oid::DES_CBC => Some(Self::DesCbc),
             oid::DES_EDE3_CBC => Some(Self::Des3Cbc),
             oid::AES128_CBC => Some(Self::Aes128Cbc),
             oid::AES192_CBC => Some(Self::Aes192Cbc),
@@ -152,6 +158,7 @@ impl ContentCipher {
     /// Length of the content-encryption key, in octets.
     pub fn key_len(self) -> usize {
         match self {
+            Self::DesCbc => 8,
             Self::Des3Cbc => 24,
             Self::Aes128Cbc => 16,
             Self::Aes192Cbc => 24,
@@ -162,7 +169,7 @@ impl ContentCipher {
     /// Length of the IV (one block), in octets.
     pub fn iv_len(self) -> usize {
         match self {
-            Self::Des3Cbc => 8,
+            Self::DesCbc | Self::Des3Cbc => 8,
             Self::Aes128Cbc | Self::Aes192Cbc | Self::Aes256Cbc => 16,
         }
     }
@@ -171,6 +178,7 @@ impl ContentCipher {
     #[allow(deprecated)] // triple DES is deprecated in aws-lc-rs; SCEP clients still send it
     pub(crate) fn aws_lc(self) -> &'static aws_lc_rs::cipher::Algorithm {
         match self {
+            Self::DesCbc => &aws_lc_rs::cipher::DES_FOR_LEGACY_USE_ONLY,
             Self::Des3Cbc => &aws_lc_rs::cipher::DES_EDE3_FOR_LEGACY_USE_ONLY,
             Self::Aes128Cbc => &aws_lc_rs::cipher::AES_128,
             Self::Aes192Cbc => &aws_lc_rs::cipher::AES_192,
@@ -182,6 +190,7 @@ impl ContentCipher {
 impl fmt::Display for ContentCipher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::DesCbc => "des-cbc",
             Self::Des3Cbc => "des-ede3-cbc",
             Self::Aes128Cbc => "aes-128-cbc",
             Self::Aes192Cbc => "aes-192-cbc",
@@ -344,7 +353,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The next element, which must have the one-octet identifier `tag`.
-    pub(crate) fn expect(&mut self, tag: u8, field: &str) -> Result<Tlv<'a>, CmsError> {
+    pub(crate) fn take(&mut self, tag: u8, field: &str) -> Result<Tlv<'a>, CmsError> {
         if self.rest.is_empty() {
             return Err(malformed(self.what, &format!("{field} is missing")));
         }
@@ -386,7 +395,7 @@ pub(crate) fn single<'a>(
     what: &'static str,
 ) -> Result<Tlv<'a>, CmsError> {
     let mut reader = Reader::new(input, what);
-    let element = reader.expect(tag, "outer element")?;
+    let element = reader.take(tag, "outer element")?;
     reader.finish()?;
     Ok(element)
 }
@@ -446,11 +455,11 @@ pub(crate) fn content_info<'a>(
 ) -> Result<Tlv<'a>, CmsError> {
     let outer = single(der, tag::SEQUENCE, "content info")?;
     let mut reader = Reader::new(outer.content, "content info");
-    let content_type = object_identifier(&reader.expect(tag::OID, "contentType")?, "content info")?;
+    let content_type = object_identifier(&reader.take(tag::OID, "contentType")?, "content info")?;
     if content_type != expected {
         return Err(wrong);
     }
-    let explicit = reader.expect(tag::CONTEXT_0, "content")?;
+    let explicit = reader.take(tag::CONTEXT_0, "content")?;
     reader.finish()?;
 
     let mut inner = Reader::new(explicit.content, "content info");
@@ -517,8 +526,8 @@ impl<'a> CertificateId<'a> {
     pub(crate) fn parse(element: &Tlv<'a>, what: &'static str) -> Result<Self, CmsError> {
         if element.is(tag::SEQUENCE) {
             let mut reader = Reader::new(element.content, what);
-            reader.expect(tag::SEQUENCE, "issuer")?;
-            reader.expect(tag::INTEGER, "serialNumber")?;
+            reader.take(tag::SEQUENCE, "issuer")?;
+            reader.take(tag::INTEGER, "serialNumber")?;
             reader.finish()?;
             Ok(Self::IssuerAndSerialNumber(element.content))
         } else if element.is(tag::CONTEXT_0_PRIMITIVE) {
@@ -544,19 +553,19 @@ pub(crate) fn certificate_parts(der: &[u8]) -> Result<CertificateParts<'_>, CmsE
     const WHAT: &str = "certificate";
     let certificate = single(der, tag::SEQUENCE, WHAT)?;
     let mut outer = Reader::new(certificate.content, WHAT);
-    let tbs = outer.expect(tag::SEQUENCE, "tbsCertificate")?;
-    outer.expect(tag::SEQUENCE, "signatureAlgorithm")?;
-    outer.expect(tag::BIT_STRING, "signatureValue")?;
+    let tbs = outer.take(tag::SEQUENCE, "tbsCertificate")?;
+    outer.take(tag::SEQUENCE, "signatureAlgorithm")?;
+    outer.take(tag::BIT_STRING, "signatureValue")?;
     outer.finish()?;
 
     let mut fields = Reader::new(tbs.content, WHAT);
     fields.optional(tag::CONTEXT_0, "version")?;
-    let serial_number = fields.expect(tag::INTEGER, "serialNumber")?;
-    fields.expect(tag::SEQUENCE, "signature")?;
-    let issuer = fields.expect(tag::SEQUENCE, "issuer")?;
-    fields.expect(tag::SEQUENCE, "validity")?;
-    fields.expect(tag::SEQUENCE, "subject")?;
-    let subject_public_key_info = fields.expect(tag::SEQUENCE, "subjectPublicKeyInfo")?;
+    let serial_number = fields.take(tag::INTEGER, "serialNumber")?;
+    fields.take(tag::SEQUENCE, "signature")?;
+    let issuer = fields.take(tag::SEQUENCE, "issuer")?;
+    fields.take(tag::SEQUENCE, "validity")?;
+    fields.take(tag::SEQUENCE, "subject")?;
+    let subject_public_key_info = fields.take(tag::SEQUENCE, "subjectPublicKeyInfo")?;
 
     // issuerUniqueID [1] and subjectUniqueID [2] may come before the extensions [3].
     let mut subject_key_identifier = None;
@@ -581,11 +590,11 @@ fn find_subject_key_identifier(explicit: &[u8]) -> Result<Option<&[u8]>, CmsErro
     let extensions = single(explicit, tag::SEQUENCE, WHAT)?;
     let mut reader = Reader::new(extensions.content, WHAT);
     while !reader.is_empty() {
-        let extension = reader.expect(tag::SEQUENCE, "extension")?;
+        let extension = reader.take(tag::SEQUENCE, "extension")?;
         let mut fields = Reader::new(extension.content, WHAT);
-        let id = object_identifier(&fields.expect(tag::OID, "extnID")?, WHAT)?;
+        let id = object_identifier(&fields.take(tag::OID, "extnID")?, WHAT)?;
         fields.optional(tag::BOOLEAN, "critical")?;
-        let value = fields.expect(tag::OCTET_STRING, "extnValue")?;
+        let value = fields.take(tag::OCTET_STRING, "extnValue")?;
         fields.finish()?;
         if id == oid::SUBJECT_KEY_IDENTIFIER {
             let key_identifier = single(value.content, tag::OCTET_STRING, WHAT)?;
@@ -606,8 +615,8 @@ pub(crate) const MAX_RSA_BITS: usize = 8192;
 pub(crate) fn rsa_public_key<'a>(spki: &Tlv<'a>) -> Result<(&'a [u8], usize), CmsError> {
     const WHAT: &str = "subject public key info";
     let mut reader = Reader::new(spki.content, WHAT);
-    let (algorithm, _) = algorithm_identifier(&reader.expect(tag::SEQUENCE, "algorithm")?, WHAT)?;
-    let key = reader.expect(tag::BIT_STRING, "subjectPublicKey")?;
+    let (algorithm, _) = algorithm_identifier(&reader.take(tag::SEQUENCE, "algorithm")?, WHAT)?;
+    let key = reader.take(tag::BIT_STRING, "subjectPublicKey")?;
     reader.finish()?;
     if algorithm != oid::RSA_ENCRYPTION {
         return Err(CmsError::UnsupportedKey(format!(
@@ -621,8 +630,8 @@ pub(crate) fn rsa_public_key<'a>(spki: &Tlv<'a>) -> Result<(&'a [u8], usize), Cm
     };
     let sequence = single(rsa_public_key, tag::SEQUENCE, "rsa public key")?;
     let mut fields = Reader::new(sequence.content, "rsa public key");
-    let modulus = fields.expect(tag::INTEGER, "modulus")?;
-    fields.expect(tag::INTEGER, "publicExponent")?;
+    let modulus = fields.take(tag::INTEGER, "modulus")?;
+    fields.take(tag::INTEGER, "publicExponent")?;
     fields.finish()?;
 
     let bits = integer_bits(modulus.content);
@@ -687,6 +696,7 @@ mod tests {
     #[test]
     fn cipher_oids_round_trip() {
         for cipher in [
+            ContentCipher::DesCbc,
             ContentCipher::Des3Cbc,
             ContentCipher::Aes128Cbc,
             ContentCipher::Aes192Cbc,
@@ -711,12 +721,12 @@ mod tests {
     fn reader_reports_missing_and_wrong_fields() {
         let mut reader = Reader::new(&[0x02, 0x01, 0x01], "test");
         assert!(matches!(
-            reader.expect(tag::SEQUENCE, "field"),
+            reader.take(tag::SEQUENCE, "field"),
             Err(CmsError::Malformed(text)) if text == "test: field has the wrong type"
         ));
         let mut reader = Reader::new(&[], "test");
         assert!(matches!(
-            reader.expect(tag::SEQUENCE, "field"),
+            reader.take(tag::SEQUENCE, "field"),
             Err(CmsError::Malformed(text)) if text == "test: field is missing"
         ));
         let reader = Reader::new(&[0x05, 0x00], "test");

@@ -47,6 +47,9 @@ pub const SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.10
 /// `id-sha512` (RFC 5754 §2.4).
 pub const SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
 
+/// `desCBC` (OIW): single DES in CBC mode, for legacy SCEP clients only.
+pub const DES_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.7");
+
 /// `des-ede3-cbc` (RFC 3370 §5.1): three-key triple DES in CBC mode.
 pub const DES_EDE3_CBC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.3.7");
 

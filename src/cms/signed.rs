@@ -413,17 +413,17 @@ fn parse_signed_data(der: &[u8]) -> Result<SignedDataParts<'_>, CmsError> {
     }
 
     let mut reader = Reader::new(signed_data.content, WHAT);
-    reader.expect(tag::INTEGER, "version")?;
-    reader.expect(tag::SET, "digestAlgorithms")?;
-    let encapsulated = reader.expect(tag::SEQUENCE, "encapContentInfo")?;
+    reader.take(tag::INTEGER, "version")?;
+    reader.take(tag::SET, "digestAlgorithms")?;
+    let encapsulated = reader.take(tag::SEQUENCE, "encapContentInfo")?;
     let certificate_set = reader.optional(tag::CONTEXT_0, "certificates")?;
     reader.optional(tag::CONTEXT_1, "crls")?;
-    let signer_info_set = reader.expect(tag::SET, "signerInfos")?;
+    let signer_info_set = reader.take(tag::SET, "signerInfos")?;
     reader.finish()?;
 
     const ENCAPSULATED: &str = "encapsulated content info";
     let mut reader = Reader::new(encapsulated.content, ENCAPSULATED);
-    let content_type = object_identifier(&reader.expect(tag::OID, "eContentType")?, ENCAPSULATED)?;
+    let content_type = object_identifier(&reader.take(tag::OID, "eContentType")?, ENCAPSULATED)?;
     let content = match reader.optional(tag::CONTEXT_0, "eContent")? {
         Some(explicit) => Some(single(explicit.content, tag::OCTET_STRING, ENCAPSULATED)?.content),
         None => None,
@@ -451,7 +451,7 @@ fn parse_signed_data(der: &[u8]) -> Result<SignedDataParts<'_>, CmsError> {
     let mut signer_infos = Vec::new();
     let mut reader = Reader::new(signer_info_set.content, "signer infos");
     while !reader.is_empty() {
-        signer_infos.push(reader.expect(tag::SEQUENCE, "signer info")?);
+        signer_infos.push(reader.take(tag::SEQUENCE, "signer info")?);
     }
 
     Ok(SignedDataParts {
@@ -475,14 +475,14 @@ struct SignerInfoParts<'a> {
 fn parse_signer_info<'a>(signer_info: &Tlv<'a>) -> Result<SignerInfoParts<'a>, CmsError> {
     const WHAT: &str = "signer info";
     let mut reader = Reader::new(signer_info.content, WHAT);
-    reader.expect(tag::INTEGER, "version")?;
+    reader.take(tag::INTEGER, "version")?;
     let sid = CertificateId::parse(&reader.any("sid")?, WHAT)?;
     let (digest_algorithm, _) =
-        algorithm_identifier(&reader.expect(tag::SEQUENCE, "digestAlgorithm")?, WHAT)?;
+        algorithm_identifier(&reader.take(tag::SEQUENCE, "digestAlgorithm")?, WHAT)?;
     let signed_attributes = reader.optional(tag::CONTEXT_0, "signedAttrs")?;
     let (signature_algorithm, _) =
-        algorithm_identifier(&reader.expect(tag::SEQUENCE, "signatureAlgorithm")?, WHAT)?;
-    let signature = reader.expect(tag::OCTET_STRING, "signature")?;
+        algorithm_identifier(&reader.take(tag::SEQUENCE, "signatureAlgorithm")?, WHAT)?;
+    let signature = reader.take(tag::OCTET_STRING, "signature")?;
     reader.optional(tag::CONTEXT_1, "unsignedAttrs")?;
     reader.finish()?;
 
@@ -502,15 +502,15 @@ fn parse_attributes(content: &[u8]) -> Result<Vec<SignedAttribute>, CmsError> {
     let mut count = 0;
     let mut reader = Reader::new(content, WHAT);
     while !reader.is_empty() {
-        let attribute = reader.expect(tag::SEQUENCE, "attribute")?;
+        let attribute = reader.take(tag::SEQUENCE, "attribute")?;
         count += 1;
         if count > MAX_SIGNED_ATTRIBUTES {
             continue;
         }
 
         let mut fields = Reader::new(attribute.content, WHAT);
-        let oid = object_identifier(&fields.expect(tag::OID, "attrType")?, WHAT)?;
-        let value_set = fields.expect(tag::SET, "attrValues")?;
+        let oid = object_identifier(&fields.take(tag::OID, "attrType")?, WHAT)?;
+        let value_set = fields.take(tag::SET, "attrValues")?;
         fields.finish()?;
 
         let mut values = Vec::new();

@@ -127,6 +127,15 @@ pub fn decode_get_message(param: &str) -> Result<Vec<u8>, ScepError> {
         .map_err(|err| ScepError::Unreadable(format!("message parameter is not base64: {err}")))
 }
 
+/// The digest a CertRep is signed with: the request's, except SHA-1, which aws-lc-rs does not
+/// sign with; SHA-256 is what GetCACaps advertises first and every client verifies.
+fn reply_digest(request: DigestAlgorithm) -> DigestAlgorithm {
+    match request {
+        DigestAlgorithm::Sha1 => DigestAlgorithm::Sha256,
+        other => other,
+    }
+}
+
 /// The parts of an addressable request a CertRep needs.
 struct Addressed<'a> {
     header: RequestHeader,
@@ -148,7 +157,7 @@ fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, Sc
             let header = RequestHeader { message_type: MessageType::PkcsReq, transaction_id, sender_nonce };
             let addressed = Addressed {
                 header,
-                digest: message.signer.digest,
+                digest: reply_digest(message.signer.digest),
                 signer_certificate: &message.signer.certificate,
             };
             return refuse(ctx, &addressed, FailInfo::BadRequest, "messageType missing or unknown", remote);
@@ -159,7 +168,7 @@ fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, Sc
     };
     let addressed = Addressed {
         header,
-        digest: message.signer.digest,
+        digest: reply_digest(message.signer.digest),
         signer_certificate: &message.signer.certificate,
     };
 

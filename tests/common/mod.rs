@@ -30,3 +30,5 @@ pub fn fixture(relative: &str) -> Option<Vec<u8>> {
         }
     }
 }
+
+pub mod server;

@@ -1,0 +1,164 @@
+//! A real `otad serve` on a loopback port, for end-to-end tests.
+//!
+//! Each server gets its own state dir (made by `otad init`) and a test device CA listed in
+//! `ota.extra_device_ca`, so `otad::simulate` devices are trusted. The process is killed
+//! when the handle drops.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `otad` binary under test.
+pub fn otad_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_otad")
+}
+
+/// A running server and its files.
+pub struct TestServer {
+    /// Holds the temp dir alive.
+    pub dir: tempfile::TempDir,
+    /// The state dir.
+    pub state: PathBuf,
+    /// Where the trusted test device CA lives.
+    pub device_ca_dir: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    child: Child,
+    log_path: PathBuf,
+}
+
+/// Sets `key = value` in `[section]` of a config text; `value` is a TOML literal.
+pub fn set_key(config: &str, section: &str, key: &str, value: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_section = false;
+    let mut done = false;
+    for line in config.lines() {
+        if line.starts_with('[') {
+            in_section = line == format!("[{section}]");
+        }
+        if in_section && !done && line.starts_with(&format!("{key} =")) {
+            out.push(format!("{key} = {value}"));
+            done = true;
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    assert!(done, "config has no {section}.{key}");
+    out.join("\n") + "\n"
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local addr").port()
+}
+
+impl TestServer {
+    /// Starts a server; `configure` may change the config text before it starts.
+    pub fn start(configure: impl FnOnce(String) -> String) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let device_ca_dir = dir.path().join("device-ca");
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+
+        let init = Command::new(otad_bin())
+            .args(["init", "--state"])
+            .arg(&state)
+            .args(["--url", &url, "--organization", "Test Org"])
+            .output()
+            .expect("run otad init");
+        assert!(init.status.success(), "otad init: {}", String::from_utf8_lossy(&init.stderr));
+
+        otad::simulate::load_or_create_device_ca(&device_ca_dir).expect("device CA");
+        let config_path = state.join("otad.toml");
+        let mut config = std::fs::read_to_string(&config_path).expect("read config");
+        let device_ca = device_ca_dir.join("device-ca.pem");
+        config = set_key(&config, "http", "listen", &format!("\"127.0.0.1:{port}\""));
+        config = set_key(&config, "ota", "extra_device_ca", &format!("[{:?}]", device_ca));
+        config = configure(config);
+        std::fs::write(&config_path, config).expect("write config");
+
+        let log_path = dir.path().join("serve.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(otad_bin())
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn otad serve");
+        let server = TestServer { dir, state, device_ca_dir, url, child, log_path };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if otad::httpclient::get(&format!("{}/healthz", self.url)).is_ok_and(|r| r.status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("otad serve did not come up; log:\n{}", self.log());
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Options for a simulated device trusted by this server.
+    pub fn device_options(&self) -> otad::simulate::SimulateOptions {
+        otad::simulate::SimulateOptions {
+            url: self.url.clone(),
+            device_ca_dir: self.device_ca_dir.clone(),
+            udid: None,
+            serial: None,
+            signed_attributes: false,
+            leaf_only: false,
+        }
+    }
+
+    /// A file under the state dir.
+    pub fn state_file(&self, relative: &str) -> PathBuf {
+        self.state.join(relative)
+    }
+
+    /// Every file under the state dir with its contents, for "nothing changed" checks.
+    pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files = Vec::new();
+        collect(&self.state, &mut files);
+        files.retain(|(path, _)| !path.ends_with(".lock"));
+        files.sort();
+        files
+    }
+}
+
+fn collect(dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect(&path, files);
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            files.push((path, bytes));
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
