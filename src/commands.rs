@@ -13,7 +13,9 @@ use crate::config::{self, Config};
 use crate::context::{files, Context};
 use crate::ota::{attributes, signer_kind, SignerKind};
 use crate::pki::apple::TrustAnchor;
-use crate::pki::ca::{random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute};
+use crate::pki::ca::{
+    random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute,
+};
 use crate::pki::cert;
 use crate::pki::keys::RsaPrivateKey;
 use crate::store::{self, Store};
@@ -49,16 +51,38 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
     let org = &options.organization;
     let ca = CertificateAuthority::create(&format!("{org} otad CA"), org, IDENTITY_VALIDITY_DAYS)
         .map_err(|err| format!("creating the CA: {err}"))?;
-    let ra = issue_identity(&ca, &format!("{org} otad SCEP RA"), org, KeyUsageProfile::SigningAndEncipherment)?;
-    let signer = issue_identity(&ca, &format!("{org} otad profile signer"), org, KeyUsageProfile::Signing)?;
+    let ra = issue_identity(
+        &ca,
+        &format!("{org} otad SCEP RA"),
+        org,
+        KeyUsageProfile::SigningAndEncipherment,
+    )?;
+    let signer = issue_identity(
+        &ca,
+        &format!("{org} otad profile signer"),
+        org,
+        KeyUsageProfile::Signing,
+    )?;
 
-    let write = |file: &str, bytes: &[u8], mode: u32| store.write_file(file, bytes, mode).map_err(|err| err.to_string());
+    let write = |file: &str, bytes: &[u8], mode: u32| {
+        store
+            .write_file(file, bytes, mode)
+            .map_err(|err| err.to_string())
+    };
     write(files::CA_KEY, ca.key().to_pkcs8_pem().as_bytes(), 0o600)?;
-    write(files::CA_CERT, cert::der_to_pem(ca.certificate()).as_bytes(), 0o644)?;
+    write(
+        files::CA_CERT,
+        cert::der_to_pem(ca.certificate()).as_bytes(),
+        0o644,
+    )?;
     write(files::RA_KEY, ra.1.to_pkcs8_pem().as_bytes(), 0o600)?;
     write(files::RA_CERT, cert::der_to_pem(&ra.0).as_bytes(), 0o644)?;
     write(files::SIGNER_KEY, signer.1.to_pkcs8_pem().as_bytes(), 0o600)?;
-    write(files::SIGNER_CERT, cert::der_to_pem(&signer.0).as_bytes(), 0o644)?;
+    write(
+        files::SIGNER_CERT,
+        cert::der_to_pem(&signer.0).as_bytes(),
+        0o644,
+    )?;
     // The config goes last: its presence marks a complete state dir.
     write("otad.toml", text.as_bytes(), 0o640)?;
 
@@ -89,7 +113,9 @@ fn issue_identity(
         validity_days: IDENTITY_VALIDITY_DAYS,
         usage,
     };
-    let certificate = ca.issue(&request).map_err(|err| format!("{common_name}: {err}"))?;
+    let certificate = ca
+        .issue(&request)
+        .map_err(|err| format!("{common_name}: {err}"))?;
     Ok((certificate, key))
 }
 
@@ -118,20 +144,26 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     let listen = listen.unwrap_or(&ctx.config.http.listen).to_string();
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
-    info!("otad {} serving {} on {listen}", env!("CARGO_PKG_VERSION"), ctx.config.server.url);
+    info!(
+        "otad {} serving {} on {listen}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.config.server.url
+    );
     crate::http::serve(ctx, &listen)
 }
 
 /// Removes expired challenges at start and then every ten minutes.
 fn start_sweeper(ctx: Arc<Context>) {
-    let spawned = std::thread::Builder::new().name("sweeper".into()).spawn(move || loop {
-        match ctx.store.sweep_challenges(store::now()) {
-            Ok(0) => {}
-            Ok(n) => info!("removed {n} expired challenges"),
-            Err(err) => warn!("sweeping challenges: {err}"),
-        }
-        std::thread::sleep(std::time::Duration::from_secs(600));
-    });
+    let spawned = std::thread::Builder::new()
+        .name("sweeper".into())
+        .spawn(move || loop {
+            match ctx.store.sweep_challenges(store::now()) {
+                Ok(0) => {}
+                Ok(n) => info!("removed {n} expired challenges"),
+                Err(err) => warn!("sweeping challenges: {err}"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(600));
+        });
     if let Err(err) = spawned {
         warn!("cannot start the challenge sweeper: {err}");
     }
@@ -170,7 +202,12 @@ pub fn verify(options: &VerifyOptions) -> Result<(Vec<String>, bool), String> {
     Ok((lines, all_trusted))
 }
 
-fn verify_one(file: &Path, anchors: &[TrustAnchor], ctx: Option<&Context>, at: i64) -> serde_json::Value {
+fn verify_one(
+    file: &Path,
+    anchors: &[TrustAnchor],
+    ctx: Option<&Context>,
+    at: i64,
+) -> serde_json::Value {
     let mut verdict = json!({
         "file": file.display().to_string(),
         "trusted": false,
@@ -222,7 +259,10 @@ fn check_body(
             return Err(format!("signer {serial}: revoked"));
         }
         if record.udid.as_deref() != Some(parsed.udid()) {
-            return Err(format!("signer {serial}: not issued to UDID {}", parsed.udid()));
+            return Err(format!(
+                "signer {serial}: not issued to UDID {}",
+                parsed.udid()
+            ));
         }
     }
     Ok(())
@@ -232,5 +272,7 @@ fn check_body(
 pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .map_err(|err| format!("--at {text:?}: not an RFC 3339 time like 2023-01-01T00:00:00Z ({err})"))
+        .map_err(|err| {
+            format!("--at {text:?}: not an RFC 3339 time like 2023-01-01T00:00:00Z ({err})")
+        })
 }

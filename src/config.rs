@@ -150,7 +150,7 @@ pub struct MdmConfig {
 }
 
 /// `[profile]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileConfig {
     /// A `.mobileconfig` delivered in phase 3 instead of the MDM profile; empty for MDM.
@@ -206,7 +206,10 @@ impl Default for OtaConfig {
         OtaConfig {
             challenge_ttl: "1h".into(),
             challenge: String::new(),
-            device_attributes: DEFAULT_DEVICE_ATTRIBUTES.iter().map(|s| s.to_string()).collect(),
+            device_attributes: DEFAULT_DEVICE_ATTRIBUTES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             apple_leaf_validity: "check".into(),
             extra_device_ca: Vec::new(),
             profile_cipher: "des3".into(),
@@ -234,14 +237,6 @@ impl Default for MdmConfig {
             sign_message: true,
             access_rights: 8191,
             plain_enroll: false,
-        }
-    }
-}
-
-impl Default for ProfileConfig {
-    fn default() -> Self {
-        ProfileConfig {
-            template: String::new(),
         }
     }
 }
@@ -292,7 +287,10 @@ impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<(Config, Derived), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| {
-            ConfigError(format!("{}: cannot read the config file: {err}", path.display()))
+            ConfigError(format!(
+                "{}: cannot read the config file: {err}",
+                path.display()
+            ))
         })?;
         Config::parse(&text, path)
     }
@@ -304,8 +302,11 @@ impl Config {
             let message = err.message().to_string();
             let line = err
                 .span()
-                .map(|span| text.get(..span.start).map_or(0, |head| head.lines().count()))
-                .map(|line| format!(" (line {})", line.max(1)))
+                .map(|span| {
+                    text.get(..span.start)
+                        .map_or(0, |head| head.matches('\n').count())
+                })
+                .map(|newlines| format!(" (line {})", newlines + 1))
                 .unwrap_or_default();
             ConfigError(format!("{}{line}: {message}", path.display()))
         })?;
@@ -317,35 +318,64 @@ impl Config {
     fn validate(&mut self) -> Result<Derived, ConfigError> {
         let file = self.path.display().to_string();
         let bad = |key: &str, why: String| ConfigError(format!("{file}: {key}: {why}"));
-        let base = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let base = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
 
         let url = self.server.url.trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
             return Err(bad("server.url", format!("{url:?} is not an http(s) URL")));
         }
         if url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>') {
-            return Err(bad("server.url", "must not contain spaces, quotes or <>".into()));
+            return Err(bad(
+                "server.url",
+                "must not contain spaces, quotes or <>".into(),
+            ));
         }
         self.server.url = url;
         if self.server.identifier.is_empty()
-            || !self.server.identifier.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            || !self
+                .server
+                .identifier
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
         {
-            return Err(bad("server.identifier", "must be reverse-DNS, like com.example".into()));
+            return Err(bad(
+                "server.identifier",
+                "must be reverse-DNS, like com.example".into(),
+            ));
         }
 
-        self.http.listen.parse::<std::net::SocketAddr>().map_err(|err| {
-            bad("http.listen", format!("{:?} is not an address:port ({err})", self.http.listen))
-        })?;
+        self.http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|err| {
+                bad(
+                    "http.listen",
+                    format!("{:?} is not an address:port ({err})", self.http.listen),
+                )
+            })?;
         if !(1..=256).contains(&self.http.workers) {
             return Err(bad("http.workers", "must be between 1 and 256".into()));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body) {
-            return Err(bad("http.max_body", "must be between 1024 and 16777216 bytes".into()));
+            return Err(bad(
+                "http.max_body",
+                "must be between 1024 and 16777216 bytes".into(),
+            ));
         }
 
-        let ota_challenge_ttl = parse_duration(&self.ota.challenge_ttl)
-            .map_err(|why| bad("ota.challenge_ttl", why))?;
+        let ota_challenge_ttl =
+            parse_duration(&self.ota.challenge_ttl).map_err(|why| bad("ota.challenge_ttl", why))?;
         let scep_challenge_ttl = parse_duration(&self.scep.challenge_ttl)
             .map_err(|why| bad("scep.challenge_ttl", why))?;
         let validity = parse_duration(&self.scep.cert_validity)
@@ -359,7 +389,10 @@ impl Config {
             if !KNOWN_DEVICE_ATTRIBUTES.contains(&attribute.as_str()) {
                 return Err(bad(
                     "ota.device_attributes",
-                    format!("{attribute:?} is not one of {}", KNOWN_DEVICE_ATTRIBUTES.join(", ")),
+                    format!(
+                        "{attribute:?} is not one of {}",
+                        KNOWN_DEVICE_ATTRIBUTES.join(", ")
+                    ),
                 ));
             }
         }
@@ -369,27 +402,45 @@ impl Config {
         let check_apple_leaf_validity = match self.ota.apple_leaf_validity.as_str() {
             "check" => true,
             "ignore" => false,
-            other => return Err(bad("ota.apple_leaf_validity", format!("{other:?}: use check or ignore"))),
+            other => {
+                return Err(bad(
+                    "ota.apple_leaf_validity",
+                    format!("{other:?}: use check or ignore"),
+                ))
+            }
         };
         let profile_cipher = match self.ota.profile_cipher.as_str() {
             "des3" => ProfileCipher::Des3,
             "aes128" => ProfileCipher::Aes128,
             "aes256" => ProfileCipher::Aes256,
             other => {
-                return Err(bad("ota.profile_cipher", format!("{other:?}: use des3, aes128 or aes256")))
+                return Err(bad(
+                    "ota.profile_cipher",
+                    format!("{other:?}: use des3, aes128 or aes256"),
+                ))
             }
         };
-        for (key, value) in [("ota.challenge", &self.ota.challenge), ("scep.challenge", &self.scep.challenge)] {
+        for (key, value) in [
+            ("ota.challenge", &self.ota.challenge),
+            ("scep.challenge", &self.scep.challenge),
+        ] {
             if !value.is_empty() && value.len() < 8 {
-                return Err(bad(key, "a static challenge must be at least 8 characters".into()));
+                return Err(bad(
+                    key,
+                    "a static challenge must be at least 8 characters".into(),
+                ));
             }
         }
 
-        let log_level = self
-            .log
-            .level
-            .parse::<log::LevelFilter>()
-            .map_err(|_| bad("log.level", format!("{:?}: use error, warn, info, debug or trace", self.log.level)))?;
+        let log_level = self.log.level.parse::<log::LevelFilter>().map_err(|_| {
+            bad(
+                "log.level",
+                format!(
+                    "{:?}: use error, warn, info, debug or trace",
+                    self.log.level
+                ),
+            )
+        })?;
 
         let profile_template = if self.profile.template.is_empty() {
             None
@@ -403,7 +454,12 @@ impl Config {
             check_apple_leaf_validity,
             profile_cipher,
             state_dir: resolve(&self.server.state_dir),
-            extra_device_ca: self.ota.extra_device_ca.iter().map(|p| resolve(p)).collect(),
+            extra_device_ca: self
+                .ota
+                .extra_device_ca
+                .iter()
+                .map(|p| resolve(p))
+                .collect(),
             profile_template,
             log_level,
         })
@@ -553,12 +609,16 @@ mod tests {
         assert_eq!(derived.cert_validity_days, 365);
         assert_eq!(derived.profile_cipher, ProfileCipher::Des3);
         assert!(derived.check_apple_leaf_validity);
-        assert_eq!(config.mdm_placeholders(), vec!["mdm.server_url", "mdm.topic"]);
+        assert_eq!(
+            config.mdm_placeholders(),
+            vec!["mdm.server_url", "mdm.topic"]
+        );
     }
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = Config::parse("[ota]\nchallenge_tll = \"1h\"\n", Path::new("x.toml")).unwrap_err();
+        let err =
+            Config::parse("[ota]\nchallenge_tll = \"1h\"\n", Path::new("x.toml")).unwrap_err();
         assert!(err.0.contains("challenge_tll"), "{err}");
         assert!(err.0.contains("line 2"), "{err}");
     }
@@ -571,7 +631,10 @@ mod tests {
             ("[scep]\ncert_validity = \"1h\"\n", "scep.cert_validity"),
             ("[server]\nurl = \"ftp://x\"\n", "server.url"),
             ("[http]\nlisten = \"localhost\"\n", "http.listen"),
-            ("[ota]\ndevice_attributes = [\"SERIAL\"]\n", "ota.device_attributes"),
+            (
+                "[ota]\ndevice_attributes = [\"SERIAL\"]\n",
+                "ota.device_attributes",
+            ),
             ("[ota]\nchallenge = \"short\"\n", "ota.challenge"),
         ];
         for (text, key) in cases {

@@ -103,7 +103,10 @@ impl Context {
         let mut device_anchors = vec![TrustAnchor::apple_device_ca()];
         for path in &derived.extra_device_ca {
             let pem = std::fs::read_to_string(path).map_err(|err| {
-                format!("ota.extra_device_ca: {}: cannot read: {err}", path.display())
+                format!(
+                    "ota.extra_device_ca: {}: cannot read: {err}",
+                    path.display()
+                )
             })?;
             let der = cert::pem_to_der(&pem)
                 .map_err(|err| format!("ota.extra_device_ca: {}: {err}", path.display()))?;
@@ -117,7 +120,16 @@ impl Context {
             Some(path) => Some(load_template(path)?),
         };
 
-        Ok(Context { config, derived, store, ca, ra, signer, device_anchors, template })
+        Ok(Context {
+            config,
+            derived,
+            store,
+            ca,
+            ra,
+            signer,
+            device_anchors,
+            template,
+        })
     }
 }
 
@@ -125,9 +137,12 @@ impl Context {
 fn load_template(path: &Path) -> Result<plist::Dictionary, String> {
     let value = plist::Value::from_file(path)
         .map_err(|err| format!("profile.template: {}: {err}", path.display()))?;
-    let dict = value
-        .into_dictionary()
-        .ok_or_else(|| format!("profile.template: {}: not a plist dictionary", path.display()))?;
+    let dict = value.into_dictionary().ok_or_else(|| {
+        format!(
+            "profile.template: {}: not a plist dictionary",
+            path.display()
+        )
+    })?;
     if !matches!(dict.get("PayloadContent"), Some(plist::Value::Array(_))) {
         return Err(format!(
             "profile.template: {}: needs a PayloadContent array (an unsigned .mobileconfig)",

@@ -36,12 +36,22 @@ pub struct Reply {
 impl Reply {
     /// 200 with a body.
     pub fn ok(content_type: &'static str, body: Vec<u8>) -> Reply {
-        Reply { status: 200, content_type, body, attachment: None }
+        Reply {
+            status: 200,
+            content_type,
+            body,
+            attachment: None,
+        }
     }
 
     /// A signed profile offered as a download.
     pub fn profile(body: Vec<u8>, file: &'static str) -> Reply {
-        Reply { status: 200, content_type: PROFILE_CONTENT_TYPE, body, attachment: Some(file) }
+        Reply {
+            status: 200,
+            content_type: PROFILE_CONTENT_TYPE,
+            body,
+            attachment: Some(file),
+        }
     }
 }
 
@@ -57,7 +67,10 @@ pub struct Refusal {
 impl Refusal {
     /// A refusal with a status and reason.
     pub fn new(status: u16, reason: impl Into<String>) -> Refusal {
-        Refusal { status, reason: reason.into() }
+        Refusal {
+            status,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -95,7 +108,10 @@ pub struct Incoming<'a> {
 impl Incoming<'_> {
     /// The first value of a query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -143,7 +159,11 @@ pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
 
 /// Reads a request body of at most `limit` bytes; larger gets 413 before reading on when the
 /// length is declared, or as soon as the limit is passed when it is not.
-pub fn read_body(reader: &mut dyn Read, declared: Option<usize>, limit: usize) -> Result<Vec<u8>, Refusal> {
+pub fn read_body(
+    reader: &mut dyn Read,
+    declared: Option<usize>,
+    limit: usize,
+) -> Result<Vec<u8>, Refusal> {
     let too_large = || Refusal::new(413, format!("request body: over the {limit} bytes allowed"));
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
@@ -170,7 +190,10 @@ pub fn route(
         "/ota/enroll" => match method {
             "GET" => {
                 let signed = ota::phase1(ctx, now())?;
-                info!("phase 1: profile service handed out remote={}", incoming.remote);
+                info!(
+                    "phase 1: profile service handed out remote={}",
+                    incoming.remote
+                );
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
             _ => Err(method_not_allowed("GET")),
@@ -179,7 +202,11 @@ pub fn route(
             "POST" => {
                 let body = body()?;
                 let reply = ota::phase23(ctx, &body, &incoming.remote, now())?;
-                let file = if reply.phase == 2 { "identity.mobileconfig" } else { "enrollment.mobileconfig" };
+                let file = if reply.phase == 2 {
+                    "identity.mobileconfig"
+                } else {
+                    "enrollment.mobileconfig"
+                };
                 Ok(Reply::profile(reply.body, file))
             }
             _ => Err(method_not_allowed("POST")),
@@ -187,10 +214,16 @@ pub fn route(
         "/mdm/enroll" => match method {
             "GET" if ctx.config.mdm.plain_enroll => {
                 let signed = ota::plain_enrollment(ctx, now())?;
-                info!("plain enrollment profile handed out remote={}", incoming.remote);
+                info!(
+                    "plain enrollment profile handed out remote={}",
+                    incoming.remote
+                );
                 Ok(Reply::profile(signed, "enrollment.mobileconfig"))
             }
-            "GET" => Err(Refusal::new(404, "/mdm/enroll: off (set mdm.plain_enroll = true to serve it)")),
+            "GET" => Err(Refusal::new(
+                404,
+                "/mdm/enroll: off (set mdm.plain_enroll = true to serve it)",
+            )),
             "POST" => {
                 let body = body()?;
                 let reply = ota::dep_enrollment(ctx, &body, &incoming.remote, now())?;
@@ -200,21 +233,31 @@ pub fn route(
         },
         "/scep" | "/scep/pkiclient.exe" | "/cgi-bin/pkiclient.exe" => match method {
             "GET" | "POST" => {
-                let body = if method == "POST" { Some(body()?) } else { None };
+                let body = if method == "POST" {
+                    Some(body()?)
+                } else {
+                    None
+                };
                 let reply = scep::handle(ctx, incoming, body.as_deref())?;
                 Ok(Reply::ok(reply.content_type, reply.body))
             }
             _ => Err(method_not_allowed("GET, POST")),
         },
         "/ca" => match method {
-            "GET" => Ok(Reply::ok("application/x-x509-ca-cert", ctx.ca.certificate().to_vec())),
+            "GET" => Ok(Reply::ok(
+                "application/x-x509-ca-cert",
+                ctx.ca.certificate().to_vec(),
+            )),
             _ => Err(method_not_allowed("GET")),
         },
         "/healthz" => match method {
             "GET" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
             _ => Err(method_not_allowed("GET")),
         },
-        path => Err(Refusal::new(404, format!("{}: no such endpoint", truncate(path)))),
+        path => Err(Refusal::new(
+            404,
+            format!("{}: no such endpoint", truncate(path)),
+        )),
     }
 }
 
@@ -232,17 +275,27 @@ fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
 
 /// Handles one tiny_http request to the end.
 fn handle(ctx: &Context, mut request: tiny_http::Request) {
-    let remote = request.remote_addr().map_or_else(|| "-".to_string(), |a| a.to_string());
+    let remote = request
+        .remote_addr()
+        .map_or_else(|| "-".to_string(), |a| a.to_string());
     let method = request.method().as_str().to_string();
     let target = request.url().to_string();
     let (path, query) = split_target(&target);
-    let incoming = Incoming { method: &method, path, query, remote: remote.clone() };
+    let incoming = Incoming {
+        method: &method,
+        path,
+        query,
+        remote: remote.clone(),
+    };
 
     let too_many_headers = request.headers().len() > MAX_HEADERS;
     let declared = request.body_length();
     let limit = ctx.config.http.max_body;
     let reply = if too_many_headers {
-        Err(Refusal::new(431, format!("request: more than {MAX_HEADERS} headers")))
+        Err(Refusal::new(
+            431,
+            format!("request: more than {MAX_HEADERS} headers"),
+        ))
     } else {
         let reader = request.as_reader();
         route(ctx, &incoming, &mut || read_body(reader, declared, limit))
@@ -251,10 +304,16 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     let reply = reply.unwrap_or_else(|refusal| {
         if refusal.status >= 500 {
             error!("{method} {path}: {} remote={remote}", refusal.reason);
-            Reply::ok("text/plain", b"internal error; see the server log\n".to_vec())
-                .with_status(refusal.status)
+            Reply::ok(
+                "text/plain",
+                b"internal error; see the server log\n".to_vec(),
+            )
+            .with_status(refusal.status)
         } else {
-            warn!("{method} {path}: {} {} remote={remote}", refusal.status, refusal.reason);
+            warn!(
+                "{method} {path}: {} {} remote={remote}",
+                refusal.status, refusal.reason
+            );
             let mut body = refusal.reason.into_bytes();
             body.push(b'\n');
             Reply::ok("text/plain; charset=utf-8", body).with_status(refusal.status)
@@ -266,7 +325,10 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         response.add_header(h);
     }
     if let Some(file) = reply.attachment {
-        if let Some(h) = header("Content-Disposition", &format!("attachment; filename=\"{file}\"")) {
+        if let Some(h) = header(
+            "Content-Disposition",
+            &format!("attachment; filename=\"{file}\""),
+        ) {
             response.add_header(h);
         }
     }
@@ -284,7 +346,8 @@ impl Reply {
 
 /// Serves until the process is stopped: `workers` threads take requests from one listener.
 pub fn serve(ctx: Arc<Context>, listen: &str) -> Result<(), String> {
-    let server = tiny_http::Server::http(listen).map_err(|err| format!("{listen}: cannot listen: {err}"))?;
+    let server =
+        tiny_http::Server::http(listen).map_err(|err| format!("{listen}: cannot listen: {err}"))?;
     serve_on(ctx, server)
 }
 
@@ -324,16 +387,22 @@ mod tests {
     fn query_keeps_raw_plus_and_decodes_escapes() {
         let (path, query) = split_target("/scep?operation=PKIOperation&message=ab+c%2Fd%3D");
         assert_eq!(path, "/scep");
-        assert_eq!(query[0], ("operation".to_string(), "PKIOperation".to_string()));
+        assert_eq!(
+            query[0],
+            ("operation".to_string(), "PKIOperation".to_string())
+        );
         assert_eq!(query[1].1, "ab+c/d=");
     }
 
     #[test]
     fn body_limits() {
-        let big = vec![0u8; 10];
+        let big = [0u8; 10];
         assert_eq!(read_body(&mut &big[..], None, 10).unwrap().len(), 10);
         assert_eq!(read_body(&mut &big[..], None, 9).unwrap_err().status, 413);
-        assert_eq!(read_body(&mut &big[..], Some(10), 9).unwrap_err().status, 413);
+        assert_eq!(
+            read_body(&mut &big[..], Some(10), 9).unwrap_err().status,
+            413
+        );
     }
 
     #[test]

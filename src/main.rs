@@ -179,7 +179,11 @@ fn serve(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
 }
 
 fn verify(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
-    let mut options = VerifyOptions { config: None, at: None, files: Vec::new() };
+    let mut options = VerifyOptions {
+        config: None,
+        at: None,
+        files: Vec::new(),
+    };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config") => options.config = Some(PathBuf::from(parser.value()?)),

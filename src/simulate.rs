@@ -1649,7 +1649,7 @@ mod tests {
             );
 
             let message = signed::verify(&request.body).unwrap();
-            let header = message::read_header(&message).unwrap();
+            let header = message::read_header(|oid| message.signed_attribute(oid)).unwrap();
             assert_eq!(header.message_type, MessageType::PkcsReq);
             let envelope = message.content.as_deref().unwrap();
             let opened =

@@ -15,31 +15,59 @@ fn simulate_walks_all_three_phases() {
     let output = Command::new(otad_bin())
         .args(["simulate", "--url", &server.url, "--device-ca"])
         .arg(&server.device_ca_dir)
-        .args(["--udid", "00008030-001A35E12345802E", "--serial", "F2LXK0AAHG7F"])
+        .args([
+            "--udid",
+            "00008030-001A35E12345802E",
+            "--serial",
+            "F2LXK0AAHG7F",
+        ])
         .output()
         .expect("run otad simulate");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "simulate failed: {}\n{}", String::from_utf8_lossy(&output.stderr), server.log());
-    assert!(stdout.contains("udid: 00008030-001A35E12345802E"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "simulate failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    assert!(
+        stdout.contains("udid: 00008030-001A35E12345802E"),
+        "{stdout}"
+    );
     assert!(stdout.contains("com.apple.mdm"), "{stdout}");
     assert!(stdout.contains("com.apple.security.scep"), "{stdout}");
 
     // The device record and the certificate record agree on who holds what.
-    let device = std::fs::read_to_string(server.state_file("devices/00008030-001A35E12345802E.json")).unwrap();
+    let device =
+        std::fs::read_to_string(server.state_file("devices/00008030-001A35E12345802E.json"))
+            .unwrap();
     let device: serde_json::Value = serde_json::from_str(&device).unwrap();
     assert_eq!(device["phase"], "enrolled");
     assert_eq!(device["attributes"]["SERIAL"], "F2LXK0AAHG7F");
-    assert!(device["attributes"].get("CHALLENGE").is_none(), "the challenge is not recorded");
+    assert!(
+        device["attributes"].get("CHALLENGE").is_none(),
+        "the challenge is not recorded"
+    );
     let serial = device["certificates"][0].as_str().unwrap().to_string();
-    assert!(stdout.contains(&format!("certificate_serial: {serial}")), "{stdout}");
-    let cert: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap()).unwrap();
+    assert!(
+        stdout.contains(&format!("certificate_serial: {serial}")),
+        "{stdout}"
+    );
+    let cert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(cert["udid"], "00008030-001A35E12345802E");
     assert_eq!(cert["authorised_by"], "ota");
 
     // One info line per phase, and no challenge value in the log.
     let log = server.log();
-    for line in ["phase 1:", "phase 2: udid=00008030-001A35E12345802E", "scep: issued certificate", "phase 3: udid="] {
+    for line in [
+        "phase 1:",
+        "phase 2: udid=00008030-001A35E12345802E",
+        "scep: issued certificate",
+        "phase 3: udid=",
+    ] {
         assert!(log.contains(line), "log lacks {line:?}:\n{log}");
     }
 }
@@ -51,9 +79,13 @@ fn every_variant_of_device_signing_enrolls() {
         let mut options = server.device_options();
         options.signed_attributes = signed_attributes;
         options.leaf_only = leaf_only;
-        let summary = otad::simulate::run(&options)
-            .unwrap_or_else(|err| panic!("signed_attributes={signed_attributes} leaf_only={leaf_only}: {err}"));
-        assert_eq!(summary.payload_types, vec!["com.apple.security.scep", "com.apple.mdm"]);
+        let summary = otad::simulate::run(&options).unwrap_or_else(|err| {
+            panic!("signed_attributes={signed_attributes} leaf_only={leaf_only}: {err}")
+        });
+        assert_eq!(
+            summary.payload_types,
+            vec!["com.apple.security.scep", "com.apple.mdm"]
+        );
     }
 }
 
@@ -65,10 +97,16 @@ fn a_used_challenge_is_refused_and_changes_nothing() {
     device.phase2(&phase1).unwrap();
 
     let before = server.snapshot();
-    let err = device.phase2(&phase1).err().expect("a replayed challenge must fail");
+    let err = device
+        .phase2(&phase1)
+        .expect_err("a replayed challenge must fail");
     assert!(err.contains("403"), "{err}");
     assert!(err.contains("challenge unknown or already used"), "{err}");
-    assert_eq!(server.snapshot(), before, "a refused request writes nothing");
+    assert_eq!(
+        server.snapshot(),
+        before,
+        "a refused request writes nothing"
+    );
     assert!(server.log().contains("WARN"), "refusals are logged at warn");
 }
 
@@ -85,7 +123,9 @@ fn a_certificate_issued_to_another_udid_is_refused_in_phase_3() {
     let phase1_second = second.phase1(&server.url).unwrap();
     second.phase2(&phase1_second).unwrap();
     second.scep_identity = first.scep_identity.take();
-    let err = second.phase3(&phase1_second).err().expect("another device's certificate must fail");
+    let err = second
+        .phase3(&phase1_second)
+        .expect_err("another device's certificate must fail");
     assert!(err.contains("403"), "{err}");
     assert!(err.contains(&format!("not {}", second.udid)), "{err}");
 }
@@ -100,9 +140,14 @@ fn phase_3_before_a_certificate_is_impossible_and_a_stranger_is_refused() {
     options.device_ca_dir = stranger_dir;
     let stranger = Device::new(&options).unwrap();
     let phase1 = stranger.phase1(&server.url).unwrap();
-    let err = stranger.phase2(&phase1).err().expect("an unknown device CA must fail");
+    let err = stranger
+        .phase2(&phase1)
+        .expect_err("an unknown device CA must fail");
     assert!(err.contains("403"), "{err}");
-    assert!(err.contains("not issued by Apple Device CA or by this server"), "{err}");
+    assert!(
+        err.contains("not issued by Apple Device CA or by this server"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -114,11 +159,25 @@ fn http_errors_have_the_right_status_and_a_reason() {
     assert_eq!(unknown.status, 404);
     let wrong_method = httpclient::get(&format!("{}/ota/phase23", server.url)).unwrap();
     assert_eq!(wrong_method.status, 405);
-    let malformed = httpclient::post(&format!("{}/ota/phase23", server.url), "application/pkcs7-signature", b"hello").unwrap();
+    let malformed = httpclient::post(
+        &format!("{}/ota/phase23", server.url),
+        "application/pkcs7-signature",
+        b"hello",
+    )
+    .unwrap();
     assert_eq!(malformed.status, 400);
-    assert!(String::from_utf8_lossy(&malformed.body).starts_with("body: "), "{:?}", malformed.body);
+    assert!(
+        String::from_utf8_lossy(&malformed.body).starts_with("body: "),
+        "{:?}",
+        malformed.body
+    );
     let big = vec![0x30u8; 64 * 1024 + 1];
-    let too_large = httpclient::post(&format!("{}/ota/phase23", server.url), "application/pkcs7-signature", &big).unwrap();
+    let too_large = httpclient::post(
+        &format!("{}/ota/phase23", server.url),
+        "application/pkcs7-signature",
+        &big,
+    )
+    .unwrap();
     assert_eq!(too_large.status, 413);
     let plain = httpclient::get(&format!("{}/mdm/enroll", server.url)).unwrap();
     assert_eq!(plain.status, 404);
@@ -127,14 +186,19 @@ fn http_errors_have_the_right_status_and_a_reason() {
     assert_eq!(server.snapshot(), before, "refused requests write nothing");
     let ca = httpclient::get(&format!("{}/ca", server.url)).unwrap();
     assert_eq!(ca.status, 200);
-    assert_eq!(ca.content_type.as_deref(), Some("application/x-x509-ca-cert"));
+    assert_eq!(
+        ca.content_type.as_deref(),
+        Some("application/x-x509-ca-cert")
+    );
     let pem = std::fs::read_to_string(server.state_file("ca/ca.pem")).unwrap();
     assert_eq!(ca.body, otad::pki::cert::pem_to_der(&pem).unwrap());
 }
 
 #[test]
 fn a_static_ota_challenge_can_be_reused() {
-    let server = TestServer::start(|config| common::server::set_key(&config, "ota", "challenge", "\"static-ota-challenge\""));
+    let server = TestServer::start(|config| {
+        common::server::set_key(&config, "ota", "challenge", "\"static-ota-challenge\"")
+    });
     let device = Device::new(&server.device_options()).unwrap();
     let phase1 = device.phase1(&server.url).unwrap();
     assert_eq!(phase1.challenge, "static-ota-challenge");

@@ -30,17 +30,41 @@ fn have(tool: &str) -> bool {
 fn scepclient(dir: &Path, url: &str, challenge: &str, cn: &str) -> (bool, String) {
     let output = Command::new("scepclient")
         .current_dir(dir)
-        .args(["-server-url", &format!("{url}/scep"), "-challenge", challenge])
-        .args(["-private-key", "key.pem", "-certificate", "cert.pem", "-cn", cn])
+        .args([
+            "-server-url",
+            &format!("{url}/scep"),
+            "-challenge",
+            challenge,
+        ])
+        .args([
+            "-private-key",
+            "key.pem",
+            "-certificate",
+            "cert.pem",
+            "-cn",
+            cn,
+        ])
         .output()
         .expect("run scepclient");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
 fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let output = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
-    assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     output.stdout
 }
 
@@ -49,31 +73,62 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
     if !have("scepclient") || !have("openssl") {
         return;
     }
-    let server = TestServer::start(|config| set_key(&config, "scep", "challenge", &format!("\"{STATIC_CHALLENGE}\"")));
+    let server = TestServer::start(|config| {
+        set_key(
+            &config,
+            "scep",
+            "challenge",
+            &format!("\"{STATIC_CHALLENGE}\""),
+        )
+    });
 
     let good = server.dir.path().join("good");
     std::fs::create_dir(&good).unwrap();
     let (ok, output) = scepclient(&good, &server.url, STATIC_CHALLENGE, "interop-client");
     assert!(ok, "scepclient failed: {output}\n{}", server.log());
     let ca = server.state_file("ca/ca.pem");
-    let verified = openssl(&good, &["verify", "-CAfile", ca.to_str().unwrap(), "cert.pem"]);
+    let verified = openssl(
+        &good,
+        &["verify", "-CAfile", ca.to_str().unwrap(), "cert.pem"],
+    );
     assert!(String::from_utf8_lossy(&verified).contains("cert.pem: OK"));
-    let subject = openssl(&good, &["x509", "-in", "cert.pem", "-noout", "-subject", "-serial"]);
+    let subject = openssl(
+        &good,
+        &["x509", "-in", "cert.pem", "-noout", "-subject", "-serial"],
+    );
     let subject = String::from_utf8_lossy(&subject);
-    assert!(subject.contains("CN = interop-client, O = Test Org"), "{subject}");
-    let serial = subject.lines().find_map(|l| l.strip_prefix("serial=")).unwrap().to_lowercase();
+    assert!(
+        subject.contains("CN = interop-client, O = Test Org"),
+        "{subject}"
+    );
+    let serial = subject
+        .lines()
+        .find_map(|l| l.strip_prefix("serial="))
+        .unwrap()
+        .to_lowercase();
     let serial = serial.trim_start_matches('0');
-    let record = std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap();
+    let record =
+        std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap();
     assert!(record.contains("\"authorised_by\": \"static\""), "{record}");
 
     let bad = server.dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
-    let certs_before = std::fs::read_dir(server.state_file("certs")).unwrap().count();
+    let certs_before = std::fs::read_dir(server.state_file("certs"))
+        .unwrap()
+        .count();
     let (ok, output) = scepclient(&bad, &server.url, "a-wrong-challenge", "interop-client");
     assert!(!ok, "scepclient must fail with a wrong challenge: {output}");
-    assert!(output.contains("badRequest"), "a signed CertRep FAILURE names the failInfo: {output}");
+    assert!(
+        output.contains("badRequest"),
+        "a signed CertRep FAILURE names the failInfo: {output}"
+    );
     assert!(!bad.join("cert.pem").exists());
-    assert_eq!(std::fs::read_dir(server.state_file("certs")).unwrap().count(), certs_before);
+    assert_eq!(
+        std::fs::read_dir(server.state_file("certs"))
+            .unwrap()
+            .count(),
+        certs_before
+    );
 }
 
 #[test]
@@ -90,10 +145,17 @@ fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
     // from the binding, whatever CN the client asks for.
     let dir = server.dir.path().join("ota-client");
     std::fs::create_dir(&dir).unwrap();
-    let (ok, output) = scepclient(&dir, &server.url, &scep.challenge, "whatever-the-client-says");
+    let (ok, output) = scepclient(
+        &dir,
+        &server.url,
+        &scep.challenge,
+        "whatever-the-client-says",
+    );
     assert!(ok, "scepclient failed: {output}\n{}", server.log());
     let subject = openssl(&dir, &["x509", "-in", "cert.pem", "-noout", "-subject"]);
-    assert!(String::from_utf8_lossy(&subject).contains(&format!("CN = {}, O = Test Org", device.udid)));
+    assert!(
+        String::from_utf8_lossy(&subject).contains(&format!("CN = {}, O = Test Org", device.udid))
+    );
 
     // The same challenge a second time is refused.
     let again = server.dir.path().join("again");
@@ -102,29 +164,87 @@ fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
     assert!(!ok, "a one-time SCEP challenge works once");
 
     // Phase 3 signed by openssl with scepclient's key and certificate.
-    std::fs::write(dir.join("attributes.plist"), device.attributes_plist(&phase1.challenge)).unwrap();
+    std::fs::write(
+        dir.join("attributes.plist"),
+        device.attributes_plist(&phase1.challenge),
+    )
+    .unwrap();
     let body = openssl(
         &dir,
-        &["cms", "-sign", "-nodetach", "-binary", "-outform", "DER", "-in", "attributes.plist", "-signer", "cert.pem", "-inkey", "key.pem"],
+        &[
+            "cms",
+            "-sign",
+            "-nodetach",
+            "-binary",
+            "-outform",
+            "DER",
+            "-in",
+            "attributes.plist",
+            "-signer",
+            "cert.pem",
+            "-inkey",
+            "key.pem",
+        ],
     );
     let response = httpclient::post(&phase1.url, "application/pkcs7-signature", &body).unwrap();
-    assert_eq!(response.status, 200, "{}\n{}", String::from_utf8_lossy(&response.body), server.log());
+    assert_eq!(
+        response.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&response.body),
+        server.log()
+    );
 
     // openssl reads the final profile: signed by us, content encrypted to scepclient's key.
     std::fs::write(dir.join("phase3.der"), &response.body).unwrap();
     let ca = server.state_file("ca/ca.pem");
-    let profile = openssl(&dir, &["cms", "-verify", "-inform", "DER", "-in", "phase3.der", "-CAfile", ca.to_str().unwrap(), "-purpose", "any"]);
-    let profile = plist::Value::from_reader_xml(&profile[..]).unwrap().into_dictionary().unwrap();
+    let profile = openssl(
+        &dir,
+        &[
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            "phase3.der",
+            "-CAfile",
+            ca.to_str().unwrap(),
+            "-purpose",
+            "any",
+        ],
+    );
+    let profile = plist::Value::from_reader_xml(&profile[..])
+        .unwrap()
+        .into_dictionary()
+        .unwrap();
     assert!(profile.get("PayloadContent").is_none());
     let sealed = profile["EncryptedPayloadContent"].as_data().unwrap();
     std::fs::write(dir.join("sealed.der"), sealed).unwrap();
-    let payloads = openssl(&dir, &["cms", "-decrypt", "-inform", "DER", "-in", "sealed.der", "-recip", "cert.pem", "-inkey", "key.pem"]);
+    let payloads = openssl(
+        &dir,
+        &[
+            "cms",
+            "-decrypt",
+            "-inform",
+            "DER",
+            "-in",
+            "sealed.der",
+            "-recip",
+            "cert.pem",
+            "-inkey",
+            "key.pem",
+        ],
+    );
     let payloads = plist::Value::from_reader_xml(&payloads[..]).unwrap();
     let types: Vec<&str> = payloads
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| p.as_dictionary().unwrap()["PayloadType"].as_string().unwrap())
+        .map(|p| {
+            p.as_dictionary().unwrap()["PayloadType"]
+                .as_string()
+                .unwrap()
+        })
         .collect();
     assert_eq!(types, ["com.apple.security.scep", "com.apple.mdm"]);
 }

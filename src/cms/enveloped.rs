@@ -502,6 +502,11 @@ mod tests {
                 &[
                     "cms",
                     "-decrypt",
+                    // Single DES lives in OpenSSL 3's legacy provider.
+                    "-provider",
+                    "legacy",
+                    "-provider",
+                    "default",
                     "-binary",
                     "-inform",
                     "DER",
@@ -547,6 +552,10 @@ mod tests {
             let mut args = vec![
                 "cms",
                 "-encrypt",
+                "-provider",
+                "legacy",
+                "-provider",
+                "default",
                 "-stream",
                 "-binary",
                 "-outform",

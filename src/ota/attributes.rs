@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Cursor;
 
-
 /// Largest attribute plist accepted, in bytes.
 pub const MAX_PLIST_BYTES: usize = 32 * 1024;
 /// Most attributes in one body.
@@ -43,10 +42,15 @@ impl fmt::Display for AttributesError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             AttributesError::TooLarge(n) => {
-                write!(f, "device attributes: {n} bytes, over the {MAX_PLIST_BYTES} allowed")
+                write!(
+                    f,
+                    "device attributes: {n} bytes, over the {MAX_PLIST_BYTES} allowed"
+                )
             }
             AttributesError::NotXml => f.write_str("device attributes: not an XML property list"),
-            AttributesError::Malformed(why) => write!(f, "device attributes: malformed plist: {why}"),
+            AttributesError::Malformed(why) => {
+                write!(f, "device attributes: malformed plist: {why}")
+            }
             AttributesError::NotADictionary => {
                 f.write_str("device attributes: the plist is not a dictionary")
             }
@@ -68,7 +72,10 @@ pub struct DeviceAttributes {
 impl DeviceAttributes {
     /// One attribute, if sent and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.values
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// The UDID (present: [`parse`] refuses a body without one).
@@ -94,9 +101,14 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
     if content.len() > MAX_PLIST_BYTES {
         return Err(AttributesError::TooLarge(content.len()));
     }
-    let start = content.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(content.len());
+    let start = content
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(content.len());
     let head = content.get(start..).unwrap_or_default();
-    if !(head.starts_with(b"<?xml") || head.starts_with(b"<plist") || head.starts_with(b"<!DOCTYPE"))
+    if !(head.starts_with(b"<?xml")
+        || head.starts_with(b"<plist")
+        || head.starts_with(b"<!DOCTYPE"))
     {
         return Err(AttributesError::NotXml);
     }
@@ -148,7 +160,10 @@ fn check_depth(xml: &[u8]) -> Result<(), AttributesError> {
         let inside = tag.get(..end).unwrap_or_default();
         let self_closing = inside.ends_with(b"/");
         let name_of = |t: &[u8]| -> Vec<u8> {
-            t.iter().take_while(|b| b.is_ascii_alphabetic()).copied().collect()
+            t.iter()
+                .take_while(|b| b.is_ascii_alphabetic())
+                .copied()
+                .collect()
         };
         if let Some(closing) = inside.strip_prefix(b"/") {
             if matches!(name_of(closing).as_slice(), b"array" | b"dict") {
@@ -192,16 +207,43 @@ mod tests {
 
     #[test]
     fn refuses_what_it_must() {
-        assert_eq!(parse(&plist("<key>SERIAL</key><string>X</string>")), Err(AttributesError::MissingUdid));
+        assert_eq!(
+            parse(&plist("<key>SERIAL</key><string>X</string>")),
+            Err(AttributesError::MissingUdid)
+        );
         assert_eq!(parse(b"bplist00..."), Err(AttributesError::NotXml));
-        assert!(matches!(parse(&plist("<key>UDID</key>")), Err(AttributesError::Malformed(_))));
-        let deep = format!("<key>UDID</key><string>A</string><key>D</key>{}{}", "<array>".repeat(10), "</array>".repeat(10));
-        assert_eq!(parse(&plist(&deep)), Err(AttributesError::OverLimit("nesting is too deep")));
-        let long = format!("<key>UDID</key><string>{}</string>", "A".repeat(MAX_VALUE_LEN + 1));
-        assert_eq!(parse(&plist(&long)), Err(AttributesError::OverLimit("an attribute value is too long")));
-        let many: String = (0..=MAX_ATTRIBUTES).map(|i| format!("<key>K{i}</key><string>v</string>")).collect();
-        assert_eq!(parse(&plist(&many)), Err(AttributesError::OverLimit("too many attributes")));
-        assert!(matches!(parse(&vec![b' '; MAX_PLIST_BYTES + 1]), Err(AttributesError::TooLarge(_))));
+        assert!(matches!(
+            parse(&plist("<key>UDID</key>")),
+            Err(AttributesError::Malformed(_))
+        ));
+        let deep = format!(
+            "<key>UDID</key><string>A</string><key>D</key>{}{}",
+            "<array>".repeat(10),
+            "</array>".repeat(10)
+        );
+        assert_eq!(
+            parse(&plist(&deep)),
+            Err(AttributesError::OverLimit("nesting is too deep"))
+        );
+        let long = format!(
+            "<key>UDID</key><string>{}</string>",
+            "A".repeat(MAX_VALUE_LEN + 1)
+        );
+        assert_eq!(
+            parse(&plist(&long)),
+            Err(AttributesError::OverLimit("an attribute value is too long"))
+        );
+        let many: String = (0..=MAX_ATTRIBUTES)
+            .map(|i| format!("<key>K{i}</key><string>v</string>"))
+            .collect();
+        assert_eq!(
+            parse(&plist(&many)),
+            Err(AttributesError::OverLimit("too many attributes"))
+        );
+        assert!(matches!(
+            parse(&vec![b' '; MAX_PLIST_BYTES + 1]),
+            Err(AttributesError::TooLarge(_))
+        ));
         let array = b"<?xml version=\"1.0\"?><plist version=\"1.0\"><array/></plist>";
         assert_eq!(parse(array), Err(AttributesError::NotADictionary));
     }

@@ -95,7 +95,10 @@ mod tests {
     #[test]
     fn out_of_order_steps_are_refused_with_a_reason() {
         let refused = next(Some(Identified), Event::Phase3).unwrap_err();
-        assert_eq!(refused.to_string(), "phase 3 is out of order for a device without a certificate yet");
+        assert_eq!(
+            refused.to_string(),
+            "phase 3 is out of order for a device without a certificate yet"
+        );
         assert!(next(None, Event::Phase3).is_err());
         assert!(next(None, Event::CertificateIssued).is_err());
     }

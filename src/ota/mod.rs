@@ -122,15 +122,22 @@ pub fn classify(
     })?;
     let leaf = &message.signer.certificate;
     let Some(signer) = signer_kind(leaf, anchors, ca) else {
-        let who = cert::summarize(leaf).map(|s| s.subject).unwrap_or_else(|_| "?".into());
+        let who = cert::summarize(leaf)
+            .map(|s| s.subject)
+            .unwrap_or_else(|_| "?".into());
         return Err(OtaError::Untrusted(format!(
             "signer {who}: not issued by Apple Device CA or by this server"
         )));
     };
 
     let content = message.content.as_deref().unwrap_or_default();
-    let attributes = attributes::parse(content).map_err(|err| OtaError::Malformed(err.to_string()))?;
-    Ok(VerifiedBody { message, signer, attributes })
+    let attributes =
+        attributes::parse(content).map_err(|err| OtaError::Malformed(err.to_string()))?;
+    Ok(VerifiedBody {
+        message,
+        signer,
+        attributes,
+    })
 }
 
 /// Who vouches for a signer certificate: a pinned device CA's key, our CA's key, or nobody.
@@ -140,10 +147,14 @@ pub fn signer_kind(
     ca: Option<&CertificateAuthority>,
 ) -> Option<SignerKind> {
     if let Some(anchor) = anchors.iter().find(|a| a.verify_issued(leaf).is_ok()) {
-        return Some(SignerKind::Device { anchor: anchor.name.clone() });
+        return Some(SignerKind::Device {
+            anchor: anchor.name.clone(),
+        });
     }
     if ca.is_some_and(|ca| ca.issued(leaf)) {
-        return cert::serial_hex(leaf).ok().map(|serial| SignerKind::OwnCa { serial });
+        return cert::serial_hex(leaf)
+            .ok()
+            .map(|serial| SignerKind::OwnCa { serial });
     }
     None
 }
@@ -170,7 +181,10 @@ pub fn sign_profile(ctx: &Context, profile: &plist::Value) -> Result<Vec<u8>, Ot
 }
 
 fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<u8>, OtaError> {
-    let signer = signed::SignerIdentity { certificate: &identity.certificate, key: identity.key.signing() };
+    let signer = signed::SignerIdentity {
+        certificate: &identity.certificate,
+        key: identity.key.signing(),
+    };
     let options = signed::SignOptions {
         content_type: oid::ID_DATA,
         digest: DigestAlgorithm::Sha256,
@@ -178,7 +192,8 @@ fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<
         extra_attributes: &[],
         certificates: &[ca_cert],
     };
-    signed::sign(content, &signer, &options).map_err(|err| OtaError::Internal(format!("signing: {err}")))
+    signed::sign(content, &signer, &options)
+        .map_err(|err| OtaError::Internal(format!("signing: {err}")))
 }
 
 /// Phase 1: a signed Profile Service payload with a fresh single-use challenge (or the
@@ -200,8 +215,12 @@ pub fn phase1(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
     };
 
     let url = format!("{}/ota/phase23", ctx.config.server.url);
-    let payload =
-        profile::profile_service(&branding(ctx), &url, &ctx.config.ota.device_attributes, &challenge);
+    let payload = profile::profile_service(
+        &branding(ctx),
+        &url,
+        &ctx.config.ota.device_attributes,
+        &challenge,
+    );
     sign_profile(ctx, &payload)
 }
 
@@ -224,13 +243,20 @@ pub fn phase23(ctx: &Context, body: &[u8], remote: &str, now: i64) -> Result<Pha
     let verified = classify(body, &ctx.device_anchors, Some(&ctx.ca))?;
     let udid = verified.attributes.udid().to_string();
     if !crate::store::valid_udid(&udid) {
-        return Err(OtaError::Malformed(format!("UDID {:?}: not a valid UDID", truncate(&udid))));
+        return Err(OtaError::Malformed(format!(
+            "UDID {:?}: not a valid UDID",
+            truncate(&udid)
+        )));
     }
     let body = match &verified.signer {
         SignerKind::Device { .. } => phase2(ctx, &verified, remote, now)?,
         SignerKind::OwnCa { serial } => phase3(ctx, &verified, serial, remote, now)?,
     };
-    Ok(PhaseReply { phase: verified.signer.phase(), udid, body })
+    Ok(PhaseReply {
+        phase: verified.signer.phase(),
+        udid,
+        body,
+    })
 }
 
 fn truncate(text: &str) -> String {
@@ -238,9 +264,15 @@ fn truncate(text: &str) -> String {
 }
 
 /// Checks and consumes the phase 1 challenge the device echoes.
-fn consume_phase1_challenge(ctx: &Context, attributes: &DeviceAttributes, now: i64) -> Result<(), OtaError> {
+fn consume_phase1_challenge(
+    ctx: &Context,
+    attributes: &DeviceAttributes,
+    now: i64,
+) -> Result<(), OtaError> {
     let Some(challenge) = attributes.challenge() else {
-        return Err(OtaError::Challenge("phase 2: no CHALLENGE in the device attributes".into()));
+        return Err(OtaError::Challenge(
+            "phase 2: no CHALLENGE in the device attributes".into(),
+        ));
     };
     if !ctx.config.ota.challenge.is_empty() {
         let expected = ctx.config.ota.challenge.as_bytes();
@@ -248,16 +280,24 @@ fn consume_phase1_challenge(ctx: &Context, attributes: &DeviceAttributes, now: i
             .map_err(|_| OtaError::Challenge("phase 2: wrong challenge".into()));
     }
     match ctx.store.take_challenge(challenge)? {
-        Some(record) if record.purpose == ChallengePurpose::Phase2 && record.expires > now => Ok(()),
-        Some(record) if record.purpose == ChallengePurpose::Phase2 => {
-            Err(OtaError::Challenge("phase 2: challenge expired; download the profile again".into()))
+        Some(record) if record.purpose == ChallengePurpose::Phase2 && record.expires > now => {
+            Ok(())
         }
-        _ => Err(OtaError::Challenge("phase 2: challenge unknown or already used".into())),
+        Some(record) if record.purpose == ChallengePurpose::Phase2 => Err(OtaError::Challenge(
+            "phase 2: challenge expired; download the profile again".into(),
+        )),
+        _ => Err(OtaError::Challenge(
+            "phase 2: challenge unknown or already used".into(),
+        )),
     }
 }
 
 /// Hands out a one-time SCEP challenge bound to `udid` and the subject its certificate gets.
-fn bind_scep_challenge(ctx: &Context, udid: &str, now: i64) -> Result<(String, Vec<(String, String)>), OtaError> {
+fn bind_scep_challenge(
+    ctx: &Context,
+    udid: &str,
+    now: i64,
+) -> Result<(String, Vec<(String, String)>), OtaError> {
     let subject = vec![
         ("CN".to_string(), udid.to_string()),
         ("O".to_string(), ctx.config.server.organization.clone()),
@@ -274,7 +314,12 @@ fn bind_scep_challenge(ctx: &Context, udid: &str, now: i64) -> Result<(String, V
     Ok((challenge, subject))
 }
 
-fn phase2(ctx: &Context, verified: &VerifiedBody, remote: &str, now: i64) -> Result<Vec<u8>, OtaError> {
+fn phase2(
+    ctx: &Context,
+    verified: &VerifiedBody,
+    remote: &str,
+    now: i64,
+) -> Result<Vec<u8>, OtaError> {
     let leaf = &verified.message.signer.certificate;
     if ctx.derived.check_apple_leaf_validity {
         cert::check_validity(leaf, now)
@@ -292,7 +337,12 @@ fn phase2(ctx: &Context, verified: &VerifiedBody, remote: &str, now: i64) -> Res
     let profile = profile::configuration(&brand, &brand.display_name, "identity", vec![scep]);
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry { event: "phase2".into(), at: now, remote: remote.into(), serial: None };
+    let entry = HistoryEntry {
+        event: "phase2".into(),
+        at: now,
+        remote: remote.into(),
+        serial: None,
+    };
     update_device(ctx, udid, attributes, Event::Phase2, entry)?;
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
@@ -313,7 +363,8 @@ fn update_device(
     ctx.store.transaction(|| {
         let existing = ctx.store.device(udid)?;
         let from = existing.as_ref().map(|d| d.phase);
-        let phase = machine::next(from, event).map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+        let phase = machine::next(from, event)
+            .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
         let mut device = existing.unwrap_or_else(|| DeviceRecord {
             udid: udid.to_string(),
             attributes: BTreeMap::new(),
@@ -343,10 +394,14 @@ fn phase3(
     let leaf = &verified.message.signer.certificate;
 
     let record = ctx.store.cert(serial)?.ok_or_else(|| {
-        OtaError::Untrusted(format!("phase 3 signer {serial}: not a certificate this server issued to a device"))
+        OtaError::Untrusted(format!(
+            "phase 3 signer {serial}: not a certificate this server issued to a device"
+        ))
     })?;
     if record.revoked.is_some() {
-        return Err(OtaError::Untrusted(format!("phase 3 signer {serial}: revoked")));
+        return Err(OtaError::Untrusted(format!(
+            "phase 3 signer {serial}: revoked"
+        )));
     }
     match record.udid.as_deref() {
         Some(bound) if bound == udid => {}
@@ -365,7 +420,8 @@ fn phase3(
     cert::check_validity(leaf, now)
         .map_err(|err| OtaError::Untrusted(format!("phase 3 signer {serial}: {err}")))?;
     let from = ctx.store.device(udid)?.map(|d| d.phase);
-    machine::next(from, Event::Phase3).map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+    machine::next(from, Event::Phase3)
+        .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
 
     let mut profile = final_profile(ctx, udid, now)?;
     let cipher = match ctx.derived.profile_cipher {
@@ -373,12 +429,19 @@ fn phase3(
         ProfileCipher::Aes128 => ContentCipher::Aes128Cbc,
         ProfileCipher::Aes256 => ContentCipher::Aes256Cbc,
     };
-    profile::encrypt_payload_content(&mut profile, |plain| cms::enveloped::encrypt(plain, leaf, cipher))
-        .ok_or_else(|| OtaError::Internal("final profile: no PayloadContent array".into()))?
-        .map_err(|err| OtaError::Internal(format!("final profile encryption: {err}")))?;
+    profile::encrypt_payload_content(&mut profile, |plain| {
+        cms::enveloped::encrypt(plain, leaf, cipher)
+    })
+    .ok_or_else(|| OtaError::Internal("final profile: no PayloadContent array".into()))?
+    .map_err(|err| OtaError::Internal(format!("final profile encryption: {err}")))?;
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry { event: "phase3".into(), at: now, remote: remote.into(), serial: Some(serial.into()) };
+    let entry = HistoryEntry {
+        event: "phase3".into(),
+        at: now,
+        remote: remote.into(),
+        serial: Some(serial.into()),
+    };
     update_device(ctx, udid, attributes, Event::Phase3, entry)?;
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
@@ -398,7 +461,11 @@ fn final_profile(ctx: &Context, udid: &str, now: i64) -> Result<plist::Dictionar
 }
 
 /// An MDM enrollment profile: a SCEP payload to our CA and an MDM payload using it.
-pub fn mdm_profile(ctx: &Context, scep_challenge: &str, subject: &[(String, String)]) -> plist::Dictionary {
+pub fn mdm_profile(
+    ctx: &Context,
+    scep_challenge: &str,
+    subject: &[(String, String)],
+) -> plist::Dictionary {
     let brand = branding(ctx);
     let scep_url = format!("{}/scep", ctx.config.server.url);
     let (scep, identity_uuid) = profile::scep_payload(&brand, &scep_url, subject, scep_challenge);
@@ -411,7 +478,12 @@ pub fn mdm_profile(ctx: &Context, scep_challenge: &str, subject: &[(String, Stri
         access_rights: mdm.access_rights,
     };
     let mdm_payload = profile::mdm_payload(&brand, &settings, &identity_uuid);
-    profile::configuration(&brand, &brand.display_name, "mdm-enrollment", vec![scep, mdm_payload])
+    profile::configuration(
+        &brand,
+        &brand.display_name,
+        "mdm-enrollment",
+        vec![scep, mdm_payload],
+    )
 }
 
 /// The plain enrollment profile for `/mdm/enroll`: a fresh one-time SCEP challenge not bound
@@ -433,38 +505,69 @@ pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
 
 /// `POST /mdm/enroll`: the MDM enrollment profile for a device whose DEP machine-info body is
 /// signed by a pinned device CA's key; its SCEP challenge is bound to the device's UDID.
-pub fn dep_enrollment(ctx: &Context, body: &[u8], remote: &str, now: i64) -> Result<PhaseReply, OtaError> {
+pub fn dep_enrollment(
+    ctx: &Context,
+    body: &[u8],
+    remote: &str,
+    now: i64,
+) -> Result<PhaseReply, OtaError> {
     let verified = classify(body, &ctx.device_anchors, None)?;
     let udid = verified.attributes.udid().to_string();
     if !crate::store::valid_udid(&udid) {
-        return Err(OtaError::Malformed(format!("UDID {:?}: not a valid UDID", truncate(&udid))));
+        return Err(OtaError::Malformed(format!(
+            "UDID {:?}: not a valid UDID",
+            truncate(&udid)
+        )));
     }
     if ctx.derived.check_apple_leaf_validity {
-        cert::check_validity(&verified.message.signer.certificate, now)
-            .map_err(|err| OtaError::Untrusted(format!("machine info device certificate: {err}")))?;
+        cert::check_validity(&verified.message.signer.certificate, now).map_err(|err| {
+            OtaError::Untrusted(format!("machine info device certificate: {err}"))
+        })?;
     }
 
     let (challenge, subject) = bind_scep_challenge(ctx, &udid, now)?;
     let profile = mdm_profile(ctx, &challenge, &subject);
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry { event: "dep-enroll".into(), at: now, remote: remote.into(), serial: None };
+    let entry = HistoryEntry {
+        event: "dep-enroll".into(),
+        at: now,
+        remote: remote.into(),
+        serial: None,
+    };
     update_device(ctx, &udid, &verified.attributes, Event::Phase2, entry)?;
     info!("dep enrollment: udid={udid} remote={remote}");
-    Ok(PhaseReply { phase: 2, udid, body })
+    Ok(PhaseReply {
+        phase: 2,
+        udid,
+        body,
+    })
 }
 
 /// Records that the SCEP CA issued `serial` to the device `udid` (with a challenge bound to
 /// it in phase 2 or 3): the device moves to certified and keeps the serial.
-pub fn certificate_issued(ctx: &Context, udid: &str, serial: &str, remote: &str, now: i64) -> Result<(), OtaError> {
+pub fn certificate_issued(
+    ctx: &Context,
+    udid: &str,
+    serial: &str,
+    remote: &str,
+    now: i64,
+) -> Result<(), OtaError> {
     ctx.store.transaction(|| {
         let Some(mut device) = ctx.store.device(udid)? else {
-            return Err(OtaError::Refused(format!("{udid}: certificate for a device never seen")));
+            return Err(OtaError::Refused(format!(
+                "{udid}: certificate for a device never seen"
+            )));
         };
         device.phase = machine::next(Some(device.phase), Event::CertificateIssued)
             .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
         device.certificates.push(serial.to_string());
-        device.record(HistoryEntry { event: "certificate".into(), at: now, remote: remote.into(), serial: Some(serial.into()) });
+        device.record(HistoryEntry {
+            event: "certificate".into(),
+            at: now,
+            remote: remote.into(),
+            serial: Some(serial.into()),
+        });
         ctx.store.save_device(&device)?;
         Ok(())
     })

@@ -19,7 +19,14 @@ pub fn new_uuid() -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02X}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// Who otad says it is in every profile.
@@ -33,24 +40,45 @@ pub struct Branding {
     pub display_name: String,
 }
 
-fn header(payload_type: &str, identifier: String, display_name: &str, brand: &Branding) -> Dictionary {
+fn header(
+    payload_type: &str,
+    identifier: String,
+    display_name: &str,
+    brand: &Branding,
+) -> Dictionary {
     let mut dict = Dictionary::new();
     dict.insert("PayloadType".into(), Value::String(payload_type.into()));
     dict.insert("PayloadVersion".into(), Value::Integer(1.into()));
     dict.insert("PayloadIdentifier".into(), Value::String(identifier));
     dict.insert("PayloadUUID".into(), Value::String(new_uuid()));
-    dict.insert("PayloadDisplayName".into(), Value::String(display_name.into()));
-    dict.insert("PayloadOrganization".into(), Value::String(brand.organization.clone()));
+    dict.insert(
+        "PayloadDisplayName".into(),
+        Value::String(display_name.into()),
+    );
+    dict.insert(
+        "PayloadOrganization".into(),
+        Value::String(brand.organization.clone()),
+    );
     dict
 }
 
 /// Phase 1: the Profile Service payload asking the device to POST its attributes to `url`.
-pub fn profile_service(brand: &Branding, url: &str, attributes: &[String], challenge: &str) -> Value {
+pub fn profile_service(
+    brand: &Branding,
+    url: &str,
+    attributes: &[String],
+    challenge: &str,
+) -> Value {
     let mut content = Dictionary::new();
     content.insert("URL".into(), Value::String(url.into()));
     content.insert(
         "DeviceAttributes".into(),
-        Value::Array(attributes.iter().map(|a| Value::String(a.clone())).collect()),
+        Value::Array(
+            attributes
+                .iter()
+                .map(|a| Value::String(a.clone()))
+                .collect(),
+        ),
     );
     content.insert("Challenge".into(), Value::String(challenge.into()));
 
@@ -60,7 +88,10 @@ pub fn profile_service(brand: &Branding, url: &str, attributes: &[String], chall
         &brand.display_name,
         brand,
     );
-    dict.insert("PayloadDescription".into(), Value::String("Enrolls this device.".into()));
+    dict.insert(
+        "PayloadDescription".into(),
+        Value::String("Enrolls this device.".into()),
+    );
     dict.insert("PayloadContent".into(), Value::Dictionary(content));
     Value::Dictionary(dict)
 }
@@ -129,25 +160,52 @@ pub struct MdmSettings {
 
 /// A `com.apple.mdm` payload whose identity is the SCEP payload `identity_uuid`.
 pub fn mdm_payload(brand: &Branding, mdm: &MdmSettings, identity_uuid: &str) -> Value {
-    let checkin = if mdm.checkin_url.is_empty() { &mdm.server_url } else { &mdm.checkin_url };
-    let mut dict = header("com.apple.mdm", format!("{}.mdm", brand.identifier), "MDM", brand);
+    let checkin = if mdm.checkin_url.is_empty() {
+        &mdm.server_url
+    } else {
+        &mdm.checkin_url
+    };
+    let mut dict = header(
+        "com.apple.mdm",
+        format!("{}.mdm", brand.identifier),
+        "MDM",
+        brand,
+    );
     dict.insert("ServerURL".into(), Value::String(mdm.server_url.clone()));
     dict.insert("CheckInURL".into(), Value::String(checkin.clone()));
     dict.insert("Topic".into(), Value::String(mdm.topic.clone()));
-    dict.insert("IdentityCertificateUUID".into(), Value::String(identity_uuid.into()));
+    dict.insert(
+        "IdentityCertificateUUID".into(),
+        Value::String(identity_uuid.into()),
+    );
     dict.insert("SignMessage".into(), Value::Boolean(mdm.sign_message));
-    dict.insert("AccessRights".into(), Value::Integer(u64::from(mdm.access_rights).into()));
+    dict.insert(
+        "AccessRights".into(),
+        Value::Integer(u64::from(mdm.access_rights).into()),
+    );
     dict.insert("CheckOutWhenRemoved".into(), Value::Boolean(true));
     dict.insert(
         "ServerCapabilities".into(),
-        Value::Array(vec![Value::String("com.apple.mdm.per-user-connections".into())]),
+        Value::Array(vec![Value::String(
+            "com.apple.mdm.per-user-connections".into(),
+        )]),
     );
     Value::Dictionary(dict)
 }
 
 /// A Configuration profile holding `payloads` in PayloadContent.
-pub fn configuration(brand: &Branding, name: &str, suffix: &str, payloads: Vec<Value>) -> Dictionary {
-    let mut dict = header("Configuration", format!("{}.{suffix}", brand.identifier), name, brand);
+pub fn configuration(
+    brand: &Branding,
+    name: &str,
+    suffix: &str,
+    payloads: Vec<Value>,
+) -> Dictionary {
+    let mut dict = header(
+        "Configuration",
+        format!("{}.{suffix}", brand.identifier),
+        name,
+        brand,
+    );
     dict.insert("PayloadContent".into(), Value::Array(payloads));
     dict
 }
@@ -215,7 +273,10 @@ mod tests {
 
     #[test]
     fn scep_payload_spells_keys_as_apple_does() {
-        let subject = vec![("CN".to_string(), "UDID-1".to_string()), ("O".to_string(), "Ex".to_string())];
+        let subject = vec![
+            ("CN".to_string(), "UDID-1".to_string()),
+            ("O".to_string(), "Ex".to_string()),
+        ];
         let (value, uuid) = scep_payload(&brand(), "https://x/scep", &subject, "c");
         let dict = value.as_dictionary().unwrap();
         assert_eq!(dict["PayloadUUID"].as_string(), Some(uuid.as_str()));
@@ -238,6 +299,9 @@ mod tests {
         });
         assert_eq!(done, Some(Ok(())));
         assert!(profile.get("PayloadContent").is_none());
-        assert_eq!(profile["EncryptedPayloadContent"].as_data(), Some(&b"sealed"[..]));
+        assert_eq!(
+            profile["EncryptedPayloadContent"].as_data(),
+            Some(&b"sealed"[..])
+        );
     }
 }

@@ -250,7 +250,7 @@ fn directory_string(value: &Any) -> Option<String> {
             Err(_) => bytes.iter().map(|byte| char::from(*byte)).collect(),
         }),
         Tag::BmpString => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return None;
             }
             let units = bytes

@@ -5,6 +5,7 @@
 //! failInfo, transactionID, senderNonce and recipientNonce, and whose content is an
 //! EnvelopedData (the CSR on the way in, a certificates-only SignedData on the way out).
 
+use const_oid::ObjectIdentifier;
 use der::{Decode, Encode};
 
 use crate::cms::{self, enveloped, oid, signed, ContentCipher, DigestAlgorithm};
@@ -157,7 +158,9 @@ pub fn read_string(value_der: &[u8]) -> Option<String> {
 
 /// Reads an OCTET STRING attribute value.
 pub fn read_octets(value_der: &[u8]) -> Option<Vec<u8>> {
-    der::asn1::OctetStringRef::from_der(value_der).ok().map(|o| o.as_bytes().to_vec())
+    der::asn1::OctetStringRef::from_der(value_der)
+        .ok()
+        .map(|o| o.as_bytes().to_vec())
 }
 
 /// A fresh random nonce.
@@ -192,11 +195,17 @@ pub fn build_request(inner: &[u8], params: &RequestParams<'_>) -> Result<Vec<u8>
     let envelope = enveloped::encrypt(inner, params.recipient, params.cipher)
         .map_err(|err| format!("pkiMessage envelope: {err}"))?;
     let attributes = vec![
-        (oid::MESSAGE_TYPE, printable(&params.message_type.number().to_string())?),
+        (
+            oid::MESSAGE_TYPE,
+            printable(&params.message_type.number().to_string())?,
+        ),
         (oid::TRANSACTION_ID, printable(params.transaction_id)?),
         (oid::SENDER_NONCE, octets(&params.sender_nonce)?),
     ];
-    let signer = signed::SignerIdentity { certificate: params.signer_certificate, key: params.signer_key };
+    let signer = signed::SignerIdentity {
+        certificate: params.signer_certificate,
+        key: params.signer_key,
+    };
     let options = signed::SignOptions {
         content_type: oid::ID_DATA,
         digest: params.digest,
@@ -224,15 +233,25 @@ pub struct CertRep<'a> {
 }
 
 /// Signs a CertRep with the RA's identity.
-pub fn build_cert_rep(rep: &CertRep<'_>, ra_certificate: &[u8], ra_key: &aws_lc_rs::signature::RsaKeyPair) -> Result<Vec<u8>, String> {
+pub fn build_cert_rep(
+    rep: &CertRep<'_>,
+    ra_certificate: &[u8],
+    ra_key: &aws_lc_rs::signature::RsaKeyPair,
+) -> Result<Vec<u8>, String> {
     let content = match rep.payload {
         Some((degenerate, cipher, recipient)) => enveloped::encrypt(degenerate, recipient, cipher)
             .map_err(|err| format!("CertRep envelope: {err}"))?,
         None => Vec::new(),
     };
     let mut attributes = vec![
-        (oid::MESSAGE_TYPE, printable(&MessageType::CertRep.number().to_string())?),
-        (oid::PKI_STATUS, printable(&rep.status.number().to_string())?),
+        (
+            oid::MESSAGE_TYPE,
+            printable(&MessageType::CertRep.number().to_string())?,
+        ),
+        (
+            oid::PKI_STATUS,
+            printable(&rep.status.number().to_string())?,
+        ),
         (oid::TRANSACTION_ID, printable(rep.transaction_id)?),
         (oid::SENDER_NONCE, octets(&new_nonce())?),
         (oid::RECIPIENT_NONCE, octets(rep.recipient_nonce)?),
@@ -240,7 +259,10 @@ pub fn build_cert_rep(rep: &CertRep<'_>, ra_certificate: &[u8], ra_key: &aws_lc_
     if let Some(fail_info) = rep.fail_info {
         attributes.push((oid::FAIL_INFO, printable(&fail_info.number().to_string())?));
     }
-    let signer = signed::SignerIdentity { certificate: ra_certificate, key: ra_key };
+    let signer = signed::SignerIdentity {
+        certificate: ra_certificate,
+        key: ra_key,
+    };
     let options = signed::SignOptions {
         content_type: oid::ID_DATA,
         digest: rep.digest,
@@ -275,7 +297,7 @@ pub fn parse_reply(
     our_key: &aws_lc_rs::rsa::PrivateDecryptingKey,
 ) -> Result<ParsedReply, String> {
     let message = signed::verify(body).map_err(|err| format!("CertRep: {err}"))?;
-    if !trusted_signers.iter().any(|c| *c == message.signer.certificate.as_slice()) {
+    if !trusted_signers.contains(&message.signer.certificate.as_slice()) {
         return Err("CertRep: not signed by the RA or CA we asked".into());
     }
     let string = |oid| message.signed_attribute(&oid).and_then(read_string);
@@ -295,13 +317,22 @@ pub fn parse_reply(
 
     let mut certificates = Vec::new();
     if status == PkiStatus::Success {
-        let envelope = message.content.as_deref().ok_or("CertRep: success without content")?;
+        let envelope = message
+            .content
+            .as_deref()
+            .ok_or("CertRep: success without content")?;
         let inner = enveloped::decrypt(envelope, our_certificate, our_key)
             .map_err(|err| format!("CertRep content: {err}"))?;
         certificates = signed::parse_certs_only(&inner.content)
             .map_err(|err| format!("CertRep certificates: {err}"))?;
     }
-    Ok(ParsedReply { status, fail_info, transaction_id, recipient_nonce, certificates })
+    Ok(ParsedReply {
+        status,
+        fail_info,
+        transaction_id,
+        recipient_nonce,
+        certificates,
+    })
 }
 
 /// What the server reads from a verified request's signed attributes.
@@ -320,28 +351,43 @@ pub struct RequestHeader {
 pub enum HeaderError {
     /// No transactionID or senderNonce: no CertRep can be addressed to the request.
     Unaddressable(&'static str),
-    /// The request can be answered, but the messageType is missing or unknown.
-    BadMessageType,
+    /// The request can be answered (with a FAILURE), but its messageType is missing or
+    /// unknown.
+    BadMessageType {
+        /// transactionID.
+        transaction_id: String,
+        /// senderNonce.
+        sender_nonce: Vec<u8>,
+    },
 }
 
-/// Reads messageType, transactionID and senderNonce.
-pub fn read_header(message: &signed::SignedMessage) -> Result<RequestHeader, (HeaderError, Option<(String, Vec<u8>)>)> {
-    let transaction_id = message
-        .signed_attribute(&oid::TRANSACTION_ID)
+/// Reads messageType, transactionID and senderNonce through `attribute`, which returns the
+/// DER of a signed attribute's first value.
+pub fn read_header<'a>(
+    attribute: impl Fn(&ObjectIdentifier) -> Option<&'a [u8]>,
+) -> Result<RequestHeader, HeaderError> {
+    let transaction_id = attribute(&oid::TRANSACTION_ID)
         .and_then(read_string)
         .filter(|t| !t.is_empty() && t.len() <= MAX_TRANSACTION_ID)
-        .ok_or((HeaderError::Unaddressable("transactionID"), None))?;
-    let sender_nonce = message
-        .signed_attribute(&oid::SENDER_NONCE)
+        .ok_or(HeaderError::Unaddressable("transactionID"))?;
+    let sender_nonce = attribute(&oid::SENDER_NONCE)
         .and_then(read_octets)
         .filter(|n| (8..=64).contains(&n.len()))
-        .ok_or((HeaderError::Unaddressable("senderNonce"), None))?;
-    let message_type = message
-        .signed_attribute(&oid::MESSAGE_TYPE)
+        .ok_or(HeaderError::Unaddressable("senderNonce"))?;
+    let Some(message_type) = attribute(&oid::MESSAGE_TYPE)
         .and_then(read_string)
         .and_then(|v| MessageType::from_number(&v))
-        .ok_or_else(|| (HeaderError::BadMessageType, Some((transaction_id.clone(), sender_nonce.clone()))))?;
-    Ok(RequestHeader { message_type, transaction_id, sender_nonce })
+    else {
+        return Err(HeaderError::BadMessageType {
+            transaction_id,
+            sender_nonce,
+        });
+    };
+    Ok(RequestHeader {
+        message_type,
+        transaction_id,
+        sender_nonce,
+    })
 }
 
 /// Whether a CMS error is about an algorithm otad does not support (failInfo badAlg).

@@ -12,16 +12,24 @@ use std::fmt;
 use base64::Engine;
 use log::{info, warn};
 
-use crate::cms::{enveloped, signed, DigestAlgorithm};
+use crate::cms::{enveloped, signed, CmsError, DigestAlgorithm};
 use crate::context::Context;
 use crate::http::Incoming;
 use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
 use crate::pki::{cert, csr};
 use crate::store::{now, CertRecord, ChallengePurpose, StoreError};
-use message::{CertRep, FailInfo, MessageType, PkiStatus, RequestHeader};
+use message::{CertRep, FailInfo, HeaderError, MessageType, PkiStatus};
 
 /// What GetCACaps advertises, one keyword a line; otad honours each of them.
-pub const CA_CAPS: &[&str] = &["POSTPKIOperation", "SHA-1", "SHA-256", "SHA-512", "AES", "DES3", "SCEPStandard"];
+pub const CA_CAPS: &[&str] = &[
+    "POSTPKIOperation",
+    "SHA-1",
+    "SHA-256",
+    "SHA-512",
+    "AES",
+    "DES3",
+    "SCEPStandard",
+];
 
 /// Longest CN taken from a CSR when a static challenge authorises it.
 pub const MAX_COMMON_NAME: usize = 64;
@@ -76,27 +84,43 @@ pub struct ScepReply {
 }
 
 /// Handles one request to `/scep`; `body` is the POST body.
-pub fn handle(ctx: &Context, incoming: &Incoming<'_>, body: Option<&[u8]>) -> Result<ScepReply, ScepError> {
+pub fn handle(
+    ctx: &Context,
+    incoming: &Incoming<'_>,
+    body: Option<&[u8]>,
+) -> Result<ScepReply, ScepError> {
     let operation = incoming.param("operation").unwrap_or_default();
     match operation {
         "GetCACaps" => Ok(ScepReply {
             content_type: "text/plain",
-            body: CA_CAPS.iter().map(|c| format!("{c}\n")).collect::<String>().into_bytes(),
+            body: CA_CAPS
+                .iter()
+                .map(|c| format!("{c}\n"))
+                .collect::<String>()
+                .into_bytes(),
         }),
         "GetCACert" => {
             let ra = ctx.ra.certificate.as_slice();
             let body = signed::certs_only(&[ra, ctx.ca.certificate()])
                 .map_err(|err| ScepError::Internal(format!("GetCACert: {err}")))?;
-            Ok(ScepReply { content_type: "application/x-x509-ca-ra-cert", body })
+            Ok(ScepReply {
+                content_type: "application/x-x509-ca-ra-cert",
+                body,
+            })
         }
-        "GetNextCACert" => Err(ScepError::Unsupported("GetNextCACert (no CA rollover is configured)")),
+        "GetNextCACert" => Err(ScepError::Unsupported(
+            "GetNextCACert (no CA rollover is configured)",
+        )),
         "PKIOperation" => {
             let message = match body {
                 Some(body) => body.to_vec(),
                 None => decode_get_message(incoming.param("message").unwrap_or_default())?,
             };
             let body = pki_operation(ctx, &message, &incoming.remote)?;
-            Ok(ScepReply { content_type: "application/x-pki-message", body })
+            Ok(ScepReply {
+                content_type: "application/x-pki-message",
+                body,
+            })
         }
         "" => Err(ScepError::BadOperation("no operation parameter".into())),
         other => Err(ScepError::BadOperation(format!(
@@ -136,67 +160,113 @@ fn reply_digest(request: DigestAlgorithm) -> DigestAlgorithm {
     }
 }
 
-/// The parts of an addressable request a CertRep needs.
-struct Addressed<'a> {
-    header: RequestHeader,
+/// Where a CertRep goes: the request's transactionID and senderNonce, and the digest to sign
+/// it with.
+struct ReplyTo {
+    transaction_id: String,
+    sender_nonce: Vec<u8>,
     digest: DigestAlgorithm,
-    signer_certificate: &'a [u8],
 }
 
 fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, ScepError> {
-    // TODO: a request whose signature fails still deserves a CertRep FAILURE
-    // (badMessageCheck); that needs the SCEP attributes read before the signature is checked,
-    // which cms::signed does not offer yet. Until then it gets HTTP 400.
-    let message = signed::verify(body).map_err(|err| ScepError::Unreadable(err.to_string()))?;
-    let header = match message::read_header(&message) {
+    let message = match signed::verify(body) {
+        Ok(message) => message,
+        Err(err) => return refuse_unverified(ctx, body, &err, remote),
+    };
+    let digest = reply_digest(message.signer.digest);
+    let header = match message::read_header(|oid| message.signed_attribute(oid)) {
         Ok(header) => header,
-        Err((message::HeaderError::Unaddressable(what), _)) => {
+        Err(HeaderError::Unaddressable(what)) => {
             return Err(ScepError::Unreadable(format!("no valid {what}")));
         }
-        Err((message::HeaderError::BadMessageType, Some((transaction_id, sender_nonce)))) => {
-            let header = RequestHeader { message_type: MessageType::PkcsReq, transaction_id, sender_nonce };
-            let addressed = Addressed {
-                header,
-                digest: reply_digest(message.signer.digest),
-                signer_certificate: &message.signer.certificate,
+        Err(HeaderError::BadMessageType {
+            transaction_id,
+            sender_nonce,
+        }) => {
+            let to = ReplyTo {
+                transaction_id,
+                sender_nonce,
+                digest,
             };
-            return refuse(ctx, &addressed, FailInfo::BadRequest, "messageType missing or unknown", remote);
-        }
-        Err((message::HeaderError::BadMessageType, None)) => {
-            return Err(ScepError::Unreadable("no valid messageType".into()));
+            let reason = "messageType missing or unknown";
+            return refuse(ctx, &to, FailInfo::BadRequest, reason, remote);
         }
     };
-    let addressed = Addressed {
-        header,
-        digest: reply_digest(message.signer.digest),
-        signer_certificate: &message.signer.certificate,
+    let to = ReplyTo {
+        transaction_id: header.transaction_id.clone(),
+        sender_nonce: header.sender_nonce.clone(),
+        digest,
     };
 
-    match addressed.header.message_type {
-        MessageType::PkcsReq => pkcs_req(ctx, &addressed, message.content.as_deref(), remote),
+    match header.message_type {
+        MessageType::PkcsReq => pkcs_req(ctx, &to, &message, remote),
         other => {
             // TODO: RenewalReq, CertPoll, GetCert and GetCRL arrive with the full RFC 8894
             // breadth; until then they are refused in the client's own terms.
-            refuse(ctx, &addressed, FailInfo::BadRequest, &format!("{other:?} is not supported yet"), remote)
+            let reason = format!("{other:?} is not supported yet");
+            refuse(ctx, &to, FailInfo::BadRequest, &reason, remote)
         }
     }
 }
 
+/// A request whose signature or algorithms fail still gets a signed FAILURE when it can be
+/// addressed. Its attributes are read unverified for that alone: a FAILURE carries nothing
+/// but the client's own transactionID and nonce back.
+fn refuse_unverified(
+    ctx: &Context,
+    body: &[u8],
+    err: &CmsError,
+    remote: &str,
+) -> Result<Vec<u8>, ScepError> {
+    let unreadable = || ScepError::Unreadable(err.to_string());
+    let unverified = signed::read_unverified(body).map_err(|_| unreadable())?;
+    let (transaction_id, sender_nonce) =
+        match message::read_header(|oid| unverified.signed_attribute(oid)) {
+            Ok(header) => (header.transaction_id, header.sender_nonce),
+            Err(HeaderError::BadMessageType {
+                transaction_id,
+                sender_nonce,
+            }) => (transaction_id, sender_nonce),
+            Err(HeaderError::Unaddressable(_)) => return Err(unreadable()),
+        };
+    let fail_info = if message::is_algorithm_error(err) {
+        FailInfo::BadAlg
+    } else {
+        FailInfo::BadMessageCheck
+    };
+    let digest = unverified
+        .digest
+        .map_or(DigestAlgorithm::Sha256, reply_digest);
+    let to = ReplyTo {
+        transaction_id,
+        sender_nonce,
+        digest,
+    };
+    refuse(ctx, &to, fail_info, &format!("pkiMessage: {err}"), remote)
+}
+
 /// A CertRep FAILURE, logged at warn with the reason.
-fn refuse(ctx: &Context, addressed: &Addressed<'_>, fail_info: FailInfo, reason: &str, remote: &str) -> Result<Vec<u8>, ScepError> {
+fn refuse(
+    ctx: &Context,
+    to: &ReplyTo,
+    fail_info: FailInfo,
+    reason: &str,
+    remote: &str,
+) -> Result<Vec<u8>, ScepError> {
     warn!(
         "scep: refused transaction {}: {reason} (failInfo {fail_info:?}) remote={remote}",
-        addressed.header.transaction_id
+        to.transaction_id
     );
     let rep = CertRep {
         status: PkiStatus::Failure,
         fail_info: Some(fail_info),
-        transaction_id: &addressed.header.transaction_id,
-        recipient_nonce: &addressed.header.sender_nonce,
-        digest: addressed.digest,
+        transaction_id: &to.transaction_id,
+        recipient_nonce: &to.sender_nonce,
+        digest: to.digest,
         payload: None,
     };
-    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing()).map_err(ScepError::Internal)
+    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
+        .map_err(ScepError::Internal)
 }
 
 /// Who the certificate is for, and on whose authority.
@@ -206,27 +276,45 @@ struct Authorisation {
     authorised_by: &'static str,
 }
 
-fn pkcs_req(ctx: &Context, addressed: &Addressed<'_>, content: Option<&[u8]>, remote: &str) -> Result<Vec<u8>, ScepError> {
-    let Some(envelope) = content else {
-        return refuse(ctx, addressed, FailInfo::BadRequest, "PKCSReq without content", remote);
+/// PKCSReq: decrypt, check the CSR, check the challenge, issue, answer.
+fn pkcs_req(
+    ctx: &Context,
+    to: &ReplyTo,
+    message: &signed::SignedMessage,
+    remote: &str,
+) -> Result<Vec<u8>, ScepError> {
+    let Some(envelope) = message.content.as_deref() else {
+        return refuse(
+            ctx,
+            to,
+            FailInfo::BadRequest,
+            "PKCSReq without content",
+            remote,
+        );
     };
+    let requester = message.signer.certificate.as_slice();
 
     // The RA decrypts; every failure of key transport or content decryption looks the same.
-    let decrypted = match enveloped::decrypt(envelope, &ctx.ra.certificate, ctx.ra.key.decrypting()) {
+    let decrypted = match enveloped::decrypt(envelope, &ctx.ra.certificate, ctx.ra.key.decrypting())
+    {
         Ok(decrypted) => decrypted,
-        Err(err) if message::is_algorithm_error(&err) => {
-            return refuse(ctx, addressed, FailInfo::BadAlg, &err.to_string(), remote);
+        Err(err) => {
+            let fail_info = if message::is_algorithm_error(&err) {
+                FailInfo::BadAlg
+            } else {
+                FailInfo::BadMessageCheck
+            };
+            return refuse(ctx, to, fail_info, &err.to_string(), remote);
         }
-        Err(err) => return refuse(ctx, addressed, FailInfo::BadMessageCheck, &err.to_string(), remote),
     };
 
-    let request = match check_csr(&decrypted.content, addressed.signer_certificate) {
+    let request = match check_csr(&decrypted.content, requester) {
         Ok(request) => request,
-        Err(reason) => return refuse(ctx, addressed, FailInfo::BadRequest, &reason, remote),
+        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
     };
     let authorisation = match authorise(ctx, &request) {
         Ok(authorisation) => authorisation,
-        Err(reason) => return refuse(ctx, addressed, FailInfo::BadRequest, &reason, remote),
+        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
     };
 
     let issued = issue(ctx, &request, &authorisation)?;
@@ -241,23 +329,29 @@ fn pkcs_req(ctx: &Context, addressed: &Addressed<'_>, content: Option<&[u8]>, re
         authorisation.authorised_by
     );
 
-    let degenerate = signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
+    let degenerate =
+        signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
     let rep = CertRep {
         status: PkiStatus::Success,
         fail_info: None,
-        transaction_id: &addressed.header.transaction_id,
-        recipient_nonce: &addressed.header.sender_nonce,
-        digest: addressed.digest,
-        payload: Some((&degenerate, decrypted.cipher, addressed.signer_certificate)),
+        transaction_id: &to.transaction_id,
+        recipient_nonce: &to.sender_nonce,
+        digest: to.digest,
+        payload: Some((&degenerate, decrypted.cipher, requester)),
     };
-    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing()).map_err(ScepError::Internal)
+    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
+        .map_err(ScepError::Internal)
 }
 
 /// Parses the CSR and checks it matches the request's signer: a PKCSReq is signed with a
 /// throwaway certificate for the very key the CSR asks to certify.
-fn check_csr(csr_der: &[u8], signer_certificate: &[u8]) -> Result<csr::CertificationRequest, String> {
+fn check_csr(
+    csr_der: &[u8],
+    signer_certificate: &[u8],
+) -> Result<csr::CertificationRequest, String> {
     let request = csr::parse(csr_der).map_err(|err| format!("CSR: {err}"))?;
-    let signer_key = cert::spki_der(signer_certificate).map_err(|err| format!("signer certificate: {err}"))?;
+    let signer_key =
+        cert::spki_der(signer_certificate).map_err(|err| format!("signer certificate: {err}"))?;
     if signer_key != request.public_key_spki_der {
         return Err("PKCSReq signer's key is not the CSR's key".into());
     }
@@ -268,13 +362,18 @@ fn check_csr(csr_der: &[u8], signer_certificate: &[u8]) -> Result<csr::Certifica
 /// carries the device and subject it was bound to; the static `scep.challenge` lets the CSR
 /// name itself (its CN, checked) under our organization.
 fn authorise(ctx: &Context, request: &csr::CertificationRequest) -> Result<Authorisation, String> {
-    let Some(challenge) = request.challenge_password.as_deref().filter(|c| !c.is_empty()) else {
+    let Some(challenge) = request
+        .challenge_password
+        .as_deref()
+        .filter(|c| !c.is_empty())
+    else {
         return Err("CSR has no challengePassword".into());
     };
 
     let static_challenge = ctx.config.scep.challenge.as_bytes();
     if !static_challenge.is_empty()
-        && aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), static_challenge).is_ok()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), static_challenge)
+            .is_ok()
     {
         let cn = request
             .common_name
@@ -286,7 +385,11 @@ fn authorise(ctx: &Context, request: &csr::CertificationRequest) -> Result<Autho
             ("CN".to_string(), cn.to_string()),
             ("O".to_string(), ctx.config.server.organization.clone()),
         ];
-        return Ok(Authorisation { subject, udid: None, authorised_by: "static" });
+        return Ok(Authorisation {
+            subject,
+            udid: None,
+            authorised_by: "static",
+        });
     }
 
     let record = ctx
@@ -298,14 +401,24 @@ fn authorise(ctx: &Context, request: &csr::CertificationRequest) -> Result<Autho
     if record.expires <= now() {
         return Err("challenge expired".into());
     }
-    Ok(Authorisation { subject: record.subject, udid: record.udid, authorised_by: "ota" })
+    Ok(Authorisation {
+        subject: record.subject,
+        udid: record.udid,
+        authorised_by: "ota",
+    })
 }
 
-fn issue(ctx: &Context, request: &csr::CertificationRequest, authorisation: &Authorisation) -> Result<Vec<u8>, ScepError> {
+fn issue(
+    ctx: &Context,
+    request: &csr::CertificationRequest,
+    authorisation: &Authorisation,
+) -> Result<Vec<u8>, ScepError> {
     let subject: Vec<(SubjectAttribute, String)> = authorisation
         .subject
         .iter()
-        .filter_map(|(kind, value)| SubjectAttribute::from_short_name(kind).map(|k| (k, value.clone())))
+        .filter_map(|(kind, value)| {
+            SubjectAttribute::from_short_name(kind).map(|k| (k, value.clone()))
+        })
         .collect();
 
     for _ in 0..SERIAL_ATTEMPTS {
@@ -316,8 +429,12 @@ fn issue(ctx: &Context, request: &csr::CertificationRequest, authorisation: &Aut
             validity_days: ctx.derived.cert_validity_days,
             usage: KeyUsageProfile::DeviceIdentity,
         };
-        let issued = ctx.ca.issue(&issue_request).map_err(|err| ScepError::Internal(format!("issuing: {err}")))?;
-        let summary = cert::summarize(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
+        let issued = ctx
+            .ca
+            .issue(&issue_request)
+            .map_err(|err| ScepError::Internal(format!("issuing: {err}")))?;
+        let summary =
+            cert::summarize(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
         let record = CertRecord {
             serial: summary.serial_hex.clone(),
             udid: authorisation.udid.clone(),
@@ -330,11 +447,19 @@ fn issue(ctx: &Context, request: &csr::CertificationRequest, authorisation: &Aut
         };
         match ctx.store.create_cert(&record) {
             Ok(()) => return Ok(issued),
-            Err(StoreError::SerialTaken(serial)) => warn!("scep: serial {serial} already recorded; drawing another"),
-            Err(err) => return Err(ScepError::Internal(format!("recording the certificate: {err}"))),
+            Err(StoreError::SerialTaken(serial)) => {
+                warn!("scep: serial {serial} already recorded; drawing another")
+            }
+            Err(err) => {
+                return Err(ScepError::Internal(format!(
+                    "recording the certificate: {err}"
+                )))
+            }
         }
     }
-    Err(ScepError::Internal("no free serial after several draws".into()))
+    Err(ScepError::Internal(
+        "no free serial after several draws".into(),
+    ))
 }
 
 #[cfg(test)]

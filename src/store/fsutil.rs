@@ -14,13 +14,20 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn temp_path(target: &Path) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
 }
 
 fn write_temp(target: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
     let temp = temp_path(target);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(&temp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temp)?;
     let written = file.write_all(bytes).and_then(|()| file.sync_all());
     if let Err(err) = written {
         let _ = fs::remove_file(&temp);
@@ -84,7 +91,13 @@ pub struct FileLock {
 impl FileLock {
     /// Blocks until the lock on `path` is held.
     pub fn acquire(path: &Path) -> io::Result<FileLock> {
-        let file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
         file.lock()?;
         Ok(FileLock { file })
     }
@@ -108,7 +121,10 @@ mod tests {
         write_atomic(&target, b"one", 0o600).unwrap();
         write_atomic(&target, b"two", 0o600).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"two");
-        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let leftovers = fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
     }

@@ -86,7 +86,10 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a challenge was handed out for.
@@ -201,7 +204,9 @@ pub fn valid_udid(udid: &str) -> bool {
 fn valid_serial(serial: &str) -> bool {
     !serial.is_empty()
         && serial.len() <= 64
-        && serial.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && serial
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn challenge_file_name(value: &str) -> String {
@@ -242,7 +247,10 @@ impl Store {
                 return Err(StoreError::NotInitialized(root.to_path_buf()));
             }
         }
-        Ok(Store { root: root.to_path_buf(), in_process: Mutex::new(()) })
+        Ok(Store {
+            root: root.to_path_buf(),
+            in_process: Mutex::new(()),
+        })
     }
 
     /// The state dir.
@@ -261,7 +269,10 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let _thread = self.in_process.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _thread = self
+            .in_process
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let lock_path = self.root.join(".lock");
         let _process = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
         work()
@@ -279,13 +290,19 @@ impl Store {
         std::fs::read(&path).map_err(io_err(&path))
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, path: &Path) -> Result<Option<T>, StoreError> {
+    fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        path: &Path,
+    ) -> Result<Option<T>, StoreError> {
         let Some(bytes) = read_optional(path).map_err(io_err(path))? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|err| StoreError::Corrupt { path: path.to_path_buf(), reason: err.to_string() })
+            .map_err(|err| StoreError::Corrupt {
+                path: path.to_path_buf(),
+                reason: err.to_string(),
+            })
     }
 
     fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
@@ -296,7 +313,10 @@ impl Store {
 
     /// Stores a new challenge under the hash of its value.
     pub fn put_challenge(&self, value: &str, record: &ChallengeRecord) -> Result<(), StoreError> {
-        let path = self.root.join("challenges").join(challenge_file_name(value));
+        let path = self
+            .root
+            .join("challenges")
+            .join(challenge_file_name(value));
         create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
     }
 
@@ -304,7 +324,10 @@ impl Store {
     /// same value cannot both succeed. Returns `None` for an unknown or already used one.
     /// Expiry is the caller's to judge (the record says when).
     pub fn take_challenge(&self, value: &str) -> Result<Option<ChallengeRecord>, StoreError> {
-        let path = self.root.join("challenges").join(challenge_file_name(value));
+        let path = self
+            .root
+            .join("challenges")
+            .join(challenge_file_name(value));
         let Some(record) = self.read_json::<ChallengeRecord>(&path)? else {
             return Ok(None);
         };
@@ -337,7 +360,10 @@ impl Store {
     pub fn count_challenges(&self) -> Result<usize, StoreError> {
         let dir = self.root.join("challenges");
         let entries = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
-        Ok(entries.filter_map(Result::ok).filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count())
     }
 
     fn device_path(&self, udid: &str) -> Result<PathBuf, StoreError> {
@@ -376,7 +402,10 @@ impl Store {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         paths.sort();
         let mut records = Vec::with_capacity(paths.len());
@@ -431,19 +460,30 @@ mod tests {
     }
 
     fn challenge(purpose: ChallengePurpose) -> ChallengeRecord {
-        ChallengeRecord { purpose, created: 1, expires: 100, udid: None, subject: Vec::new() }
+        ChallengeRecord {
+            purpose,
+            created: 1,
+            expires: 100,
+            udid: None,
+            subject: Vec::new(),
+        }
     }
 
     #[test]
     fn open_refuses_an_uninitialised_dir() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(matches!(Store::open(dir.path()), Err(StoreError::NotInitialized(_))));
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::NotInitialized(_))
+        ));
     }
 
     #[test]
     fn challenge_is_taken_once_and_not_stored_in_clear() {
         let (_dir, store) = store();
-        store.put_challenge("s3cret-value", &challenge(ChallengePurpose::Phase2)).unwrap();
+        store
+            .put_challenge("s3cret-value", &challenge(ChallengePurpose::Phase2))
+            .unwrap();
         let names: Vec<String> = std::fs::read_dir(store.path("challenges"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -462,7 +502,9 @@ mod tests {
     #[test]
     fn racing_takers_have_one_winner() {
         let (_dir, store) = store();
-        store.put_challenge("raced", &challenge(ChallengePurpose::Scep)).unwrap();
+        store
+            .put_challenge("raced", &challenge(ChallengePurpose::Scep))
+            .unwrap();
         let store = std::sync::Arc::new(store);
         let handles: Vec<_> = (0..8)
             .map(|_| {
@@ -470,7 +512,12 @@ mod tests {
                 std::thread::spawn(move || store.take_challenge("raced").unwrap().is_some())
             })
             .collect();
-        let winners = handles.into_iter().filter(|_| true).map(|h| h.join().unwrap()).filter(|w| *w).count();
+        let winners = handles
+            .into_iter()
+            .filter(|_| true)
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
         assert_eq!(winners, 1);
     }
 
@@ -479,7 +526,9 @@ mod tests {
         let (_dir, store) = store();
         let mut live = challenge(ChallengePurpose::Phase2);
         live.expires = 1000;
-        store.put_challenge("old", &challenge(ChallengePurpose::Phase2)).unwrap();
+        store
+            .put_challenge("old", &challenge(ChallengePurpose::Phase2))
+            .unwrap();
         store.put_challenge("live", &live).unwrap();
         assert_eq!(store.sweep_challenges(500).unwrap(), 1);
         assert_eq!(store.count_challenges().unwrap(), 1);
@@ -489,10 +538,26 @@ mod tests {
     #[test]
     fn udids_are_validated_before_reaching_a_path() {
         let (_dir, store) = store();
-        for bad in ["", "../etc/passwd", "a/b", "-rf", "x.json", &"A".repeat(65), "ÄÖ"] {
-            assert!(matches!(store.device(bad), Err(StoreError::InvalidName(_))), "{bad:?}");
+        for bad in [
+            "",
+            "../etc/passwd",
+            "a/b",
+            "-rf",
+            "x.json",
+            &"A".repeat(65),
+            "ÄÖ",
+        ] {
+            assert!(
+                matches!(store.device(bad), Err(StoreError::InvalidName(_))),
+                "{bad:?}"
+            );
         }
-        assert_eq!(store.device("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C").unwrap(), None);
+        assert_eq!(
+            store
+                .device("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C")
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -508,7 +573,12 @@ mod tests {
             history: Vec::new(),
         };
         for at in 0..(MAX_DEVICE_HISTORY as i64 + 5) {
-            device.record(HistoryEntry { event: "phase2".into(), at: 100 + at, remote: "r".into(), serial: None });
+            device.record(HistoryEntry {
+                event: "phase2".into(),
+                at: 100 + at,
+                remote: "r".into(),
+                serial: None,
+            });
         }
         assert_eq!(device.history.len(), MAX_DEVICE_HISTORY);
         assert_eq!(device.history[0].at, 105);
@@ -533,9 +603,18 @@ mod tests {
         store.create_cert(&cert).unwrap();
         let mut other = cert.clone();
         other.subject = "CN=y".into();
-        assert!(matches!(store.create_cert(&other), Err(StoreError::SerialTaken(_))));
+        assert!(matches!(
+            store.create_cert(&other),
+            Err(StoreError::SerialTaken(_))
+        ));
         assert_eq!(store.cert("0a1b").unwrap().unwrap().subject, "CN=x");
-        assert!(matches!(store.cert("0A1B"), Err(StoreError::InvalidName(_))));
-        assert!(matches!(store.cert("../x"), Err(StoreError::InvalidName(_))));
+        assert!(matches!(
+            store.cert("0A1B"),
+            Err(StoreError::InvalidName(_))
+        ));
+        assert!(matches!(
+            store.cert("../x"),
+            Err(StoreError::InvalidName(_))
+        ));
     }
 }

@@ -71,14 +71,23 @@ impl TestServer {
             .args(["--url", &url, "--organization", "Test Org"])
             .output()
             .expect("run otad init");
-        assert!(init.status.success(), "otad init: {}", String::from_utf8_lossy(&init.stderr));
+        assert!(
+            init.status.success(),
+            "otad init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
 
         otad::simulate::load_or_create_device_ca(&device_ca_dir).expect("device CA");
         let config_path = state.join("otad.toml");
         let mut config = std::fs::read_to_string(&config_path).expect("read config");
         let device_ca = device_ca_dir.join("device-ca.pem");
         config = set_key(&config, "http", "listen", &format!("\"127.0.0.1:{port}\""));
-        config = set_key(&config, "ota", "extra_device_ca", &format!("[{:?}]", device_ca));
+        config = set_key(
+            &config,
+            "ota",
+            "extra_device_ca",
+            &format!("[{:?}]", device_ca),
+        );
         config = configure(config);
         std::fs::write(&config_path, config).expect("write config");
 
@@ -92,7 +101,14 @@ impl TestServer {
             .stderr(log)
             .spawn()
             .expect("spawn otad serve");
-        let server = TestServer { dir, state, device_ca_dir, url, child, log_path };
+        let server = TestServer {
+            dir,
+            state,
+            device_ca_dir,
+            url,
+            child,
+            log_path,
+        };
         server.wait_ready();
         server
     }
@@ -100,7 +116,9 @@ impl TestServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if otad::httpclient::get(&format!("{}/healthz", self.url)).is_ok_and(|r| r.status == 200) {
+            if otad::httpclient::get(&format!("{}/healthz", self.url))
+                .is_ok_and(|r| r.status == 200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -145,7 +163,9 @@ impl TestServer {
 }
 
 fn collect(dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
