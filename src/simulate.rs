@@ -86,7 +86,7 @@ pub const MAX_PLIST_BYTES: usize = 1024 * 1024;
 /// Deepest nesting of arrays and dictionaries read from the server.
 pub const MAX_PLIST_DEPTH: usize = 16;
 /// Most XML tags in a property list read from the server.
-pub const MAX_PLIST_EVENTS: usize = 20_000;
+pub const MAX_PLIST_TAGS: usize = 20_000;
 /// Most GetCACaps keywords read.
 pub const MAX_CA_CAPS: usize = 64;
 /// Longest server reason quoted in an error, in characters.
@@ -655,7 +655,7 @@ pub fn parse_plist(bytes: &[u8]) -> Result<Value, String> {
 }
 
 /// Refuses XML whose `<array>`/`<dict>` nesting is deeper than [`MAX_PLIST_DEPTH`] or that has
-/// more than [`MAX_PLIST_EVENTS`] tags, before the plist parser (which builds values
+/// more than [`MAX_PLIST_TAGS`] tags, before the plist parser (which builds values
 /// recursively) sees it. Tags inside comments or CDATA are counted too, which only makes the
 /// check stricter.
 fn check_plist_shape(xml: &[u8]) -> Result<(), String> {
@@ -664,8 +664,8 @@ fn check_plist_shape(xml: &[u8]) -> Result<(), String> {
     let mut rest = xml;
     while let Some(open) = rest.iter().position(|&b| b == b'<') {
         tags += 1;
-        if tags > MAX_PLIST_EVENTS {
-            return Err(format!("plist: more than {MAX_PLIST_EVENTS} elements"));
+        if tags > MAX_PLIST_TAGS {
+            return Err(format!("plist: more than {MAX_PLIST_TAGS} elements"));
         }
         let after = rest.get(open + 1..).unwrap_or_default();
         let close = after.iter().position(|&b| b == b'>').unwrap_or(after.len());
@@ -1465,7 +1465,7 @@ mod tests {
         assert!(parse_plist(fine.as_bytes()).is_ok());
         let wide = format!(
             "<plist><array>{}</array></plist>",
-            "<true/>".repeat(MAX_PLIST_EVENTS)
+            "<true/>".repeat(MAX_PLIST_TAGS)
         );
         assert!(parse_plist(wide.as_bytes())
             .unwrap_err()

@@ -31,4 +31,6 @@ pub fn fixture(relative: &str) -> Option<Vec<u8>> {
     }
 }
 
+pub mod der;
+pub mod impostor;
 pub mod server;
