@@ -469,7 +469,8 @@ impl Config {
     pub fn mdm_placeholders(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
         if self.profile.template.is_empty() {
-            if self.mdm.server_url.is_empty() || self.mdm.server_url.contains(PLACEHOLDER_MARK) {
+            let init_default = format!("{}/mdm/connect", self.server.url);
+            if self.mdm.server_url.is_empty() || self.mdm.server_url == init_default {
                 keys.push("mdm.server_url");
             }
             if self.mdm.topic.is_empty() || self.mdm.topic.contains(PLACEHOLDER_MARK) {
@@ -512,13 +513,6 @@ pub fn template(url: &str, organization: &str) -> String {
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let host = url
-        .trim_start_matches("https://")
-        .trim_start_matches("http://")
-        .split(['/', ':'])
-        .next()
-        .unwrap_or("example.com")
-        .to_string();
     format!(
         r#"# otad configuration. Every key is shown with its default; see README.md.
 
@@ -569,12 +563,12 @@ cert_validity = "365d"
 challenge_ttl = "1h"
 
 [mdm]
-# The MDM server devices enroll with in phase 3. Replace the {mark} values before use:
-# otad warns at start-up while they remain.
-server_url = "https://mdm.{host}/mdm/{mark}"
+# The MDM server devices enroll with in phase 3. otad is only the front door: set these to
+# your MDM server (NanoMDM, MicroMDM, ...); otad warns at start-up until both are changed.
+server_url = "{url}/mdm/connect"
 # The MDM CheckInURL; empty means the same as server_url.
 checkin_url = ""
-# The APNs topic: the UID of your MDM push certificate.
+# The APNs topic: the UID of your MDM push certificate. Replace {mark}.
 topic = "com.apple.mgmt.{mark}"
 # Whether devices sign their MDM messages.
 sign_message = true

@@ -1368,7 +1368,7 @@ mod tests {
             ("CN".to_string(), "UDID-1".to_string()),
             ("O".into(), "Ex".into()),
         ];
-        let (scep, _) = profile::scep_payload(&brand(), "http://x/scep", &subject, "ch2");
+        let (scep, _) = profile::scep_payload(&brand(), "scep", "http://x/scep", &subject, "ch2");
         let configuration = profile::configuration(&brand(), "n", "identity", vec![scep]);
         let scep = read_scep_profile(&configuration).unwrap();
         assert_eq!(scep.url, "http://x/scep");
@@ -1407,7 +1407,7 @@ mod tests {
     fn decrypts_the_final_profile() {
         let (_, identity) = issued_identity(KeyUsageProfile::DeviceIdentity, "device");
         let subject = vec![("CN".to_string(), "UDID-1".to_string())];
-        let (scep, _) = profile::scep_payload(&brand(), "http://x/scep", &subject, "c");
+        let (scep, _) = profile::scep_payload(&brand(), "scep", "http://x/scep", &subject, "c");
         let wifi = {
             let mut payload = Dictionary::new();
             payload.insert(
@@ -1566,7 +1566,8 @@ mod tests {
         let device = Device::new(&options(dir.path())).unwrap();
         let (_, signer) = issued_identity(KeyUsageProfile::Signing, "profile signer");
         let subject = vec![("CN".to_string(), device.udid.clone())];
-        let (scep, _) = profile::scep_payload(&brand(), "http://x/scep", &subject, "scep-c");
+        let (scep, _) =
+            profile::scep_payload(&brand(), "scep", "http://x/scep", &subject, "scep-c");
         let configuration = profile::configuration(&brand(), "n", "identity", vec![scep]);
         let reply = sign_profile(&signer, &Value::Dictionary(configuration));
 

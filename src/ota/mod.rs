@@ -333,7 +333,7 @@ fn phase2(
 
     let brand = branding(ctx);
     let scep_url = format!("{}/scep", ctx.config.server.url);
-    let (scep, _) = profile::scep_payload(&brand, &scep_url, &subject, &scep_challenge);
+    let (scep, _) = profile::scep_payload(&brand, "scep", &scep_url, &subject, &scep_challenge);
     let profile = profile::configuration(&brand, &brand.display_name, "identity", vec![scep]);
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
@@ -468,7 +468,8 @@ pub fn mdm_profile(
 ) -> plist::Dictionary {
     let brand = branding(ctx);
     let scep_url = format!("{}/scep", ctx.config.server.url);
-    let (scep, identity_uuid) = profile::scep_payload(&brand, &scep_url, subject, scep_challenge);
+    let (scep, identity_uuid) =
+        profile::scep_payload(&brand, "mdm-identity", &scep_url, subject, scep_challenge);
     let mdm = &ctx.config.mdm;
     let settings = MdmSettings {
         server_url: mdm.server_url.clone(),

@@ -112,10 +112,11 @@ fn subject_value(subject: &[(String, String)]) -> Value {
     )
 }
 
-/// A `com.apple.security.scep` payload. Returns it with its PayloadUUID, which an MDM payload
+/// A `com.apple.security.scep` payload, its PayloadIdentifier ending in `suffix`. Returns it with its PayloadUUID, which an MDM payload
 /// names as its IdentityCertificateUUID.
 pub fn scep_payload(
     brand: &Branding,
+    suffix: &str,
     scep_url: &str,
     subject: &[(String, String)],
     challenge: &str,
@@ -131,7 +132,7 @@ pub fn scep_payload(
 
     let mut dict = header(
         "com.apple.security.scep",
-        format!("{}.scep", brand.identifier),
+        format!("{}.{suffix}", brand.identifier),
         "Device identity",
         brand,
     );
@@ -277,7 +278,7 @@ mod tests {
             ("CN".to_string(), "UDID-1".to_string()),
             ("O".to_string(), "Ex".to_string()),
         ];
-        let (value, uuid) = scep_payload(&brand(), "https://x/scep", &subject, "c");
+        let (value, uuid) = scep_payload(&brand(), "scep", "https://x/scep", &subject, "c");
         let dict = value.as_dictionary().unwrap();
         assert_eq!(dict["PayloadUUID"].as_string(), Some(uuid.as_str()));
         let content = dict["PayloadContent"].as_dictionary().unwrap();
