@@ -14,6 +14,7 @@ pub mod httpclient;
 pub mod logger;
 pub mod ota;
 pub mod pki;
+pub mod plistshape;
 pub mod scep;
 pub mod simulate;
 pub mod store;

@@ -650,44 +650,9 @@ pub fn parse_plist(bytes: &[u8]) -> Result<Value, String> {
         ));
     }
 
-    check_plist_shape(bytes)?;
+    crate::plistshape::check(bytes, MAX_PLIST_DEPTH, MAX_PLIST_TAGS)
+        .map_err(|err| err.to_string())?;
     Value::from_reader_xml(Cursor::new(bytes)).map_err(|err| format!("plist: {err}"))
-}
-
-/// Refuses XML whose `<array>`/`<dict>` nesting is deeper than [`MAX_PLIST_DEPTH`] or that has
-/// more than [`MAX_PLIST_TAGS`] tags, before the plist parser (which builds values
-/// recursively) sees it. Tags inside comments or CDATA are counted too, which only makes the
-/// check stricter.
-fn check_plist_shape(xml: &[u8]) -> Result<(), String> {
-    let mut depth = 0usize;
-    let mut tags = 0usize;
-    let mut rest = xml;
-    while let Some(open) = rest.iter().position(|&b| b == b'<') {
-        tags += 1;
-        if tags > MAX_PLIST_TAGS {
-            return Err(format!("plist: more than {MAX_PLIST_TAGS} elements"));
-        }
-        let after = rest.get(open + 1..).unwrap_or_default();
-        let close = after.iter().position(|&b| b == b'>').unwrap_or(after.len());
-        let tag = after.get(..close).unwrap_or_default();
-        let (closing, name) = match tag.strip_prefix(b"/") {
-            Some(name) => (true, name),
-            None => (false, tag),
-        };
-        let name_len = name.iter().take_while(|b| b.is_ascii_alphabetic()).count();
-        let is_collection = matches!(name.get(..name_len), Some(b"array" | b"dict"));
-
-        if is_collection && closing {
-            depth = depth.saturating_sub(1);
-        } else if is_collection && !tag.ends_with(b"/") {
-            depth += 1;
-            if depth > MAX_PLIST_DEPTH {
-                return Err(format!("plist: nested deeper than {MAX_PLIST_DEPTH}"));
-            }
-        }
-        rest = after.get(close..).unwrap_or_default();
-    }
-    Ok(())
 }
 
 /// XML serialisation of a plist value.

@@ -205,3 +205,55 @@ fn a_static_ota_challenge_can_be_reused() {
     device.phase2(&phase1).unwrap();
     device.phase2(&phase1).unwrap();
 }
+
+#[test]
+fn mdm_enroll_serves_the_plain_profile_only_when_enabled_and_dep_bodies_when_signed() {
+    let server =
+        TestServer::start(|config| common::server::set_key(&config, "mdm", "plain_enroll", "true"));
+    let plain = httpclient::get(&format!("{}/mdm/enroll", server.url)).unwrap();
+    assert_eq!(plain.status, 200);
+    assert_eq!(
+        plain.content_type.as_deref(),
+        Some("application/x-apple-aspen-config")
+    );
+    let (_, profile) = otad::simulate::open_signed_profile("plain", &plain.body, None).unwrap();
+    let types: Vec<_> = profile["PayloadContent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.as_dictionary().unwrap()["PayloadType"]
+                .as_string()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types, ["com.apple.security.scep", "com.apple.mdm"]);
+
+    // A DEP machine-info body signed by a trusted device certificate gets the profile, with
+    // the SCEP subject bound to its UDID; a stranger's is refused.
+    let device = Device::new(&server.device_options()).unwrap();
+    let body = device.phase2_body("").unwrap();
+    let dep = httpclient::post(
+        &format!("{}/mdm/enroll", server.url),
+        "application/pkcs7-signature",
+        &body,
+    )
+    .unwrap();
+    assert_eq!(dep.status, 200, "{}", String::from_utf8_lossy(&dep.body));
+    let (_, profile) = otad::simulate::open_signed_profile("dep", &dep.body, None).unwrap();
+    let scep = otad::simulate::read_scep_profile(&profile).unwrap();
+    assert_eq!(scep.common_name(), Some(device.udid.as_str()));
+
+    let mut options = server.device_options();
+    options.device_ca_dir = server.dir.path().join("stranger-ca");
+    let stranger = Device::new(&options).unwrap();
+    let body = stranger.phase2_body("").unwrap();
+    let refused = httpclient::post(
+        &format!("{}/mdm/enroll", server.url),
+        "application/pkcs7-signature",
+        &body,
+    )
+    .unwrap();
+    assert_eq!(refused.status, 403);
+}

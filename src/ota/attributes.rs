@@ -19,6 +19,8 @@ pub const MAX_KEY_LEN: usize = 64;
 pub const MAX_VALUE_LEN: usize = 1024;
 /// Deepest nesting of arrays and dictionaries accepted (the top dictionary counts as 1).
 pub const MAX_DEPTH: usize = 4;
+/// Most XML tags in one attribute plist.
+pub const MAX_TAGS: usize = 1024;
 
 /// Why the attribute plist was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +115,14 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
         return Err(AttributesError::NotXml);
     }
 
-    check_depth(head)?;
+    crate::plistshape::check(head, MAX_DEPTH, MAX_TAGS).map_err(|err| match err {
+        crate::plistshape::ShapeError::TooDeep(_) => {
+            AttributesError::OverLimit("nesting is too deep")
+        }
+        crate::plistshape::ShapeError::TooManyTags(_) => {
+            AttributesError::OverLimit("too many elements")
+        }
+    })?;
     let value = plist::Value::from_reader_xml(Cursor::new(content))
         .map_err(|err| AttributesError::Malformed(err.to_string()))?;
     let plist::Value::Dictionary(dict) = value else {
@@ -146,38 +155,6 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
         return Err(AttributesError::MissingUdid);
     }
     Ok(attributes)
-}
-
-/// Refuses nesting of `<array>` and `<dict>` deeper than [`MAX_DEPTH`] before the plist
-/// parser, which builds values recursively, sees the document. The scan over-counts tags
-/// inside comments or CDATA, which only makes it stricter.
-fn check_depth(xml: &[u8]) -> Result<(), AttributesError> {
-    let mut depth = 0usize;
-    let mut rest = xml;
-    while let Some(at) = rest.iter().position(|&b| b == b'<') {
-        let tag = rest.get(at + 1..).unwrap_or_default();
-        let end = tag.iter().position(|&b| b == b'>').unwrap_or(tag.len());
-        let inside = tag.get(..end).unwrap_or_default();
-        let self_closing = inside.ends_with(b"/");
-        let name_of = |t: &[u8]| -> Vec<u8> {
-            t.iter()
-                .take_while(|b| b.is_ascii_alphabetic())
-                .copied()
-                .collect()
-        };
-        if let Some(closing) = inside.strip_prefix(b"/") {
-            if matches!(name_of(closing).as_slice(), b"array" | b"dict") {
-                depth = depth.saturating_sub(1);
-            }
-        } else if !self_closing && matches!(name_of(inside).as_slice(), b"array" | b"dict") {
-            depth += 1;
-            if depth > MAX_DEPTH {
-                return Err(AttributesError::OverLimit("nesting is too deep"));
-            }
-        }
-        rest = tag.get(end..).unwrap_or_default();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

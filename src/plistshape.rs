@@ -1,0 +1,83 @@
+//! Bounds on an XML property list, checked before the `plist` crate sees it.
+//!
+//! The plist crate builds values recursively and has no depth limit of its own (its event
+//! reader is not public), so deep nesting from a hostile peer could exhaust the stack. This
+//! scan counts tags and the nesting of `<array>` and `<dict>`; tags inside comments or CDATA
+//! count too, which only makes it stricter.
+
+/// Why an XML plist was refused before parsing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShapeError {
+    /// `<array>`/`<dict>` nested deeper than allowed.
+    TooDeep(usize),
+    /// More tags than allowed.
+    TooManyTags(usize),
+}
+
+impl std::fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShapeError::TooDeep(max) => write!(f, "plist: nested deeper than {max}"),
+            ShapeError::TooManyTags(max) => write!(f, "plist: more than {max} elements"),
+        }
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// Checks nesting depth (the top collection counts as 1) and tag count.
+pub fn check(xml: &[u8], max_depth: usize, max_tags: usize) -> Result<(), ShapeError> {
+    let mut depth = 0usize;
+    let mut tags = 0usize;
+    let mut rest = xml;
+    while let Some(open) = rest.iter().position(|&b| b == b'<') {
+        tags += 1;
+        if tags > max_tags {
+            return Err(ShapeError::TooManyTags(max_tags));
+        }
+        let after = rest.get(open + 1..).unwrap_or_default();
+        let close = after.iter().position(|&b| b == b'>').unwrap_or(after.len());
+        let tag = after.get(..close).unwrap_or_default();
+        let (closing, name) = match tag.strip_prefix(b"/") {
+            Some(name) => (true, name),
+            None => (false, tag),
+        };
+        let name_len = name.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+        let is_collection = matches!(name.get(..name_len), Some(b"array" | b"dict"));
+
+        if is_collection && closing {
+            depth = depth.saturating_sub(1);
+        } else if is_collection && !tag.ends_with(b"/") {
+            depth += 1;
+            if depth > max_depth {
+                return Err(ShapeError::TooDeep(max_depth));
+            }
+        }
+        rest = after.get(close..).unwrap_or_default();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_and_tags_are_bounded() {
+        let ok =
+            b"<plist><dict><key>a</key><array><string>x</string></array><array/></dict></plist>";
+        assert_eq!(check(ok, 2, 100), Ok(()));
+        assert_eq!(check(ok, 1, 100), Err(ShapeError::TooDeep(1)));
+        assert_eq!(check(ok, 2, 5), Err(ShapeError::TooManyTags(5)));
+        let deep = format!("{}{}", "<array>".repeat(100), "</array>".repeat(100));
+        assert_eq!(
+            check(deep.as_bytes(), 16, 1000),
+            Err(ShapeError::TooDeep(16))
+        );
+        assert_eq!(
+            check(b"<dict", 1, 10),
+            Ok(()),
+            "an unterminated tag is the parser's to refuse"
+        );
+    }
+}
