@@ -4,18 +4,14 @@
 
 mod common;
 
+use common::impostor::impostor_device_ca;
 use otad::pki::apple::{
     TrustAnchor, APPLE_IPHONE_CA_PEM, APPLE_IPHONE_DEVICE_CA_PEM, APPLE_ROOT_CA_PEM,
 };
-use otad::pki::ca::{
-    random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute,
-};
+use otad::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
 use otad::pki::cert;
 use otad::pki::keys::RsaPrivateKey;
 use otad::pki::PkiError;
-use rcgen::string::PrintableString;
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, IsCa};
-use rcgen::{KeyUsagePurpose, SerialNumber};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// 2019-01-01T00:00:00Z, inside the 2018 device certificate's validity.
@@ -122,27 +118,6 @@ fn fixture_anchors_equal_the_embedded_ones() {
         return;
     };
     assert_eq!(TrustAnchor::apple_device_ca().certificate, device_ca);
-}
-
-/// A CA with exactly Apple iPhone Device CA's subject name (same string types, same order)
-/// and a key of its own.
-fn impostor_device_ca() -> CertificateAuthority {
-    let printable = |text: &str| DnValue::PrintableString(PrintableString::try_from(text).unwrap());
-    let mut name = DistinguishedName::new();
-    name.push(DnType::CountryName, printable("US"));
-    name.push(DnType::OrganizationName, printable("Apple Inc."));
-    name.push(DnType::OrganizationalUnitName, printable("Apple iPhone"));
-    name.push(DnType::CommonName, printable("Apple iPhone Device CA"));
-
-    let mut params = CertificateParams::default();
-    params.distinguished_name = name;
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-
-    let key = RsaPrivateKey::generate(2048).unwrap();
-    let certificate = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
-    CertificateAuthority::load(certificate.der().as_ref(), key).unwrap()
 }
 
 #[test]

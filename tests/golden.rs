@@ -8,9 +8,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::server::TestServer;
+use common::tools::{have, openssl, openssl_decrypt};
 use otad::httpclient;
 use otad::simulate::Device;
 use plist::Value;
@@ -19,32 +19,6 @@ const UDID: &str = "0000FE00-1122334455667788";
 const SERIAL: &str = "C02GOLDEN01";
 /// Keys whose values are random per response.
 const RANDOM_KEYS: &[&str] = &["PayloadUUID", "Challenge", "IdentityCertificateUUID"];
-
-fn have_openssl() -> bool {
-    let found = Command::new("openssl").arg("version").output().is_ok();
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "openssl is missing under CI=true"
-        );
-        eprintln!("SKIP: openssl is not installed");
-    }
-    found
-}
-
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
 
 /// Verifies a signed profile with openssl against our CA and returns its plist.
 fn openssl_verify(server: &TestServer, name: &str, body: &[u8]) -> Value {
@@ -109,7 +83,7 @@ fn compare(name: &str, mut value: Value, url: &str) {
 
 #[test]
 fn phase_responses_match_their_golden_plists() {
-    if !have_openssl() {
+    if !have("openssl", "version") {
         return;
     }
     let server = TestServer::start(|config| config);
@@ -179,21 +153,7 @@ fn phase_responses_match_their_golden_plists() {
     )
     .unwrap();
     std::fs::write(dir.join("device.key"), identity.key.to_pkcs8_pem()).unwrap();
-    let xml = openssl(
-        dir,
-        &[
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-in",
-            "sealed.der",
-            "-recip",
-            "device.pem",
-            "-inkey",
-            "device.key",
-        ],
-    );
+    let xml = openssl_decrypt(dir, "sealed.der", "device.pem", "device.key");
     let payloads = Value::from_reader_xml(&xml[..]).unwrap();
     let items = payloads.as_array().unwrap();
     let scep_uuid = items[0].as_dictionary().unwrap()["PayloadUUID"]

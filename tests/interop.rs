@@ -10,21 +10,11 @@ use std::path::Path;
 use std::process::Command;
 
 use common::server::{set_key, TestServer};
+use common::tools::{have, openssl, openssl_decrypt, payload_types};
 use otad::httpclient;
 use otad::simulate::Device;
 
 const STATIC_CHALLENGE: &str = "interop-static-challenge";
-
-fn have(tool: &str) -> bool {
-    let found = Command::new(tool).arg("-version").output().is_ok();
-    if !found {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{tool} is missing under CI=true (.ci/run installs it)");
-        }
-        eprintln!("SKIP: {tool} is not installed");
-    }
-    found
-}
 
 /// Runs scepclient in `dir`; returns whether it exited 0, and its output.
 fn scepclient(dir: &Path, url: &str, challenge: &str, cn: &str) -> (bool, String) {
@@ -54,23 +44,9 @@ fn scepclient(dir: &Path, url: &str, challenge: &str, cn: &str) -> (bool, String
     (output.status.success(), text)
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
-    let output = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output.stdout
-}
-
 #[test]
 fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
-    if !have("scepclient") || !have("openssl") {
+    if !have("scepclient", "-version") || !have("openssl", "version") {
         return;
     }
     let server = TestServer::start(|config| {
@@ -133,7 +109,7 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
 
 #[test]
 fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
-    if !have("scepclient") || !have("openssl") {
+    if !have("scepclient", "-version") || !have("openssl", "version") {
         return;
     }
     let server = TestServer::start(|config| config);
@@ -220,31 +196,8 @@ fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
     assert!(profile.get("PayloadContent").is_none());
     let sealed = profile["EncryptedPayloadContent"].as_data().unwrap();
     std::fs::write(dir.join("sealed.der"), sealed).unwrap();
-    let payloads = openssl(
-        &dir,
-        &[
-            "cms",
-            "-decrypt",
-            "-inform",
-            "DER",
-            "-in",
-            "sealed.der",
-            "-recip",
-            "cert.pem",
-            "-inkey",
-            "key.pem",
-        ],
-    );
+    let payloads = openssl_decrypt(&dir, "sealed.der", "cert.pem", "key.pem");
     let payloads = plist::Value::from_reader_xml(&payloads[..]).unwrap();
-    let types: Vec<&str> = payloads
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            p.as_dictionary().unwrap()["PayloadType"]
-                .as_string()
-                .unwrap()
-        })
-        .collect();
+    let types = payload_types(&payloads);
     assert_eq!(types, ["com.apple.security.scep", "com.apple.mdm"]);
 }

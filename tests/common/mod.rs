@@ -34,3 +34,4 @@ pub fn fixture(relative: &str) -> Option<Vec<u8>> {
 pub mod der;
 pub mod impostor;
 pub mod server;
+pub mod tools;
