@@ -37,29 +37,25 @@ pub struct InitOptions {
 /// existing state.
 pub fn init(options: &InitOptions) -> Result<String, String> {
     let state = &options.state;
-    if state.join("otad.toml").exists() || state.join("ca").exists() {
-        return Err(format!(
-            "{}: already holds an otad state; refusing to overwrite it (choose another --state, \
-             or move the old one away first)",
-            state.display()
-        ));
-    }
+    check_state_is_new(state)?;
     let text = config::template(&options.url, &options.organization);
-    Config::parse(&text, &state.join("otad.toml")).map_err(|err| format!("--url: {err}"))?;
+    Config::parse(&text, &state.join("otad.toml"))
+        .map_err(|err| format!("--url or --organization: {err}"))?;
 
     let store = Store::create(state).map_err(|err| err.to_string())?;
     let org = &options.organization;
-    let ca = CertificateAuthority::create(&format!("{org} otad CA"), org, IDENTITY_VALIDITY_DAYS)
-        .map_err(|err| format!("creating the CA: {err}"))?;
+    let ca =
+        CertificateAuthority::create(&format!("{org} Enrollment CA"), org, IDENTITY_VALIDITY_DAYS)
+            .map_err(|err| format!("creating the CA: {err}"))?;
     let ra = issue_identity(
         &ca,
-        &format!("{org} otad SCEP RA"),
+        &format!("{org} SCEP RA"),
         org,
         KeyUsageProfile::SigningAndEncipherment,
     )?;
     let signer = issue_identity(
         &ca,
-        &format!("{org} otad profile signer"),
+        &format!("{org} Profile Signer"),
         org,
         KeyUsageProfile::Signing,
     )?;
@@ -93,6 +89,37 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         state.join("otad.toml").display(),
         state.join("otad.toml").display()
     ))
+}
+
+/// `otad init` writes only into a folder that does not exist yet or is empty, so it can never
+/// overwrite a CA.
+fn check_state_is_new(state: &Path) -> Result<(), String> {
+    if state.join("otad.toml").exists() {
+        return Err(format!(
+            "{}: already holds an otad state; refusing to overwrite it (choose another --state, \
+             or move the old one away first)",
+            state.display()
+        ));
+    }
+    if state.join("ca").exists() {
+        return Err(format!(
+            "{}: holds a partial otad state (ca/ but no otad.toml: an interrupted init?); \
+             move it away and run init again",
+            state.display()
+        ));
+    }
+    match std::fs::read_dir(state).map(|mut entries| entries.next().is_some()) {
+        Ok(true) => Err(format!(
+            "{}: not empty; otad init needs a new or empty folder",
+            state.display()
+        )),
+        Ok(false) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(err) => Err(format!(
+            "{}: cannot be used as a state dir: {err}",
+            state.display()
+        )),
+    }
 }
 
 fn issue_identity(
@@ -135,13 +162,18 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         }
     }
     for key in ctx.config.mdm_placeholders() {
-        warn!("{key}: still the placeholder `otad init` wrote; set it to your MDM server's value");
+        warn!("{key}: not set (empty, or the placeholder `otad init` wrote); set it to your MDM server's value");
     }
     if !ctx.config.ota.challenge.is_empty() {
         warn!("ota.challenge: one static challenge for every device; replays are not refused");
     }
 
     let listen = listen.unwrap_or(&ctx.config.http.listen).to_string();
+    let address: std::net::SocketAddr = listen.parse().map_err(|err| {
+        format!("--listen {listen:?}: not an address:port like 127.0.0.1:8080 ({err})")
+    })?;
+    let server = tiny_http::Server::http(address)
+        .map_err(|err| format!("{listen}: cannot listen: {err}"))?;
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
     info!(
@@ -149,7 +181,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
         ctx.config.server.url
     );
-    crate::http::serve(ctx, &listen)
+    crate::http::serve_on(ctx, server)
 }
 
 /// Removes expired challenges at start and then every ten minutes.
@@ -232,6 +264,7 @@ fn check_body(
     verdict: &mut serde_json::Value,
 ) -> Result<(), String> {
     let body = std::fs::read(file).map_err(|err| format!("cannot read: {err}"))?;
+    let body = unarmor(&body).unwrap_or(body);
     let message = crate::cms::signed::verify(&body).map_err(|err| format!("body: {err}"))?;
     let leaf = &message.signer.certificate;
     if let Ok(summary) = cert::summarize(leaf) {
@@ -266,6 +299,21 @@ fn check_body(
         }
     }
     Ok(())
+}
+
+/// The DER inside a PEM-armoured body (`-----BEGIN PKCS7-----`, `CMS`, …), as OpenSSL and
+/// some capture tools write them; `None` for anything else.
+fn unarmor(body: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.trim_start().starts_with("-----BEGIN ") {
+        return None;
+    }
+    let base64: String = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("-----"))
+        .collect();
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, base64).ok()
 }
 
 /// Parses an RFC 3339 time for `--at`.

@@ -104,6 +104,7 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OtaConfig {
     /// How long a phase 1 challenge stays valid ("1h", "30m", "3600s" or seconds).
+    #[serde(deserialize_with = "duration_text")]
     pub challenge_ttl: String,
     /// A static challenge instead of a fresh one per download; empty means one-time ones.
     pub challenge: String,
@@ -126,8 +127,10 @@ pub struct ScepConfig {
     /// A static challenge for SCEP clients that did not come through OTA; empty disables it.
     pub challenge: String,
     /// How long issued certificates are valid ("365d").
+    #[serde(deserialize_with = "duration_text")]
     pub cert_validity: String,
     /// How long a one-time SCEP challenge handed out in phase 2 or 3 stays valid.
+    #[serde(deserialize_with = "duration_text")]
     pub challenge_ttl: String,
 }
 
@@ -306,18 +309,30 @@ impl Config {
                     text.get(..span.start)
                         .map_or(0, |head| head.matches('\n').count())
                 })
-                .map(|newlines| format!(" (line {})", newlines + 1))
+                .map(|newlines| {
+                    let quoted = text
+                        .lines()
+                        .nth(newlines)
+                        .map(str::trim)
+                        .unwrap_or_default();
+                    format!(" (line {}: `{quoted}`)", newlines + 1)
+                })
                 .unwrap_or_default();
             ConfigError(format!("{}{line}: {message}", path.display()))
         })?;
         config.path = path.to_path_buf();
-        let derived = config.validate()?;
+        let derived = config.validate(text)?;
         Ok((config, derived))
     }
 
-    fn validate(&mut self) -> Result<Derived, ConfigError> {
+    fn validate(&mut self, text: &str) -> Result<Derived, ConfigError> {
         let file = self.path.display().to_string();
-        let bad = |key: &str, why: String| ConfigError(format!("{file}: {key}: {why}"));
+        let bad = |key: &str, why: String| {
+            let line = line_of(text, key)
+                .map(|n| format!(" (line {n})"))
+                .unwrap_or_default();
+            ConfigError(format!("{file}{line}: {key}: {why}"))
+        };
         let base = self
             .path
             .parent()
@@ -332,16 +347,23 @@ impl Config {
         };
 
         let url = self.server.url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(bad("server.url", format!("{url:?} is not an http(s) URL")));
-        }
-        if url.contains(|c: char| c.is_whitespace() || c == '"' || c == '<' || c == '>') {
-            return Err(bad(
-                "server.url",
-                "must not contain spaces, quotes or <>".into(),
-            ));
+        if !is_plain_url(&url) {
+            let why = format!("{url:?}: use an http(s) URL without spaces, quotes, ? or #");
+            return Err(bad("server.url", why));
         }
         self.server.url = url;
+        for (key, value) in [
+            ("server.organization", &self.server.organization),
+            ("ota.display_name", &self.ota.display_name),
+        ] {
+            if value.trim().is_empty()
+                || value.len() > MAX_NAME_LEN
+                || value.chars().any(char::is_control)
+            {
+                let why = format!("must be 1 to {MAX_NAME_LEN} printable characters");
+                return Err(bad(key, why));
+            }
+        }
         if self.server.identifier.is_empty()
             || !self
                 .server
@@ -378,6 +400,36 @@ impl Config {
             parse_duration(&self.ota.challenge_ttl).map_err(|why| bad("ota.challenge_ttl", why))?;
         let scep_challenge_ttl = parse_duration(&self.scep.challenge_ttl)
             .map_err(|why| bad("scep.challenge_ttl", why))?;
+        for (key, ttl) in [
+            ("ota.challenge_ttl", ota_challenge_ttl),
+            ("scep.challenge_ttl", scep_challenge_ttl),
+        ] {
+            if ttl > MAX_CHALLENGE_TTL {
+                return Err(bad(
+                    key,
+                    "must be at most 30d: a challenge is a short-lived secret".into(),
+                ));
+            }
+        }
+        if !self.mdm.server_url.is_empty() && !is_plain_url(&self.mdm.server_url) {
+            return Err(bad(
+                "mdm.server_url",
+                format!("{:?} is not an http(s) URL", self.mdm.server_url),
+            ));
+        }
+        if !self.mdm.checkin_url.is_empty() && !is_plain_url(&self.mdm.checkin_url) {
+            let why = format!(
+                "{:?} is not an http(s) URL (empty: the server_url)",
+                self.mdm.checkin_url
+            );
+            return Err(bad("mdm.checkin_url", why));
+        }
+        if !(1..=8191).contains(&self.mdm.access_rights) {
+            return Err(bad(
+                "mdm.access_rights",
+                "must be 1 to 8191 (a bit mask; 8191 = all)".into(),
+            ));
+        }
         let validity = parse_duration(&self.scep.cert_validity)
             .map_err(|why| bad("scep.cert_validity", why))?;
         let cert_validity_days = u32::try_from(validity.as_secs() / 86_400)
@@ -468,7 +520,9 @@ impl Config {
     /// The `[mdm]` keys that still hold what `otad init` wrote, for a warning at start-up.
     pub fn mdm_placeholders(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
-        if self.profile.template.is_empty() {
+        // The MDM profile goes out in phase 3 unless a template replaces it, and at
+        // /mdm/enroll whenever that is on.
+        if self.profile.template.is_empty() || self.mdm.plain_enroll {
             let init_default = format!("{}/mdm/connect", self.server.url);
             if self.mdm.server_url.is_empty() || self.mdm.server_url == init_default {
                 keys.push("mdm.server_url");
@@ -480,6 +534,61 @@ impl Config {
         keys
     }
 }
+
+/// Reads a duration key written either as text ("1h") or as a number of seconds (3600).
+fn duration_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Visitor;
+
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = String;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration like \"90s\", \"30m\", \"1h\", \"365d\" or a number of seconds")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<String, E> {
+            Ok(text.to_string())
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, seconds: i64) -> Result<String, E> {
+            Ok(seconds.to_string())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, seconds: u64) -> Result<String, E> {
+            Ok(seconds.to_string())
+        }
+    }
+
+    deserializer.deserialize_any(Visitor)
+}
+
+/// The 1-based line of `section.key` in a config text, for error messages.
+fn line_of(text: &str, dotted: &str) -> Option<usize> {
+    let (section, key) = dotted.split_once('.')?;
+    let mut in_section = false;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_section = line == format!("[{section}]");
+        } else if in_section && line.split('=').next().is_some_and(|k| k.trim() == key) {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
+/// True for an http(s) URL otad can put in a profile as it is.
+fn is_plain_url(url: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && url.len() >= 10
+        && !url.contains(|c: char| c.is_whitespace() || c.is_control() || "\"<>?#".contains(c))
+}
+
+/// The longest organization or display name accepted (an X.520 organizationName's limit).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The longest challenge lifetime accepted.
+pub const MAX_CHALLENGE_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 /// Marks the values `otad init` writes that an admin must replace.
 pub const PLACEHOLDER_MARK: &str = "CHANGE-ME";
@@ -506,6 +615,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
+/// A TOML basic string, quoted and escaped.
+fn toml_string(value: &str) -> String {
+    toml::Value::String(value.to_string()).to_string()
+}
+
 /// The commented `otad.toml` that `otad init` writes: every key, with its default.
 pub fn template(url: &str, organization: &str) -> String {
     let attributes = DEFAULT_DEVICE_ATTRIBUTES
@@ -518,11 +632,11 @@ pub fn template(url: &str, organization: &str) -> String {
 
 [server]
 # The base URL devices reach otad at (no trailing slash). Profiles point devices here.
-url = "{url}"
+url = {url_text}
 # The state directory (CA, keys, devices, certificates). Relative to this file's folder.
 state_dir = "."
 # The organization shown in profiles and put in certificate subjects.
-organization = "{organization}"
+organization = {organization_text}
 # The reverse-DNS prefix of every PayloadIdentifier otad writes.
 identifier = "com.example.otad"
 
@@ -535,7 +649,7 @@ workers = 4
 max_body = 65536
 
 [ota]
-# How long a phase 1 challenge stays valid: 90s, 30m, 1h, 2d, or seconds.
+# How long a phase 1 challenge stays valid: "90s", "30m", "1h", "2d", or seconds (3600).
 challenge_ttl = "1h"
 # A static challenge for every download instead of a fresh one-time one (MicroMDM's way).
 # Empty: one fresh, single-use challenge per download (recommended).
@@ -565,7 +679,7 @@ challenge_ttl = "1h"
 [mdm]
 # The MDM server devices enroll with in phase 3. otad is only the front door: set these to
 # your MDM server (NanoMDM, MicroMDM, ...); otad warns at start-up until both are changed.
-server_url = "{url}/mdm/connect"
+server_url = {mdm_url_text}
 # The MDM CheckInURL; empty means the same as server_url.
 checkin_url = ""
 # The APNs topic: the UID of your MDM push certificate. Replace {mark}.
@@ -585,7 +699,10 @@ template = ""
 # error, warn, info, debug or trace. RUST_LOG overrides it.
 level = "info"
 "#,
-        mark = PLACEHOLDER_MARK
+        mark = PLACEHOLDER_MARK,
+        url_text = toml_string(url),
+        organization_text = toml_string(organization),
+        mdm_url_text = toml_string(&format!("{}/mdm/connect", url.trim_end_matches('/'))),
     )
 }
 
@@ -630,11 +747,41 @@ mod tests {
                 "ota.device_attributes",
             ),
             ("[ota]\nchallenge = \"short\"\n", "ota.challenge"),
+            ("[ota]\nchallenge_ttl = \"99d\"\n", "ota.challenge_ttl"),
+            ("[server]\nurl = \"https://x.example/?a=1\"\n", "server.url"),
+            ("[server]\norganization = \"\"\n", "server.organization"),
+            ("[mdm]\nserver_url = \"not a url\"\n", "mdm.server_url"),
+            (
+                "[mdm]\ncheckin_url = \"ftp://x.example\"\n",
+                "mdm.checkin_url",
+            ),
+            ("[mdm]\naccess_rights = 0\n", "mdm.access_rights"),
         ];
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
             assert!(err.0.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn value_errors_give_the_line_and_type_errors_quote_it() {
+        let err = Config::parse("[mdm]\n\naccess_rights = 0\n", Path::new("x.toml")).unwrap_err();
+        assert!(
+            err.0.starts_with("x.toml (line 3): mdm.access_rights:"),
+            "{err}"
+        );
+        let err = Config::parse("[http]\nworkers = \"4\"\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.0.contains("(line 2: `workers = \"4\"`)"), "{err}");
+    }
+
+    #[test]
+    fn durations_may_be_bare_seconds_and_names_may_hold_quotes() {
+        let text = template("https://otad.example.com", "ACME \"Devices\" \\ Co");
+        let (config, _) = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(config.server.organization, "ACME \"Devices\" \\ Co");
+        let (_, derived) =
+            Config::parse("[ota]\nchallenge_ttl = 600\n", Path::new("x.toml")).unwrap();
+        assert_eq!(derived.ota_challenge_ttl, Duration::from_secs(600));
     }
 
     #[test]

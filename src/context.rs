@@ -135,8 +135,10 @@ impl Context {
 
 /// Reads a `.mobileconfig` template: an unsigned plist dictionary with a PayloadContent array.
 fn load_template(path: &Path) -> Result<plist::Dictionary, String> {
-    let value = plist::Value::from_file(path)
-        .map_err(|err| format!("profile.template: {}: {err}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|err| format!("profile.template: {}: cannot read: {err}", path.display()))?;
+    let value = plist::Value::from_reader(std::io::Cursor::new(bytes))
+        .map_err(|err| format!("profile.template: {}: not a plist: {err}", path.display()))?;
     let dict = value.into_dictionary().ok_or_else(|| {
         format!(
             "profile.template: {}: not a plist dictionary",

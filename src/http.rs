@@ -62,6 +62,8 @@ pub struct Refusal {
     pub status: u16,
     /// The reason, one line.
     pub reason: String,
+    /// For 405: the methods the path takes (the Allow header).
+    pub allow: Option<&'static str>,
 }
 
 impl Refusal {
@@ -70,6 +72,7 @@ impl Refusal {
         Refusal {
             status,
             reason: reason.into(),
+            allow: None,
         }
     }
 }
@@ -251,7 +254,7 @@ pub fn route(
             _ => Err(method_not_allowed("GET")),
         },
         "/healthz" => match method {
-            "GET" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
+            "GET" | "HEAD" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
             _ => Err(method_not_allowed("GET")),
         },
         path => Err(Refusal::new(
@@ -261,8 +264,10 @@ pub fn route(
     }
 }
 
-fn method_not_allowed(allowed: &str) -> Refusal {
-    Refusal::new(405, format!("method not allowed here (use {allowed})"))
+fn method_not_allowed(allowed: &'static str) -> Refusal {
+    let mut refusal = Refusal::new(405, format!("method not allowed here (use {allowed})"));
+    refusal.allow = Some(allowed);
+    refusal
 }
 
 fn truncate(text: &str) -> String {
@@ -301,6 +306,7 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         route(ctx, &incoming, &mut || read_body(reader, declared, limit))
     };
 
+    let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
     let reply = reply.unwrap_or_else(|refusal| {
         if refusal.status >= 500 {
             error!("{method} {path}: {} remote={remote}", refusal.reason);
@@ -324,6 +330,9 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     if let Some(h) = header("Content-Type", reply.content_type) {
         response.add_header(h);
     }
+    if let Some(h) = allow.and_then(|methods| header("Allow", methods)) {
+        response.add_header(h);
+    }
     if let Some(file) = reply.attachment {
         if let Some(h) = header(
             "Content-Disposition",
@@ -342,13 +351,6 @@ impl Reply {
         self.status = status;
         self
     }
-}
-
-/// Serves until the process is stopped: `workers` threads take requests from one listener.
-pub fn serve(ctx: Arc<Context>, listen: &str) -> Result<(), String> {
-    let server =
-        tiny_http::Server::http(listen).map_err(|err| format!("{listen}: cannot listen: {err}"))?;
-    serve_on(ctx, server)
 }
 
 /// Serves on an already bound server.

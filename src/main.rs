@@ -22,7 +22,7 @@ commands:
   verify     check captured phase 2/3 request bodies, one JSON line per file
   simulate   walk a whole enrollment against a running server as a test device
 
-`otad <command> --help` explains each command's options.
+`otad <command> --help` explains each command's options; `otad --version` prints the version.
 ";
 
 const INIT_HELP: &str = "\
@@ -118,6 +118,10 @@ fn run() -> Result<Outcome, Usage> {
         Some(other) => return Err(other.unexpected().into()),
     };
     match command.as_str() {
+        "help" => {
+            print!("{HELP}");
+            Ok(Outcome::Done)
+        }
         "init" => init(parser),
         "serve" => serve(parser),
         "verify" => verify(parser),

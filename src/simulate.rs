@@ -237,10 +237,28 @@ pub fn cipher_name(cipher: ContentCipher) -> &'static str {
 
 /// Runs a whole enrollment: device, phase 1, phase 2, SCEP, phase 3.
 pub fn run(options: &SimulateOptions) -> Result<Summary, String> {
+    let ca_path = options.device_ca_dir.join(DEVICE_CA_CERT_FILE);
+    let ca_is_new = !ca_path.exists();
     let mut device = Device::new(options)?;
+    if ca_is_new {
+        eprintln!(
+            "otad simulate: created the test device CA {}; the server trusts it only once \
+             ota.extra_device_ca lists it and the server was restarted",
+            ca_path.display()
+        );
+    }
 
     let phase1 = device.phase1(&options.url)?;
-    let scep = device.phase2(&phase1)?;
+    let scep = device.phase2(&phase1).map_err(|err| {
+        if err.contains("not issued by Apple Device CA") {
+            format!(
+                "{err}\n(list {} in the server's ota.extra_device_ca and restart it)",
+                ca_path.display()
+            )
+        } else {
+            err
+        }
+    })?;
     let certificate = device.enroll_scep(&scep)?;
     let profile = device.phase3(&phase1)?;
 

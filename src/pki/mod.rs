@@ -119,11 +119,15 @@ impl fmt::Display for PkiError {
             Self::CertificateMalformed(why) => write!(f, "certificate: malformed ({why})"),
             Self::CertificateNotYetValid { not_before, at } => write!(
                 f,
-                "certificate: not valid before {not_before}, checked at {at} (unix seconds)"
+                "certificate: not valid before {}, checked at {}",
+                rfc3339(*not_before),
+                rfc3339(*at)
             ),
             Self::CertificateExpired { not_after, at } => write!(
                 f,
-                "certificate: expired at {not_after}, checked at {at} (unix seconds)"
+                "certificate: expired at {}, checked at {}",
+                rfc3339(*not_after),
+                rfc3339(*at)
             ),
             Self::SignatureInvalid => write!(f, "signature: does not verify under the key"),
             Self::SignatureNotByAnchor => {
@@ -186,3 +190,14 @@ impl fmt::Display for PkiError {
 }
 
 impl std::error::Error for PkiError {}
+
+/// A unix time as RFC 3339 for messages (the number itself if out of range).
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}

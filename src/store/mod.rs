@@ -29,8 +29,25 @@ use serde::{Deserialize, Serialize};
 
 use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
 
-/// The folders of a state dir.
-const FOLDERS: &[&str] = &["ca", "challenges", "devices", "certs"];
+/// The folders of a state dir, with their modes: keys, challenges and device records (which
+/// hold serial numbers, IMEIs and user names) are for otad's user alone.
+const FOLDERS: &[(&str, u32)] = &[
+    ("ca", 0o700),
+    ("challenges", 0o700),
+    ("devices", 0o700),
+    ("certs", 0o750),
+];
+
+/// The state dir's own mode.
+const ROOT_MODE: u32 = 0o750;
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(mode).create(path) {
+        Err(err) if err.kind() != io::ErrorKind::AlreadyExists => Err(io_err(path)(err)),
+        _ => Ok(()),
+    }
+}
 
 /// History entries kept per device; older ones are dropped first.
 pub const MAX_DEVICE_HISTORY: usize = 50;
@@ -231,10 +248,12 @@ pub struct Store {
 impl Store {
     /// Creates the folders of a new state dir (the folder itself may exist, empty).
     pub fn create(root: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(root).map_err(io_err(root))?;
-        for folder in FOLDERS {
-            let path = root.join(folder);
-            std::fs::create_dir_all(&path).map_err(io_err(&path))?;
+        if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+        create_dir(root, ROOT_MODE)?;
+        for (folder, mode) in FOLDERS {
+            create_dir(&root.join(folder), *mode)?;
         }
         fsutil::sync_dir(root).map_err(io_err(root))?;
         Store::open(root)
@@ -242,7 +261,7 @@ impl Store {
 
     /// Opens an existing state dir.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        for folder in FOLDERS {
+        for (folder, _) in FOLDERS {
             if !root.join(folder).is_dir() {
                 return Err(StoreError::NotInitialized(root.to_path_buf()));
             }
@@ -382,7 +401,7 @@ impl Store {
     /// Writes a device record (inside a [`Store::transaction`] when read-modify-write).
     pub fn save_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
         let path = self.device_path(&device.udid)?;
-        write_atomic(&path, &Self::to_json(device), 0o644).map_err(io_err(&path))
+        write_atomic(&path, &Self::to_json(device), 0o600).map_err(io_err(&path))
     }
 
     /// Every device, sorted by UDID (an admin command; never on the request path).
