@@ -257,3 +257,170 @@ fn mdm_enroll_serves_the_plain_profile_only_when_enabled_and_dep_bodies_when_sig
     .unwrap();
     assert_eq!(refused.status, 403);
 }
+
+/// The real macOS request through a running server: refused as expired by default; with
+/// `apple_leaf_validity = "ignore"` and its own challenge configured as the static one, it
+/// passes phase 2 and gets a SCEP profile bound to its UDID.
+#[test]
+fn the_real_macos_request_passes_phase_2_on_a_running_server() {
+    let Some(real) = common::fixture("ota/phase2-macos-vm.der") else {
+        return;
+    };
+    let checking = TestServer::start(|config| config);
+    let url = format!("{}/ota/phase23", checking.url);
+    let expired = httpclient::post(&url, "application/pkcs7-signature", &real).unwrap();
+    assert_eq!(expired.status, 403);
+    assert!(String::from_utf8_lossy(&expired.body).contains("expired"));
+
+    let challenge = "8gLEIttrT7qbLOZs3XzL5XPgNXCliGwRLtn2Lfe4GBsa7g6MGm2sJjicKrLFal4D";
+    let server = TestServer::start(|config| {
+        let config = common::server::set_key(&config, "ota", "apple_leaf_validity", "\"ignore\"");
+        common::server::set_key(&config, "ota", "challenge", &format!("\"{challenge}\""))
+    });
+    let url = format!("{}/ota/phase23", server.url);
+    let response = httpclient::post(&url, "application/pkcs7-signature", &real).unwrap();
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let (_, profile) =
+        otad::simulate::open_signed_profile("phase 2", &response.body, None).unwrap();
+    let scep = otad::simulate::read_scep_profile(&profile).unwrap();
+    assert_eq!(
+        scep.common_name(),
+        Some("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C")
+    );
+    let device = server.state_file("devices/78897E40-F532-5DE0-A7DC-56BAC5CEEB9C.json");
+    let device: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(device).unwrap()).unwrap();
+    assert_eq!(device["phase"], "identified");
+    assert_eq!(device["attributes"]["PRODUCT"], "VirtualMac2,1");
+    assert!(
+        !server.log().contains(challenge),
+        "the challenge never reaches the log"
+    );
+}
+
+#[test]
+fn aes_profiles_and_a_configured_template() {
+    let server = TestServer::start(|config| {
+        common::server::set_key(&config, "ota", "profile_cipher", "\"aes256\"")
+    });
+    let summary = otad::simulate::run(&server.device_options()).unwrap();
+    assert_eq!(summary.cipher, otad::cms::ContentCipher::Aes256Cbc);
+
+    let template = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        template.path(),
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<plist version="1.0"><dict>
+<key>PayloadType</key><string>Configuration</string>
+<key>PayloadIdentifier</key><string>com.example.wifi</string>
+<key>PayloadUUID</key><string>6F2C3A4E-7A1B-4C4D-9E8F-0A1B2C3D4E5F</string>
+<key>PayloadVersion</key><integer>1</integer>
+<key>PayloadContent</key><array><dict>
+<key>PayloadType</key><string>com.apple.wifi.managed</string>
+<key>PayloadIdentifier</key><string>com.example.wifi.1</string>
+<key>PayloadUUID</key><string>0A1B2C3D-4E5F-4A1B-8C2D-3E4F5A6B7C8D</string>
+<key>PayloadVersion</key><integer>1</integer>
+<key>SSID_STR</key><string>Example</string>
+</dict></array>
+</dict></plist>"#,
+    )
+    .unwrap();
+    let path = format!("{:?}", template.path());
+    let server =
+        TestServer::start(|config| common::server::set_key(&config, "profile", "template", &path));
+    let summary = otad::simulate::run(&server.device_options()).unwrap();
+    assert_eq!(summary.payload_types, vec!["com.apple.wifi.managed"]);
+}
+
+#[test]
+fn pkioperation_by_get_with_base64_in_the_query() {
+    use base64::Engine;
+    use otad::scep::message::{self, MessageType, PkiStatus, RequestParams};
+
+    let server = TestServer::start(|config| {
+        common::server::set_key(&config, "scep", "challenge", "\"get-static-challenge\"")
+    });
+    let caps = httpclient::get(&format!("{}/scep?operation=GetCACaps", server.url)).unwrap();
+    let caps = String::from_utf8(caps.body).unwrap();
+    for cap in [
+        "POSTPKIOperation",
+        "SHA-1",
+        "SHA-256",
+        "AES",
+        "DES3",
+        "SCEPStandard",
+    ] {
+        assert!(
+            caps.lines().any(|l| l == cap),
+            "GetCACaps lacks {cap}: {caps}"
+        );
+    }
+    let ca_cert = httpclient::get(&format!("{}/scep?operation=GetCACert", server.url)).unwrap();
+    assert_eq!(
+        ca_cert.content_type.as_deref(),
+        Some("application/x-x509-ca-ra-cert")
+    );
+    let certs = otad::cms::signed::parse_certs_only(&ca_cert.body).unwrap();
+    assert_eq!(certs.len(), 2, "the RA and the CA");
+    let ra = &certs[0];
+
+    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
+    let csr = otad::pki::csr::build(&key, "get-client", Some("get-static-challenge")).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "get-client");
+    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
+    let nonce = message::new_nonce();
+    let request = message::build_request(
+        &csr,
+        &RequestParams {
+            message_type: MessageType::PkcsReq,
+            transaction_id: "get-transaction",
+            sender_nonce: nonce,
+            digest: otad::cms::DigestAlgorithm::Sha256,
+            cipher: otad::cms::ContentCipher::Aes128Cbc,
+            recipient: ra,
+            signer_certificate: self_signed.der(),
+            signer_key: key.signing(),
+        },
+    )
+    .unwrap();
+    // Raw base64 with its + and /, and without padding, as some clients send it.
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&request);
+    let url = format!(
+        "{}/scep?operation=PKIOperation&message={encoded}",
+        server.url
+    );
+    let response = httpclient::get(&url).unwrap();
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(
+        response.content_type.as_deref(),
+        Some("application/x-pki-message")
+    );
+    let reply = message::parse_reply(
+        &response.body,
+        &[ra.as_slice()],
+        self_signed.der(),
+        key.decrypting(),
+    )
+    .unwrap();
+    assert_eq!(reply.status, PkiStatus::Success);
+    assert_eq!(reply.transaction_id, "get-transaction");
+    assert_eq!(reply.recipient_nonce, nonce);
+    assert_eq!(reply.certificates.len(), 1, "only the issued certificate");
+    assert_eq!(
+        otad::pki::cert::spki_der(&reply.certificates[0]).unwrap(),
+        key.public_key_spki_der()
+    );
+}
