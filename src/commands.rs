@@ -172,7 +172,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     let address: std::net::SocketAddr = listen.parse().map_err(|err| {
         format!("--listen {listen:?}: not an address:port like 127.0.0.1:8080 ({err})")
     })?;
-    let server = tiny_http::Server::http(address)
+    let listener = std::net::TcpListener::bind(address)
         .map_err(|err| format!("{listen}: cannot listen: {err}"))?;
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
@@ -181,7 +181,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         env!("CARGO_PKG_VERSION"),
         ctx.config.server.url
     );
-    crate::http::serve_on(ctx, server)
+    crate::http::serve(ctx, listener)
 }
 
 /// Removes expired challenges at start and then every ten minutes.

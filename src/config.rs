@@ -97,6 +97,11 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Largest accepted request body in bytes; a larger one gets 413.
     pub max_body: usize,
+    /// Client connections handled at once; more get 503 at once.
+    pub max_connections: usize,
+    /// Deadline for receiving one whole request ("30s"); a slower client gets 408.
+    #[serde(deserialize_with = "duration_text")]
+    pub request_timeout: String,
 }
 
 /// `[ota]` keys.
@@ -200,6 +205,8 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:8080".into(),
             workers: 4,
             max_body: 64 * 1024,
+            max_connections: 256,
+            request_timeout: "30s".into(),
         }
     }
 }
@@ -270,6 +277,8 @@ pub struct Derived {
     pub ota_challenge_ttl: Duration,
     /// `scep.challenge_ttl`.
     pub scep_challenge_ttl: Duration,
+    /// `http.request_timeout`.
+    pub request_timeout: Duration,
     /// `scep.cert_validity`, in whole days.
     pub cert_validity_days: u32,
     /// `ota.apple_leaf_validity == "check"`.
@@ -396,6 +405,17 @@ impl Config {
             ));
         }
 
+        if !(1..=65_536).contains(&self.http.max_connections) {
+            return Err(bad(
+                "http.max_connections",
+                "must be between 1 and 65536".into(),
+            ));
+        }
+        let request_timeout = parse_duration(&self.http.request_timeout)
+            .map_err(|why| bad("http.request_timeout", why))?;
+        if request_timeout > Duration::from_secs(600) {
+            return Err(bad("http.request_timeout", "must be at most 600s".into()));
+        }
         let ota_challenge_ttl =
             parse_duration(&self.ota.challenge_ttl).map_err(|why| bad("ota.challenge_ttl", why))?;
         let scep_challenge_ttl = parse_duration(&self.scep.challenge_ttl)
@@ -502,6 +522,7 @@ impl Config {
         Ok(Derived {
             ota_challenge_ttl,
             scep_challenge_ttl,
+            request_timeout,
             cert_validity_days,
             check_apple_leaf_validity,
             profile_cipher,
@@ -647,6 +668,10 @@ listen = "127.0.0.1:8080"
 workers = 4
 # The largest request body accepted, in bytes; larger ones get 413.
 max_body = 65536
+# Client connections handled at once; more are answered 503 at once.
+max_connections = 256
+# How long a client may take to send one whole request; a slower one gets 408.
+request_timeout = "30s"
 
 [ota]
 # How long a phase 1 challenge stays valid: "90s", "30m", "1h", "2d", or seconds (3600).

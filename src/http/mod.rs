@@ -1,11 +1,16 @@
-//! The HTTP adapter: tiny_http with a fixed pool of worker threads, routing, body limits,
-//! and the one place where errors become HTTP statuses.
+//! The HTTP adapter: tiny_http with a fixed pool of worker threads behind otad's own
+//! acceptor ([`guard`]), routing, body limits, and the one place where errors become HTTP
+//! statuses.
 //!
 //! Every refusal is a status with a one-line reason in a `text/plain` body and a warn log line
 //! with the remote address; an internal failure logs its detail and tells the client only
 //! that it happened.
 
+pub mod guard;
+
 use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -17,9 +22,6 @@ use crate::store::now;
 
 /// Content type of a signed configuration profile.
 pub const PROFILE_CONTENT_TYPE: &str = "application/x-apple-aspen-config";
-
-/// Most headers read from one request.
-pub const MAX_HEADERS: usize = 64;
 
 /// What a handler answers.
 pub struct Reply {
@@ -280,9 +282,12 @@ fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
 
 /// Handles one tiny_http request to the end.
 fn handle(ctx: &Context, mut request: tiny_http::Request) {
+    // The guard is the only client of this tiny_http and names the real one in a header.
     let remote = request
-        .remote_addr()
-        .map_or_else(|| "-".to_string(), |a| a.to_string());
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(guard::REMOTE_HEADER))
+        .map_or_else(|| "-".to_string(), |h| h.value.as_str().to_string());
     let method = request.method().as_str().to_string();
     let target = request.url().to_string();
     let (path, query) = split_target(&target);
@@ -293,13 +298,13 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         remote: remote.clone(),
     };
 
-    let too_many_headers = request.headers().len() > MAX_HEADERS;
+    let too_many_headers = request.headers().len() > guard::MAX_HEADERS;
     let declared = request.body_length();
     let limit = ctx.config.http.max_body;
     let reply = if too_many_headers {
         Err(Refusal::new(
             431,
-            format!("request: more than {MAX_HEADERS} headers"),
+            format!("request: more than {} headers", guard::MAX_HEADERS),
         ))
     } else {
         let reader = request.as_reader();
@@ -353,28 +358,65 @@ impl Reply {
     }
 }
 
-/// Serves on an already bound server.
-pub fn serve_on(ctx: Arc<Context>, server: tiny_http::Server) -> Result<(), String> {
+/// A folder only otad's user can enter, for the socket between the guard and tiny_http.
+fn private_socket_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = std::env::temp_dir().join(format!("otad-{}", std::process::id()));
+    // A folder left by an earlier process with the same pid is stale.
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|err| {
+            format!(
+                "{}: cannot create the internal socket folder: {err}",
+                dir.display()
+            )
+        })?;
+    Ok(dir)
+}
+
+/// Serves on `listener` until the process is stopped: the guard accepts and bounds requests,
+/// `http.workers` threads handle them.
+pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
+    let dir = private_socket_dir()?;
+    let socket = dir.join("http.sock");
+    let inner = std::os::unix::net::UnixListener::bind(&socket)
+        .map_err(|err| format!("{}: cannot listen: {err}", socket.display()))?;
+    let server = tiny_http::Server::from_listener(inner, None)
+        .map_err(|err| format!("{}: cannot serve: {err}", socket.display()))?;
     let server = Arc::new(server);
+
     let workers = ctx.config.http.workers;
-    let handles: Vec<_> = (0..workers)
-        .map(|n| {
-            let server = Arc::clone(&server);
-            let ctx = Arc::clone(&ctx);
-            std::thread::Builder::new()
-                .name(format!("worker-{n}"))
-                .spawn(move || loop {
-                    match server.recv() {
-                        Ok(request) => handle(&ctx, request),
-                        Err(err) => {
-                            error!("accepting a request: {err}");
-                            std::thread::sleep(std::time::Duration::from_millis(50));
-                        }
+    let mut handles = Vec::with_capacity(workers + 1);
+    for n in 0..workers {
+        let server = Arc::clone(&server);
+        let ctx = Arc::clone(&ctx);
+        let handle = std::thread::Builder::new()
+            .name(format!("worker-{n}"))
+            .spawn(move || loop {
+                match server.recv() {
+                    Ok(request) => handle(&ctx, request),
+                    Err(err) => {
+                        error!("accepting a request: {err}");
+                        std::thread::sleep(std::time::Duration::from_millis(50));
                     }
-                })
-                .map_err(|err| format!("cannot start worker thread: {err}"))
-        })
-        .collect::<Result<_, _>>()?;
+                }
+            })
+            .map_err(|err| format!("cannot start worker thread: {err}"))?;
+        handles.push(handle);
+    }
+
+    let limits = guard::Limits {
+        max_connections: ctx.config.http.max_connections,
+        max_body: ctx.config.http.max_body,
+        request_timeout: ctx.derived.request_timeout,
+    };
+    let acceptor = std::thread::Builder::new()
+        .name("guard".into())
+        .spawn(move || guard::run(listener, socket, limits))
+        .map_err(|err| format!("cannot start the acceptor thread: {err}"))?;
+    handles.push(acceptor);
     for handle in handles {
         let _ = handle.join();
     }
