@@ -155,6 +155,8 @@ pub struct MdmConfig {
     pub access_rights: u32,
     /// Serve the plain enrollment profile at `/mdm/enroll` to anyone who asks.
     pub plain_enroll: bool,
+    /// Answer Apple-signed DEP machine-info bodies POSTed to `/mdm/enroll`.
+    pub dep_enroll: bool,
 }
 
 /// `[profile]` keys.
@@ -247,6 +249,7 @@ impl Default for MdmConfig {
             sign_message: true,
             access_rights: 8191,
             plain_enroll: false,
+            dep_enroll: false,
         }
     }
 }
@@ -543,7 +546,7 @@ impl Config {
         let mut keys = Vec::new();
         // The MDM profile goes out in phase 3 unless a template replaces it, and at
         // /mdm/enroll whenever that is on.
-        if self.profile.template.is_empty() || self.mdm.plain_enroll {
+        if self.profile.template.is_empty() || self.mdm.plain_enroll || self.mdm.dep_enroll {
             let init_default = format!("{}/mdm/connect", self.server.url);
             if self.mdm.server_url.is_empty() || self.mdm.server_url == init_default {
                 keys.push("mdm.server_url");
@@ -715,6 +718,9 @@ sign_message = true
 access_rights = 8191
 # Serve the plain (unprotected) enrollment profile at /mdm/enroll. Off: OTA is the point.
 plain_enroll = false
+# Answer Apple-signed DEP machine-info bodies POSTed to /mdm/enroll. They carry no challenge,
+# so anyone holding a captured body (or a phase 2 body) can replay it: enable only behind TLS.
+dep_enroll = false
 
 [profile]
 # A .mobileconfig delivered in phase 3 instead of the MDM profile. Empty: the MDM profile.

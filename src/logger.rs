@@ -7,6 +7,28 @@ use std::io::Write;
 
 use log::{LevelFilter, Log, Metadata, Record};
 
+/// Longest message written; the rest is cut with a mark.
+const MAX_MESSAGE_CHARS: usize = 2000;
+
+/// A message as one line of at most `max` characters: control characters (newlines, escape
+/// sequences) that a client may have smuggled in through a UDID, a certificate subject or a
+/// request target are written escaped, so no one can forge a log line.
+pub fn one_line(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 8);
+    for (n, c) in text.chars().enumerate() {
+        if n >= max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 struct StderrLogger {
     level: LevelFilter,
 }
@@ -24,7 +46,8 @@ impl Log for StderrLogger {
         let stamp = now
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| "-".into());
-        let line = format!("{stamp} {:<5} {}\n", record.level(), record.args());
+        let message = one_line(&record.args().to_string(), MAX_MESSAGE_CHARS);
+        let line = format!("{stamp} {:<5} {message}\n", record.level());
         // One write call per line keeps lines from different threads whole.
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
@@ -60,6 +83,15 @@ pub fn init(configured: LevelFilter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_stay_on_one_line() {
+        assert_eq!(
+            one_line("udid=A\nERROR forged\u{1b}[31m", 100),
+            "udid=A\\nERROR forged\\u{1b}[31m"
+        );
+        assert_eq!(one_line("abcdef", 3), "abc…");
+    }
 
     #[test]
     fn rust_log_forms() {

@@ -42,8 +42,14 @@ pub fn check(xml: &[u8], max_depth: usize, max_tags: usize) -> Result<(), ShapeE
             Some(name) => (true, name),
             None => (false, tag),
         };
-        let name_len = name.iter().take_while(|b| b.is_ascii_alphabetic()).count();
-        let is_collection = matches!(name.get(..name_len), Some(b"array" | b"dict"));
+        // The XML parser matches local names, so `<x:array>` is an array too.
+        let qualified_len = name
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(b))
+            .count();
+        let qualified = name.get(..qualified_len).unwrap_or_default();
+        let local = qualified.rsplit(|&b| b == b':').next().unwrap_or_default();
+        let is_collection = matches!(local, b"array" | b"dict");
 
         if is_collection && closing {
             depth = depth.saturating_sub(1);

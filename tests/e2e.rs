@@ -181,6 +181,13 @@ fn http_errors_have_the_right_status_and_a_reason() {
     assert_eq!(too_large.status, 413);
     let plain = httpclient::get(&format!("{}/mdm/enroll", server.url)).unwrap();
     assert_eq!(plain.status, 404);
+    let dep = httpclient::post(
+        &format!("{}/mdm/enroll", server.url),
+        "application/pkcs7-signature",
+        b"x",
+    )
+    .unwrap();
+    assert_eq!(dep.status, 404, "DEP machine info is off by default");
     assert!(String::from_utf8_lossy(&plain.body).contains("mdm.plain_enroll"));
 
     assert_eq!(server.snapshot(), before, "refused requests write nothing");
@@ -208,8 +215,10 @@ fn a_static_ota_challenge_can_be_reused() {
 
 #[test]
 fn mdm_enroll_serves_the_plain_profile_only_when_enabled_and_dep_bodies_when_signed() {
-    let server =
-        TestServer::start(|config| common::server::set_key(&config, "mdm", "plain_enroll", "true"));
+    let server = TestServer::start(|config| {
+        let config = common::server::set_key(&config, "mdm", "plain_enroll", "true");
+        common::server::set_key(&config, "mdm", "dep_enroll", "true")
+    });
     let plain = httpclient::get(&format!("{}/mdm/enroll", server.url)).unwrap();
     assert_eq!(plain.status, 200);
     assert_eq!(
@@ -423,4 +432,57 @@ fn pkioperation_by_get_with_base64_in_the_query() {
         otad::pki::cert::spki_der(&reply.certificates[0]).unwrap(),
         key.public_key_spki_der()
     );
+}
+
+#[test]
+fn a_challenge_offered_for_the_wrong_purpose_is_not_spent() {
+    use otad::scep::message::{self, MessageType, RequestParams};
+
+    let server = TestServer::start(|config| config);
+    let device = Device::new(&server.device_options()).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+
+    // The phase 1 challenge offered to SCEP is refused there and still works in phase 2.
+    let certs = otad::cms::signed::parse_certs_only(
+        &httpclient::get(&format!("{}/scep?operation=GetCACert", server.url))
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
+    let csr = otad::pki::csr::build(&key, "x", Some(&phase1.challenge)).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "x");
+    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
+    let request = message::build_request(
+        &csr,
+        &RequestParams {
+            message_type: MessageType::PkcsReq,
+            transaction_id: "wrong-purpose",
+            sender_nonce: message::new_nonce(),
+            digest: otad::cms::DigestAlgorithm::Sha256,
+            cipher: otad::cms::ContentCipher::Aes128Cbc,
+            recipient: &certs[0],
+            signer_certificate: self_signed.der(),
+            signer_key: key.signing(),
+        },
+    )
+    .unwrap();
+    let url = format!("{}/scep?operation=PKIOperation", server.url);
+    let response = httpclient::post(&url, "application/x-pki-message", &request).unwrap();
+    let reply = message::parse_reply(
+        &response.body,
+        &[certs[0].as_slice()],
+        self_signed.der(),
+        key.decrypting(),
+    )
+    .unwrap();
+    assert_eq!(reply.status, message::PkiStatus::Failure);
+    assert_eq!(reply.fail_info, Some(message::FailInfo::BadRequest));
+
+    device
+        .phase2(&phase1)
+        .expect("the phase 1 challenge is still good for phase 2");
 }

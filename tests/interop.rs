@@ -195,3 +195,52 @@ fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
     let types = payload_types(&payloads);
     assert_eq!(types, ["com.apple.security.scep", "com.apple.mdm"]);
 }
+
+#[test]
+fn scepclient_with_a_1024_bit_key_is_refused_before_anything_is_issued() {
+    if !have("scepclient", "-version") {
+        return;
+    }
+    let server = TestServer::start(|config| {
+        set_key(
+            &config,
+            "scep",
+            "challenge",
+            &format!("\"{STATIC_CHALLENGE}\""),
+        )
+    });
+    let dir = server.dir.path().join("small-key");
+    std::fs::create_dir(&dir).unwrap();
+    let output = Command::new("scepclient")
+        .current_dir(&dir)
+        .args([
+            "-server-url",
+            &format!("{}/scep", server.url),
+            "-challenge",
+            STATIC_CHALLENGE,
+        ])
+        .args([
+            "-private-key",
+            "key.pem",
+            "-certificate",
+            "cert.pem",
+            "-keySize",
+            "1024",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr).to_string()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("badAlg"),
+        "a signed FAILURE with badAlg: {text}"
+    );
+    assert_eq!(
+        std::fs::read_dir(server.state_file("certs"))
+            .unwrap()
+            .count(),
+        0,
+        "nothing issued"
+    );
+}

@@ -25,7 +25,7 @@ use super::{
 pub const MAX_RECIPIENTS: usize = 16;
 
 /// Smallest RSA key aws-lc-rs encrypts to, in bits.
-const MIN_ENCRYPTION_RSA_BITS: usize = 2048;
+pub const MIN_ENCRYPTION_RSA_BITS: usize = 2048;
 
 /// EnvelopedData and KeyTransRecipientInfo version 0 (RFC 5652 §6.1, §6.2.1).
 const VERSION_0: [u8; 3] = [tag::INTEGER, 0x01, 0x00];

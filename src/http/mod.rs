@@ -229,11 +229,15 @@ pub fn route(
                 404,
                 "/mdm/enroll: off (set mdm.plain_enroll = true to serve it)",
             )),
-            "POST" => {
+            "POST" if ctx.config.mdm.dep_enroll => {
                 let body = body()?;
                 let reply = ota::dep_enrollment(ctx, &body, &incoming.remote, now())?;
                 Ok(Reply::profile(reply.body, "enrollment.mobileconfig"))
             }
+            "POST" => Err(Refusal::new(
+                404,
+                "POST /mdm/enroll: off (set mdm.dep_enroll = true to answer DEP machine info)",
+            )),
             _ => Err(method_not_allowed("GET, POST")),
         },
         "/scep" | "/scep/pkiclient.exe" | "/cgi-bin/pkiclient.exe" => match method {
@@ -325,7 +329,7 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
                 "{method} {path}: {} {} remote={remote}",
                 refusal.status, refusal.reason
             );
-            let mut body = refusal.reason.into_bytes();
+            let mut body = crate::logger::one_line(&refusal.reason, 300).into_bytes();
             body.push(b'\n');
             Reply::ok("text/plain; charset=utf-8", body).with_status(refusal.status)
         }

@@ -279,14 +279,15 @@ fn consume_phase1_challenge(
         return aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), expected)
             .map_err(|_| OtaError::Challenge("phase 2: wrong challenge".into()));
     }
-    match ctx.store.take_challenge(challenge)? {
-        Some(record) if record.purpose == ChallengePurpose::Phase2 && record.expires > now => {
-            Ok(())
-        }
-        Some(record) if record.purpose == ChallengePurpose::Phase2 => Err(OtaError::Challenge(
+    match ctx
+        .store
+        .take_challenge(challenge, ChallengePurpose::Phase2)?
+    {
+        Some(record) if record.expires > now => Ok(()),
+        Some(_) => Err(OtaError::Challenge(
             "phase 2: challenge expired; download the profile again".into(),
         )),
-        _ => Err(OtaError::Challenge(
+        None => Err(OtaError::Challenge(
             "phase 2: challenge unknown or already used".into(),
         )),
     }

@@ -129,6 +129,12 @@ impl FailInfo {
     }
 }
 
+/// Whether `text` fits a PrintableString (X.680 §41.4), as a CertRep must echo it.
+pub fn is_printable(text: &str) -> bool {
+    text.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b" '()+,-./:=?".contains(&b))
+}
+
 /// DER of a PrintableString attribute value.
 pub fn printable(value: &str) -> Result<Vec<u8>, String> {
     der::asn1::PrintableStringRef::new(value)
@@ -368,7 +374,7 @@ pub fn read_header<'a>(
 ) -> Result<RequestHeader, HeaderError> {
     let transaction_id = attribute(&oid::TRANSACTION_ID)
         .and_then(read_string)
-        .filter(|t| !t.is_empty() && t.len() <= MAX_TRANSACTION_ID)
+        .filter(|t| !t.is_empty() && t.len() <= MAX_TRANSACTION_ID && is_printable(t))
         .ok_or(HeaderError::Unaddressable("transactionID"))?;
     let sender_nonce = attribute(&oid::SENDER_NONCE)
         .and_then(read_octets)

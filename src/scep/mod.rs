@@ -312,6 +312,17 @@ fn pkcs_req(
         Ok(request) => request,
         Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
     };
+    // The CertRep is encrypted to this very key: refuse what cannot be answered before a
+    // challenge is spent or a certificate issued.
+    if request.key_bits < enveloped::MIN_ENCRYPTION_RSA_BITS {
+        // TODO: answer RSA-1024 requesters too; aws-lc-rs encrypts to 2048 bits and up only.
+        let reason = format!(
+            "RSA-{} keys cannot be answered; use {} bits or more",
+            request.key_bits,
+            enveloped::MIN_ENCRYPTION_RSA_BITS
+        );
+        return refuse(ctx, to, FailInfo::BadAlg, &reason, remote);
+    }
     let authorisation = match authorise(ctx, &request) {
         Ok(authorisation) => authorisation,
         Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
@@ -394,9 +405,8 @@ fn authorise(ctx: &Context, request: &csr::CertificationRequest) -> Result<Autho
 
     let record = ctx
         .store
-        .take_challenge(challenge)
+        .take_challenge(challenge, ChallengePurpose::Scep)
         .map_err(|err| format!("challenge lookup failed: {err}"))?
-        .filter(|r| r.purpose == ChallengePurpose::Scep)
         .ok_or("challenge unknown or already used")?;
     if record.expires <= now() {
         return Err("challenge expired".into());

@@ -339,10 +339,15 @@ impl Store {
         create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
     }
 
-    /// Takes a challenge: whoever removes its file owns it, so two requests racing with the
-    /// same value cannot both succeed. Returns `None` for an unknown or already used one.
-    /// Expiry is the caller's to judge (the record says when).
-    pub fn take_challenge(&self, value: &str) -> Result<Option<ChallengeRecord>, StoreError> {
+    /// Takes a challenge handed out for `purpose`: whoever removes its file owns it, so two
+    /// requests racing with the same value cannot both succeed. Returns `None` for an
+    /// unknown or already used one, and for one handed out for another purpose, which stays
+    /// where it is: a refused request changes nothing. Expiry is the caller's to judge.
+    pub fn take_challenge(
+        &self,
+        value: &str,
+        purpose: ChallengePurpose,
+    ) -> Result<Option<ChallengeRecord>, StoreError> {
         let path = self
             .root
             .join("challenges")
@@ -350,6 +355,9 @@ impl Store {
         let Some(record) = self.read_json::<ChallengeRecord>(&path)? else {
             return Ok(None);
         };
+        if record.purpose != purpose {
+            return Ok(None);
+        }
         if remove_durably(&path).map_err(io_err(&path))? {
             Ok(Some(record))
         } else {
@@ -512,10 +520,23 @@ mod tests {
         let body = std::fs::read_to_string(store.path("challenges").join(&names[0])).unwrap();
         assert!(!body.contains("s3cret"));
 
-        let taken = store.take_challenge("s3cret-value").unwrap().unwrap();
+        let taken = store
+            .take_challenge("s3cret-value", ChallengePurpose::Phase2)
+            .unwrap()
+            .unwrap();
         assert_eq!(taken.purpose, ChallengePurpose::Phase2);
-        assert_eq!(store.take_challenge("s3cret-value").unwrap(), None);
-        assert_eq!(store.take_challenge("other").unwrap(), None);
+        assert_eq!(
+            store
+                .take_challenge("s3cret-value", ChallengePurpose::Phase2)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .take_challenge("other", ChallengePurpose::Phase2)
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -528,7 +549,12 @@ mod tests {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let store = store.clone();
-                std::thread::spawn(move || store.take_challenge("raced").unwrap().is_some())
+                std::thread::spawn(move || {
+                    store
+                        .take_challenge("raced", ChallengePurpose::Scep)
+                        .unwrap()
+                        .is_some()
+                })
             })
             .collect();
         let winners = handles
@@ -551,7 +577,17 @@ mod tests {
         store.put_challenge("live", &live).unwrap();
         assert_eq!(store.sweep_challenges(500).unwrap(), 1);
         assert_eq!(store.count_challenges().unwrap(), 1);
-        assert!(store.take_challenge("live").unwrap().is_some());
+        assert_eq!(
+            store
+                .take_challenge("live", ChallengePurpose::Scep)
+                .unwrap(),
+            None,
+            "wrong purpose"
+        );
+        assert!(store
+            .take_challenge("live", ChallengePurpose::Phase2)
+            .unwrap()
+            .is_some());
     }
 
     #[test]
