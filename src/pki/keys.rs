@@ -9,6 +9,7 @@ use std::fmt;
 use aws_lc_rs::encoding::AsDer as _;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use aws_lc_rs::signature::{KeyPair as _, RsaKeyPair};
+use zeroize::Zeroizing;
 
 use super::cert;
 use super::PkiError;
@@ -24,8 +25,8 @@ const PKCS1_LABEL: &str = "RSA PRIVATE KEY";
 
 /// An RSA private key held by aws-lc-rs (sign and decrypt), with its PKCS#8 form.
 pub struct RsaPrivateKey {
-    /// PKCS#8 v1 PrivateKeyInfo DER as aws-lc-rs wrote it.
-    pkcs8: Vec<u8>,
+    /// PKCS#8 v1 PrivateKeyInfo DER as aws-lc-rs wrote it, cleared on drop.
+    pkcs8: Zeroizing<Vec<u8>>,
     /// The key as a signer.
     signing: RsaKeyPair,
     /// The same key as a decrypter.
@@ -88,11 +89,13 @@ impl RsaPrivateKey {
     /// Builds every handle from one aws-lc-rs key pair, going through PKCS#8 so the decrypting
     /// key is the same key.
     fn from_key_pair(signing: RsaKeyPair) -> Result<Self, PkiError> {
-        let pkcs8 = signing
-            .as_der()
-            .map_err(|_| PkiError::PrivateKeyEncoding)?
-            .as_ref()
-            .to_vec();
+        let pkcs8 = Zeroizing::new(
+            signing
+                .as_der()
+                .map_err(|_| PkiError::PrivateKeyEncoding)?
+                .as_ref()
+                .to_vec(),
+        );
 
         let decrypting = PrivateDecryptingKey::from_pkcs8(&pkcs8)
             .map_err(|err| PkiError::PrivateKeyRejected(err.to_string()))?;
@@ -160,16 +163,6 @@ impl fmt::Debug for RsaPrivateKey {
         f.debug_struct("RsaPrivateKey")
             .field("bits", &self.bits)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for RsaPrivateKey {
-    fn drop(&mut self) {
-        // Best effort: aws-lc-rs clears its own copies; this clears ours.
-        // TODO: use a zeroizing buffer if the `zeroize` crate becomes a direct dependency;
-        // `fill` plus `black_box` is not guaranteed to survive optimisation.
-        self.pkcs8.fill(0);
-        std::hint::black_box(&self.pkcs8);
     }
 }
 
