@@ -162,7 +162,10 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         }
     }
     for key in ctx.config.mdm_placeholders() {
-        warn!("{key}: not set (empty, or the placeholder `otad init` wrote); set it to your MDM server's value");
+        warn!(
+            "{key}: not set (empty, or the placeholder `otad init` wrote); \
+             set it to your MDM server's value"
+        );
     }
     if !ctx.config.ota.challenge.is_empty() {
         warn!("ota.challenge: one static challenge for every device; replays are not refused");

@@ -440,7 +440,11 @@ mod tests {
 
     #[test]
     fn a_plain_request_head() {
-        let parsed = head("POST /ota/phase23 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\nConnection: keep-alive\r\nX-Otad-Remote: 6.6.6.6:1").unwrap();
+        let parsed = head(
+            "POST /ota/phase23 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\
+             Connection: keep-alive\r\nX-Otad-Remote: 6.6.6.6:1",
+        )
+        .unwrap();
         assert_eq!(parsed.method, "POST");
         assert_eq!(parsed.target, "/ota/phase23");
         assert_eq!(parsed.content_length, 12);

@@ -163,7 +163,8 @@ mod tests {
 
     fn plist(body: &str) -> Vec<u8> {
         format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict>{body}</dict></plist>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <plist version=\"1.0\"><dict>{body}</dict></plist>"
         )
         .into_bytes()
     }
@@ -172,7 +173,8 @@ mod tests {
     fn reads_scalars_and_skips_collections() {
         let body = plist(
             "<key>UDID</key><string>ABC-123</string><key>NotOnConsole</key><false/>\
-             <key>CHALLENGE</key><string>c</string><key>List</key><array><string>x</string></array>",
+             <key>CHALLENGE</key><string>c</string>\
+             <key>List</key><array><string>x</string></array>",
         );
         let attributes = parse(&body).unwrap();
         assert_eq!(attributes.udid(), "ABC-123");

@@ -112,8 +112,8 @@ fn subject_value(subject: &[(String, String)]) -> Value {
     )
 }
 
-/// A `com.apple.security.scep` payload, its PayloadIdentifier ending in `suffix`. Returns it with its PayloadUUID, which an MDM payload
-/// names as its IdentityCertificateUUID.
+/// A `com.apple.security.scep` payload, its PayloadIdentifier ending in `suffix`. Returns it
+/// with its PayloadUUID, which an MDM payload names as its IdentityCertificateUUID.
 pub fn scep_payload(
     brand: &Branding,
     suffix: &str,
