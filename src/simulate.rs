@@ -349,13 +349,8 @@ impl Device {
             certificate: &self.device_certificate,
             key: self.device_key.signing(),
         };
-        let options = signed::SignOptions {
-            content_type: oid::ID_DATA,
-            digest: self.phase2_digest,
-            signed_attributes: self.signed_attributes,
-            extra_attributes: &[],
-            certificates,
-        };
+        let options =
+            signed::SignOptions::data(self.phase2_digest, self.signed_attributes, certificates);
         signed::sign(&self.attributes_plist(challenge), &signer, &options)
             .map_err(|err| format!("phase 2: signing the attributes: {err}"))
     }
@@ -466,13 +461,7 @@ impl Device {
             certificate: &identity.certificate,
             key: identity.key.signing(),
         };
-        let options = signed::SignOptions {
-            content_type: oid::ID_DATA,
-            digest: DigestAlgorithm::Sha256,
-            signed_attributes: true,
-            extra_attributes: &[],
-            certificates: &[],
-        };
+        let options = signed::SignOptions::data(DigestAlgorithm::Sha256, true, &[]);
         signed::sign(&self.attributes_plist(challenge), &signer, &options)
             .map_err(|err| format!("phase 3: signing the attributes: {err}"))
     }
@@ -1088,13 +1077,8 @@ mod tests {
             certificate: &signer.certificate,
             key: signer.key.signing(),
         };
-        let options = signed::SignOptions {
-            content_type: oid::ID_DATA,
-            digest: DigestAlgorithm::Sha256,
-            signed_attributes: true,
-            extra_attributes: &[],
-            certificates: &[&signer.ca_certificate],
-        };
+        let certificates = [signer.ca_certificate.as_slice()];
+        let options = signed::SignOptions::data(DigestAlgorithm::Sha256, true, &certificates);
         signed::sign(&to_xml(profile), &identity, &options).unwrap()
     }
 

@@ -195,13 +195,8 @@ fn an_impostor_with_apples_names_is_refused() {
         certificate: &leaf,
         key: leaf_key.signing(),
     };
-    let options = signed::SignOptions {
-        content_type: oid::ID_DATA,
-        digest: DigestAlgorithm::Sha256,
-        signed_attributes: false,
-        extra_attributes: &[],
-        certificates: &[impostor.certificate()],
-    };
+    let certificates = [impostor.certificate()];
+    let options = signed::SignOptions::data(DigestAlgorithm::Sha256, false, &certificates);
     let body = signed::sign(original.content.as_deref().unwrap(), &identity, &options).unwrap();
 
     let dir = tempfile::tempdir().unwrap();

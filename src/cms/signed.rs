@@ -65,10 +65,27 @@ pub struct SignedAttribute {
 impl SignedMessage {
     /// DER (TLV) of the first value of a signed attribute, if present.
     pub fn signed_attribute(&self, oid: &ObjectIdentifier) -> Option<&[u8]> {
-        let attributes = self.signer.signed_attributes.as_ref()?;
-        let attribute = attributes.iter().find(|attribute| attribute.oid == *oid)?;
-        attribute.values.first().map(Vec::as_slice)
+        first_value(self.signer.signed_attributes.as_deref(), oid)
     }
+}
+
+/// DER (TLV) of the first value of the attribute `oid` among `attributes`.
+fn first_value<'a>(
+    attributes: Option<&'a [SignedAttribute]>,
+    oid: &ObjectIdentifier,
+) -> Option<&'a [u8]> {
+    let attribute = attributes?.iter().find(|attribute| attribute.oid == *oid)?;
+    attribute.values.first().map(Vec::as_slice)
+}
+
+/// The SignedData in `der` and its one SignerInfo: otad reads no message with several signers.
+fn parse_one_signer(der: &[u8]) -> Result<(SignedDataParts<'_>, SignerInfoParts<'_>), CmsError> {
+    let signed_data = parse_signed_data(der)?;
+    let signer_info = match signed_data.signer_infos.as_slice() {
+        [one] => parse_signer_info(one)?,
+        others => return Err(CmsError::SignerCount(others.len())),
+    };
+    Ok((signed_data, signer_info))
 }
 
 /// Parses a ContentInfo(SignedData) — BER accepted — with exactly one SignerInfo, finds the
@@ -82,11 +99,7 @@ impl SignedMessage {
 /// as a SET), so a sender's unsorted SET still verifies.
 pub fn verify(input: &[u8]) -> Result<SignedMessage, CmsError> {
     let der = ber::normalize(input)?;
-    let signed_data = parse_signed_data(&der)?;
-    let signer_info = match signed_data.signer_infos.as_slice() {
-        [one] => parse_signer_info(one)?,
-        others => return Err(CmsError::SignerCount(others.len())),
-    };
+    let (signed_data, signer_info) = parse_one_signer(&der)?;
 
     let digest = DigestAlgorithm::from_oid(&signer_info.digest_algorithm)
         .ok_or_else(|| CmsError::UnsupportedDigest(signer_info.digest_algorithm.to_string()))?;
@@ -167,9 +180,7 @@ pub struct UnverifiedMessage {
 impl UnverifiedMessage {
     /// DER (TLV) of the first value of a signed attribute, if present.
     pub fn signed_attribute(&self, oid: &ObjectIdentifier) -> Option<&[u8]> {
-        let attributes = self.signed_attributes.as_ref()?;
-        let attribute = attributes.iter().find(|attribute| attribute.oid == *oid)?;
-        attribute.values.first().map(Vec::as_slice)
+        first_value(self.signed_attributes.as_deref(), oid)
     }
 }
 
@@ -179,11 +190,7 @@ impl UnverifiedMessage {
 /// RFC 5652 §5. Use [`verify`] for anything that acts on the content.
 pub fn read_unverified(input: &[u8]) -> Result<UnverifiedMessage, CmsError> {
     let der = ber::normalize(input)?;
-    let signed_data = parse_signed_data(&der)?;
-    let signer_info = match signed_data.signer_infos.as_slice() {
-        [one] => parse_signer_info(one)?,
-        others => return Err(CmsError::SignerCount(others.len())),
-    };
+    let (signed_data, signer_info) = parse_one_signer(&der)?;
 
     let signer_certificate = signed_data
         .certificates
@@ -233,6 +240,23 @@ pub struct SignOptions<'a> {
     pub extra_attributes: &'a [(ObjectIdentifier, Vec<u8>)],
     /// DER of extra certificates to include after the signer's own.
     pub certificates: &'a [&'a [u8]],
+}
+
+impl<'a> SignOptions<'a> {
+    /// Options for id-data content with no extra attributes, the common case.
+    pub fn data(
+        digest: DigestAlgorithm,
+        signed_attributes: bool,
+        certificates: &'a [&'a [u8]],
+    ) -> Self {
+        SignOptions {
+            content_type: oid::ID_DATA,
+            digest,
+            signed_attributes,
+            extra_attributes: &[],
+            certificates,
+        }
+    }
 }
 
 /// DER ContentInfo(SignedData), signer identified by issuerAndSerialNumber, digestAlgorithm a
@@ -713,13 +737,7 @@ mod tests {
     const CONTENT: &[u8] = b"<plist><dict><key>UDID</key><string>test</string></dict></plist>";
 
     fn plain_options(digest: DigestAlgorithm, signed_attributes: bool) -> SignOptions<'static> {
-        SignOptions {
-            content_type: oid::ID_DATA,
-            digest,
-            signed_attributes,
-            extra_attributes: &[],
-            certificates: &[],
-        }
+        SignOptions::data(digest, signed_attributes, &[])
     }
 
     fn signer(index: usize) -> Result<SignerIdentity<'static>, Box<dyn std::error::Error>> {

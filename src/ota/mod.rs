@@ -20,7 +20,7 @@ use std::fmt;
 use base64::Engine;
 use log::info;
 
-use crate::cms::{self, oid, signed, ContentCipher, DigestAlgorithm};
+use crate::cms::{self, signed, ContentCipher, DigestAlgorithm};
 use crate::config::ProfileCipher;
 use crate::context::{Context, Identity};
 use crate::pki::apple::TrustAnchor;
@@ -185,13 +185,8 @@ fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<
         certificate: &identity.certificate,
         key: identity.key.signing(),
     };
-    let options = signed::SignOptions {
-        content_type: oid::ID_DATA,
-        digest: DigestAlgorithm::Sha256,
-        signed_attributes: true,
-        extra_attributes: &[],
-        certificates: &[ca_cert],
-    };
+    let certificates = [ca_cert];
+    let options = signed::SignOptions::data(DigestAlgorithm::Sha256, true, &certificates);
     signed::sign(content, &signer, &options)
         .map_err(|err| OtaError::Internal(format!("signing: {err}")))
 }

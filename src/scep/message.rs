@@ -213,11 +213,8 @@ pub fn build_request(inner: &[u8], params: &RequestParams<'_>) -> Result<Vec<u8>
         key: params.signer_key,
     };
     let options = signed::SignOptions {
-        content_type: oid::ID_DATA,
-        digest: params.digest,
-        signed_attributes: true,
         extra_attributes: &attributes,
-        certificates: &[],
+        ..signed::SignOptions::data(params.digest, true, &[])
     };
     signed::sign(&envelope, &signer, &options).map_err(|err| format!("pkiMessage: {err}"))
 }
@@ -270,11 +267,8 @@ pub fn build_cert_rep(
         key: ra_key,
     };
     let options = signed::SignOptions {
-        content_type: oid::ID_DATA,
-        digest: rep.digest,
-        signed_attributes: true,
         extra_attributes: &attributes,
-        certificates: &[],
+        ..signed::SignOptions::data(rep.digest, true, &[])
     };
     signed::sign(&content, &signer, &options).map_err(|err| format!("CertRep: {err}"))
 }
