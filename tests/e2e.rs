@@ -48,6 +48,19 @@ fn simulate_walks_all_three_phases() {
         device["attributes"].get("CHALLENGE").is_none(),
         "the challenge is not recorded"
     );
+    let events: Vec<&str> = device["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["phase2", "certificate", "phase3"]);
+    for phase in [0, 2] {
+        assert_eq!(
+            device["history"][phase]["attributes"]["SERIAL"], "F2LXK0AAHG7F",
+            "each phase's attributes are kept"
+        );
+    }
     let serial = device["certificates"][0].as_str().unwrap().to_string();
     assert!(
         stdout.contains(&format!("certificate_serial: {serial}")),

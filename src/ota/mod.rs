@@ -333,12 +333,7 @@ fn phase2(
     let profile = profile::configuration(&brand, &brand.display_name, "identity", vec![scep]);
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry {
-        event: "phase2".into(),
-        at: now,
-        remote: remote.into(),
-        serial: None,
-    };
+    let entry = HistoryEntry::new("phase2", now, remote, None);
     update_device(ctx, udid, attributes, Event::Phase2, entry)?;
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
@@ -372,7 +367,10 @@ fn update_device(
         });
         device.phase = phase;
         device.attributes = attributes.recordable();
-        device.record(entry);
+        device.record(HistoryEntry {
+            attributes: attributes.recordable(),
+            ..entry
+        });
         ctx.store.save_device(&device)?;
         Ok(())
     })
@@ -432,12 +430,7 @@ fn phase3(
     .map_err(|err| OtaError::Internal(format!("final profile encryption: {err}")))?;
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry {
-        event: "phase3".into(),
-        at: now,
-        remote: remote.into(),
-        serial: Some(serial.into()),
-    };
+    let entry = HistoryEntry::new("phase3", now, remote, Some(serial));
     update_device(ctx, udid, attributes, Event::Phase3, entry)?;
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
@@ -526,12 +519,7 @@ pub fn dep_enrollment(
     let profile = mdm_profile(ctx, &challenge, &subject);
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
-    let entry = HistoryEntry {
-        event: "dep-enroll".into(),
-        at: now,
-        remote: remote.into(),
-        serial: None,
-    };
+    let entry = HistoryEntry::new("dep-enroll", now, remote, None);
     update_device(ctx, &udid, &verified.attributes, Event::Phase2, entry)?;
     info!("dep enrollment: udid={udid} remote={remote}");
     Ok(PhaseReply {
@@ -559,12 +547,7 @@ pub fn certificate_issued(
         device.phase = machine::next(Some(device.phase), Event::CertificateIssued)
             .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
         device.certificates.push(serial.to_string());
-        device.record(HistoryEntry {
-            event: "certificate".into(),
-            at: now,
-            remote: remote.into(),
-            serial: Some(serial.into()),
-        });
+        device.record(HistoryEntry::new("certificate", now, remote, Some(serial)));
         ctx.store.save_device(&device)?;
         Ok(())
     })

@@ -157,6 +157,22 @@ pub struct HistoryEntry {
     pub remote: String,
     /// A certificate serial, where the event concerns one.
     pub serial: Option<String>,
+    /// What the device said about itself in this phase (CHALLENGE excluded).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl HistoryEntry {
+    /// An event without attributes.
+    pub fn new(event: &str, at: i64, remote: &str, serial: Option<&str>) -> HistoryEntry {
+        HistoryEntry {
+            event: event.into(),
+            at,
+            remote: remote.into(),
+            serial: serial.map(str::to_string),
+            attributes: BTreeMap::new(),
+        }
+    }
 }
 
 /// A device, by UDID.
@@ -628,12 +644,7 @@ mod tests {
             history: Vec::new(),
         };
         for at in 0..(MAX_DEVICE_HISTORY as i64 + 5) {
-            device.record(HistoryEntry {
-                event: "phase2".into(),
-                at: 100 + at,
-                remote: "r".into(),
-                serial: None,
-            });
+            device.record(HistoryEntry::new("phase2", 100 + at, "r", None));
         }
         assert_eq!(device.history.len(), MAX_DEVICE_HISTORY);
         assert_eq!(device.history[0].at, 105);
