@@ -137,6 +137,12 @@ pub struct ScepConfig {
     /// How long a one-time SCEP challenge handed out in phase 2 or 3 stays valid.
     #[serde(deserialize_with = "duration_text")]
     pub challenge_ttl: String,
+    /// "auto": issue at once; "manual": queue requests for `otad request approve`.
+    pub approval: String,
+    /// How long a CRL is valid (its nextUpdate); it is re-signed on every revocation and
+    /// before it runs out.
+    #[serde(deserialize_with = "duration_text")]
+    pub crl_validity: String,
 }
 
 /// `[mdm]` keys: the MDM server devices are handed to in phase 3.
@@ -236,6 +242,8 @@ impl Default for ScepConfig {
             challenge: String::new(),
             cert_validity: "365d".into(),
             challenge_ttl: "1h".into(),
+            approval: "auto".into(),
+            crl_validity: "7d".into(),
         }
     }
 }
@@ -282,6 +290,10 @@ pub struct Derived {
     pub scep_challenge_ttl: Duration,
     /// `http.request_timeout`.
     pub request_timeout: Duration,
+    /// `scep.approval == "manual"`.
+    pub manual_approval: bool,
+    /// `scep.crl_validity`.
+    pub crl_validity: Duration,
     /// `scep.cert_validity`, in whole days.
     pub cert_validity_days: u32,
     /// `ota.apple_leaf_validity == "check"`.
@@ -408,6 +420,25 @@ impl Config {
             ));
         }
 
+        let manual_approval = match self.scep.approval.as_str() {
+            "auto" => false,
+            "manual" => true,
+            other => {
+                return Err(bad(
+                    "scep.approval",
+                    format!("{other:?}: use auto or manual"),
+                ))
+            }
+        };
+        let crl_validity =
+            parse_duration(&self.scep.crl_validity).map_err(|why| bad("scep.crl_validity", why))?;
+        if !(Duration::from_secs(3600)..=Duration::from_secs(366 * 86_400)).contains(&crl_validity)
+        {
+            return Err(bad(
+                "scep.crl_validity",
+                "must be between 1h and 366d".into(),
+            ));
+        }
         if !(1..=65_536).contains(&self.http.max_connections) {
             return Err(bad(
                 "http.max_connections",
@@ -526,6 +557,8 @@ impl Config {
             ota_challenge_ttl,
             scep_challenge_ttl,
             request_timeout,
+            manual_approval,
+            crl_validity,
             cert_validity_days,
             check_apple_leaf_validity,
             profile_cipher,
@@ -703,6 +736,11 @@ challenge = ""
 cert_validity = "365d"
 # How long a one-time SCEP challenge from phase 2 or 3 stays valid.
 challenge_ttl = "1h"
+# "auto": issue at once; "manual": requests wait (CertRep PENDING) until
+# `otad request approve ID`, and clients poll for the result.
+approval = "auto"
+# How long a CRL is valid (nextUpdate). It is re-signed on every revocation.
+crl_validity = "7d"
 
 [mdm]
 # The MDM server devices enroll with in phase 3. otad is only the front door: set these to

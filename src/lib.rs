@@ -5,6 +5,7 @@
 //! Apple's pinned anchors); everything that must survive a restart lives in [`store`].
 //! [`commands`] holds the admin commands, [`simulate`] a test device.
 
+pub mod admin;
 pub mod cms;
 pub mod commands;
 pub mod config;

@@ -21,6 +21,8 @@ commands:
   serve      run the server
   verify     check captured phase 2/3 request bodies, one JSON line per file
   simulate   walk a whole enrollment against a running server as a test device
+  cert       list, revoke and import issued certificates
+  request    list, approve and deny SCEP requests waiting for approval
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 ";
@@ -126,6 +128,19 @@ fn run() -> Result<Outcome, Usage> {
         "serve" => serve(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
+        "cert" | "request" => {
+            let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
+            let exit = if command == "cert" {
+                otad::admin::cert::run(args)
+            } else {
+                otad::admin::request::run(args)
+            };
+            match exit {
+                otad::admin::Exit::Ok => Ok(Outcome::Done),
+                otad::admin::Exit::Failed(message) => Ok(fail(message)),
+                otad::admin::Exit::Usage(message) => Err(Usage(message)),
+            }
+        }
         other => Err(Usage(format!("unknown command {other:?}; see otad --help"))),
     }
 }

@@ -5,19 +5,20 @@
 //! signed CertRep FAILURE with a failInfo, answered with HTTP 200, because that is what SCEP
 //! clients read; only a body that cannot be read as a pkiMessage gets an HTTP error.
 
+mod crl;
+mod enroll;
 pub mod message;
+mod poll;
+mod renewal;
 
 use std::fmt;
 
 use base64::Engine;
-use log::{info, warn};
+use log::warn;
 
-use crate::cms::{enveloped, signed, CmsError, DigestAlgorithm};
+use crate::cms::{enveloped, signed, CmsError, ContentCipher, DigestAlgorithm};
 use crate::context::Context;
 use crate::http::Incoming;
-use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
-use crate::pki::{cert, csr};
-use crate::store::{now, CertRecord, ChallengePurpose, StoreError};
 use message::{CertRep, FailInfo, HeaderError, MessageType, PkiStatus};
 
 /// What GetCACaps advertises, one keyword a line; otad honours each of them.
@@ -30,12 +31,6 @@ pub const CA_CAPS: &[&str] = &[
     "DES3",
     "SCEPStandard",
 ];
-
-/// Longest CN taken from a CSR when a static challenge authorises it.
-pub const MAX_COMMON_NAME: usize = 64;
-
-/// Tries at a fresh serial when one is (astronomically unlikely) already recorded.
-const SERIAL_ATTEMPTS: usize = 4;
 
 /// A SCEP request that gets an HTTP error rather than a CertRep.
 #[derive(Debug)]
@@ -162,10 +157,13 @@ fn reply_digest(request: DigestAlgorithm) -> DigestAlgorithm {
 
 /// Where a CertRep goes: the request's transactionID and senderNonce, and the digest to sign
 /// it with.
-struct ReplyTo {
-    transaction_id: String,
-    sender_nonce: Vec<u8>,
-    digest: DigestAlgorithm,
+pub(crate) struct ReplyTo {
+    /// The request's transactionID.
+    pub transaction_id: String,
+    /// The request's senderNonce, returned as recipientNonce.
+    pub sender_nonce: Vec<u8>,
+    /// The digest to sign the CertRep with.
+    pub digest: DigestAlgorithm,
 }
 
 fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, ScepError> {
@@ -199,13 +197,18 @@ fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, Sc
     };
 
     match header.message_type {
-        MessageType::PkcsReq => pkcs_req(ctx, &to, &message, remote),
-        other => {
-            // TODO: RenewalReq, CertPoll, GetCert and GetCRL arrive with the full RFC 8894
-            // breadth; until then they are refused in the client's own terms.
-            let reason = format!("{other:?} is not supported yet");
-            refuse(ctx, &to, FailInfo::BadRequest, &reason, remote)
-        }
+        MessageType::PkcsReq => enroll::pkcs_req(ctx, &to, &message, remote),
+        MessageType::RenewalReq => renewal::renewal_req(ctx, &to, &message, remote),
+        MessageType::CertPoll => poll::cert_poll(ctx, &to, &message, remote),
+        MessageType::GetCert => poll::get_cert(ctx, &to, &message, remote),
+        MessageType::GetCrl => crl::get_crl(ctx, &to, &message, remote),
+        MessageType::CertRep => refuse(
+            ctx,
+            &to,
+            FailInfo::BadRequest,
+            "a CertRep is not a request",
+            remote,
+        ),
     }
 }
 
@@ -246,7 +249,7 @@ fn refuse_unverified(
 }
 
 /// A CertRep FAILURE, logged at warn with the reason.
-fn refuse(
+pub(crate) fn refuse(
     ctx: &Context,
     to: &ReplyTo,
     fail_info: FailInfo,
@@ -269,207 +272,67 @@ fn refuse(
         .map_err(ScepError::Internal)
 }
 
-/// Who the certificate is for, and on whose authority.
-struct Authorisation {
-    subject: Vec<(String, String)>,
-    udid: Option<String>,
-    authorised_by: &'static str,
-}
-
-/// PKCSReq: decrypt, check the CSR, check the challenge, issue, answer.
-fn pkcs_req(
+/// The RA opens a request's EnvelopedData. Every failure of key transport or content
+/// decryption looks the same; on failure the `Err` holds the CertRep FAILURE to send.
+pub(crate) fn open_envelope(
     ctx: &Context,
     to: &ReplyTo,
     message: &signed::SignedMessage,
     remote: &str,
-) -> Result<Vec<u8>, ScepError> {
+) -> Result<enveloped::Decrypted, Result<Vec<u8>, ScepError>> {
     let Some(envelope) = message.content.as_deref() else {
-        return refuse(
+        return Err(refuse(
             ctx,
             to,
             FailInfo::BadRequest,
-            "PKCSReq without content",
+            "request without content",
             remote,
-        );
+        ));
     };
-    let requester = message.signer.certificate.as_slice();
+    enveloped::decrypt(envelope, &ctx.ra.certificate, ctx.ra.key.decrypting()).map_err(|err| {
+        let fail_info = if message::is_algorithm_error(&err) {
+            FailInfo::BadAlg
+        } else {
+            FailInfo::BadMessageCheck
+        };
+        refuse(ctx, to, fail_info, &err.to_string(), remote)
+    })
+}
 
-    // The RA decrypts; every failure of key transport or content decryption looks the same.
-    let decrypted = match enveloped::decrypt(envelope, &ctx.ra.certificate, ctx.ra.key.decrypting())
-    {
-        Ok(decrypted) => decrypted,
-        Err(err) => {
-            let fail_info = if message::is_algorithm_error(&err) {
-                FailInfo::BadAlg
-            } else {
-                FailInfo::BadMessageCheck
-            };
-            return refuse(ctx, to, fail_info, &err.to_string(), remote);
-        }
-    };
-
-    let request = match check_csr(&decrypted.content, requester) {
-        Ok(request) => request,
-        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
-    };
-    // The CertRep is encrypted to this very key: refuse what cannot be answered before a
-    // challenge is spent or a certificate issued.
-    if request.key_bits < enveloped::MIN_ENCRYPTION_RSA_BITS {
-        // TODO: answer RSA-1024 requesters too; aws-lc-rs encrypts to 2048 bits and up only.
-        let reason = format!(
-            "RSA-{} keys cannot be answered; use {} bits or more",
-            request.key_bits,
-            enveloped::MIN_ENCRYPTION_RSA_BITS
-        );
-        return refuse(ctx, to, FailInfo::BadAlg, &reason, remote);
-    }
-    let authorisation = match authorise(ctx, &request) {
-        Ok(authorisation) => authorisation,
-        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
-    };
-
-    let issued = issue(ctx, &request, &authorisation)?;
-    let serial = cert::serial_hex(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
-    if let Some(udid) = &authorisation.udid {
-        crate::ota::certificate_issued(ctx, udid, &serial, remote, now())
-            .map_err(|err| ScepError::Internal(err.to_string()))?;
-    }
-    info!(
-        "scep: issued certificate {serial} to {} ({}) remote={remote}",
-        authorisation.udid.as_deref().unwrap_or("-"),
-        authorisation.authorised_by
-    );
-
-    let degenerate =
-        signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
+/// A CertRep SUCCESS carrying `degenerate` (a certificates- or CRL-only SignedData),
+/// encrypted to the requester with the request's cipher.
+pub(crate) fn succeed(
+    ctx: &Context,
+    to: &ReplyTo,
+    degenerate: &[u8],
+    cipher: ContentCipher,
+    requester: &[u8],
+) -> Result<Vec<u8>, ScepError> {
     let rep = CertRep {
         status: PkiStatus::Success,
         fail_info: None,
         transaction_id: &to.transaction_id,
         recipient_nonce: &to.sender_nonce,
         digest: to.digest,
-        payload: Some((&degenerate, decrypted.cipher, requester)),
+        payload: Some((degenerate, cipher, requester)),
     };
     message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
         .map_err(ScepError::Internal)
 }
 
-/// Parses the CSR and checks it matches the request's signer: a PKCSReq is signed with a
-/// throwaway certificate for the very key the CSR asks to certify.
-fn check_csr(
-    csr_der: &[u8],
-    signer_certificate: &[u8],
-) -> Result<csr::CertificationRequest, String> {
-    let request = csr::parse(csr_der).map_err(|err| format!("CSR: {err}"))?;
-    let signer_key =
-        cert::spki_der(signer_certificate).map_err(|err| format!("signer certificate: {err}"))?;
-    if signer_key != request.public_key_spki_der {
-        return Err("PKCSReq signer's key is not the CSR's key".into());
-    }
-    Ok(request)
-}
-
-/// The challenge decides who the certificate is for: a one-time challenge from phase 2 or 3
-/// carries the device and subject it was bound to; the static `scep.challenge` lets the CSR
-/// name itself (its CN, checked) under our organization.
-fn authorise(ctx: &Context, request: &csr::CertificationRequest) -> Result<Authorisation, String> {
-    let Some(challenge) = request
-        .challenge_password
-        .as_deref()
-        .filter(|c| !c.is_empty())
-    else {
-        return Err("CSR has no challengePassword".into());
+/// A CertRep PENDING: the request waits for an admin; the client polls with CertPoll.
+#[allow(dead_code)] // TODO: the pending queue (scep.approval = "manual") is being written.
+pub(crate) fn pending(ctx: &Context, to: &ReplyTo) -> Result<Vec<u8>, ScepError> {
+    let rep = CertRep {
+        status: PkiStatus::Pending,
+        fail_info: None,
+        transaction_id: &to.transaction_id,
+        recipient_nonce: &to.sender_nonce,
+        digest: to.digest,
+        payload: None,
     };
-
-    let static_challenge = ctx.config.scep.challenge.as_bytes();
-    if !static_challenge.is_empty()
-        && aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), static_challenge)
-            .is_ok()
-    {
-        let cn = request
-            .common_name
-            .as_deref()
-            .filter(|cn| !cn.is_empty() && cn.len() <= MAX_COMMON_NAME)
-            .filter(|cn| cn.chars().all(|c| !c.is_control()))
-            .ok_or("CSR needs a CN of 1 to 64 printable characters")?;
-        let subject = vec![
-            ("CN".to_string(), cn.to_string()),
-            ("O".to_string(), ctx.config.server.organization.clone()),
-        ];
-        return Ok(Authorisation {
-            subject,
-            udid: None,
-            authorised_by: "static",
-        });
-    }
-
-    let record = ctx
-        .store
-        .take_challenge(challenge, ChallengePurpose::Scep)
-        .map_err(|err| format!("challenge lookup failed: {err}"))?
-        .ok_or("challenge unknown or already used")?;
-    if record.expires <= now() {
-        return Err("challenge expired".into());
-    }
-    Ok(Authorisation {
-        subject: record.subject,
-        udid: record.udid,
-        authorised_by: "ota",
-    })
-}
-
-fn issue(
-    ctx: &Context,
-    request: &csr::CertificationRequest,
-    authorisation: &Authorisation,
-) -> Result<Vec<u8>, ScepError> {
-    let subject: Vec<(SubjectAttribute, String)> = authorisation
-        .subject
-        .iter()
-        .filter_map(|(kind, value)| {
-            SubjectAttribute::from_short_name(kind).map(|k| (k, value.clone()))
-        })
-        .collect();
-
-    for _ in 0..SERIAL_ATTEMPTS {
-        let issue_request = IssueRequest {
-            subject: &subject,
-            public_key_spki_der: &request.public_key_spki_der,
-            serial: random_serial(),
-            validity_days: ctx.derived.cert_validity_days,
-            usage: KeyUsageProfile::DeviceIdentity,
-        };
-        let issued = ctx
-            .ca
-            .issue(&issue_request)
-            .map_err(|err| ScepError::Internal(format!("issuing: {err}")))?;
-        let summary =
-            cert::summarize(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
-        let record = CertRecord {
-            serial: summary.serial_hex.clone(),
-            udid: authorisation.udid.clone(),
-            subject: summary.subject.clone(),
-            issued_at: now(),
-            not_after: summary.not_after,
-            revoked: None,
-            authorised_by: authorisation.authorised_by.to_string(),
-            pem: cert::der_to_pem(&issued),
-        };
-        match ctx.store.create_cert(&record) {
-            Ok(()) => return Ok(issued),
-            Err(StoreError::SerialTaken(serial)) => {
-                warn!("scep: serial {serial} already recorded; drawing another")
-            }
-            Err(err) => {
-                return Err(ScepError::Internal(format!(
-                    "recording the certificate: {err}"
-                )))
-            }
-        }
-    }
-    Err(ScepError::Internal(
-        "no free serial after several draws".into(),
-    ))
+    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
+        .map_err(ScepError::Internal)
 }
 
 #[cfg(test)]

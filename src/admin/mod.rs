@@ -1,0 +1,22 @@
+//! Admin commands that work on a running server's state: `otad cert …` and
+//! `otad request …`. They take the state lock for every write, so they are safe while
+//! `otad serve` runs.
+
+pub mod cert;
+pub mod request;
+
+use std::ffi::OsString;
+
+/// How an admin command ended; `main` turns it into an exit code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done (exit 0).
+    Ok,
+    /// The command ran and failed; the message says why (exit 1).
+    Failed(String),
+    /// The command line was wrong; the message says how to call it (exit 2).
+    Usage(String),
+}
+
+/// The arguments after the command's name, for `lexopt::Parser::from_args`.
+pub type Args = Vec<OsString>;

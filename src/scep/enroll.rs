@@ -1,0 +1,219 @@
+//! PKCSReq (RFC 8894 §3.3.1): a new certificate for a CSR, authorised by a challenge.
+//!
+//! Issuance is a chain of small checks — the CSR against its signer, the key size, the
+//! challenge — then signing; the subject comes from the challenge's binding or the
+//! configured policy, never blindly from the CSR.
+
+use log::{info, warn};
+
+use super::{open_envelope, refuse, succeed, FailInfo, ReplyTo, ScepError};
+use crate::cms::{enveloped, signed};
+use crate::context::Context;
+use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+use crate::pki::{cert, csr};
+use crate::store::{now, CertRecord, ChallengePurpose, StoreError};
+
+/// Longest CN taken from a CSR when a static challenge authorises it.
+pub const MAX_COMMON_NAME: usize = 64;
+
+/// Tries at a fresh serial when one is (astronomically unlikely) already recorded.
+const SERIAL_ATTEMPTS: usize = 4;
+
+/// Who the certificate is for, and on whose authority.
+pub(crate) struct Authorisation {
+    /// The subject, as (attribute short name, value) pairs.
+    pub subject: Vec<(String, String)>,
+    /// The device it is bound to, if any.
+    pub udid: Option<String>,
+    /// What authorised it ("ota", "static", "renewal", "approved").
+    pub authorised_by: &'static str,
+}
+
+/// PKCSReq: decrypt, check the CSR, check the challenge, issue, answer.
+pub(crate) fn pkcs_req(
+    ctx: &Context,
+    to: &ReplyTo,
+    message: &signed::SignedMessage,
+    remote: &str,
+) -> Result<Vec<u8>, ScepError> {
+    let requester = message.signer.certificate.as_slice();
+    let decrypted = match open_envelope(ctx, to, message, remote) {
+        Ok(decrypted) => decrypted,
+        Err(reply) => return reply,
+    };
+
+    let request = match check_csr(&decrypted.content, requester) {
+        Ok(request) => request,
+        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
+    };
+    if let Err(reason) = check_answerable(request.key_bits) {
+        return refuse(ctx, to, FailInfo::BadAlg, &reason, remote);
+    }
+    let authorisation = match authorise(ctx, &request) {
+        Ok(authorisation) => authorisation,
+        Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
+    };
+
+    let issued = issue(ctx, &request.public_key_spki_der, &authorisation, remote)?;
+    let degenerate =
+        signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
+    succeed(ctx, to, &degenerate, decrypted.cipher, requester)
+}
+
+/// The CertRep is encrypted to the requester's key: refuse what cannot be answered before a
+/// challenge is spent or a certificate issued.
+pub(crate) fn check_answerable(key_bits: usize) -> Result<(), String> {
+    if key_bits < enveloped::MIN_ENCRYPTION_RSA_BITS {
+        // TODO: answer RSA-1024 requesters too; aws-lc-rs encrypts to 2048 bits and up only.
+        return Err(format!(
+            "RSA-{key_bits} keys cannot be answered; use {} bits or more",
+            enveloped::MIN_ENCRYPTION_RSA_BITS
+        ));
+    }
+    Ok(())
+}
+
+/// Parses the CSR and checks it matches the request's signer: a PKCSReq is signed with a
+/// throwaway certificate for the very key the CSR asks to certify.
+pub(crate) fn check_csr(
+    csr_der: &[u8],
+    signer_certificate: &[u8],
+) -> Result<csr::CertificationRequest, String> {
+    let request = csr::parse(csr_der).map_err(|err| format!("CSR: {err}"))?;
+    let signer_key =
+        cert::spki_der(signer_certificate).map_err(|err| format!("signer certificate: {err}"))?;
+    if signer_key != request.public_key_spki_der {
+        return Err("PKCSReq signer's key is not the CSR's key".into());
+    }
+    Ok(request)
+}
+
+/// The challenge decides who the certificate is for: a one-time challenge from phase 2 or 3
+/// carries the device and subject it was bound to; the static `scep.challenge` lets the CSR
+/// name itself (its CN, checked) under our organization.
+pub(crate) fn authorise(
+    ctx: &Context,
+    request: &csr::CertificationRequest,
+) -> Result<Authorisation, String> {
+    let Some(challenge) = request
+        .challenge_password
+        .as_deref()
+        .filter(|c| !c.is_empty())
+    else {
+        return Err("CSR has no challengePassword".into());
+    };
+
+    let static_challenge = ctx.config.scep.challenge.as_bytes();
+    if !static_challenge.is_empty()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), static_challenge)
+            .is_ok()
+    {
+        let cn = request
+            .common_name
+            .as_deref()
+            .filter(|cn| !cn.is_empty() && cn.len() <= MAX_COMMON_NAME)
+            .filter(|cn| cn.chars().all(|c| !c.is_control()))
+            .ok_or("CSR needs a CN of 1 to 64 printable characters")?;
+        let subject = vec![
+            ("CN".to_string(), cn.to_string()),
+            ("O".to_string(), ctx.config.server.organization.clone()),
+        ];
+        return Ok(Authorisation {
+            subject,
+            udid: None,
+            authorised_by: "static",
+        });
+    }
+
+    let record = ctx
+        .store
+        .take_challenge(challenge, ChallengePurpose::Scep)
+        .map_err(|err| format!("challenge lookup failed: {err}"))?
+        .ok_or("challenge unknown or already used")?;
+    if record.expires <= now() {
+        return Err("challenge expired".into());
+    }
+    Ok(Authorisation {
+        subject: record.subject,
+        udid: record.udid,
+        authorised_by: "ota",
+    })
+}
+
+pub(crate) fn issue(
+    ctx: &Context,
+    public_key_spki_der: &[u8],
+    authorisation: &Authorisation,
+    remote: &str,
+) -> Result<Vec<u8>, ScepError> {
+    let subject: Vec<(SubjectAttribute, String)> = authorisation
+        .subject
+        .iter()
+        .filter_map(|(kind, value)| {
+            SubjectAttribute::from_short_name(kind).map(|k| (k, value.clone()))
+        })
+        .collect();
+
+    for _ in 0..SERIAL_ATTEMPTS {
+        let issue_request = IssueRequest {
+            subject: &subject,
+            public_key_spki_der,
+            serial: random_serial(),
+            validity_days: ctx.derived.cert_validity_days,
+            usage: KeyUsageProfile::DeviceIdentity,
+        };
+        let issued = ctx
+            .ca
+            .issue(&issue_request)
+            .map_err(|err| ScepError::Internal(format!("issuing: {err}")))?;
+        let summary =
+            cert::summarize(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
+        let record = CertRecord {
+            serial: summary.serial_hex.clone(),
+            udid: authorisation.udid.clone(),
+            subject: summary.subject.clone(),
+            issued_at: now(),
+            not_after: summary.not_after,
+            revoked: None,
+            authorised_by: authorisation.authorised_by.to_string(),
+            pem: cert::der_to_pem(&issued),
+        };
+        match ctx.store.create_cert(&record) {
+            Ok(()) => {
+                issued_to(ctx, &record, authorisation, remote)?;
+                return Ok(issued);
+            }
+            Err(StoreError::SerialTaken(serial)) => {
+                warn!("scep: serial {serial} already recorded; drawing another")
+            }
+            Err(err) => {
+                return Err(ScepError::Internal(format!(
+                    "recording the certificate: {err}"
+                )))
+            }
+        }
+    }
+    Err(ScepError::Internal(
+        "no free serial after several draws".into(),
+    ))
+}
+
+/// Records an issuance against the device it was bound to, and logs it.
+fn issued_to(
+    ctx: &Context,
+    record: &CertRecord,
+    authorisation: &Authorisation,
+    remote: &str,
+) -> Result<(), ScepError> {
+    if let Some(udid) = &authorisation.udid {
+        crate::ota::certificate_issued(ctx, udid, &record.serial, remote, now())
+            .map_err(|err| ScepError::Internal(err.to_string()))?;
+    }
+    info!(
+        "scep: issued certificate {} to {} ({}) remote={remote}",
+        record.serial,
+        authorisation.udid.as_deref().unwrap_or("-"),
+        authorisation.authorised_by
+    );
+    Ok(())
+}
