@@ -167,6 +167,9 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
              set it to your MDM server's value"
         );
     }
+    if !ctx.config.scep.ra {
+        warn!("scep.ra = false: the CA key also decrypts SCEP requests and signs CertReps");
+    }
     if !ctx.config.ota.challenge.is_empty() {
         warn!("ota.challenge: one static challenge for every device; replays are not refused");
     }

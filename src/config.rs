@@ -139,6 +139,12 @@ pub struct ScepConfig {
     pub challenge_ttl: String,
     /// "auto": issue at once; "manual": queue requests for `otad request approve`.
     pub approval: String,
+    /// Answer SCEP as the RA (GetCACert gives RA and CA); off, the CA itself decrypts and
+    /// signs CertReps and GetCACert gives the CA certificate alone.
+    pub ra: bool,
+    /// The subject of certificates issued under the static `scep.challenge`: "TYPE=VALUE"
+    /// entries, where `$CN` is the CSR's common name and `$ORGANIZATION` server.organization.
+    pub subject: Vec<String>,
     /// How long a CRL is valid (its nextUpdate); it is re-signed on every revocation and
     /// before it runs out.
     #[serde(deserialize_with = "duration_text")]
@@ -243,6 +249,8 @@ impl Default for ScepConfig {
             cert_validity: "365d".into(),
             challenge_ttl: "1h".into(),
             approval: "auto".into(),
+            ra: true,
+            subject: vec!["CN=$CN".into(), "O=$ORGANIZATION".into()],
             crl_validity: "7d".into(),
         }
     }
@@ -420,6 +428,19 @@ impl Config {
             ));
         }
 
+        for entry in &self.scep.subject {
+            let (kind, value) = entry.split_once('=').unwrap_or_default();
+            if !matches!(kind, "CN" | "O" | "OU" | "C" | "ST" | "L") || value.is_empty() {
+                let why = format!("{entry:?}: use TYPE=VALUE with TYPE one of CN, O, OU, C, ST, L");
+                return Err(bad("scep.subject", why));
+            }
+        }
+        if self.scep.subject.is_empty() {
+            return Err(bad(
+                "scep.subject",
+                "needs at least one entry, like \"CN=$CN\"".into(),
+            ));
+        }
         let manual_approval = match self.scep.approval.as_str() {
             "auto" => false,
             "manual" => true,
@@ -741,6 +762,13 @@ challenge_ttl = "1h"
 approval = "auto"
 # How long a CRL is valid (nextUpdate). It is re-signed on every revocation.
 crl_validity = "7d"
+# Answer SCEP as the RA, whose key is not the CA's (GetCACert gives RA and CA). false: the
+# CA key itself decrypts requests and signs CertReps, for clients that cannot use an RA.
+ra = true
+# Subject of certificates issued under the static challenge above: TYPE=VALUE entries
+# (CN, O, OU, C, ST, L); $CN is the CSR's common name, $ORGANIZATION server.organization.
+# (OTA certificates always get CN=<UDID>, O=<organization>.)
+subject = ["CN=$CN", "O=$ORGANIZATION"]
 
 [mdm]
 # The MDM server devices enroll with in phase 3. otad is only the front door: set these to

@@ -153,3 +153,15 @@ fn load_template(path: &Path) -> Result<plist::Dictionary, String> {
     }
     Ok(dict)
 }
+
+impl Context {
+    /// Who answers SCEP: the RA (its certificate and key) when `scep.ra` is on, else the CA
+    /// itself, for clients that cannot handle an RA.
+    pub fn scep_responder(&self) -> (&[u8], &RsaPrivateKey) {
+        if self.config.scep.ra {
+            (&self.ra.certificate, &self.ra.key)
+        } else {
+            (self.ca.certificate(), self.ca.key())
+        }
+    }
+}

@@ -50,11 +50,17 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
         return;
     }
     let server = TestServer::start(|config| {
-        set_key(
+        let config = set_key(
             &config,
             "scep",
             "challenge",
             &format!("\"{STATIC_CHALLENGE}\""),
+        );
+        set_key(
+            &config,
+            "scep",
+            "subject",
+            r#"["CN=$CN", "OU=Lab", "O=$ORGANIZATION"]"#,
         )
     });
 
@@ -71,7 +77,7 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
     let subject = openssl(&good, &["x509", "-in", "cert.pem", "-noout", "-subject"]);
     let subject = String::from_utf8_lossy(&subject);
     assert!(
-        subject.contains("CN = interop-client, O = Test Org"),
+        subject.contains("CN = interop-client, OU = Lab, O = Test Org"),
         "{subject}"
     );
     let issued = std::fs::read_to_string(good.join("cert.pem")).unwrap();
@@ -197,50 +203,34 @@ fn scepclient_takes_the_phase_2_challenge_and_openssl_signs_phase_3() {
 }
 
 #[test]
-fn scepclient_with_a_1024_bit_key_is_refused_before_anything_is_issued() {
+fn without_an_ra_the_ca_answers_and_get_ca_cert_is_the_bare_certificate() {
     if !have("scepclient", "-version") {
         return;
     }
     let server = TestServer::start(|config| {
-        set_key(
+        let config = set_key(
             &config,
             "scep",
             "challenge",
             &format!("\"{STATIC_CHALLENGE}\""),
-        )
+        );
+        set_key(&config, "scep", "ra", "false")
     });
-    let dir = server.dir.path().join("small-key");
-    std::fs::create_dir(&dir).unwrap();
-    let output = Command::new("scepclient")
-        .current_dir(&dir)
-        .args([
-            "-server-url",
-            &format!("{}/scep", server.url),
-            "-challenge",
-            STATIC_CHALLENGE,
-        ])
-        .args([
-            "-private-key",
-            "key.pem",
-            "-certificate",
-            "cert.pem",
-            "-keySize",
-            "1024",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr).to_string()
-        + &String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success());
-    assert!(
-        text.contains("badAlg"),
-        "a signed FAILURE with badAlg: {text}"
-    );
+    let response =
+        otad::httpclient::get(&format!("{}/scep?operation=GetCACert", server.url)).unwrap();
     assert_eq!(
-        std::fs::read_dir(server.state_file("certs"))
-            .unwrap()
-            .count(),
-        0,
-        "nothing issued"
+        response.content_type.as_deref(),
+        Some("application/x-x509-ca-cert")
+    );
+    let pem = std::fs::read_to_string(server.state_file("ca/ca.pem")).unwrap();
+    assert_eq!(response.body, otad::pki::cert::pem_to_der(&pem).unwrap());
+
+    let dir = server.dir.path().join("no-ra");
+    std::fs::create_dir(&dir).unwrap();
+    let (ok, output) = scepclient(&dir, &server.url, STATIC_CHALLENGE, "no-ra-client");
+    assert!(ok, "scepclient failed: {output}\n{}", server.log());
+    assert!(
+        server.log().contains("scep.ra = false"),
+        "the start-up warning says what it means"
     );
 }

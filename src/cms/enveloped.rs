@@ -5,6 +5,10 @@
 //! key transport invites Bleichenbacher's attack, so a bad key-transport block is not reported
 //! but replaced by a random content key, and the failure surfaces later, as one
 //! [`CmsError::Decrypt`], like any other.
+//!
+//! Encryption goes through aws-lc-rs for recipients of 2048 bits and more; 1024-bit recipients
+//! (`scepclient -keySize 1024`, older devices), which aws-lc-rs refuses, are encrypted to by
+//! [`super::rsa_public`], a public-key operation that needs no secret of ours.
 
 use aws_lc_rs::cipher::{
     DecryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey, UnboundCipherKey,
@@ -15,6 +19,7 @@ use aws_lc_rs::rsa::{
 };
 
 use super::ber::{self, Tlv};
+use super::rsa_public::RsaPublicKey;
 use super::{
     algorithm_identifier, certificate_parts, encode_algorithm_null, encode_content_info, malformed,
     object_identifier, oid, rsa_public_key, single, tag, CertificateId, CertificateParts, CmsError,
@@ -24,48 +29,49 @@ use super::{
 /// At most this many RecipientInfos in one EnvelopedData.
 pub const MAX_RECIPIENTS: usize = 16;
 
-/// Smallest RSA key aws-lc-rs encrypts to, in bits.
-pub const MIN_ENCRYPTION_RSA_BITS: usize = 2048;
+/// Smallest RSA recipient key otad encrypts to, in bits (the SCEP service refuses requesters
+/// below it before issuing anything).
+pub const MIN_ENCRYPTION_RSA_BITS: usize = 1024;
+
+/// Smallest RSA key aws-lc-rs encrypts to, in bits; recipients from
+/// [`MIN_ENCRYPTION_RSA_BITS`] up to this go through [`rsa_public`].
+const AWS_LC_MIN_ENCRYPTION_RSA_BITS: usize = 2048;
 
 /// EnvelopedData and KeyTransRecipientInfo version 0 (RFC 5652 §6.1, §6.2.1).
 const VERSION_0: [u8; 3] = [tag::INTEGER, 0x01, 0x00];
 
 /// DER ContentInfo(EnvelopedData): one KeyTransRecipientInfo (version 0, issuerAndSerialNumber
-/// of the recipient cert, rsaEncryption PKCS#1 v1.5 via aws-lc-rs Pkcs1PublicEncryptingKey),
-/// a random content key and IV, the given cipher.
+/// of the recipient cert, rsaEncryption PKCS#1 v1.5), a random content key and IV, the given
+/// cipher.
 ///
-/// RFC 5652 §6.1, §6.2.1, §6.3; the encrypted content type is id-data. aws-lc-rs encrypts only
-/// to RSA keys of 2048 to 8192 bits; smaller recipients get [`CmsError::UnsupportedKey`].
+/// RFC 5652 §6.1, §6.2.1, §6.3; the encrypted content type is id-data. Recipients of 2048 to
+/// 8192 bits are encrypted to by aws-lc-rs's Pkcs1PublicEncryptingKey; from
+/// [`MIN_ENCRYPTION_RSA_BITS`] (1024) up to 2048 bits, which aws-lc-rs refuses, by otad's own
+/// RSAES-PKCS1-v1_5 (RFC 8017 §7.2.1; a public-key operation, module `cms::rsa_public`). Smaller or larger recipients get
+/// [`CmsError::UnsupportedKey`].
 pub fn encrypt(
     content: &[u8],
     recipient_certificate: &[u8],
     cipher: ContentCipher,
 ) -> Result<Vec<u8>, CmsError> {
     let parts = certificate_parts(recipient_certificate)?;
-    let (_, bits) = rsa_public_key(&parts.subject_public_key_info)?;
-    // TODO: RSA-1024 recipients: aws-lc-rs's PublicEncryptingKey takes 2048..=8192 bits only,
-    // so content cannot be encrypted to a 1024-bit SCEP key; profiles must ask for 2048.
+    let (rsa_public_key, bits) = rsa_public_key(&parts.subject_public_key_info)?;
     if bits < MIN_ENCRYPTION_RSA_BITS {
         return Err(CmsError::UnsupportedKey(format!(
             "recipient rsa key of {bits} bits (encryption needs {MIN_ENCRYPTION_RSA_BITS})"
         )));
     }
-    let public_key = PublicEncryptingKey::from_der(parts.subject_public_key_info.raw)
-        .map_err(|err| CmsError::UnsupportedKey(format!("recipient key ({err})")))?;
-    let public_key = Pkcs1PublicEncryptingKey::new(public_key)
-        .map_err(|_| CmsError::Encrypt("recipient key refused".into()))?;
 
     let mut content_key = vec![0u8; cipher.key_len()];
     aws_lc_rs::rand::fill(&mut content_key)
         .map_err(|_| CmsError::Encrypt("no random content key".into()))?;
     let (encrypted_content, iv) = encrypt_content(content, &content_key, cipher)?;
 
-    let mut encrypted_key = vec![0u8; public_key.ciphertext_size()];
-    let encrypted_key_len = public_key
-        .encrypt(&content_key, &mut encrypted_key)
-        .map_err(|_| CmsError::Encrypt("rsa key transport failed".into()))?
-        .len();
-    encrypted_key.truncate(encrypted_key_len);
+    let encrypted_key = if bits >= AWS_LC_MIN_ENCRYPTION_RSA_BITS {
+        aws_lc_key_transport(parts.subject_public_key_info.raw, &content_key)?
+    } else {
+        RsaPublicKey::from_der(rsa_public_key)?.encrypt(&content_key)?
+    };
 
     let recipient_info = ber::tlv_of(
         tag::SEQUENCE,
@@ -103,6 +109,23 @@ pub fn encrypt(
         &oid::ID_ENVELOPED_DATA,
         &enveloped_data,
     ))
+}
+
+/// The content key encrypted to a recipient of 2048 bits or more by aws-lc-rs (RSAES-PKCS1-v1_5,
+/// RFC 8017 §7.2.1); `spki` is the recipient's DER SubjectPublicKeyInfo.
+fn aws_lc_key_transport(spki: &[u8], content_key: &[u8]) -> Result<Vec<u8>, CmsError> {
+    let public_key = PublicEncryptingKey::from_der(spki)
+        .map_err(|err| CmsError::UnsupportedKey(format!("recipient key ({err})")))?;
+    let public_key = Pkcs1PublicEncryptingKey::new(public_key)
+        .map_err(|_| CmsError::Encrypt("recipient key refused".into()))?;
+
+    let mut encrypted_key = vec![0u8; public_key.ciphertext_size()];
+    let encrypted_key_len = public_key
+        .encrypt(content_key, &mut encrypted_key)
+        .map_err(|_| CmsError::Encrypt("rsa key transport failed".into()))?
+        .len();
+    encrypted_key.truncate(encrypted_key_len);
+    Ok(encrypted_key)
 }
 
 /// The content of a decrypted EnvelopedData.
@@ -622,36 +645,130 @@ mod tests {
         Ok(())
     }
 
-    #[test]
-    fn small_rsa_recipients_are_refused() -> TestResult {
-        if !have_openssl()? {
-            return Ok(());
-        }
-        let dir = tempfile::tempdir()?;
+    /// A self-signed certificate for a new `bits`-bit RSA key made by openssl in `dir`, as
+    /// `name.der` and `name.pem`, the key as `name.key`.
+    fn openssl_identity(dir: &std::path::Path, name: &str, bits: usize) -> TestResult {
+        let key = format!("{name}.key");
+        let pem = format!("{name}.pem");
+        let der = format!("{name}.der");
+        openssl(dir, &["genrsa", "-out", &key, &bits.to_string()])?;
         openssl(
-            dir.path(),
+            dir,
             &[
                 "req",
                 "-x509",
-                "-newkey",
-                "rsa:1024",
-                "-nodes",
+                "-new",
+                "-key",
+                &key,
                 "-subj",
                 "/CN=small",
                 "-days",
                 "1",
-                "-keyout",
-                "small.key",
-                "-outform",
-                "DER",
                 "-out",
-                "small.der",
+                &pem,
             ],
         )?;
+        openssl(dir, &["x509", "-in", &pem, "-outform", "DER", "-out", &der])
+    }
+
+    #[test]
+    fn openssl_decrypts_what_encrypt_makes_for_keys_below_2048_bits() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        // 1024 as scepclient makes them, and widths that are not a multiple of 64 (2047 has
+        // the full 256-octet ciphertext of a 2048-bit key).
+        for bits in [1024usize, 1100, 1536, 2047] {
+            let name = format!("rsa{bits}");
+            openssl_identity(dir.path(), &name, bits)?;
+            let certificate = std::fs::read(dir.path().join(format!("{name}.der")))?;
+            for cipher in ALL_CIPHERS {
+                let message = encrypt(CONTENT, &certificate, cipher)?;
+                std::fs::write(dir.path().join("enveloped.der"), &message)?;
+                openssl(
+                    dir.path(),
+                    &[
+                        "cms",
+                        "-decrypt",
+                        "-provider",
+                        "legacy",
+                        "-provider",
+                        "default",
+                        "-binary",
+                        "-inform",
+                        "DER",
+                        "-in",
+                        "enveloped.der",
+                        "-recip",
+                        &format!("{name}.pem"),
+                        "-inkey",
+                        &format!("{name}.key"),
+                        "-out",
+                        "content.out",
+                    ],
+                )?;
+                assert_eq!(
+                    std::fs::read(dir.path().join("content.out"))?,
+                    CONTENT,
+                    "{bits} bits, {cipher}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rsa_1024_key_transport_block_has_the_pkcs1_shape() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        openssl_identity(dir.path(), "small", 1024)?;
         let certificate = std::fs::read(dir.path().join("small.der"))?;
+        let message = encrypt(CONTENT, &certificate, ContentCipher::Aes256Cbc)?;
+
+        // Take the encryptedKey out and open it raw with the private key: 0x00 0x02, a
+        // non-zero padding string, 0x00, then a 32-octet AES-256 key.
+        let enveloped = parse_enveloped_data(&message)?;
+        let recipient = enveloped.recipients.first().ok_or("no recipient")?;
+        assert_eq!(recipient.encrypted_key.len(), 128);
+        std::fs::write(dir.path().join("block.bin"), recipient.encrypted_key)?;
+        openssl(
+            dir.path(),
+            &[
+                "pkeyutl",
+                "-decrypt",
+                "-inkey",
+                "small.key",
+                "-pkeyopt",
+                "rsa_padding_mode:none",
+                "-in",
+                "block.bin",
+                "-out",
+                "block.out",
+            ],
+        )?;
+        let block = std::fs::read(dir.path().join("block.out"))?;
+        assert_eq!(block.len(), 128);
+        assert_eq!(block.get(..2), Some(&[0x00, 0x02][..]));
+        let padding = block.get(2..128 - 33).ok_or("range")?;
+        assert!(padding.iter().all(|octet| *octet != 0));
+        assert_eq!(block.get(128 - 33), Some(&0x00));
+        Ok(())
+    }
+
+    #[test]
+    fn rsa_recipients_below_1024_bits_are_refused() -> TestResult {
+        if !have_openssl()? {
+            return Ok(());
+        }
+        let dir = tempfile::tempdir()?;
+        openssl_identity(dir.path(), "tiny", 512)?;
+        let certificate = std::fs::read(dir.path().join("tiny.der"))?;
         assert!(matches!(
             encrypt(CONTENT, &certificate, ContentCipher::Aes128Cbc),
-            Err(CmsError::UnsupportedKey(text)) if text.contains("1024")
+            Err(CmsError::UnsupportedKey(text)) if text.contains("512")
         ));
         Ok(())
     }

@@ -14,6 +14,7 @@ use const_oid::ObjectIdentifier;
 pub mod ber;
 pub mod enveloped;
 pub mod oid;
+pub(crate) mod rsa_public;
 pub mod signed;
 
 pub use enveloped::{decrypt, encrypt, Decrypted};

@@ -19,6 +19,22 @@ pub const MAX_COMMON_NAME: usize = 64;
 /// Tries at a fresh serial when one is (astronomically unlikely) already recorded.
 const SERIAL_ATTEMPTS: usize = 4;
 
+/// The subject `scep.subject` gives a certificate whose CSR names itself `cn`.
+fn static_subject(ctx: &Context, cn: &str) -> Vec<(String, String)> {
+    ctx.config
+        .scep
+        .subject
+        .iter()
+        .filter_map(|entry| entry.split_once('='))
+        .map(|(kind, value)| {
+            let value = value
+                .replace("$CN", cn)
+                .replace("$ORGANIZATION", &ctx.config.server.organization);
+            (kind.to_string(), value)
+        })
+        .collect()
+}
+
 /// Who the certificate is for, and on whose authority.
 pub(crate) struct Authorisation {
     /// The subject, as (attribute short name, value) pairs.
@@ -114,12 +130,8 @@ pub(crate) fn authorise(
             .filter(|cn| !cn.is_empty() && cn.len() <= MAX_COMMON_NAME)
             .filter(|cn| cn.chars().all(|c| !c.is_control()))
             .ok_or("CSR needs a CN of 1 to 64 printable characters")?;
-        let subject = vec![
-            ("CN".to_string(), cn.to_string()),
-            ("O".to_string(), ctx.config.server.organization.clone()),
-        ];
         return Ok(Authorisation {
-            subject,
+            subject: static_subject(ctx, cn),
             udid: None,
             authorised_by: "static",
         });
@@ -154,11 +166,17 @@ pub(crate) fn issue(
         })
         .collect();
 
+    let ca_serial = cert::serial_hex(ctx.ca.certificate()).unwrap_or_default();
     for _ in 0..SERIAL_ATTEMPTS {
+        let serial = random_serial();
+        // A serial is never the CA's own (nor, through create_cert, any earlier one).
+        if hex(&serial).trim_start_matches("00") == ca_serial {
+            continue;
+        }
         let issue_request = IssueRequest {
             subject: &subject,
             public_key_spki_der,
-            serial: random_serial(),
+            serial,
             validity_days: ctx.derived.cert_validity_days,
             usage: KeyUsageProfile::DeviceIdentity,
         };
@@ -216,4 +234,8 @@ fn issued_to(
         authorisation.authorised_by
     );
     Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

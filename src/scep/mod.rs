@@ -95,6 +95,12 @@ pub fn handle(
                 .into_bytes(),
         }),
         "GetCACert" => {
+            if !ctx.config.scep.ra {
+                return Ok(ScepReply {
+                    content_type: "application/x-x509-ca-cert",
+                    body: ctx.ca.certificate().to_vec(),
+                });
+            }
             let ra = ctx.ra.certificate.as_slice();
             let body = signed::certs_only(&[ra, ctx.ca.certificate()])
                 .map_err(|err| ScepError::Internal(format!("GetCACert: {err}")))?;
@@ -195,6 +201,9 @@ fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, Sc
         sender_nonce: header.sender_nonce.clone(),
         digest,
     };
+    if let Some(reason) = signing_time_off(&message, crate::store::now()) {
+        return refuse(ctx, &to, FailInfo::BadTime, &reason, remote);
+    }
 
     match header.message_type {
         MessageType::PkcsReq => enroll::pkcs_req(ctx, &to, &message, remote),
@@ -210,6 +219,23 @@ fn pki_operation(ctx: &Context, body: &[u8], remote: &str) -> Result<Vec<u8>, Sc
             remote,
         ),
     }
+}
+
+/// How far a request's signingTime may be from ours before it gets FAILURE badTime.
+pub const MAX_SIGNING_TIME_SKEW: i64 = 24 * 3600;
+
+/// Why a request's signingTime (when it has one) is too far from `now`, RFC 8894 §3.2.1.4.
+fn signing_time_off(message: &signed::SignedMessage, now: i64) -> Option<String> {
+    use der::Decode;
+    let value = message.signed_attribute(&crate::cms::oid::SIGNING_TIME)?;
+    let Ok(time) = x509_cert::time::Time::from_der(value) else {
+        return Some("signingTime: not a UTCTime or GeneralizedTime".into());
+    };
+    let signed_at = i64::try_from(time.to_unix_duration().as_secs()).unwrap_or(i64::MAX);
+    let skew = signed_at.saturating_sub(now).saturating_abs();
+    (skew > MAX_SIGNING_TIME_SKEW).then(|| {
+        format!("signingTime is {skew} s from the server's clock (at most {MAX_SIGNING_TIME_SKEW})")
+    })
 }
 
 /// A request whose signature or algorithms fail still gets a signed FAILURE when it can be
@@ -268,8 +294,8 @@ pub(crate) fn refuse(
         digest: to.digest,
         payload: None,
     };
-    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
-        .map_err(ScepError::Internal)
+    let (responder, key) = ctx.scep_responder();
+    message::build_cert_rep(&rep, responder, key.signing()).map_err(ScepError::Internal)
 }
 
 /// The RA opens a request's EnvelopedData. Every failure of key transport or content
@@ -289,7 +315,8 @@ pub(crate) fn open_envelope(
             remote,
         ));
     };
-    enveloped::decrypt(envelope, &ctx.ra.certificate, ctx.ra.key.decrypting()).map_err(|err| {
+    let (responder, key) = ctx.scep_responder();
+    enveloped::decrypt(envelope, responder, key.decrypting()).map_err(|err| {
         let fail_info = if message::is_algorithm_error(&err) {
             FailInfo::BadAlg
         } else {
@@ -316,8 +343,8 @@ pub(crate) fn succeed(
         digest: to.digest,
         payload: Some((degenerate, cipher, requester)),
     };
-    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
-        .map_err(ScepError::Internal)
+    let (responder, key) = ctx.scep_responder();
+    message::build_cert_rep(&rep, responder, key.signing()).map_err(ScepError::Internal)
 }
 
 /// A CertRep PENDING: the request waits for an admin; the client polls with CertPoll.
@@ -331,13 +358,44 @@ pub(crate) fn pending(ctx: &Context, to: &ReplyTo) -> Result<Vec<u8>, ScepError>
         digest: to.digest,
         payload: None,
     };
-    message::build_cert_rep(&rep, &ctx.ra.certificate, ctx.ra.key.signing())
-        .map_err(ScepError::Internal)
+    let (responder, key) = ctx.scep_responder();
+    message::build_cert_rep(&rep, responder, key.signing()).map_err(ScepError::Internal)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signing_time_far_from_ours_is_named() {
+        use der::Encode;
+        let at = |unix: u64| {
+            let time = der::asn1::UtcTime::from_unix_duration(std::time::Duration::from_secs(unix))
+                .unwrap();
+            time.to_der().unwrap()
+        };
+        let message = |value: Vec<u8>| signed::SignedMessage {
+            content_type: crate::cms::oid::ID_DATA,
+            content: None,
+            certificates: Vec::new(),
+            signer: signed::Signer {
+                certificate: Vec::new(),
+                digest: DigestAlgorithm::Sha256,
+                signed_attributes: Some(vec![signed::SignedAttribute {
+                    oid: crate::cms::oid::SIGNING_TIME,
+                    values: vec![value],
+                }]),
+            },
+        };
+        let now = 1_800_000_000;
+        assert_eq!(
+            signing_time_off(&message(at(1_800_000_000 - 3600)), now),
+            None
+        );
+        let off = signing_time_off(&message(at(1_800_000_000 - 3 * 86_400)), now).unwrap();
+        assert!(off.starts_with("signingTime is 259200 s"), "{off}");
+        assert!(signing_time_off(&message(vec![0x04, 0]), now).is_some());
+    }
 
     #[test]
     fn get_message_decoding_tolerates_what_clients_send() {
