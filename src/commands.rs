@@ -3,11 +3,13 @@
 //! `main.rs` parses arguments; these functions do the work and return what to print, so the
 //! integration tests can run them without a process.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::{info, warn};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
 use crate::context::{files, Context};
@@ -16,8 +18,8 @@ use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::{
     random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute,
 };
-use crate::pki::cert;
 use crate::pki::keys::RsaPrivateKey;
+use crate::pki::{cert, crl, PkiError};
 use crate::store::{self, Store};
 
 /// How long the CA, RA and profile signer made by `otad init` are valid.
@@ -31,10 +33,45 @@ pub struct InitOptions {
     pub url: String,
     /// The organization in profiles and certificate subjects.
     pub organization: String,
+    /// An existing CA to take over instead of creating one.
+    pub import: Option<CaImport>,
 }
 
-/// `otad init`: a new state dir with config, CA, RA and profile signer. Refuses to touch an
-/// existing state.
+/// An existing CA for `otad init --ca-cert --ca-key`: a PEM certificate and its key (PKCS#1,
+/// PKCS#8, or PKCS#8 encrypted with PBES2).
+pub struct CaImport {
+    /// The CA certificate, PEM.
+    pub certificate: PathBuf,
+    /// The CA key, PEM.
+    pub key: PathBuf,
+    /// Where the password of an encrypted key comes from.
+    pub password: KeyPassword,
+}
+
+/// Where the password of an encrypted CA key comes from; never from the command line, where
+/// other users see it in the process list.
+pub enum KeyPassword {
+    /// The first line of this file.
+    File(PathBuf),
+    /// A no-echo prompt on the terminal, asked only if the key is encrypted.
+    Prompt,
+    /// None: an encrypted key is refused with a hint.
+    NotGiven,
+}
+
+/// The largest certificate, key or password file `otad init` reads.
+pub const MAX_IMPORT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The most PBKDF2 iterations an encrypted key may ask for (OpenSSL writes 2,048; some
+/// tools 600,000); more would keep init busy for minutes.
+pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
+
+/// The most memory scrypt may ask for to decrypt a key (128 · r · N bytes).
+pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `otad init`: a new state dir with config, CA (new, or imported), RA and profile signer.
+/// Refuses to touch an existing state. An imported CA is checked completely (key, CA
+/// constraints, validity, able to sign certificates and CRLs) before anything is written.
 pub fn init(options: &InitOptions) -> Result<String, String> {
     let state = &options.state;
     check_state_is_new(state)?;
@@ -42,11 +79,17 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
     Config::parse(&text, &state.join("otad.toml"))
         .map_err(|err| format!("--url or --organization: {err}"))?;
 
-    let store = Store::create(state).map_err(|err| err.to_string())?;
     let org = &options.organization;
-    let ca =
-        CertificateAuthority::create(&format!("{org} Enrollment CA"), org, IDENTITY_VALIDITY_DAYS)
-            .map_err(|err| format!("creating the CA: {err}"))?;
+    let ca = match &options.import {
+        Some(import) => import_ca(import)?,
+        None => CertificateAuthority::create(
+            &format!("{org} Enrollment CA"),
+            org,
+            IDENTITY_VALIDITY_DAYS,
+        )
+        .map_err(|err| format!("creating the CA: {err}"))?,
+    };
+    let store = Store::create(state).map_err(|err| err.to_string())?;
     let ra = issue_identity(
         &ca,
         &format!("{org} SCEP RA"),
@@ -82,13 +125,185 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
     // The config goes last: its presence marks a complete state dir.
     write("otad.toml", text.as_bytes(), 0o640)?;
 
+    let what = match &options.import {
+        Some(_) => {
+            let subject = cert::summarize(ca.certificate())
+                .map(|summary| summary.subject)
+                .unwrap_or_default();
+            format!(
+                "imported CA {subject:?} (its key now unencrypted in {}, mode 0600), new RA and \
+                 profile signer",
+                state.join(files::CA_KEY).display()
+            )
+        }
+        None => "CA, RA and profile signer".to_string(),
+    };
     Ok(format!(
-        "created {} (CA, RA and profile signer; config in {})\nnext: edit [mdm] in the config, \
-         then run: otad serve --config {}",
+        "created {} ({what}; config in {})\nnext: edit [mdm] in the config, then run: otad \
+         serve --config {}",
         state.display(),
         state.join("otad.toml").display(),
         state.join("otad.toml").display()
     ))
+}
+
+/// Loads and checks a CA to take over: one certificate, its key, a CA, valid now, and able to
+/// sign what otad signs with it (certificates and CRLs: both are tried here, so that a name
+/// rcgen cannot re-encode exactly or a keyUsage without cRLSign fails init, not the server).
+fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
+    let cert_flag = format!("--ca-cert {}", import.certificate.display());
+    let key_flag = format!("--ca-key {}", import.key.display());
+
+    let cert_text =
+        read_import_file(&import.certificate).map_err(|why| format!("{cert_flag}: {why}"))?;
+    let certificates =
+        cert::pem_to_der_all(&cert_text).map_err(|err| format!("{cert_flag}: {err}"))?;
+    let [certificate] = certificates.as_slice() else {
+        return Err(format!(
+            "{cert_flag}: holds {} certificates; give the CA certificate alone",
+            certificates.len()
+        ));
+    };
+    let key = read_ca_key(import).map_err(|why| format!("{key_flag}: {why}"))?;
+
+    let ca = CertificateAuthority::load(certificate, key).map_err(|err| match err {
+        PkiError::CaKeyMismatch => {
+            format!("{key_flag}: not the key of the certificate in {cert_flag}")
+        }
+        PkiError::NotACaCertificate => format!(
+            "{cert_flag}: not a CA certificate (basicConstraints must say cA, and keyUsage, if \
+             present, keyCertSign)"
+        ),
+        other => format!("{cert_flag}: {other}"),
+    })?;
+    cert::check_validity(ca.certificate(), store::now())
+        .map_err(|err| format!("{cert_flag}: {err}"))?;
+    let now = store::now();
+    crl::sign(
+        &ca,
+        &crl::CrlParams {
+            number: 1,
+            this_update: now,
+            next_update: now + 60,
+            revoked: &[],
+        },
+    )
+    .map_err(|err| format!("{cert_flag}: cannot sign CRLs with it: {err}"))?;
+    Ok(ca)
+}
+
+/// Reads a text file given to `otad init`, within [`MAX_IMPORT_FILE_BYTES`].
+fn read_import_file(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
+    let mut text = String::new();
+    std::io::Read::take(file, MAX_IMPORT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read as text: {err}"))?;
+    if text.len() as u64 > MAX_IMPORT_FILE_BYTES {
+        return Err(format!("larger than {MAX_IMPORT_FILE_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
+/// The CA key: PKCS#1 or PKCS#8 as `RsaPrivateKey::from_pem` reads them, or an encrypted
+/// PKCS#8 (RFC 5958 section 3, PBES2 of RFC 8018) decrypted with the password.
+fn read_ca_key(import: &CaImport) -> Result<RsaPrivateKey, String> {
+    let text = Zeroizing::new(read_import_file(&import.key)?);
+    if text.contains("Proc-Type: 4,ENCRYPTED") {
+        return Err(format!(
+            "a legacy encrypted PEM key (Proc-Type header), which otad does not read; convert \
+             it with: openssl pkcs8 -topk8 -v2 aes-256-cbc -in {} -out ca-key.p8",
+            import.key.display()
+        ));
+    }
+    let encrypted = cert::pem_blocks(&text)
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .find(|block| block.label == ENCRYPTED_PKCS8_LABEL);
+    let Some(encrypted) = encrypted else {
+        return RsaPrivateKey::from_pem(&text).map_err(|err| err.to_string());
+    };
+
+    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(encrypted.der.as_slice())
+        .map_err(|err| format!("encrypted key: malformed ({err})"))?;
+    check_key_derivation(&info.encryption_algorithm)?;
+    let password = key_password(&import.password)?;
+    let decrypted = info.decrypt(password.as_bytes()).map_err(|err| match err {
+        pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::UnsupportedAlgorithm { oid })
+        | pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::AlgorithmParametersInvalid {
+            oid,
+        }) => {
+            format!(
+                "encrypted with {oid}, which otad does not read (PBES2 with PBKDF2-HMAC-SHA-2 or \
+                 scrypt, and AES-CBC, do: openssl pkcs8 -topk8 -v2 aes-256-cbc)"
+            )
+        }
+        _ => "cannot decrypt the key: wrong password".to_string(),
+    })?;
+    // A wrong password passes the padding check about once in 256 tries; what it yields then
+    // is no key.
+    RsaPrivateKey::from_pkcs8_der(decrypted.as_bytes())
+        .map_err(|_| "cannot decrypt the key: wrong password".to_string())
+}
+
+/// PEM label of an EncryptedPrivateKeyInfo (RFC 7468 section 11).
+const ENCRYPTED_PKCS8_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+/// Refuses key derivations that would run for minutes or take gigabytes.
+fn check_key_derivation(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<(), String> {
+    use pkcs8::pkcs5::pbes2::Kdf;
+
+    let pkcs8::pkcs5::EncryptionScheme::Pbes2(parameters) = scheme else {
+        return Err(
+            "encrypted with PBES1, which otad does not read (re-encrypt with: openssl pkcs8 \
+             -topk8 -v2 aes-256-cbc)"
+                .into(),
+        );
+    };
+    match &parameters.kdf {
+        Kdf::Pbkdf2(pbkdf2) if pbkdf2.iteration_count > MAX_PBKDF2_ITERATIONS => Err(format!(
+            "encrypted key: {} PBKDF2 iterations is over the limit of {MAX_PBKDF2_ITERATIONS}",
+            pbkdf2.iteration_count
+        )),
+        Kdf::Scrypt(scrypt) => {
+            let memory = 128u64
+                .saturating_mul(u64::from(scrypt.block_size))
+                .saturating_mul(scrypt.cost_parameter);
+            if memory > MAX_SCRYPT_MEMORY_BYTES || scrypt.parallelization > 16 {
+                return Err(format!(
+                    "encrypted key: scrypt parameters ask for {memory} bytes or p = {}, over \
+                     the limits of {MAX_SCRYPT_MEMORY_BYTES} bytes and p = 16",
+                    scrypt.parallelization
+                ));
+            }
+            Ok(())
+        }
+        // Other derivations fail in decrypt with their OID named.
+        _ => Ok(()),
+    }
+}
+
+/// The password of an encrypted key, from where [`KeyPassword`] says.
+fn key_password(source: &KeyPassword) -> Result<Zeroizing<String>, String> {
+    match source {
+        KeyPassword::File(path) => {
+            let text = Zeroizing::new(
+                read_import_file(path)
+                    .map_err(|why| format!("--ca-key-password-file {}: {why}", path.display()))?,
+            );
+            // The first line, as `openssl -passin file:` reads it.
+            let line = text.lines().next().unwrap_or_default();
+            Ok(Zeroizing::new(line.to_string()))
+        }
+        KeyPassword::Prompt => rpassword::prompt_password("CA key password: ")
+            .map(Zeroizing::new)
+            .map_err(|err| format!("encrypted; cannot read the password from the terminal: {err}")),
+        KeyPassword::NotGiven => Err(
+            "encrypted; give its password with --ca-key-password-file FILE (or run otad init in \
+             a terminal to be asked)"
+                .into(),
+        ),
+    }
 }
 
 /// `otad init` writes only into a folder that does not exist yet or is empty, so it can never

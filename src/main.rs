@@ -3,12 +3,13 @@
 //! Exit codes: 0 success, 1 the command ran and failed (or `verify` found an untrusted
 //! file), 2 the command line itself was wrong.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
-use otad::commands::{self, InitOptions, VerifyOptions};
+use otad::commands::{self, CaImport, InitOptions, KeyPassword, VerifyOptions};
 use otad::simulate::{self, SimulateOptions};
 
 const HELP: &str = "\
@@ -29,14 +30,25 @@ commands:
 
 const INIT_HELP: &str = "\
 usage: otad init --state DIR --url URL [--organization ORG]
+                 [--ca-cert FILE --ca-key FILE [--ca-key-password-file FILE]]
 
 Creates DIR with otad.toml (every key, commented), an RSA-2048 CA, a separate RA key and
 certificate (SCEP decryption and CertRep signing) and a profile-signing identity. Private
 keys are mode 0600. Refuses to touch a DIR that already holds a state.
 
+With --ca-cert and --ca-key, takes over an existing CA instead of creating one (a
+micromdm/scep depot's ca.pem and ca.key, say): the RA and profile signer are then issued by
+it. The key must match the certificate, which must be a CA valid now that may sign CRLs.
+The key is stored unencrypted in DIR/ca/ca.key (mode 0600).
+
   --state DIR          the state dir to create (may exist if empty)
   --url URL            the base URL devices reach otad at, e.g. https://otad.example.com
   --organization ORG   the organization in profiles and certificates (default: otad)
+  --ca-cert FILE       an existing CA certificate, PEM
+  --ca-key FILE        its private key, PEM: PKCS#1, PKCS#8, or encrypted PKCS#8 (PBES2)
+  --ca-key-password-file FILE
+                       the encrypted key's password, the file's first line; without it,
+                       otad asks on the terminal (never give a password as an argument)
 ";
 
 const SERVE_HELP: &str = "\
@@ -151,11 +163,15 @@ fn required<T>(value: Option<T>, flag: &str, help: &str) -> Result<T, Usage> {
 
 fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     let (mut state, mut url, mut organization) = (None, None, "otad".to_string());
+    let (mut ca_cert, mut ca_key, mut password_file) = (None, None, None);
     while let Some(arg) = parser.next()? {
         match arg {
             Long("state") => state = Some(PathBuf::from(parser.value()?)),
             Long("url") => url = Some(parser.value()?.string()?),
             Long("organization") => organization = parser.value()?.string()?,
+            Long("ca-cert") => ca_cert = Some(PathBuf::from(parser.value()?)),
+            Long("ca-key") => ca_key = Some(PathBuf::from(parser.value()?)),
+            Long("ca-key-password-file") => password_file = Some(PathBuf::from(parser.value()?)),
             Long("help") | Short('h') => {
                 print!("{INIT_HELP}");
                 return Ok(Outcome::Done);
@@ -163,10 +179,37 @@ fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
             other => return Err(other.unexpected().into()),
         }
     }
+    let import = match (ca_cert, ca_key) {
+        (Some(certificate), Some(key)) => {
+            // Asked for only if the key turns out to be encrypted, and only on a terminal.
+            let password = match password_file {
+                Some(file) => KeyPassword::File(file),
+                None if std::io::stdin().is_terminal() => KeyPassword::Prompt,
+                None => KeyPassword::NotGiven,
+            };
+            Some(CaImport {
+                certificate,
+                key,
+                password,
+            })
+        }
+        (None, None) if password_file.is_some() => {
+            return Err(Usage(format!(
+                "--ca-key-password-file goes with --ca-cert and --ca-key\n\n{INIT_HELP}"
+            )))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(Usage(format!(
+                "--ca-cert and --ca-key go together\n\n{INIT_HELP}"
+            )))
+        }
+    };
     let options = InitOptions {
         state: required(state, "--state", INIT_HELP)?,
         url: required(url, "--url", INIT_HELP)?,
         organization,
+        import,
     };
     Ok(match commands::init(&options) {
         Ok(message) => {

@@ -1,9 +1,841 @@
-//! `otad cert`: being written (issue 3).
+//! `otad cert`: list, show, revoke and import the certificates the CA issued.
+//!
+//! Each subcommand reads the config for the state dir; `revoke` and `import` also load the
+//! CA. Writes happen under the state lock (`Store::transaction`), so all of this is safe
+//! while `otad serve` runs. `revoke` re-signs the CRL in the same transaction
+//! ([RFC 5280 section 5](https://www.rfc-editor.org/rfc/rfc5280#section-5)), so a server
+//! serves the new CRL with its next `GET /crl` or GetCRL.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lexopt::prelude::*;
+use serde_json::json;
 
 use super::{Args, Exit};
+use crate::config::{Config, Derived};
+use crate::context::{files, Identity};
+use crate::ota::machine::{self, Event};
+use crate::pki::ca::CertificateAuthority;
+use crate::pki::cert;
+use crate::pki::crl::{self, RevocationReason};
+use crate::store::{self, CertRecord, DevicePhase, DeviceRecord, HistoryEntry, Store, StoreError};
+
+/// What an imported certificate's record says authorised it.
+pub const IMPORTED: &str = "imported";
+
+/// The most certificates one `otad cert import` records.
+pub const MAX_IMPORT_CERTIFICATES: usize = 1024;
+
+const HELP: &str = "\
+usage: otad cert <subcommand> --config FILE ...
+
+subcommands:
+  list      every certificate the CA issued, with its status
+  show      one certificate's record and PEM
+  revoke    revoke a certificate and re-sign the CRL
+  import    record certificates an earlier CA (imported with otad init --ca-cert) issued
+
+`otad cert <subcommand> --help` explains each. Safe while otad serve runs.
+";
+
+const LIST_HELP: &str = "\
+usage: otad cert list --config FILE [--json]
+
+Lists every certificate the CA issued: serial, status (valid, revoked, expired or
+superseded: a newer certificate was issued to the same device), issued, not after, UDID
+and subject.
+
+  --config FILE   the otad.toml of the state
+  --json          one JSON array instead of a table
+";
+
+const SHOW_HELP: &str = "\
+usage: otad cert show --config FILE SERIAL
+
+Prints one certificate's record and its PEM. SERIAL is hex as `otad cert list` prints it
+(case, colons and leading zeros do not matter).
+
+  --config FILE   the otad.toml of the state
+";
+
+const REVOKE_HELP: &str = "\
+usage: otad cert revoke --config FILE SERIAL [--reason R]
+
+Revokes a certificate: phase 3 and renewal refuse it from now on, and the CRL (GET /crl,
+SCEP GetCRL, state/crl.der) is re-signed with a higher CRL number, listing it.
+
+  --config FILE   the otad.toml of the state
+  --reason R      unspecified (default), keyCompromise, affiliationChanged, superseded or
+                  cessationOfOperation
+";
+
+const IMPORT_HELP: &str = "\
+usage: otad cert import --config FILE CERT.pem... [--udid U]
+
+Records certificates issued by the CA key this state uses (a CA imported with otad init
+--ca-cert), so that they can renew and be revoked. Each must verify under the CA's key and
+name it as issuer. A certificate already recorded is skipped.
+
+  --config FILE   the otad.toml of the state
+  --udid U        the device the certificate belongs to (one certificate only); phase 3 and
+                  renewal then accept it for that device
+";
 
 /// Runs `otad cert` with its arguments.
-pub fn run(_args: Args) -> Exit {
-    // TODO: being written now (issue 3).
-    Exit::Usage("otad cert: not available yet".into())
+pub fn run(args: Args) -> Exit {
+    match dispatch(args) {
+        Ok(output) => {
+            print!("{output}");
+            Exit::Ok
+        }
+        Err(exit) => exit,
+    }
+}
+
+/// Runs a subcommand and returns what it prints.
+fn dispatch(args: Args) -> Result<String, Exit> {
+    let mut parser = lexopt::Parser::from_args(args);
+    let subcommand = match parser.next().map_err(usage)? {
+        Some(Value(name)) => name.string().map_err(usage)?,
+        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
+        Some(other) => return Err(usage(other.unexpected())),
+    };
+    match subcommand.as_str() {
+        "list" => list(parser),
+        "show" => show(parser),
+        "revoke" => revoke(parser),
+        "import" => import(parser),
+        other => Err(Exit::Usage(format!(
+            "otad cert: unknown subcommand {other:?}\n\n{HELP}"
+        ))),
+    }
+}
+
+fn usage(err: lexopt::Error) -> Exit {
+    Exit::Usage(err.to_string())
+}
+
+fn required<T>(value: Option<T>, what: &str, help: &str) -> Result<T, Exit> {
+    value.ok_or_else(|| Exit::Usage(format!("{what} is required\n\n{help}")))
+}
+
+/// The state behind a config: its derived settings and the open store.
+fn open_state(config: &Path) -> Result<(Derived, Store), Exit> {
+    let (_, derived) = Config::load(config).map_err(|err| Exit::Failed(err.to_string()))?;
+    let store = Store::open(&derived.state_dir).map_err(failed)?;
+    Ok((derived, store))
+}
+
+/// The CA as the server loads it.
+fn load_ca(store: &Store) -> Result<CertificateAuthority, Exit> {
+    let identity = Identity::load(store, files::CA_CERT, files::CA_KEY).map_err(Exit::Failed)?;
+    CertificateAuthority::load(&identity.certificate, identity.key)
+        .map_err(|err| Exit::Failed(format!("{}: {err}", store.path(files::CA_CERT).display())))
+}
+
+fn failed(err: impl std::fmt::Display) -> Exit {
+    Exit::Failed(err.to_string())
+}
+
+/// A serial as an admin may type it ("0A:1B", "0x0a1b", "A1B") in the form `certs/` uses:
+/// lowercase hex, no leading zero octets, an even number of digits (or "0").
+pub fn normalize_serial(input: &str) -> Result<String, String> {
+    let trimmed = input.trim();
+    let digits = trimmed
+        .strip_prefix("0x")
+        .or_else(|| trimmed.strip_prefix("0X"))
+        .unwrap_or(trimmed);
+    let digits: String = digits
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if digits.is_empty()
+        || digits.len() > 2 * crl::MAX_SERIAL_OCTETS + 2
+        || !digits.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        return Err(format!(
+            "serial {:?}: not a hex serial number like 0a1b2c",
+            input.chars().take(64).collect::<String>()
+        ));
+    }
+    let significant = digits.trim_start_matches('0');
+    Ok(match significant.len() {
+        0 => "0".to_string(),
+        n if n % 2 == 1 => format!("0{significant}"),
+        _ => significant.to_string(),
+    })
+}
+
+/// Where a certificate stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertStatus {
+    /// Usable.
+    Valid,
+    /// Revoked (whatever else is true of it).
+    Revoked,
+    /// Past notAfter.
+    Expired,
+    /// Renewed, or a newer certificate was issued to the same device.
+    Superseded,
+}
+
+impl CertStatus {
+    /// The word `otad cert list` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            CertStatus::Valid => "valid",
+            CertStatus::Revoked => "revoked",
+            CertStatus::Expired => "expired",
+            CertStatus::Superseded => "superseded",
+        }
+    }
+}
+
+/// The status of each record at `now`, in the order given. A certificate is superseded when a
+/// RenewalReq replaced it, or when a later one went to the same UDID (a re-enrollment).
+pub fn statuses(records: &[CertRecord], now: i64) -> Vec<CertStatus> {
+    let mut latest: BTreeMap<&str, i64> = BTreeMap::new();
+    for record in records {
+        if let Some(udid) = record.udid.as_deref() {
+            let issued = latest.entry(udid).or_insert(record.issued_at);
+            *issued = (*issued).max(record.issued_at);
+        }
+    }
+    records
+        .iter()
+        .map(|record| {
+            let newer_for_device = record
+                .udid
+                .as_deref()
+                .and_then(|udid| latest.get(udid))
+                .is_some_and(|latest| *latest > record.issued_at);
+            if record.revoked.is_some() {
+                CertStatus::Revoked
+            } else if record.not_after < now {
+                CertStatus::Expired
+            } else if record.superseded_by.is_some() || newer_for_device {
+                CertStatus::Superseded
+            } else {
+                CertStatus::Valid
+            }
+        })
+        .collect()
+}
+
+fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
+    let (mut config, mut as_json) = (None, false);
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(parser.value().map_err(usage)?)),
+            Long("json") => as_json = true,
+            Long("help") | Short('h') => return Ok(LIST_HELP.to_string()),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let config = required(config, "--config", LIST_HELP)?;
+    let (_, store) = open_state(&config)?;
+
+    let mut records = store.certs().map_err(failed)?;
+    records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
+    let statuses = statuses(&records, store::now());
+    if as_json {
+        let rows: Vec<serde_json::Value> = records
+            .iter()
+            .zip(&statuses)
+            .map(|(record, status)| record_json(record, *status))
+            .collect();
+        let mut text = serde_json::to_string_pretty(&rows).map_err(failed)?;
+        text.push('\n');
+        return Ok(text);
+    }
+
+    let mut text = format!(
+        "{:<32}  {:<10}  {:<20}  {:<20}  {:<36}  SUBJECT\n",
+        "SERIAL", "STATUS", "ISSUED", "NOT AFTER", "UDID"
+    );
+    for (record, status) in records.iter().zip(&statuses) {
+        text.push_str(&format!(
+            "{:<32}  {:<10}  {:<20}  {:<20}  {:<36}  {}\n",
+            record.serial,
+            status.name(),
+            rfc3339(record.issued_at),
+            rfc3339(record.not_after),
+            record.udid.as_deref().unwrap_or("-"),
+            record.subject
+        ));
+    }
+    Ok(text)
+}
+
+fn record_json(record: &CertRecord, status: CertStatus) -> serde_json::Value {
+    json!({
+        "serial": record.serial,
+        "status": status.name(),
+        "subject": record.subject,
+        "udid": record.udid,
+        "issued": rfc3339(record.issued_at),
+        "not_after": rfc3339(record.not_after),
+        "revoked": record.revoked.map(rfc3339),
+        "revocation_reason": record.revocation_reason,
+        "superseded_by": record.superseded_by,
+        "authorised_by": record.authorised_by,
+    })
+}
+
+/// Checks that `--config FILE` and SERIAL were given; the serial in the form `certs/` uses.
+fn config_and_serial(
+    config: Option<PathBuf>,
+    serial: Option<String>,
+    help: &str,
+) -> Result<(PathBuf, String), Exit> {
+    let config = required(config, "--config", help)?;
+    let serial = required(serial, "SERIAL", help)?;
+    let serial = normalize_serial(&serial).map_err(Exit::Usage)?;
+    Ok((config, serial))
+}
+
+fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
+    let (mut config, mut serial) = (None, None);
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(parser.value().map_err(usage)?)),
+            Long("help") | Short('h') => return Ok(SHOW_HELP.to_string()),
+            Value(value) if serial.is_none() => serial = Some(value.string().map_err(usage)?),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let (config, serial) = config_and_serial(config, serial, SHOW_HELP)?;
+    let (_, store) = open_state(&config)?;
+
+    let records = store.certs().map_err(failed)?;
+    let statuses = statuses(&records, store::now());
+    let Some((record, status)) = records
+        .iter()
+        .zip(statuses)
+        .find(|(record, _)| record.serial == serial)
+    else {
+        return Err(Exit::Failed(format!(
+            "certificate {serial}: not recorded in this state dir"
+        )));
+    };
+
+    let mut text = format!(
+        "serial: {}\nstatus: {}\nsubject: {}\nudid: {}\nissued: {}\nnot after: {}\n",
+        record.serial,
+        status.name(),
+        record.subject,
+        record.udid.as_deref().unwrap_or("-"),
+        rfc3339(record.issued_at),
+        rfc3339(record.not_after)
+    );
+    if let Some(at) = record.revoked {
+        text.push_str(&format!(
+            "revoked: {} ({})\n",
+            rfc3339(at),
+            record.revocation_reason.as_deref().unwrap_or("unspecified")
+        ));
+    }
+    if let Some(next) = &record.superseded_by {
+        text.push_str(&format!("superseded by: {next}\n"));
+    }
+    text.push_str(&format!("authorised by: {}\n", record.authorised_by));
+    text.push_str(&record.pem);
+    if !record.pem.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+fn revoke(mut parser: lexopt::Parser) -> Result<String, Exit> {
+    let (mut config, mut serial, mut reason) = (None, None, RevocationReason::Unspecified);
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(parser.value().map_err(usage)?)),
+            Long("reason") => {
+                let name = parser.value().map_err(usage)?.string().map_err(usage)?;
+                reason = RevocationReason::from_name(&name).ok_or_else(|| {
+                    Exit::Usage(format!(
+                        "--reason {name:?}: not one of {}",
+                        crl::reason_names()
+                    ))
+                })?;
+            }
+            Long("help") | Short('h') => return Ok(REVOKE_HELP.to_string()),
+            Value(value) if serial.is_none() => serial = Some(value.string().map_err(usage)?),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let (config, serial) = config_and_serial(config, serial, REVOKE_HELP)?;
+    let (derived, store) = open_state(&config)?;
+    let ca = load_ca(&store)?;
+
+    let done = crl::revoke(
+        &store,
+        &ca,
+        derived.crl_validity,
+        &serial,
+        reason,
+        store::now(),
+    )
+    .map_err(failed)?;
+    Ok(format!(
+        "revoked {} ({}) for {}; signed CRL number {} ({})\n",
+        done.record.serial,
+        done.record.subject,
+        done.record
+            .revocation_reason
+            .as_deref()
+            .unwrap_or(reason.name()),
+        done.crl_number,
+        store.path(store::crl::CRL_FILE).display()
+    ))
+}
+
+fn import(mut parser: lexopt::Parser) -> Result<String, Exit> {
+    let (mut config, mut udid, mut paths) = (None, None, Vec::new());
+    while let Some(arg) = parser.next().map_err(usage)? {
+        match arg {
+            Long("config") => config = Some(PathBuf::from(parser.value().map_err(usage)?)),
+            Long("udid") => udid = Some(parser.value().map_err(usage)?.string().map_err(usage)?),
+            Long("help") | Short('h') => return Ok(IMPORT_HELP.to_string()),
+            Value(path) => paths.push(PathBuf::from(path)),
+            other => return Err(usage(other.unexpected())),
+        }
+    }
+    let config = required(config, "--config", IMPORT_HELP)?;
+    if paths.is_empty() {
+        return Err(Exit::Usage(format!(
+            "CERT.pem is required\n\n{IMPORT_HELP}"
+        )));
+    }
+    if let Some(udid) = &udid {
+        if !store::valid_udid(udid) {
+            return Err(Exit::Usage(format!(
+                "--udid {udid:?}: not a UDID (1 to 64 of A-Z a-z 0-9 -)"
+            )));
+        }
+    }
+
+    let mut certificates = Vec::new();
+    for path in &paths {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| Exit::Failed(format!("{}: cannot read: {err}", path.display())))?;
+        let ders = cert::pem_to_der_all(&text)
+            .map_err(|err| Exit::Failed(format!("{}: {err}", path.display())))?;
+        certificates.extend(ders.into_iter().map(|der| (path.clone(), der)));
+        if certificates.len() > MAX_IMPORT_CERTIFICATES {
+            return Err(Exit::Failed(format!(
+                "more than {MAX_IMPORT_CERTIFICATES} certificates; import them in batches"
+            )));
+        }
+    }
+    if udid.is_some() && certificates.len() != 1 {
+        return Err(Exit::Usage(format!(
+            "--udid needs exactly one certificate; {} given",
+            certificates.len()
+        )));
+    }
+
+    let (_, store) = open_state(&config)?;
+    let ca = load_ca(&store)?;
+    let mut text = String::new();
+    for (path, der) in &certificates {
+        let line = import_one(&store, &ca, der, udid.as_deref(), store::now())
+            .map_err(|why| Exit::Failed(format!("{}: {why}", path.display())))?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Records one certificate our CA key issued; returns the line to print.
+fn import_one(
+    store: &Store,
+    ca: &CertificateAuthority,
+    der: &[u8],
+    udid: Option<&str>,
+    now: i64,
+) -> Result<String, String> {
+    let summary = cert::summarize(der).map_err(|err| err.to_string())?;
+    let serial = summary.serial_hex.clone();
+    if der == ca.certificate() {
+        return Ok(format!("skipped {serial}: the CA certificate itself"));
+    }
+    check_importable(ca, der)?;
+
+    let record = CertRecord {
+        serial: serial.clone(),
+        udid: udid.map(str::to_string),
+        subject: summary.subject.clone(),
+        // When the old CA issued it is not recorded anywhere else; notBefore is the best
+        // witness, and orders it correctly against certificates we issue later.
+        issued_at: summary.not_before,
+        not_after: summary.not_after,
+        revoked: None,
+        revocation_reason: None,
+        authorised_by: IMPORTED.to_string(),
+        superseded_by: None,
+        pem: cert::der_to_pem(der),
+    };
+    let imported = store
+        .transaction(|| {
+            match store.create_cert(&record) {
+                Err(StoreError::SerialTaken(_)) => {
+                    let existing = store.cert(&serial)?;
+                    if existing.is_some_and(|existing| existing.pem == record.pem) {
+                        return Ok(false);
+                    }
+                    return Err(ImportError::SerialClash(serial.clone()));
+                }
+                other => other?,
+            }
+            if let Some(udid) = udid {
+                bind_to_device(store, udid, &serial, now)?;
+            }
+            Ok(true)
+        })
+        .map_err(|err| err.to_string())?;
+
+    let status = if summary.not_after < now {
+        " (expired)"
+    } else {
+        ""
+    };
+    Ok(if imported {
+        format!(
+            "imported {serial} ({}){status}{}",
+            summary.subject,
+            udid.map(|u| format!(" for {u}")).unwrap_or_default()
+        )
+    } else {
+        format!("skipped {serial}: already recorded")
+    })
+}
+
+/// Why recording an imported certificate failed.
+#[derive(Debug)]
+enum ImportError {
+    /// The state dir failed.
+    Store(StoreError),
+    /// Another certificate with the same serial is recorded.
+    SerialClash(String),
+}
+
+impl From<StoreError> for ImportError {
+    fn from(err: StoreError) -> ImportError {
+        ImportError::Store(err)
+    }
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::Store(err) => write!(f, "{err}"),
+            ImportError::SerialClash(serial) => write!(
+                f,
+                "certificate {serial}: another certificate with this serial is recorded"
+            ),
+        }
+    }
+}
+
+/// An imported certificate must be one our CA key signed, under our name, for an end entity
+/// with a positive serial (the CRL could not name any other).
+fn check_importable(ca: &CertificateAuthority, der: &[u8]) -> Result<(), String> {
+    if !ca.issued(der) {
+        return Err("not signed by this state's CA key".into());
+    }
+    let certificate = cert::parse_certificate(der).map_err(|err| err.to_string())?;
+    if certificate.issuer().as_raw() != ca.subject_der() {
+        return Err("its issuer name is not this CA's subject".into());
+    }
+    let is_ca = certificate
+        .basic_constraints()
+        .map_err(|err| err.to_string())?
+        .is_some_and(|bc| bc.value.ca);
+    if is_ca {
+        return Err("a CA certificate, not a device's".into());
+    }
+    let serial = certificate.raw_serial();
+    if serial.first().is_some_and(|first| first & 0x80 != 0) || serial.len() > 21 {
+        return Err("its serial number is negative or longer than 20 octets".into());
+    }
+    Ok(())
+}
+
+/// Adds an imported serial to the device's record, creating a certified one for a device
+/// this server has not seen (it enrolled with the old server).
+fn bind_to_device(store: &Store, udid: &str, serial: &str, now: i64) -> Result<(), StoreError> {
+    let entry = HistoryEntry::new(IMPORTED, now, "otad cert import", Some(serial));
+    let device = match store.device(udid)? {
+        Some(mut device) => {
+            if let Ok(phase) = machine::next(Some(device.phase), Event::CertificateIssued) {
+                device.phase = phase;
+            }
+            if !device.certificates.iter().any(|s| s == serial) {
+                device.certificates.push(serial.to_string());
+            }
+            device.record(entry);
+            device
+        }
+        None => {
+            let mut device = DeviceRecord {
+                udid: udid.to_string(),
+                attributes: BTreeMap::new(),
+                phase: DevicePhase::Certified,
+                first_seen: now,
+                last_seen: now,
+                certificates: vec![serial.to_string()],
+                history: Vec::new(),
+            };
+            device.record(entry);
+            device
+        }
+    };
+    store.save_device(&device)
+}
+
+/// A unix time as RFC 3339 (the number itself if out of range).
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+    use crate::pki::keys::RsaPrivateKey;
+
+    const UDID: &str = "00008030-001A35E12345802E";
+
+    fn record(serial: &str, udid: Option<&str>, issued_at: i64) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            udid: udid.map(str::to_string),
+            subject: format!("CN={serial}"),
+            issued_at,
+            not_after: 2_000,
+            revoked: None,
+            revocation_reason: None,
+            authorised_by: "ota".into(),
+            superseded_by: None,
+            pem: String::new(),
+        }
+    }
+
+    /// A state made by `otad init`, its config path, and its CA.
+    fn state() -> (tempfile::TempDir, PathBuf, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        crate::commands::init(&crate::commands::InitOptions {
+            state: state.clone(),
+            url: "http://127.0.0.1:9".into(),
+            organization: "Test Org".into(),
+            import: None,
+        })
+        .unwrap();
+        let store = Store::open(&state).unwrap();
+        let ca = load_ca(&store).unwrap();
+        (dir, state.join("otad.toml"), ca)
+    }
+
+    fn issue(ca: &CertificateAuthority, common_name: &str) -> Vec<u8> {
+        let key = RsaPrivateKey::generate(2048).unwrap();
+        let subject = vec![(SubjectAttribute::CommonName, common_name.to_string())];
+        ca.issue(&IssueRequest {
+            subject: &subject,
+            public_key_spki_der: &key.public_key_spki_der(),
+            serial: random_serial(),
+            validity_days: 30,
+            usage: KeyUsageProfile::DeviceIdentity,
+        })
+        .unwrap()
+    }
+
+    fn cli(args: &[&str]) -> Result<String, Exit> {
+        dispatch(args.iter().map(Into::into).collect())
+    }
+
+    fn config_arg(config: &Path) -> &str {
+        config.to_str().unwrap()
+    }
+
+    #[test]
+    fn serials_are_taken_as_admins_type_them() {
+        assert_eq!(normalize_serial("0A:1B").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("0x0a1b").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("A1B").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("00000a1b").unwrap(), "0a1b");
+        assert_eq!(normalize_serial("000").unwrap(), "0");
+        for bad in ["", "xyz", "../etc", "0a 1b", &"a".repeat(43)] {
+            assert!(normalize_serial(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_says_revoked_before_expired_before_superseded() {
+        let mut revoked = record("01", Some(UDID), 10);
+        revoked.revoked = Some(20);
+        let older = record("02", Some(UDID), 11);
+        let newest = record("03", Some(UDID), 12);
+        let mut expired = record("04", None, 5);
+        expired.not_after = 50;
+        let mut renewed = record("05", None, 13);
+        renewed.superseded_by = Some("06".into());
+        let alone = record("07", None, 13);
+        let names: Vec<&str> = statuses(&[revoked, older, newest, expired, renewed, alone], 100)
+            .into_iter()
+            .map(CertStatus::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "revoked",
+                "superseded",
+                "valid",
+                "expired",
+                "superseded",
+                "valid"
+            ]
+        );
+    }
+
+    #[test]
+    fn help_and_usage_errors() {
+        assert!(cli(&[]).unwrap().contains("subcommands:"));
+        for sub in ["list", "show", "revoke", "import"] {
+            assert!(cli(&[sub, "--help"])
+                .unwrap()
+                .starts_with("usage: otad cert"));
+        }
+        assert!(matches!(cli(&["nope"]), Err(Exit::Usage(_))));
+        assert!(matches!(cli(&["list"]), Err(Exit::Usage(m)) if m.contains("--config")));
+        assert!(matches!(
+            cli(&["revoke", "--config", "x.toml"]),
+            Err(Exit::Usage(m)) if m.contains("SERIAL")
+        ));
+        assert!(matches!(
+            cli(&["revoke", "--config", "x.toml", "0a", "--reason", "boredom"]),
+            Err(Exit::Usage(m)) if m.contains("keyCompromise")
+        ));
+        assert!(matches!(
+            cli(&["import", "--config", "x.toml", "--udid", "../x", "a.pem"]),
+            Err(Exit::Usage(m)) if m.contains("not a UDID")
+        ));
+        assert!(matches!(
+            cli(&["list", "--config", "/nonexistent/otad.toml"]),
+            Err(Exit::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn list_revoke_show_on_a_real_state() {
+        let (_dir, config, ca) = state();
+        let store = Store::open(config.parent().unwrap()).unwrap();
+        let der = issue(&ca, UDID);
+        let serial = cert::serial_hex(&der).unwrap();
+        let mut issued = record(&serial, Some(UDID), store::now());
+        issued.not_after = store::now() + 86_400;
+        issued.pem = cert::der_to_pem(&der);
+        store.create_cert(&issued).unwrap();
+        let config = config_arg(&config);
+
+        let table = cli(&["list", "--config", config]).unwrap();
+        let line = table.lines().find(|l| l.starts_with(&serial)).unwrap();
+        assert!(line.contains("valid") && line.contains(UDID), "{table}");
+
+        let upper = serial.to_uppercase();
+        let done = cli(&[
+            "revoke",
+            "--config",
+            config,
+            &upper,
+            "--reason",
+            "keyCompromise",
+        ])
+        .unwrap();
+        assert!(done.contains(&format!("revoked {serial}")), "{done}");
+        assert!(done.contains("CRL number 1"), "{done}");
+        let again = cli(&["revoke", "--config", config, &serial]);
+        assert!(
+            matches!(&again, Err(Exit::Failed(m)) if m.contains("already revoked")),
+            "{again:?}"
+        );
+        let unknown = cli(&["revoke", "--config", config, "0badc0de"]);
+        assert!(
+            matches!(&unknown, Err(Exit::Failed(m)) if m.contains("not recorded")),
+            "{unknown:?}"
+        );
+
+        let rows: serde_json::Value =
+            serde_json::from_str(&cli(&["list", "--config", config, "--json"]).unwrap()).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["serial"] == serial.as_str())
+            .unwrap();
+        assert_eq!(row["status"], "revoked");
+        assert_eq!(row["revocation_reason"], "keyCompromise");
+
+        let shown = cli(&["show", "--config", config, &serial]).unwrap();
+        assert!(shown.contains("status: revoked"), "{shown}");
+        assert!(shown.contains("(keyCompromise)"), "{shown}");
+        assert!(shown.contains("-----BEGIN CERTIFICATE-----"), "{shown}");
+
+        let crl_der = store.crl().unwrap().unwrap();
+        let summary = crl::read(&crl_der, &ca).unwrap();
+        assert_eq!(summary.number, 1);
+        assert_eq!(summary.revoked.len(), 1);
+        assert_eq!(summary.revoked[0].0, serial);
+        assert_eq!(summary.revoked[0].2, Some(1));
+    }
+
+    #[test]
+    fn import_records_what_our_key_signed_and_nothing_else() {
+        let (dir, config, ca) = state();
+        let store = Store::open(config.parent().unwrap()).unwrap();
+        let der = issue(&ca, "old-device");
+        let serial = cert::serial_hex(&der).unwrap();
+        let pem_path = dir.path().join("old.pem");
+        std::fs::write(&pem_path, cert::der_to_pem(&der)).unwrap();
+        let config = config_arg(&config);
+        let pem = pem_path.to_str().unwrap();
+
+        let out = cli(&["import", "--config", config, pem, "--udid", UDID]).unwrap();
+        assert!(out.contains(&format!("imported {serial}")), "{out}");
+        let record = store.cert(&serial).unwrap().unwrap();
+        assert_eq!(record.authorised_by, IMPORTED);
+        assert_eq!(record.udid.as_deref(), Some(UDID));
+        let device = store.device(UDID).unwrap().unwrap();
+        assert_eq!(device.phase, DevicePhase::Certified);
+        assert_eq!(device.certificates, vec![serial.clone()]);
+
+        let again = cli(&["import", "--config", config, pem]).unwrap();
+        assert!(again.contains("already recorded"), "{again}");
+
+        // The CA certificate itself is skipped; a stranger's certificate fails.
+        let ca_path = dir.path().join("state/ca/ca.pem");
+        let skipped = cli(&["import", "--config", config, ca_path.to_str().unwrap()]).unwrap();
+        assert!(skipped.contains("the CA certificate itself"), "{skipped}");
+        let stranger = CertificateAuthority::create("Other", "Org", 30).unwrap();
+        let foreign_path = dir.path().join("foreign.pem");
+        std::fs::write(&foreign_path, cert::der_to_pem(&issue(&stranger, "x"))).unwrap();
+        let refused = cli(&["import", "--config", config, foreign_path.to_str().unwrap()]);
+        assert!(
+            matches!(&refused, Err(Exit::Failed(m)) if m.contains("not signed by this state's CA")),
+            "{refused:?}"
+        );
+        let two = [pem, pem];
+        let with_udid = cli(&["import", "--config", config, two[0], two[1], "--udid", UDID]);
+        assert!(matches!(with_udid, Err(Exit::Usage(_))));
+    }
 }

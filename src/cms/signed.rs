@@ -729,6 +729,28 @@ fn der_set_order(a: &[u8], b: &[u8]) -> Ordering {
         .unwrap_or_else(|| a.len().cmp(&b.len()))
 }
 
+/// A degenerate SignedData carrying one CRL and nothing else: the content of a GetCRL
+/// CertRep (RFC 8894 §3.3.4 and §3.4).
+///
+/// RFC 5652 §5.2 as for [`certs_only`], with no certificates and the CRL (a DER
+/// CertificateList) in `crls [1]`.
+pub fn crls_only(crl_der: &[u8]) -> Result<Vec<u8>, CmsError> {
+    single(crl_der, tag::SEQUENCE, "crl")?;
+
+    let encapsulated = ber::tlv(tag::SEQUENCE, &ber::tlv(tag::OID, oid::ID_DATA.as_bytes()));
+    let signed_data = ber::tlv_of(
+        tag::SEQUENCE,
+        &[
+            &VERSION_1,
+            &[tag::SET, 0x00],
+            &encapsulated,
+            &ber::tlv(tag::CONTEXT_1, crl_der),
+            &[tag::SET, 0x00],
+        ],
+    );
+    Ok(encode_content_info(&oid::ID_SIGNED_DATA, &signed_data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -259,6 +259,12 @@ pub fn route(
             )),
             _ => Err(method_not_allowed("GET")),
         },
+        "/crl" => match method {
+            "GET" => crate::pki::crl::current(&ctx.store, &ctx.ca, ctx.derived.crl_validity, now())
+                .map(|der| Reply::ok(crate::pki::crl::CONTENT_TYPE, der))
+                .map_err(|err| Refusal::new(500, err.to_string())),
+            _ => Err(method_not_allowed("GET")),
+        },
         "/healthz" => match method {
             "GET" | "HEAD" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
             _ => Err(method_not_allowed("GET")),

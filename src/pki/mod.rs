@@ -8,6 +8,7 @@
 pub mod apple;
 pub mod ca;
 pub mod cert;
+pub mod crl;
 pub mod csr;
 pub mod keys;
 

@@ -65,6 +65,9 @@ pub(crate) fn pkcs_req(
     if let Err(reason) = check_answerable(request.key_bits) {
         return refuse(ctx, to, FailInfo::BadAlg, &reason, remote);
     }
+    if ctx.derived.manual_approval {
+        return super::poll::queue(ctx, to, requester, &decrypted, &request, remote);
+    }
     let authorisation = match authorise(ctx, &request) {
         Ok(authorisation) => authorisation,
         Err(reason) => return refuse(ctx, to, FailInfo::BadRequest, &reason, remote),
@@ -80,7 +83,6 @@ pub(crate) fn pkcs_req(
 /// challenge is spent or a certificate issued.
 pub(crate) fn check_answerable(key_bits: usize) -> Result<(), String> {
     if key_bits < enveloped::MIN_ENCRYPTION_RSA_BITS {
-        // TODO: answer RSA-1024 requesters too; aws-lc-rs encrypts to 2048 bits and up only.
         return Err(format!(
             "RSA-{key_bits} keys cannot be answered; use {} bits or more",
             enveloped::MIN_ENCRYPTION_RSA_BITS
@@ -193,7 +195,9 @@ pub(crate) fn issue(
             issued_at: now(),
             not_after: summary.not_after,
             revoked: None,
+            revocation_reason: None,
             authorised_by: authorisation.authorised_by.to_string(),
+            superseded_by: None,
             pem: cert::der_to_pem(&issued),
         };
         match ctx.store.create_cert(&record) {

@@ -30,6 +30,7 @@ pub const CA_CAPS: &[&str] = &[
     "AES",
     "DES3",
     "SCEPStandard",
+    "Renewal",
 ];
 
 /// A SCEP request that gets an HTTP error rather than a CertRep.
@@ -348,7 +349,6 @@ pub(crate) fn succeed(
 }
 
 /// A CertRep PENDING: the request waits for an admin; the client polls with CertPoll.
-#[allow(dead_code)] // TODO: the pending queue (scep.approval = "manual") is being written.
 pub(crate) fn pending(ctx: &Context, to: &ReplyTo) -> Result<Vec<u8>, ScepError> {
     let rep = CertRep {
         status: PkiStatus::Pending,

@@ -17,7 +17,9 @@
 //! clear. Reads need no lock because every write is an atomic replace; read-modify-write
 //! sequences run inside [`Store::transaction`].
 
+pub mod crl;
 pub mod fsutil;
+mod pending;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,6 +30,10 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
+pub use pending::{
+    new_pending_id, valid_pending_id, Decision, PendingRequest, EXPIRED_REASON,
+    MAX_PENDING_RECORDS, PENDING_RETENTION_SECONDS, PENDING_TTL_SECONDS,
+};
 
 /// The folders of a state dir, with their modes: keys, challenges and device records (which
 /// hold serial numbers, IMEIs and user names) are for otad's user alone.
@@ -219,8 +225,14 @@ pub struct CertRecord {
     pub not_after: i64,
     /// Revoked at (unix seconds), if revoked.
     pub revoked: Option<i64>,
+    /// Why it was revoked: an RFC 5280 §5.3.1 reason name such as "keyCompromise".
+    #[serde(default)]
+    pub revocation_reason: Option<String>,
     /// Which kind of challenge authorised it ("ota" or "static").
     pub authorised_by: String,
+    /// The serial of the certificate a RenewalReq replaced this one with, if renewed.
+    #[serde(default)]
+    pub superseded_by: Option<String>,
     /// The certificate, PEM.
     pub pem: String,
 }
@@ -663,7 +675,9 @@ mod tests {
             issued_at: 1,
             not_after: 2,
             revoked: None,
+            revocation_reason: None,
             authorised_by: "static".into(),
+            superseded_by: None,
             pem: String::new(),
         };
         store.create_cert(&cert).unwrap();

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# SCEP PKCSReq issuance benchmark: otad (release build) and micromdm's scepserver side by side,
+# driven by the same request generator (bench/src/main.rs, otad's own client code), beside the
+# machine's RSA-2048 bound, all in one run. Loopback only; bounded counts; nothing is asserted.
+#
+#   bench/scep.sh                      # N=200 requests at concurrency 1, 8 and 64
+#   REQUESTS=50 LEVELS=1,8 bench/scep.sh
+#
+# Needs: a Rust toolchain, python3, and Debian's `scep` package for scepserver (without it,
+# otad is measured alone). scepserver listens on every interface (`-port` takes a port
+# only), so the measurement runs in a private network namespace (`unshare --net`, root)
+# where loopback is the only interface; where that is impossible scepserver is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REQUESTS=${REQUESTS:-200}
+LEVELS=${LEVELS:-1,8,64}
+SIGNATURES=${SIGNATURES:-5000}
+CHALLENGE=${CHALLENGE:-bench-static-challenge}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OTAD=$TARGET/release/otad
+DRIVER=$TARGET/release/otad-bench
+
+# Stage 1, in the ordinary namespace: build (cargo may need the network), then re-run the
+# script in a private network namespace for the measurement.
+if [[ -z "${OTAD_BENCH_STAGE:-}" ]]; then
+    echo "bench: building otad and otad-bench (release)" >&2
+    cargo build --release --locked --bin otad
+    cargo build --release --manifest-path bench/Cargo.toml --target-dir "$TARGET"
+    if unshare --net true 2>/dev/null; then
+        exec env OTAD_BENCH_STAGE=netns unshare --net "$ROOT/bench/scep.sh" "$@"
+    fi
+    echo "bench: no private network namespace (unshare --net needs root): scepserver," \
+        "which listens on every interface, is skipped" >&2
+    export OTAD_BENCH_STAGE=shared
+fi
+if [[ $OTAD_BENCH_STAGE == netns ]]; then
+    ip link set lo up
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/otad-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until something accepts connections on 127.0.0.1:$1.
+wait_port() {
+    for _ in $(seq 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "bench: nothing listens on 127.0.0.1:$1" >&2
+    return 1
+}
+
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+
+# otad: a fresh state (RSA-2048 CA and RA from `otad init`), the static SCEP challenge.
+OTAD_PORT=$(free_port)
+"$OTAD" init --state "$WORK/otad" --url "http://127.0.0.1:$OTAD_PORT" >/dev/null
+python3 - "$WORK/otad/otad.toml" "$OTAD_PORT" "$CHALLENGE" <<'EOF'
+import re, sys
+path, port, challenge = sys.argv[1:]
+section, lines = None, []
+for line in open(path).read().splitlines():
+    if line.startswith("["):
+        section = line.strip("[]")
+    if section == "http" and line.startswith("listen ="):
+        line = f'listen = "127.0.0.1:{port}"'
+    if section == "scep" and line.startswith("challenge ="):
+        line = f'challenge = "{challenge}"'
+    lines.append(line)
+open(path, "w").write("\n".join(lines) + "\n")
+EOF
+"$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
+PIDS+=($!)
+wait_port "$OTAD_PORT"
+
+echo "bench: otad, $REQUESTS requests at concurrency $LEVELS" >&2
+"$DRIVER" load --label otad --url "http://127.0.0.1:$OTAD_PORT/scep" --challenge "$CHALLENGE" \
+    --requests "$REQUESTS" --concurrency "$LEVELS" | tee -a "$RESULTS"
+
+# scepserver: its own depot (`scepserver ca -init`, RSA-2048), the same static challenge.
+SCEPSERVER_VERSION=absent
+if [[ $OTAD_BENCH_STAGE == netns ]] && command -v scepserver >/dev/null; then
+    SCEPSERVER_VERSION=$(scepserver -version 2>&1 | head -1)
+    SCEP_PORT=$(free_port)
+    (cd "$WORK" && scepserver ca -init -keySize 2048 -depot depot >/dev/null 2>&1)
+    scepserver -depot "$WORK/depot" -port "$SCEP_PORT" -challenge "$CHALLENGE" \
+        -allowrenew 0 2>"$WORK/scepserver.log" &
+    PIDS+=($!)
+    wait_port "$SCEP_PORT"
+    echo "bench: scepserver, $REQUESTS requests at concurrency $LEVELS" >&2
+    "$DRIVER" load --label scepserver --url "http://127.0.0.1:$SCEP_PORT/scep" \
+        --challenge "$CHALLENGE" --requests "$REQUESTS" --concurrency "$LEVELS" |
+        tee -a "$RESULTS"
+elif ! command -v scepserver >/dev/null; then
+    echo "bench: scepserver is not installed (apt-get install scep): skipped" >&2
+fi
+
+echo "bench: RSA-2048 signatures, $SIGNATURES per thread" >&2
+"$DRIVER" rsa --signatures "$SIGNATURES" --threads 1,2 | tee -a "$RESULTS"
+
+# The summary table.
+python3 - "$RESULTS" "$SCEPSERVER_VERSION" "$(df -T "$WORK" | awk 'NR == 2 { print $2 }')" <<'EOF'
+import json, os, platform, subprocess, sys, time
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+load = {(r["server"], r["concurrency"]): r for r in rows if "server" in r}
+rsa = {r["threads"]: r["per_second"] for r in rows if "threads" in r}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print()
+print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {os.cpu_count()} cores, {cpu}, "
+      f"Linux {platform.release()}; state on {sys.argv[3]}; otad {rev or '?'}; "
+      f"scepserver {sys.argv[2]}")
+one, two = rsa.get(1, 0.0), rsa.get(2, 0.0)
+bound = two / 3 if two else 0.0
+print(f"RSA-2048 signatures/s (aws-lc-rs): 1 thread {one:.0f}, 2 threads {two:.0f}; "
+      f"bound at 3 private operations per PKCSReq: {bound:.0f} PKCSReq/s")
+print()
+print("| concurrency | server | PKCSReq/s | p50 ms | p99 ms | failures | otad/scepserver | otad % of bound |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|")
+for c in sorted({c for _, c in load}):
+    o, s = load.get(("otad", c)), load.get(("scepserver", c))
+    for name, r in (("otad", o), ("scepserver", s)):
+        if not r:
+            continue
+        ratio = pct = ""
+        if name == "otad":
+            ratio = f"{o['per_second'] / s['per_second']:.2f}" if s else "n/a"
+            pct = f"{100 * o['per_second'] / bound:.0f}%" if bound else "n/a"
+        print(f"| {c} | {name} | {r['per_second']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+              f"| {r['failures']}/{r['requests']} | {ratio} | {pct} |")
+EOF

@@ -1,0 +1,422 @@
+//! `otad-bench`: the request generator, load driver and crypto bound behind `bench/scep.sh`.
+//!
+//! `load` fetches a SCEP server's certificates, builds every PKCSReq in advance with otad's own
+//! client code (one RSA-2048 requester key, a CSR per request with its own CN and the static
+//! challenge, SHA-256, AES-128), then posts them at each concurrency level and prints one JSON
+//! line per level: throughput, p50 and p99 latency, failures. Replies are checked after the
+//! clock stops (verified, decrypted, one certificate for our key), so the driver spends no
+//! CPU on them while the server is being timed. `rsa` measures RSA-2048 signatures per second
+//! with aws-lc-rs on 1..=N threads, the private-key operation a PKCSReq needs three of.
+//!
+//! Counts are bounded (at most [`MAX_REQUESTS`] requests a level, [`MAX_SIGNATURES`]
+//! signatures a thread) and the only network traffic is to the URL given, which `scep.sh`
+//! keeps on loopback.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use otad::cms::{ContentCipher, DigestAlgorithm};
+use otad::httpclient;
+use otad::pki::keys::RsaPrivateKey;
+use otad::pki::{cert, csr};
+use otad::scep::message::{self, MessageType, PkiStatus, RequestParams};
+use otad::simulate::{read_ca_cert, Authorities};
+
+/// Most requests at one concurrency level.
+const MAX_REQUESTS: usize = 10_000;
+/// Most concurrent clients.
+const MAX_CONCURRENCY: usize = 256;
+/// Most signatures one thread makes for the crypto bound.
+const MAX_SIGNATURES: usize = 100_000;
+/// Most threads for the crypto bound.
+const MAX_THREADS: usize = 64;
+/// Requests sent before the clock starts, to fault in both sides' code and files.
+const WARMUP_REQUESTS: usize = 8;
+/// Validity of the throwaway certificate that signs the PKCSReqs.
+const THROWAWAY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// What the driver was asked to do.
+enum Command {
+    Load(LoadOptions),
+    Rsa {
+        signatures: usize,
+        threads: Vec<usize>,
+    },
+}
+
+/// `load` options.
+struct LoadOptions {
+    label: String,
+    scep_url: String,
+    challenge: String,
+    requests: usize,
+    levels: Vec<usize>,
+}
+
+const USAGE: &str = "usage:
+  otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
+  otad-bench rsa --signatures N --threads 1,2";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse(&args).and_then(|command| match command {
+        Command::Load(options) => load(&options),
+        Command::Rsa {
+            signatures,
+            threads,
+        } => rsa_bound(signatures, &threads),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("otad-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads the command line.
+fn parse(args: &[String]) -> Result<Command, String> {
+    let (command, rest) = args.split_first().ok_or(USAGE)?;
+    let mut flags = std::collections::HashMap::new();
+    let mut rest = rest.iter();
+    while let Some(flag) = rest.next() {
+        let name = flag
+            .strip_prefix("--")
+            .ok_or_else(|| format!("unexpected {flag:?}\n{USAGE}"))?;
+        let value = rest
+            .next()
+            .ok_or_else(|| format!("--{name} needs a value"))?;
+        flags.insert(name.to_string(), value.clone());
+    }
+    let take = |name: &str| -> Result<String, String> {
+        flags
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("--{name} is missing\n{USAGE}"))
+    };
+
+    match command.as_str() {
+        "load" => Ok(Command::Load(LoadOptions {
+            label: take("label")?,
+            scep_url: take("url")?,
+            challenge: take("challenge")?,
+            requests: count(&take("requests")?, MAX_REQUESTS, "--requests")?,
+            levels: list(&take("concurrency")?, MAX_CONCURRENCY, "--concurrency")?,
+        })),
+        "rsa" => Ok(Command::Rsa {
+            signatures: count(&take("signatures")?, MAX_SIGNATURES, "--signatures")?,
+            threads: list(&take("threads")?, MAX_THREADS, "--threads")?,
+        }),
+        other => Err(format!("unknown command {other:?}\n{USAGE}")),
+    }
+}
+
+/// A number in 1..=max.
+fn count(text: &str, max: usize, what: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("{what}: {text:?} is not a number from 1 to {max}"))
+}
+
+/// Comma-separated numbers in 1..=max.
+fn list(text: &str, max: usize, what: &str) -> Result<Vec<usize>, String> {
+    text.split(',').map(|n| count(n, max, what)).collect()
+}
+
+/// A prepared request and what its reply must echo.
+struct Prepared {
+    body: Vec<u8>,
+    transaction_id: String,
+    sender_nonce: [u8; message::NONCE_LEN],
+}
+
+/// The requester: one key, one throwaway certificate for it.
+struct Requester {
+    key: RsaPrivateKey,
+    certificate: Vec<u8>,
+}
+
+/// Runs every level against one server and prints a JSON line per level.
+fn load(options: &LoadOptions) -> Result<(), String> {
+    let authorities = get_ca_cert(&options.scep_url)?;
+    let key = RsaPrivateKey::generate(2048).map_err(|err| format!("requester key: {err}"))?;
+    let certificate = throwaway_certificate(&key)?;
+    let requester = Requester { key, certificate };
+
+    // Every request is built before the first is sent.
+    let warmup = prepare(options, &authorities, &requester, "warmup", WARMUP_REQUESTS)?;
+    let mut levels = Vec::new();
+    for &concurrency in &options.levels {
+        let tag = format!("c{concurrency}");
+        levels.push(prepare(
+            options,
+            &authorities,
+            &requester,
+            &tag,
+            options.requests,
+        )?);
+    }
+
+    let url = format!("{}?operation=PKIOperation", options.scep_url);
+    let (warm, _) = run(&url, &warmup, 1);
+    let warm_failures = check(&warm, &warmup, &authorities, &requester);
+    if warm_failures > 0 {
+        return Err(format!(
+            "{}: {warm_failures} of {WARMUP_REQUESTS} warm-up requests failed; is the \
+             challenge right?",
+            options.label
+        ));
+    }
+
+    for (&concurrency, requests) in options.levels.iter().zip(&levels) {
+        let (replies, elapsed) = run(&url, requests, concurrency);
+        let failures = check(&replies, requests, &authorities, &requester);
+        let mut latencies: Vec<Duration> = replies.iter().map(|reply| reply.latency).collect();
+        latencies.sort();
+        let seconds = elapsed.as_secs_f64();
+        println!(
+            "{{\"server\": \"{}\", \"concurrency\": {concurrency}, \"requests\": {}, \
+             \"failures\": {failures}, \"seconds\": {seconds:.3}, \"per_second\": {:.1}, \
+             \"p50_ms\": {:.1}, \"p99_ms\": {:.1}}}",
+            options.label,
+            requests.len(),
+            requests.len() as f64 / seconds,
+            percentile(&latencies, 50),
+            percentile(&latencies, 99),
+        );
+    }
+    Ok(())
+}
+
+/// The `p`th percentile (nearest rank) of sorted latencies, in milliseconds.
+fn percentile(sorted: &[Duration], p: usize) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted
+        .get(rank - 1)
+        .map_or(0.0, |latency| latency.as_secs_f64() * 1000.0)
+}
+
+/// GetCACert, read the way `otad simulate` reads it.
+fn get_ca_cert(scep_url: &str) -> Result<Authorities, String> {
+    let url = format!("{scep_url}?operation=GetCACert");
+    let response = httpclient::get(&url).map_err(|err| format!("GET {url}: {err}"))?;
+    if response.status != 200 {
+        return Err(format!("GET {url}: status {}", response.status));
+    }
+    let media = response
+        .content_type
+        .as_deref()
+        .and_then(|value| value.split(';').next())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    read_ca_cert(&media, &response.body).map_err(|err| format!("GetCACert: {err}"))
+}
+
+/// The self-signed certificate a PKCSReq is signed with (RFC 8894 §2.3).
+fn throwaway_certificate(key: &RsaPrivateKey) -> Result<Vec<u8>, String> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = rcgen::CertificateParams::default();
+    let mut name = rcgen::DistinguishedName::new();
+    name.push(rcgen::DnType::CommonName, "otad-bench requester");
+    params.distinguished_name = name;
+    params.not_before = now - THROWAWAY_VALIDITY;
+    params.not_after = now + THROWAWAY_VALIDITY;
+    let signer = key.rcgen_key().map_err(|err| format!("throwaway: {err}"))?;
+    params
+        .self_signed(&signer)
+        .map(|certificate| certificate.der().to_vec())
+        .map_err(|err| format!("throwaway certificate: {err}"))
+}
+
+/// `count` PKCSReqs, each with its own CN, transactionID and senderNonce.
+fn prepare(
+    options: &LoadOptions,
+    authorities: &Authorities,
+    requester: &Requester,
+    tag: &str,
+    count: usize,
+) -> Result<Vec<Prepared>, String> {
+    (0..count)
+        .map(|n| {
+            let common_name = format!("bench-{}-{tag}-{n}", options.label);
+            let request = csr::build(&requester.key, &common_name, Some(&options.challenge))
+                .map_err(|err| format!("CSR: {err}"))?;
+            let transaction_id = format!("BENCH-{}-{tag}-{n}", options.label.to_uppercase());
+            let sender_nonce = message::new_nonce();
+            let params = RequestParams {
+                message_type: MessageType::PkcsReq,
+                transaction_id: &transaction_id,
+                sender_nonce,
+                digest: DigestAlgorithm::Sha256,
+                cipher: ContentCipher::Aes128Cbc,
+                recipient: authorities.recipient(),
+                signer_certificate: &requester.certificate,
+                signer_key: requester.key.signing(),
+            };
+            let body = message::build_request(&request, &params)?;
+            Ok(Prepared {
+                body,
+                transaction_id,
+                sender_nonce,
+            })
+        })
+        .collect()
+}
+
+/// One reply as received, and how long it took.
+struct Reply {
+    result: Result<Vec<u8>, String>,
+    latency: Duration,
+}
+
+/// Posts every request from `concurrency` threads, each taking the next unsent one; returns
+/// the replies in request order and the wall time of the whole level.
+fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Duration) {
+    let next = AtomicUsize::new(0);
+    let replies: Mutex<Vec<Option<Reply>>> = Mutex::new(
+        std::iter::repeat_with(|| None)
+            .take(requests.len())
+            .collect(),
+    );
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(request) = requests.get(index) else {
+                    break;
+                };
+                let sent = Instant::now();
+                let result = post(url, &request.body);
+                let reply = Reply {
+                    result,
+                    latency: sent.elapsed(),
+                };
+                if let Ok(mut replies) = replies.lock() {
+                    if let Some(slot) = replies.get_mut(index) {
+                        *slot = Some(reply);
+                    }
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    let replies = replies
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|reply| {
+            reply.unwrap_or(Reply {
+                result: Err("no reply recorded".into()),
+                latency: Duration::ZERO,
+            })
+        })
+        .collect();
+    (replies, elapsed)
+}
+
+/// POSTs one pkiMessage to the PKIOperation `url`; the body of a 200 answer.
+fn post(url: &str, body: &[u8]) -> Result<Vec<u8>, String> {
+    let response = httpclient::post(url, "application/x-pki-message", body)
+        .map_err(|err| format!("POST: {err}"))?;
+    if response.status != 200 {
+        return Err(format!("status {}", response.status));
+    }
+    Ok(response.body)
+}
+
+/// Failures among the replies: transport errors, and CertReps that are not a verified
+/// SUCCESS for this transaction holding a certificate for our key.
+fn check(
+    replies: &[Reply],
+    requests: &[Prepared],
+    authorities: &Authorities,
+    requester: &Requester,
+) -> usize {
+    let signers = authorities.signers();
+    let ours = requester.key.public_key_spki_der();
+    let mut failures = 0;
+    let mut first_failure = None;
+    for (reply, request) in replies.iter().zip(requests) {
+        let verdict = reply.result.clone().and_then(|body| {
+            let parsed = message::parse_reply(
+                &body,
+                &signers,
+                &requester.certificate,
+                requester.key.decrypting(),
+            )?;
+            if parsed.status != PkiStatus::Success {
+                return Err(format!("{:?} {:?}", parsed.status, parsed.fail_info));
+            }
+            if parsed.transaction_id != request.transaction_id
+                || parsed.recipient_nonce != request.sender_nonce
+            {
+                return Err("CertRep for another transaction".into());
+            }
+            let issued = parsed
+                .certificates
+                .iter()
+                .any(|c| cert::spki_der(c).is_ok_and(|spki| spki == ours));
+            if issued {
+                Ok(())
+            } else {
+                Err("no certificate for our key".into())
+            }
+        });
+        if let Err(err) = verdict {
+            failures += 1;
+            first_failure.get_or_insert(err);
+        }
+    }
+    if let Some(err) = first_failure {
+        eprintln!("otad-bench: first failure: {err}");
+    }
+    failures
+}
+
+/// RSA-2048 PKCS#1 v1.5 SHA-256 signatures per second on each thread count; one JSON line
+/// each.
+fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
+    let key = RsaPrivateKey::generate(2048).map_err(|err| format!("rsa key: {err}"))?;
+    let pair = RsaKeyPair::from_pkcs8(key.to_pkcs8_der()).map_err(|err| err.to_string())?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let message = [0x5au8; 64];
+
+    for &count in threads {
+        let started = Instant::now();
+        let failed = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..count {
+                scope.spawn(|| {
+                    let mut signature = vec![0u8; pair.public_modulus_len()];
+                    for _ in 0..signatures {
+                        if pair
+                            .sign(&RSA_PKCS1_SHA256, &rng, &message, &mut signature)
+                            .is_err()
+                        {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let seconds = started.elapsed().as_secs_f64();
+        let total = count * signatures;
+        println!(
+            "{{\"threads\": {count}, \"signatures\": {total}, \"failures\": {}, \
+             \"seconds\": {seconds:.3}, \"per_second\": {:.1}}}",
+            failed.load(Ordering::Relaxed),
+            total as f64 / seconds
+        );
+    }
+    Ok(())
+}

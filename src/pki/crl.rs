@@ -1,0 +1,991 @@
+//! Certificate revocation lists signed by our CA
+//! ([RFC 5280 section 5](https://www.rfc-editor.org/rfc/rfc5280#section-5)): building one,
+//! reading one back, and keeping the state dir's `crl.der` current.
+//!
+//! A CRL is laid out by rcgen and signed through aws-lc-rs with the CA key (sha256WithRSA),
+//! version 2, with thisUpdate, nextUpdate, authorityKeyIdentifier, cRLNumber and, per entry,
+//! the revocation date and a reasonCode. What it lists comes from the store's CRL index
+//! (`store::crl`), written in the same transaction as the certificate records, so the CRL
+//! never lags a revocation and signing it never scans every certificate.
+//!
+//! The CRL is re-signed on every revocation and, by whoever serves it, once the stored one is
+//! within a quarter of its validity of nextUpdate; the number only ever grows.
+
+use std::fmt;
+use std::time::Duration;
+
+use log::{info, warn};
+use rcgen::{
+    CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams, SerialNumber,
+};
+use time::OffsetDateTime;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer as _;
+use x509_parser::revocation_list::CertificateRevocationList;
+
+use super::ca::{CertificateAuthority, CLOCK_SKEW_SECONDS};
+use super::{cert, PkiError};
+use crate::store::crl::{CrlIndex, RevocationRecord};
+use crate::store::{CertRecord, Store, StoreError};
+
+/// The most certificates one CRL lists; revoking more is refused.
+pub const MAX_CRL_ENTRIES: usize = 100_000;
+
+/// The largest CRL we read back (100,000 entries with reasons are under 4 MiB).
+pub const MAX_CRL_BYTES: usize = 8 * 1024 * 1024;
+
+/// The longest serial we list, in octets (RFC 5280 section 4.1.2.2 allows 20).
+pub const MAX_SERIAL_OCTETS: usize = 20;
+
+/// The media type of a DER CRL (RFC 2585 section 4.2).
+pub const CONTENT_TYPE: &str = "application/pkix-crl";
+
+/// Why a certificate was revoked: the reasonCode values an admin may give
+/// ([RFC 5280 section 5.3.1](https://www.rfc-editor.org/rfc/rfc5280#section-5.3.1)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationReason {
+    /// 0; the CRL entry then carries no reasonCode, as RFC 5280 asks.
+    Unspecified,
+    /// 1: the certificate's private key is known or suspected to be compromised.
+    KeyCompromise,
+    /// 3: the subject's name or other information changed.
+    AffiliationChanged,
+    /// 4: the certificate was replaced by another.
+    Superseded,
+    /// 5: the certificate is no longer needed (a retired device).
+    CessationOfOperation,
+}
+
+impl RevocationReason {
+    /// Every reason an admin may give, in code order.
+    pub const ALL: [RevocationReason; 5] = [
+        RevocationReason::Unspecified,
+        RevocationReason::KeyCompromise,
+        RevocationReason::AffiliationChanged,
+        RevocationReason::Superseded,
+        RevocationReason::CessationOfOperation,
+    ];
+
+    /// The name RFC 5280 gives it ("keyCompromise").
+    pub fn name(self) -> &'static str {
+        match self {
+            RevocationReason::Unspecified => "unspecified",
+            RevocationReason::KeyCompromise => "keyCompromise",
+            RevocationReason::AffiliationChanged => "affiliationChanged",
+            RevocationReason::Superseded => "superseded",
+            RevocationReason::CessationOfOperation => "cessationOfOperation",
+        }
+    }
+
+    /// The reason for a name as [`name`](Self::name) writes it, in any letter case.
+    pub fn from_name(name: &str) -> Option<RevocationReason> {
+        Self::ALL
+            .into_iter()
+            .find(|reason| reason.name().eq_ignore_ascii_case(name))
+    }
+
+    /// The CRLReason value.
+    pub fn code(self) -> u8 {
+        match self {
+            RevocationReason::Unspecified => 0,
+            RevocationReason::KeyCompromise => 1,
+            RevocationReason::AffiliationChanged => 3,
+            RevocationReason::Superseded => 4,
+            RevocationReason::CessationOfOperation => 5,
+        }
+    }
+
+    fn rcgen(self) -> rcgen::RevocationReason {
+        match self {
+            RevocationReason::Unspecified => rcgen::RevocationReason::Unspecified,
+            RevocationReason::KeyCompromise => rcgen::RevocationReason::KeyCompromise,
+            RevocationReason::AffiliationChanged => rcgen::RevocationReason::AffiliationChanged,
+            RevocationReason::Superseded => rcgen::RevocationReason::Superseded,
+            RevocationReason::CessationOfOperation => rcgen::RevocationReason::CessationOfOperation,
+        }
+    }
+}
+
+impl fmt::Display for RevocationReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Everything that can go wrong with a CRL or a revocation; each variant names one condition.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CrlError {
+    /// The CA's key or certificate could not be used.
+    Pki(PkiError),
+    /// The state dir failed.
+    Store(StoreError),
+    /// The CA certificate has keyUsage without cRLSign, so it may not sign CRLs.
+    NotACrlSigner,
+    /// rcgen refused to build the CRL.
+    BuildFailed(String),
+    /// rcgen wrote our name differently from the CA certificate's subject.
+    IssuerNameMismatch,
+    /// A CRL is larger than [`MAX_CRL_BYTES`].
+    TooLarge(usize),
+    /// A CRL is not a DER CertificateList as RFC 5280 section 5.1 lays it out.
+    Malformed(String),
+    /// A CRL was not issued by our CA (another name, or a signature that does not verify).
+    NotOurs,
+    /// Revoking one more would list more than [`MAX_CRL_ENTRIES`].
+    TooManyEntries,
+    /// A serial that is not lowercase hex of 1 to [`MAX_SERIAL_OCTETS`] octets.
+    SerialInvalid(String),
+    /// The index names a reason that is not one of [`RevocationReason::ALL`].
+    ReasonUnknown(String),
+    /// No certificate with this serial is recorded in `certs/`.
+    CertificateUnknown(String),
+    /// The certificate is already revoked and listed.
+    AlreadyRevoked {
+        /// The serial.
+        serial: String,
+        /// When it was revoked (unix seconds).
+        at: i64,
+    },
+    /// A time outside what a CRL can state.
+    TimeOutOfRange(i64),
+    /// The cRLNumber cannot grow any further.
+    NumberExhausted,
+}
+
+impl fmt::Display for CrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Pki(err) => write!(f, "crl: {err}"),
+            Self::Store(err) => write!(f, "crl: {err}"),
+            Self::NotACrlSigner => write!(
+                f,
+                "ca certificate: keyUsage lacks cRLSign, so it may not sign crls"
+            ),
+            Self::BuildFailed(why) => write!(f, "crl: build failed ({why})"),
+            Self::IssuerNameMismatch => {
+                write!(f, "crl: issuer name is not the ca certificate's subject")
+            }
+            Self::TooLarge(len) => {
+                write!(f, "crl: {len} bytes is over the limit of {MAX_CRL_BYTES}")
+            }
+            Self::Malformed(why) => write!(f, "crl: malformed ({why})"),
+            Self::NotOurs => write!(f, "crl: not signed by this ca"),
+            Self::TooManyEntries => write!(
+                f,
+                "crl: already lists {MAX_CRL_ENTRIES} certificates, the most it may"
+            ),
+            Self::SerialInvalid(serial) => write!(
+                f,
+                "certificate serial {serial:?}: not lowercase hex of 1 to {MAX_SERIAL_OCTETS} \
+                 octets"
+            ),
+            Self::ReasonUnknown(name) => write!(
+                f,
+                "revocation reason {name:?}: unknown (use one of {})",
+                reason_names()
+            ),
+            Self::CertificateUnknown(serial) => {
+                write!(f, "certificate {serial}: not recorded in this state dir")
+            }
+            Self::AlreadyRevoked { serial, at } => {
+                write!(
+                    f,
+                    "certificate {serial}: already revoked at {}",
+                    rfc3339(*at)
+                )
+            }
+            Self::TimeOutOfRange(at) => write!(f, "crl: time {at} is out of range"),
+            Self::NumberExhausted => write!(f, "crl: cRLNumber cannot grow any further"),
+        }
+    }
+}
+
+impl std::error::Error for CrlError {}
+
+impl From<StoreError> for CrlError {
+    fn from(err: StoreError) -> CrlError {
+        CrlError::Store(err)
+    }
+}
+
+impl From<PkiError> for CrlError {
+    fn from(err: PkiError) -> CrlError {
+        CrlError::Pki(err)
+    }
+}
+
+/// The reason names, comma-separated, for messages and help texts.
+pub fn reason_names() -> String {
+    RevocationReason::ALL
+        .iter()
+        .map(|reason| reason.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One certificate a CRL lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedEntry {
+    /// The serial, lowercase hex without leading zero octets (as `cert::serial_hex`).
+    pub serial_hex: String,
+    /// When it was revoked (unix seconds).
+    pub revoked_at: i64,
+    /// Why.
+    pub reason: RevocationReason,
+}
+
+/// What one CRL says.
+#[derive(Debug, Clone, Copy)]
+pub struct CrlParams<'a> {
+    /// The cRLNumber (RFC 5280 section 5.2.3), 1 and up.
+    pub number: u64,
+    /// thisUpdate (unix seconds).
+    pub this_update: i64,
+    /// nextUpdate (unix seconds), after thisUpdate.
+    pub next_update: i64,
+    /// The certificates revoked, at most [`MAX_CRL_ENTRIES`].
+    pub revoked: &'a [RevokedEntry],
+}
+
+/// Signs a CRL with the CA's key: version 2, sha256WithRSAEncryption, AKI (the CA's own
+/// subjectKeyIdentifier, so clients chain it like the certificates we issue) and cRLNumber
+/// ([RFC 5280 section 5.1](https://www.rfc-editor.org/rfc/rfc5280#section-5.1)).
+pub fn sign(ca: &CertificateAuthority, params: &CrlParams<'_>) -> Result<Vec<u8>, CrlError> {
+    if params.revoked.len() > MAX_CRL_ENTRIES {
+        return Err(CrlError::TooManyEntries);
+    }
+    let mut revoked_certs = Vec::with_capacity(params.revoked.len());
+    for entry in params.revoked {
+        revoked_certs.push(RevokedCertParams {
+            serial_number: SerialNumber::from_slice(&serial_octets(&entry.serial_hex)?),
+            revocation_time: datetime(entry.revoked_at)?,
+            reason_code: Some(entry.reason.rcgen()),
+            invalidity_date: None,
+        });
+    }
+    let crl_params = CertificateRevocationListParams {
+        this_update: datetime(params.this_update)?,
+        next_update: datetime(params.next_update)?,
+        crl_number: SerialNumber::from(params.number),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: key_identifier_method(ca.certificate())?,
+    };
+
+    let issuer = Issuer::from_ca_cert_der(&ca.certificate().into(), ca.key().rcgen_key()?)
+        .map_err(|err| CrlError::BuildFailed(err.to_string()))?;
+    let crl = crl_params.signed_by(&issuer).map_err(|err| match err {
+        rcgen::Error::IssuerNotCrlSigner => CrlError::NotACrlSigner,
+        other => CrlError::BuildFailed(other.to_string()),
+    })?;
+    let der = crl.der().to_vec();
+
+    // rcgen re-encodes our name from the certificate; a client finds the CRL's CA by that
+    // name, so one that differs by a byte would be a CRL for no one.
+    let parsed = parse(&der)?;
+    if parsed.tbs_cert_list.issuer.as_raw() != ca.subject_der() {
+        return Err(CrlError::IssuerNameMismatch);
+    }
+    Ok(der)
+}
+
+/// What a CRL we signed says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlSummary {
+    /// The cRLNumber.
+    pub number: u64,
+    /// thisUpdate (unix seconds).
+    pub this_update: i64,
+    /// nextUpdate (unix seconds).
+    pub next_update: i64,
+    /// Each entry: serial (lowercase hex), revocation date, reasonCode if present.
+    pub revoked: Vec<(String, i64, Option<u8>)>,
+}
+
+/// Reads a CRL and checks that our CA issued it: its issuer is our subject byte for byte and
+/// its signature verifies under our key. Also demands what we always write: nextUpdate and a
+/// cRLNumber of at most 8 octets.
+pub fn read(crl_der: &[u8], ca: &CertificateAuthority) -> Result<CrlSummary, CrlError> {
+    let crl = parse(crl_der)?;
+
+    let tbs = &crl.tbs_cert_list;
+    if tbs.issuer.as_raw() != ca.subject_der() {
+        return Err(CrlError::NotOurs);
+    }
+    if crl.signature_algorithm != tbs.signature {
+        return Err(CrlError::Malformed(
+            "signatureAlgorithm differs from the one signed".into(),
+        ));
+    }
+    cert::verify_x509_signature(
+        ca.spki_der(),
+        &crl.signature_algorithm.algorithm,
+        crl.signature_algorithm.parameters.as_ref(),
+        tbs.as_ref(),
+        &crl.signature_value,
+    )
+    .map_err(|_| CrlError::NotOurs)?;
+
+    let next_update = tbs
+        .next_update
+        .ok_or_else(|| CrlError::Malformed("no nextUpdate".into()))?;
+    let number = crl
+        .crl_number()
+        .map(|number| number.to_bytes_be())
+        .filter(|octets| octets.len() <= 8)
+        .map(|octets| octets.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)))
+        .ok_or_else(|| CrlError::Malformed("no cRLNumber of at most 8 octets".into()))?;
+    let revoked = tbs
+        .revoked_certificates
+        .iter()
+        .map(|entry| {
+            let reason = entry
+                .extensions()
+                .iter()
+                .find_map(|ext| match ext.parsed_extension() {
+                    ParsedExtension::ReasonCode(code) => Some(code.0),
+                    _ => None,
+                });
+            (
+                hex_octets(entry.raw_serial()),
+                entry.revocation_date.timestamp(),
+                reason,
+            )
+        })
+        .collect();
+    Ok(CrlSummary {
+        number,
+        this_update: tbs.this_update.timestamp(),
+        next_update: next_update.timestamp(),
+        revoked,
+    })
+}
+
+/// Whether a CRL should be re-signed at `now`: within a quarter of `validity` of its
+/// nextUpdate (so clients that cache it until then never hold an expired one), or with a
+/// nextUpdate further away than `validity` allows (the setting was shortened).
+pub fn is_due(summary: &CrlSummary, validity: Duration, now: i64) -> bool {
+    let validity = seconds(validity);
+    let quarter = validity / 4;
+    now.saturating_add(quarter) >= summary.next_update
+        || summary.next_update > now.saturating_add(validity)
+}
+
+/// The current CRL for `GET /crl` and SCEP GetCRL: the stored one, or a newly signed one when
+/// there is none yet, it is due ([`is_due`]), it is behind the index (an interrupted
+/// revocation) or it does not verify under our key.
+pub fn current(
+    store: &Store,
+    ca: &CertificateAuthority,
+    validity: Duration,
+    now: i64,
+) -> Result<Vec<u8>, CrlError> {
+    // Both files are replaced atomically, so an unlocked look is safe; a CRL that looks stale
+    // is decided again under the lock, where another request or the CLI may have re-signed it.
+    if let Some(der) = stored_if_current(store, ca, validity, now)? {
+        return Ok(der);
+    }
+    store.transaction(|| match stored_if_current(store, ca, validity, now)? {
+        Some(der) => Ok(der),
+        None => {
+            let index = store.crl_index()?;
+            sign_and_store(store, ca, index, validity, now)
+        }
+    })
+}
+
+fn stored_if_current(
+    store: &Store,
+    ca: &CertificateAuthority,
+    validity: Duration,
+    now: i64,
+) -> Result<Option<Vec<u8>>, CrlError> {
+    let Some(der) = store.crl()? else {
+        return Ok(None);
+    };
+    let index = store.crl_index()?;
+    match read(&der, ca) {
+        Ok(summary) if summary.number == index.number && !is_due(&summary, validity, now) => {
+            Ok(Some(der))
+        }
+        Ok(_) => Ok(None),
+        Err(err) => {
+            warn!(
+                "{}: {err}; signing a new one",
+                store.path(crate::store::crl::CRL_FILE).display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Signs the next CRL from `index` and stores both (the caller holds the state lock).
+fn sign_and_store(
+    store: &Store,
+    ca: &CertificateAuthority,
+    mut index: CrlIndex,
+    validity: Duration,
+    now: i64,
+) -> Result<Vec<u8>, CrlError> {
+    // The number grows past the stored CRL's too, should the index be older than the CRL (a
+    // state restored from mismatched backups).
+    let stored_number = store
+        .crl()?
+        .and_then(|der| read(&der, ca).ok())
+        .map_or(0, |summary| summary.number);
+    let number = index
+        .number
+        .max(stored_number)
+        .checked_add(1)
+        .ok_or(CrlError::NumberExhausted)?;
+
+    let revoked = index
+        .revoked
+        .iter()
+        .map(|record| {
+            let reason = RevocationReason::from_name(&record.reason)
+                .ok_or_else(|| CrlError::ReasonUnknown(record.reason.clone()))?;
+            Ok(RevokedEntry {
+                serial_hex: record.serial.clone(),
+                revoked_at: record.revoked_at,
+                reason,
+            })
+        })
+        .collect::<Result<Vec<_>, CrlError>>()?;
+    let params = CrlParams {
+        number,
+        this_update: now.saturating_sub(CLOCK_SKEW_SECONDS),
+        next_update: now.saturating_add(seconds(validity)),
+        revoked: &revoked,
+    };
+    let der = sign(ca, &params)?;
+
+    index.number = number;
+    store.save_crl(&index, &der)?;
+    info!(
+        "crl: signed number {number} listing {} certificates, next update {}",
+        revoked.len(),
+        rfc3339(params.next_update)
+    );
+    Ok(der)
+}
+
+/// A revocation done: the certificate's record as now stored, and the CRL that lists it.
+#[derive(Debug)]
+pub struct Revocation {
+    /// The record, with `revoked` and `revocation_reason` set.
+    pub record: CertRecord,
+    /// The new CRL, DER.
+    pub crl: Vec<u8>,
+    /// Its cRLNumber.
+    pub crl_number: u64,
+}
+
+/// Revokes the certificate `serial` for `reason` and re-signs the CRL, in one transaction:
+/// the record first (phase 3 and renewal refuse it from then on), then the index and CRL.
+/// A certificate whose record says revoked but which the index lacks (a revocation
+/// interrupted in between) is listed now rather than refused.
+pub fn revoke(
+    store: &Store,
+    ca: &CertificateAuthority,
+    validity: Duration,
+    serial: &str,
+    reason: RevocationReason,
+    now: i64,
+) -> Result<Revocation, CrlError> {
+    serial_octets(serial)?;
+    store.transaction(|| {
+        let mut record = store
+            .cert(serial)?
+            .ok_or_else(|| CrlError::CertificateUnknown(serial.to_string()))?;
+        let mut index = store.crl_index()?;
+        let listed = index.lists(serial);
+        if let (Some(at), true) = (record.revoked, listed) {
+            return Err(CrlError::AlreadyRevoked {
+                serial: serial.to_string(),
+                at,
+            });
+        }
+        if !listed && index.revoked.len() >= MAX_CRL_ENTRIES {
+            return Err(CrlError::TooManyEntries);
+        }
+
+        if record.revoked.is_none() {
+            record.revoked = Some(now);
+            record.revocation_reason = Some(reason.name().to_string());
+            store.update_cert(&record)?;
+        }
+        let revoked_at = record.revoked.unwrap_or(now);
+        let recorded_reason = record
+            .revocation_reason
+            .clone()
+            .unwrap_or_else(|| reason.name().to_string());
+        index.revoked.push(RevocationRecord {
+            serial: serial.to_string(),
+            revoked_at,
+            reason: recorded_reason,
+        });
+
+        let crl = sign_and_store(store, ca, index, validity, now)?;
+        let crl_number = store.crl_index()?.number;
+        Ok(Revocation {
+            record,
+            crl,
+            crl_number,
+        })
+    })
+}
+
+/// Parses a DER CRL, whole, within [`MAX_CRL_BYTES`].
+fn parse(crl_der: &[u8]) -> Result<CertificateRevocationList<'_>, CrlError> {
+    if crl_der.len() > MAX_CRL_BYTES {
+        return Err(CrlError::TooLarge(crl_der.len()));
+    }
+    let (rest, crl) = CertificateRevocationList::from_der(crl_der)
+        .map_err(|err| CrlError::Malformed(err.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CrlError::Malformed("trailing bytes".into()));
+    }
+    Ok(crl)
+}
+
+/// The AKI for our CRLs: the CA certificate's subjectKeyIdentifier where it has one (an
+/// imported CA's may be a SHA-1 one), else the SHA-256 one rcgen puts in the certificates it
+/// issues under such a CA.
+fn key_identifier_method(ca_certificate: &[u8]) -> Result<KeyIdMethod, CrlError> {
+    let certificate = cert::parse_certificate(ca_certificate)?;
+    let ski = certificate
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+            _ => None,
+        });
+    Ok(ski.map_or(KeyIdMethod::Sha256, KeyIdMethod::PreSpecified))
+}
+
+/// The octets of a serial as `cert::serial_hex` writes it (an even number of lowercase hex
+/// digits, or "0").
+pub fn serial_octets(serial_hex: &str) -> Result<Vec<u8>, CrlError> {
+    let invalid = || CrlError::SerialInvalid(serial_hex.chars().take(64).collect());
+    if serial_hex == "0" {
+        return Ok(vec![0]);
+    }
+    let digits = serial_hex.as_bytes();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) || digits.len() > 2 * MAX_SERIAL_OCTETS
+    {
+        return Err(invalid());
+    }
+    let nibble = |digit: u8| match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        _ => None,
+    };
+    digits
+        .chunks(2)
+        .map(|pair| match pair {
+            [high, low] => Some((nibble(*high)? << 4) | nibble(*low)?),
+            _ => None,
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(invalid)
+}
+
+/// Lowercase hex of an INTEGER's content octets without leading zero octets ("0" for zero),
+/// the form `cert::serial_hex` gives certificate serials.
+fn hex_octets(octets: &[u8]) -> String {
+    let significant: String = octets
+        .iter()
+        .skip_while(|octet| **octet == 0)
+        .map(|octet| format!("{octet:02x}"))
+        .collect();
+    if significant.is_empty() {
+        "0".to_string()
+    } else {
+        significant
+    }
+}
+
+fn datetime(unix: i64) -> Result<OffsetDateTime, CrlError> {
+    OffsetDateTime::from_unix_timestamp(unix).map_err(|_| CrlError::TimeOutOfRange(unix))
+}
+
+fn seconds(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A unix time as RFC 3339 for messages (the number itself if out of range).
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::keys::RsaPrivateKey;
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+    const NOW: i64 = 1_800_000_000;
+
+    /// One CA for the tests that only sign and read (key generation is the slow part).
+    fn shared_ca() -> &'static CertificateAuthority {
+        static CA: OnceLock<CertificateAuthority> = OnceLock::new();
+        CA.get_or_init(|| CertificateAuthority::create("CRL Test CA", "Test Org", 3650).unwrap())
+    }
+
+    fn entry(serial: &str, reason: RevocationReason) -> RevokedEntry {
+        RevokedEntry {
+            serial_hex: serial.into(),
+            revoked_at: NOW - 60,
+            reason,
+        }
+    }
+
+    fn record(serial: &str) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            udid: Some("00008030-001A35E12345802E".into()),
+            subject: "CN=00008030-001A35E12345802E, O=Test Org".into(),
+            issued_at: NOW - 3600,
+            not_after: NOW + 365 * 86_400,
+            revoked: None,
+            revocation_reason: None,
+            superseded_by: None,
+            authorised_by: "ota".into(),
+            pem: String::new(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn reason_names_and_codes() {
+        assert_eq!(
+            RevocationReason::from_name("keycompromise"),
+            Some(RevocationReason::KeyCompromise)
+        );
+        assert_eq!(RevocationReason::from_name("caCompromise"), None);
+        let codes: Vec<u8> = RevocationReason::ALL.iter().map(|r| r.code()).collect();
+        assert_eq!(codes, [0, 1, 3, 4, 5]);
+        for reason in RevocationReason::ALL {
+            assert_eq!(RevocationReason::from_name(reason.name()), Some(reason));
+        }
+        assert_eq!(
+            reason_names(),
+            "unspecified, keyCompromise, affiliationChanged, superseded, cessationOfOperation"
+        );
+    }
+
+    #[test]
+    fn serial_octets_take_what_serial_hex_writes() {
+        assert_eq!(serial_octets("0").unwrap(), vec![0]);
+        assert_eq!(serial_octets("00ff").unwrap(), vec![0, 0xff]);
+        assert_eq!(serial_octets("7f01").unwrap(), vec![0x7f, 1]);
+        for bad in ["", "abc", "0A", "zz", "../x", &"ab".repeat(21)] {
+            assert!(
+                matches!(serial_octets(bad), Err(CrlError::SerialInvalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(hex_octets(&[0, 0x8f, 1]), "8f01");
+        assert_eq!(hex_octets(&[0]), "0");
+    }
+
+    #[test]
+    fn signed_crl_reads_back_with_every_field() {
+        let ca = shared_ca();
+        let revoked = [
+            entry("0a1b", RevocationReason::KeyCompromise),
+            entry("8f00ee", RevocationReason::Unspecified),
+            entry("01", RevocationReason::CessationOfOperation),
+        ];
+        let der = sign(
+            ca,
+            &CrlParams {
+                number: 42,
+                this_update: NOW,
+                next_update: NOW + 7 * 86_400,
+                revoked: &revoked,
+            },
+        )
+        .unwrap();
+
+        let summary = read(&der, ca).unwrap();
+        assert_eq!(summary.number, 42);
+        assert_eq!(summary.this_update, NOW);
+        assert_eq!(summary.next_update, NOW + 7 * 86_400);
+        assert_eq!(
+            summary.revoked,
+            vec![
+                ("0a1b".to_string(), NOW - 60, Some(1)),
+                // RFC 5280 section 5.3.1: no reasonCode rather than unspecified.
+                ("8f00ee".to_string(), NOW - 60, None),
+                ("01".to_string(), NOW - 60, Some(5)),
+            ]
+        );
+
+        // The AKI is the CA's SKI, so chain builders find the CA.
+        let (_, crl) = CertificateRevocationList::from_der(&der).unwrap();
+        let aki = crl
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.clone(),
+                _ => None,
+            });
+        let ca_cert = cert::parse_certificate(ca.certificate()).unwrap();
+        let ski = ca_cert
+            .extensions()
+            .iter()
+            .find_map(|ext| match ext.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            });
+        assert_eq!(aki.map(|id| id.0.to_vec()), ski);
+        assert!(ski.is_some());
+    }
+
+    #[test]
+    fn openssl_verifies_our_crl() {
+        let ca = shared_ca();
+        let revoked = [entry("0a1b", RevocationReason::Superseded)];
+        let der = sign(
+            ca,
+            &CrlParams {
+                number: 3,
+                this_update: crate::store::now() - 60,
+                next_update: crate::store::now() + 86_400,
+                revoked: &revoked,
+            },
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("crl.der"), &der).unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            cert::der_to_pem(ca.certificate()),
+        )
+        .unwrap();
+        let output = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["crl", "-inform", "DER", "-in", "crl.der", "-noout", "-text"])
+            .args(["-CAfile", "ca.pem"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}{stderr}");
+        assert!(stderr.contains("verify OK"), "{stderr}");
+        assert!(stdout.contains("Serial Number: 0A1B"), "{stdout}");
+        assert!(stdout.contains("Superseded"), "{stdout}");
+        assert!(stdout.contains("X509v3 CRL Number:"), "{stdout}");
+    }
+
+    #[test]
+    fn read_refuses_what_we_did_not_sign() {
+        let ca = shared_ca();
+        let params = CrlParams {
+            number: 1,
+            this_update: NOW,
+            next_update: NOW + 86_400,
+            revoked: &[],
+        };
+        let der = sign(ca, &params).unwrap();
+
+        // Same name, another key.
+        let impostor = CertificateAuthority::create("CRL Test CA", "Test Org", 30).unwrap();
+        let forged = sign(&impostor, &params).unwrap();
+        assert!(matches!(read(&forged, ca), Err(CrlError::NotOurs)));
+
+        // Another name.
+        let other = CertificateAuthority::create("Other CA", "Test Org", 30).unwrap();
+        assert!(matches!(read(&der, &other), Err(CrlError::NotOurs)));
+
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(matches!(read(&trailing, ca), Err(CrlError::Malformed(_))));
+        assert!(matches!(
+            read(&der[..der.len() - 1], ca),
+            Err(CrlError::Malformed(_))
+        ));
+        let mut flipped = der.clone();
+        if let Some(last) = flipped.last_mut() {
+            *last ^= 1;
+        }
+        assert!(matches!(read(&flipped, ca), Err(CrlError::NotOurs)));
+        assert!(matches!(
+            read(&vec![0x30; MAX_CRL_BYTES + 1], ca),
+            Err(CrlError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn a_ca_whose_key_usage_lacks_crl_sign_is_told_so() {
+        let key = RsaPrivateKey::generate(2048).unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "No CRL CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let der = params
+            .self_signed(&key.rcgen_key().unwrap())
+            .unwrap()
+            .der()
+            .to_vec();
+        let ca = CertificateAuthority::load(&der, key).unwrap();
+        let err = sign(
+            &ca,
+            &CrlParams {
+                number: 1,
+                this_update: NOW,
+                next_update: NOW + 60,
+                revoked: &[],
+            },
+        );
+        assert!(matches!(err, Err(CrlError::NotACrlSigner)), "{err:?}");
+    }
+
+    #[test]
+    fn due_within_a_quarter_of_validity_or_when_validity_shrank() {
+        let summary = CrlSummary {
+            number: 1,
+            this_update: NOW,
+            next_update: NOW + 8 * 86_400,
+            revoked: Vec::new(),
+        };
+        let validity = 8 * DAY;
+        assert!(!is_due(&summary, validity, NOW));
+        assert!(!is_due(&summary, validity, NOW + 6 * 86_400 - 1));
+        assert!(is_due(&summary, validity, NOW + 6 * 86_400));
+        assert!(is_due(&summary, validity, NOW + 9 * 86_400));
+        assert!(is_due(&summary, DAY, NOW), "validity shortened to a day");
+    }
+
+    #[test]
+    fn current_signs_once_then_serves_the_stored_one_until_due() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+
+        let first = current(&store, ca, 8 * DAY, NOW).unwrap();
+        assert_eq!(read(&first, ca).unwrap().number, 1);
+        assert_eq!(store.crl().unwrap().as_deref(), Some(first.as_slice()));
+        assert_eq!(current(&store, ca, 8 * DAY, NOW + 86_400).unwrap(), first);
+
+        let renewed = current(&store, ca, 8 * DAY, NOW + 6 * 86_400).unwrap();
+        let summary = read(&renewed, ca).unwrap();
+        assert_eq!(summary.number, 2);
+        assert_eq!(summary.next_update, NOW + 14 * 86_400);
+        assert_eq!(store.crl_index().unwrap().number, 2);
+
+        // A stored CRL that does not verify is replaced, with a higher number.
+        store
+            .save_crl(&store.crl_index().unwrap(), b"\x30\x00")
+            .unwrap();
+        let replaced = current(&store, ca, 8 * DAY, NOW + 6 * 86_400).unwrap();
+        assert_eq!(read(&replaced, ca).unwrap().number, 3);
+    }
+
+    #[test]
+    fn revoke_marks_the_record_and_lists_it_with_its_reason() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record("0a1b")).unwrap();
+        store.create_cert(&record("0c")).unwrap();
+
+        let err = revoke(&store, ca, DAY, "0d", RevocationReason::KeyCompromise, NOW);
+        assert!(matches!(err, Err(CrlError::CertificateUnknown(_))));
+        let err = revoke(
+            &store,
+            ca,
+            DAY,
+            "../x",
+            RevocationReason::KeyCompromise,
+            NOW,
+        );
+        assert!(matches!(err, Err(CrlError::SerialInvalid(_))));
+        assert_eq!(store.crl().unwrap(), None, "refusals sign nothing");
+
+        let done = revoke(
+            &store,
+            ca,
+            DAY,
+            "0a1b",
+            RevocationReason::KeyCompromise,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(done.crl_number, 1);
+        assert_eq!(done.record.revoked, Some(NOW));
+        let stored = store.cert("0a1b").unwrap().unwrap();
+        assert_eq!(stored.revoked, Some(NOW));
+        assert_eq!(stored.revocation_reason.as_deref(), Some("keyCompromise"));
+        assert_eq!(
+            read(&done.crl, ca).unwrap().revoked,
+            vec![("0a1b".to_string(), NOW, Some(1))]
+        );
+
+        let again = revoke(
+            &store,
+            ca,
+            DAY,
+            "0a1b",
+            RevocationReason::Superseded,
+            NOW + 5,
+        );
+        assert!(matches!(
+            again,
+            Err(CrlError::AlreadyRevoked { at: NOW, .. })
+        ));
+
+        let second = revoke(
+            &store,
+            ca,
+            DAY,
+            "0c",
+            RevocationReason::Unspecified,
+            NOW + 9,
+        )
+        .unwrap();
+        assert_eq!(second.crl_number, 2);
+        assert_eq!(
+            read(&second.crl, ca).unwrap().revoked,
+            vec![
+                ("0a1b".to_string(), NOW, Some(1)),
+                ("0c".to_string(), NOW + 9, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_interrupted_revocation_is_listed_when_revoked_again() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        // The record was written, the crash came before the index.
+        let mut interrupted = record("0e");
+        interrupted.revoked = Some(NOW - 100);
+        interrupted.revocation_reason = Some("affiliationChanged".into());
+        store.create_cert(&interrupted).unwrap();
+
+        let done = revoke(&store, ca, DAY, "0e", RevocationReason::KeyCompromise, NOW).unwrap();
+        assert_eq!(
+            read(&done.crl, ca).unwrap().revoked,
+            vec![("0e".to_string(), NOW - 100, Some(3))],
+            "the first revocation's time and reason stand"
+        );
+        assert_eq!(store.cert("0e").unwrap().unwrap().revoked, Some(NOW - 100));
+    }
+}
