@@ -5,6 +5,7 @@
 #
 #   bench/scep.sh                      # N=200 requests at concurrency 1, 8 and 64
 #   REQUESTS=50 LEVELS=1,8 bench/scep.sh
+#   KEEP_WORK=1 bench/scep.sh          # keep the servers' states and logs afterwards
 #
 # Needs: a Rust toolchain, python3, and Debian's `scep` package for scepserver (without it,
 # otad is measured alone). scepserver listens on every interface (`-port` takes a port
@@ -46,12 +47,17 @@ cleanup() {
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    if [[ -n "${KEEP_WORK:-}" ]]; then
+        echo "bench: kept $WORK (server states and logs)" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
 }
 
 # Waits until something accepts connections on 127.0.0.1:$1.
@@ -68,6 +74,7 @@ wait_port() {
 
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # otad: a fresh state (RSA-2048 CA and RA from `otad init`), the static SCEP challenge.
 OTAD_PORT=$(free_port)
@@ -112,37 +119,17 @@ elif ! command -v scepserver >/dev/null; then
     echo "bench: scepserver is not installed (apt-get install scep): skipped" >&2
 fi
 
+# Why a server refused what it refused, in its own words (otad: "WARN  scep:" lines; scepserver:
+# msg="failed ..." lines), counted.
+for log in "$WORK/otad.log" "$WORK/scepserver.log"; do
+    [[ -f $log ]] || continue
+    grep -E ' WARN  scep|msg="failed' "$log" | sed -E 's/^[^ ]*(ts=[^ ]* )?//; s/remote=[^ ]*//' |
+        sort | uniq -c | sort -rn | head -5 | sed "s|^|bench: $(basename "$log"):|" >&2 || true
+done
+
 echo "bench: RSA-2048 signatures, $SIGNATURES per thread" >&2
 "$DRIVER" rsa --signatures "$SIGNATURES" --threads 1,2 | tee -a "$RESULTS"
 
 # The summary table.
-python3 - "$RESULTS" "$SCEPSERVER_VERSION" "$(df -T "$WORK" | awk 'NR == 2 { print $2 }')" <<'EOF'
-import json, os, platform, subprocess, sys, time
-rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
-load = {(r["server"], r["concurrency"]): r for r in rows if "server" in r}
-rsa = {r["threads"]: r["per_second"] for r in rows if "threads" in r}
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-print()
-print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {os.cpu_count()} cores, {cpu}, "
-      f"Linux {platform.release()}; state on {sys.argv[3]}; otad {rev or '?'}; "
-      f"scepserver {sys.argv[2]}")
-one, two = rsa.get(1, 0.0), rsa.get(2, 0.0)
-bound = two / 3 if two else 0.0
-print(f"RSA-2048 signatures/s (aws-lc-rs): 1 thread {one:.0f}, 2 threads {two:.0f}; "
-      f"bound at 3 private operations per PKCSReq: {bound:.0f} PKCSReq/s")
-print()
-print("| concurrency | server | PKCSReq/s | p50 ms | p99 ms | failures | otad/scepserver | otad % of bound |")
-print("|---:|---|---:|---:|---:|---:|---:|---:|")
-for c in sorted({c for _, c in load}):
-    o, s = load.get(("otad", c)), load.get(("scepserver", c))
-    for name, r in (("otad", o), ("scepserver", s)):
-        if not r:
-            continue
-        ratio = pct = ""
-        if name == "otad":
-            ratio = f"{o['per_second'] / s['per_second']:.2f}" if s else "n/a"
-            pct = f"{100 * o['per_second'] / bound:.0f}%" if bound else "n/a"
-        print(f"| {c} | {name} | {r['per_second']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-              f"| {r['failures']}/{r['requests']} | {ratio} | {pct} |")
-EOF
+python3 bench/summary.py "$RESULTS" "$SCEPSERVER_VERSION" \
+    "$(df -T "$WORK" | awk 'NR == 2 { print $2 }')" "$LOAD_BEFORE"

@@ -3,13 +3,11 @@
 //! `main.rs` parses arguments; these functions do the work and return what to print, so the
 //! integration tests can run them without a process.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::{info, warn};
 use serde_json::json;
-use zeroize::Zeroizing;
 
 use crate::config::{self, Config};
 use crate::context::{files, Context};
@@ -18,6 +16,7 @@ use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::{
     random_serial, CertificateAuthority, IssueRequest, KeyUsageProfile, SubjectAttribute,
 };
+use crate::pki::keyfile::{self, KeyPassword};
 use crate::pki::keys::RsaPrivateKey;
 use crate::pki::{cert, crl, PkiError};
 use crate::store::{self, Store};
@@ -48,27 +47,6 @@ pub struct CaImport {
     pub password: KeyPassword,
 }
 
-/// Where the password of an encrypted CA key comes from; never from the command line, where
-/// other users see it in the process list.
-pub enum KeyPassword {
-    /// The first line of this file.
-    File(PathBuf),
-    /// A no-echo prompt on the terminal, asked only if the key is encrypted.
-    Prompt,
-    /// None: an encrypted key is refused with a hint.
-    NotGiven,
-}
-
-/// The largest certificate, key or password file `otad init` reads.
-pub const MAX_IMPORT_FILE_BYTES: u64 = 1024 * 1024;
-
-/// The most PBKDF2 iterations an encrypted key may ask for (OpenSSL writes 2,048; some
-/// tools 600,000); more would keep init busy for minutes.
-pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
-
-/// The most memory scrypt may ask for to decrypt a key (128 · r · N bytes).
-pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
-
 /// `otad init`: a new state dir with config, CA (new, or imported), RA and profile signer.
 /// Refuses to touch an existing state. An imported CA is checked completely (key, CA
 /// constraints, validity, able to sign certificates and CRLs) before anything is written.
@@ -90,17 +68,22 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         .map_err(|err| format!("creating the CA: {err}"))?,
     };
     let store = Store::create(state).map_err(|err| err.to_string())?;
+    // An imported CA may expire sooner than ten years from now; what it issues must not
+    // outlive it.
+    let validity_days = identity_validity_days(&ca)?;
     let ra = issue_identity(
         &ca,
         &format!("{org} SCEP RA"),
         org,
         KeyUsageProfile::SigningAndEncipherment,
+        validity_days,
     )?;
     let signer = issue_identity(
         &ca,
         &format!("{org} Profile Signer"),
         org,
         KeyUsageProfile::Signing,
+        validity_days,
     )?;
 
     let write = |file: &str, bytes: &[u8], mode: u32| {
@@ -131,15 +114,15 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
                 .map(|summary| summary.subject)
                 .unwrap_or_default();
             format!(
-                "imported CA {subject:?} (its key now unencrypted in {}, mode 0600), new RA and \
-                 profile signer",
+                "imported CA {subject:?}, new RA and profile signer; the CA key is now stored \
+                 unencrypted in {} (mode 0600)",
                 state.join(files::CA_KEY).display()
             )
         }
         None => "CA, RA and profile signer".to_string(),
     };
     Ok(format!(
-        "created {} ({what}; config in {})\nnext: edit [mdm] in the config, then run: otad \
+        "created {} ({what})\nconfig: {}\nnext: edit [mdm] in the config, then run: otad \
          serve --config {}",
         state.display(),
         state.join("otad.toml").display(),
@@ -154,8 +137,8 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
     let cert_flag = format!("--ca-cert {}", import.certificate.display());
     let key_flag = format!("--ca-key {}", import.key.display());
 
-    let cert_text =
-        read_import_file(&import.certificate).map_err(|why| format!("{cert_flag}: {why}"))?;
+    let cert_text = keyfile::read_text_file(&import.certificate)
+        .map_err(|why| format!("{cert_flag}: {why}"))?;
     let certificates =
         cert::pem_to_der_all(&cert_text).map_err(|err| format!("{cert_flag}: {err}"))?;
     let [certificate] = certificates.as_slice() else {
@@ -164,7 +147,8 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
             certificates.len()
         ));
     };
-    let key = read_ca_key(import).map_err(|why| format!("{key_flag}: {why}"))?;
+    let key = keyfile::read_key_file(&import.key, &import.password)
+        .map_err(|why| format!("{key_flag}: {why}"))?;
 
     let ca = CertificateAuthority::load(certificate, key).map_err(|err| match err {
         PkiError::CaKeyMismatch => {
@@ -190,120 +174,6 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
     )
     .map_err(|err| format!("{cert_flag}: cannot sign CRLs with it: {err}"))?;
     Ok(ca)
-}
-
-/// Reads a text file given to `otad init`, within [`MAX_IMPORT_FILE_BYTES`].
-fn read_import_file(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
-    let mut text = String::new();
-    std::io::Read::take(file, MAX_IMPORT_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|err| format!("cannot read as text: {err}"))?;
-    if text.len() as u64 > MAX_IMPORT_FILE_BYTES {
-        return Err(format!("larger than {MAX_IMPORT_FILE_BYTES} bytes"));
-    }
-    Ok(text)
-}
-
-/// The CA key: PKCS#1 or PKCS#8 as `RsaPrivateKey::from_pem` reads them, or an encrypted
-/// PKCS#8 (RFC 5958 section 3, PBES2 of RFC 8018) decrypted with the password.
-fn read_ca_key(import: &CaImport) -> Result<RsaPrivateKey, String> {
-    let text = Zeroizing::new(read_import_file(&import.key)?);
-    if text.contains("Proc-Type: 4,ENCRYPTED") {
-        return Err(format!(
-            "a legacy encrypted PEM key (Proc-Type header), which otad does not read; convert \
-             it with: openssl pkcs8 -topk8 -v2 aes-256-cbc -in {} -out ca-key.p8",
-            import.key.display()
-        ));
-    }
-    let encrypted = cert::pem_blocks(&text)
-        .map_err(|err| err.to_string())?
-        .into_iter()
-        .find(|block| block.label == ENCRYPTED_PKCS8_LABEL);
-    let Some(encrypted) = encrypted else {
-        return RsaPrivateKey::from_pem(&text).map_err(|err| err.to_string());
-    };
-
-    let info = pkcs8::EncryptedPrivateKeyInfo::try_from(encrypted.der.as_slice())
-        .map_err(|err| format!("encrypted key: malformed ({err})"))?;
-    check_key_derivation(&info.encryption_algorithm)?;
-    let password = key_password(&import.password)?;
-    let decrypted = info.decrypt(password.as_bytes()).map_err(|err| match err {
-        pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::UnsupportedAlgorithm { oid })
-        | pkcs8::Error::EncryptedPrivateKey(pkcs8::pkcs5::Error::AlgorithmParametersInvalid {
-            oid,
-        }) => {
-            format!(
-                "encrypted with {oid}, which otad does not read (PBES2 with PBKDF2-HMAC-SHA-2 or \
-                 scrypt, and AES-CBC, do: openssl pkcs8 -topk8 -v2 aes-256-cbc)"
-            )
-        }
-        _ => "cannot decrypt the key: wrong password".to_string(),
-    })?;
-    // A wrong password passes the padding check about once in 256 tries; what it yields then
-    // is no key.
-    RsaPrivateKey::from_pkcs8_der(decrypted.as_bytes())
-        .map_err(|_| "cannot decrypt the key: wrong password".to_string())
-}
-
-/// PEM label of an EncryptedPrivateKeyInfo (RFC 7468 section 11).
-const ENCRYPTED_PKCS8_LABEL: &str = "ENCRYPTED PRIVATE KEY";
-
-/// Refuses key derivations that would run for minutes or take gigabytes.
-fn check_key_derivation(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<(), String> {
-    use pkcs8::pkcs5::pbes2::Kdf;
-
-    let pkcs8::pkcs5::EncryptionScheme::Pbes2(parameters) = scheme else {
-        return Err(
-            "encrypted with PBES1, which otad does not read (re-encrypt with: openssl pkcs8 \
-             -topk8 -v2 aes-256-cbc)"
-                .into(),
-        );
-    };
-    match &parameters.kdf {
-        Kdf::Pbkdf2(pbkdf2) if pbkdf2.iteration_count > MAX_PBKDF2_ITERATIONS => Err(format!(
-            "encrypted key: {} PBKDF2 iterations is over the limit of {MAX_PBKDF2_ITERATIONS}",
-            pbkdf2.iteration_count
-        )),
-        Kdf::Scrypt(scrypt) => {
-            let memory = 128u64
-                .saturating_mul(u64::from(scrypt.block_size))
-                .saturating_mul(scrypt.cost_parameter);
-            if memory > MAX_SCRYPT_MEMORY_BYTES || scrypt.parallelization > 16 {
-                return Err(format!(
-                    "encrypted key: scrypt parameters ask for {memory} bytes or p = {}, over \
-                     the limits of {MAX_SCRYPT_MEMORY_BYTES} bytes and p = 16",
-                    scrypt.parallelization
-                ));
-            }
-            Ok(())
-        }
-        // Other derivations fail in decrypt with their OID named.
-        _ => Ok(()),
-    }
-}
-
-/// The password of an encrypted key, from where [`KeyPassword`] says.
-fn key_password(source: &KeyPassword) -> Result<Zeroizing<String>, String> {
-    match source {
-        KeyPassword::File(path) => {
-            let text = Zeroizing::new(
-                read_import_file(path)
-                    .map_err(|why| format!("--ca-key-password-file {}: {why}", path.display()))?,
-            );
-            // The first line, as `openssl -passin file:` reads it.
-            let line = text.lines().next().unwrap_or_default();
-            Ok(Zeroizing::new(line.to_string()))
-        }
-        KeyPassword::Prompt => rpassword::prompt_password("CA key password: ")
-            .map(Zeroizing::new)
-            .map_err(|err| format!("encrypted; cannot read the password from the terminal: {err}")),
-        KeyPassword::NotGiven => Err(
-            "encrypted; give its password with --ca-key-password-file FILE (or run otad init in \
-             a terminal to be asked)"
-                .into(),
-        ),
-    }
 }
 
 /// `otad init` writes only into a folder that does not exist yet or is empty, so it can never
@@ -337,11 +207,28 @@ fn check_state_is_new(state: &Path) -> Result<(), String> {
     }
 }
 
+/// Days the RA and profile signer are valid: [`IDENTITY_VALIDITY_DAYS`], or fewer, up to the
+/// CA's own notAfter.
+fn identity_validity_days(ca: &CertificateAuthority) -> Result<u32, String> {
+    let not_after = cert::summarize(ca.certificate())
+        .map_err(|err| format!("ca certificate: {err}"))?
+        .not_after;
+    let days_left = not_after.saturating_sub(store::now()) / 86_400;
+    let days = u32::try_from(days_left)
+        .unwrap_or(u32::MAX)
+        .min(IDENTITY_VALIDITY_DAYS);
+    if days == 0 {
+        return Err("ca certificate: expires within a day; nothing can be issued under it".into());
+    }
+    Ok(days)
+}
+
 fn issue_identity(
     ca: &CertificateAuthority,
     common_name: &str,
     organization: &str,
     usage: KeyUsageProfile,
+    validity_days: u32,
 ) -> Result<(Vec<u8>, RsaPrivateKey), String> {
     let key = RsaPrivateKey::generate(2048).map_err(|err| format!("{common_name}: key: {err}"))?;
     let subject = [
@@ -352,7 +239,7 @@ fn issue_identity(
         subject: &subject,
         public_key_spki_der: &key.public_key_spki_der(),
         serial: random_serial(),
-        validity_days: IDENTITY_VALIDITY_DAYS,
+        validity_days,
         usage,
     };
     let certificate = ca

@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod http;
 pub mod httpclient;
+pub mod issuance;
 pub mod logger;
 pub mod ota;
 pub mod pki;

@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 use lexopt::prelude::*;
 
-use otad::commands::{self, CaImport, InitOptions, KeyPassword, VerifyOptions};
+use otad::commands::{self, CaImport, InitOptions, VerifyOptions};
+use otad::pki::keyfile::KeyPassword;
 use otad::simulate::{self, SimulateOptions};
 
 const HELP: &str = "\
@@ -45,10 +46,12 @@ The key is stored unencrypted in DIR/ca/ca.key (mode 0600).
   --url URL            the base URL devices reach otad at, e.g. https://otad.example.com
   --organization ORG   the organization in profiles and certificates (default: otad)
   --ca-cert FILE       an existing CA certificate, PEM
-  --ca-key FILE        its private key, PEM: PKCS#1, PKCS#8, or encrypted PKCS#8 (PBES2)
+  --ca-key FILE        its private key, PEM: PKCS#1, PKCS#8, encrypted PKCS#8 (PBES2) or
+                       OpenSSL's legacy encrypted PEM (a micromdm/scep depot's ca.key)
   --ca-key-password-file FILE
                        the encrypted key's password, the file's first line; without it,
-                       otad asks on the terminal (never give a password as an argument)
+                       otad tries an empty one (scepserver's default), then asks on the
+                       terminal (never give a password as an argument)
 ";
 
 const SERVE_HELP: &str = "\

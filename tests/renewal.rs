@@ -51,6 +51,22 @@ fn throwaway(common_name: &str) -> Identity {
     Identity { key, certificate }
 }
 
+/// The same key under another throwaway certificate, as a client that makes one per message.
+fn recertified(identity: &Identity, common_name: &str) -> Identity {
+    let key = RsaPrivateKey::from_pkcs8_der(identity.key.to_pkcs8_der()).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
+    let certificate = params
+        .self_signed(&key.rcgen_key().unwrap())
+        .unwrap()
+        .der()
+        .to_vec();
+    Identity { key, certificate }
+}
+
 /// `IssuerAndSubject ::= SEQUENCE { issuer Name, subject Name }` (RFC 8894 §3.3.3).
 #[derive(der::Sequence)]
 struct IssuerAndSubject {
@@ -533,6 +549,13 @@ fn manual_approval_queues_then_approve_and_deny_decide_what_polls_see() {
     assert_eq!(
         cert::spki_der(&certificate).unwrap(),
         identity.key.public_key_spki_der()
+    );
+    // A poll signed by another throwaway certificate for the same key is answered to it.
+    let same_key = recertified(&identity, "waiting-client");
+    assert_ne!(same_key.certificate, identity.certificate);
+    assert_eq!(
+        issued(&scep.poll("manual-1", &request, &same_key)),
+        certificate
     );
     assert_eq!(
         cert::summarize(&certificate).unwrap().subject,

@@ -12,7 +12,7 @@ use lexopt::prelude::*;
 
 use super::{Args, Exit};
 use crate::context::Context;
-use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+use crate::issuance;
 use crate::pki::{cert, csr, PkiError};
 use crate::store::{self, now, CertRecord, Decision, PendingRequest, StoreError};
 
@@ -24,9 +24,6 @@ pub const DEFAULT_REASON: &str = "denied by an admin";
 
 /// What an approved certificate's record says authorised it.
 pub const APPROVED_BY: &str = "approved";
-
-/// Tries at a fresh serial when one is (astronomically unlikely) already recorded.
-const SERIAL_ATTEMPTS: usize = 4;
 
 /// The remote a device's history names for an approval.
 const APPROVAL_REMOTE: &str = "otad request approve";
@@ -383,8 +380,6 @@ fn undecided(ctx: &Context, id: &str, at: i64) -> Result<PendingRequest, Request
 }
 
 /// Issues and records the certificate a request asked for.
-// TODO: this repeats scep::enroll::issue, which `admin` cannot reach (scep's modules are
-// private) and which takes the state lock again for the device; share one issuing function.
 fn issue(ctx: &Context, request: &PendingRequest, at: i64) -> Result<CertRecord, RequestError> {
     let unusable = |reason: String| RequestError::Unusable {
         id: request.id.clone(),
@@ -397,59 +392,18 @@ fn issue(ctx: &Context, request: &PendingRequest, at: i64) -> Result<CertRecord,
         .map(|block| block.der)
         .ok_or_else(|| unusable("stored CSR: no CERTIFICATE REQUEST block".into()))?;
     let csr = csr::parse(&csr_der).map_err(|err| unusable(format!("stored CSR: {err}")))?;
-    let subject = request
-        .subject
-        .iter()
-        .map(|(kind, value)| {
-            SubjectAttribute::from_short_name(kind)
-                .map(|attribute| (attribute, value.clone()))
-                .ok_or_else(|| unusable(format!("subject attribute {kind:?} is unknown")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
 
-    let ca_serial = cert::serial_hex(ctx.ca.certificate()).unwrap_or_default();
-    for _ in 0..SERIAL_ATTEMPTS {
-        let serial = random_serial();
-        let issued = ctx
-            .ca
-            .issue(&IssueRequest {
-                subject: &subject,
-                public_key_spki_der: &csr.public_key_spki_der,
-                serial,
-                validity_days: ctx.derived.cert_validity_days,
-                usage: KeyUsageProfile::DeviceIdentity,
-            })
-            .map_err(|source| RequestError::Issuing {
-                id: request.id.clone(),
-                source,
-            })?;
-        let summary = cert::summarize(&issued).map_err(|source| RequestError::Issuing {
-            id: request.id.clone(),
-            source,
+    let grant = issuance::Grant {
+        subject: &request.subject,
+        udid: request.udid.as_deref(),
+        authorised_by: APPROVED_BY,
+    };
+    let (_, record) =
+        issuance::issue(ctx, &csr.public_key_spki_der, &grant, at).map_err(|err| match err {
+            issuance::IssueError::Store(err) => RequestError::from(err),
+            other => unusable(other.to_string()),
         })?;
-        // A serial is never the CA's own (nor, through create_cert, any earlier one).
-        if summary.serial_hex == ca_serial {
-            continue;
-        }
-        let record = CertRecord {
-            serial: summary.serial_hex,
-            udid: request.udid.clone(),
-            subject: summary.subject,
-            issued_at: at,
-            not_after: summary.not_after,
-            revoked: None,
-            revocation_reason: None,
-            authorised_by: APPROVED_BY.to_string(),
-            superseded_by: None,
-            pem: cert::der_to_pem(&issued),
-        };
-        match ctx.store.create_cert(&record) {
-            Ok(()) => return Ok(record),
-            Err(StoreError::SerialTaken(_)) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Err(unusable("no free serial after several draws".into()))
+    Ok(record)
 }
 
 /// Text with control characters escaped, for a terminal: subjects come from clients.

@@ -47,8 +47,8 @@ const VERSION_0: [u8; 3] = [tag::INTEGER, 0x01, 0x00];
 /// RFC 5652 §6.1, §6.2.1, §6.3; the encrypted content type is id-data. Recipients of 2048 to
 /// 8192 bits are encrypted to by aws-lc-rs's Pkcs1PublicEncryptingKey; from
 /// [`MIN_ENCRYPTION_RSA_BITS`] (1024) up to 2048 bits, which aws-lc-rs refuses, by otad's own
-/// RSAES-PKCS1-v1_5 (RFC 8017 §7.2.1; a public-key operation, module `cms::rsa_public`). Smaller or larger recipients get
-/// [`CmsError::UnsupportedKey`].
+/// RSAES-PKCS1-v1_5 (RFC 8017 §7.2.1; a public-key operation, module `cms::rsa_public`).
+/// Smaller or larger recipients get [`CmsError::UnsupportedKey`].
 pub fn encrypt(
     content: &[u8],
     recipient_certificate: &[u8],

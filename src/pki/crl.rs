@@ -390,7 +390,7 @@ pub fn current(
         Some(der) => Ok(der),
         None => {
             let index = store.crl_index()?;
-            sign_and_store(store, ca, index, validity, now)
+            sign_and_store(store, ca, index, validity, now).map(|(der, _)| der)
         }
     })
 }
@@ -420,14 +420,15 @@ fn stored_if_current(
     }
 }
 
-/// Signs the next CRL from `index` and stores both (the caller holds the state lock).
+/// Signs the next CRL from `index` and stores both (the caller holds the state lock);
+/// returns the CRL and its number.
 fn sign_and_store(
     store: &Store,
     ca: &CertificateAuthority,
     mut index: CrlIndex,
     validity: Duration,
     now: i64,
-) -> Result<Vec<u8>, CrlError> {
+) -> Result<(Vec<u8>, u64), CrlError> {
     // The number grows past the stored CRL's too, should the index be older than the CRL (a
     // state restored from mismatched backups).
     let stored_number = store
@@ -440,6 +441,8 @@ fn sign_and_store(
         .checked_add(1)
         .ok_or(CrlError::NumberExhausted)?;
 
+    // TODO: drop entries of certificates long expired (RFC 5280 section 3.3 allows it); the
+    // index does not record notAfter yet, so every revocation stays listed for good.
     let revoked = index
         .revoked
         .iter()
@@ -468,7 +471,7 @@ fn sign_and_store(
         revoked.len(),
         rfc3339(params.next_update)
     );
-    Ok(der)
+    Ok((der, number))
 }
 
 /// A revocation done: the certificate's record as now stored, and the CRL that lists it.
@@ -527,8 +530,7 @@ pub fn revoke(
             reason: recorded_reason,
         });
 
-        let crl = sign_and_store(store, ca, index, validity, now)?;
-        let crl_number = store.crl_index()?.number;
+        let (crl, crl_number) = sign_and_store(store, ca, index, validity, now)?;
         Ok(Revocation {
             record,
             crl,

@@ -10,6 +10,7 @@ pub mod ca;
 pub mod cert;
 pub mod crl;
 pub mod csr;
+pub mod keyfile;
 pub mod keys;
 
 use std::fmt;

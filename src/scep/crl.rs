@@ -130,6 +130,56 @@ mod tests {
     }
 
     #[test]
+    fn openssl_reads_the_crl_in_the_degenerate_signed_data() {
+        let ca = crate::pki::ca::CertificateAuthority::create("GetCRL CA", "Org", 30).unwrap();
+        let now = now();
+        let revoked = [crl::RevokedEntry {
+            serial_hex: "0a1b".into(),
+            revoked_at: now - 60,
+            reason: crl::RevocationReason::KeyCompromise,
+        }];
+        let crl_der = crl::sign(
+            &ca,
+            &crl::CrlParams {
+                number: 9,
+                this_update: now - 60,
+                next_update: now + 3600,
+                revoked: &revoked,
+            },
+        )
+        .unwrap();
+        let degenerate = signed::crls_only(&crl_der).unwrap();
+        assert!(
+            signed::crls_only(&crl_der[1..]).is_err(),
+            "a CRL is one SEQUENCE"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("reply.p7"), &degenerate).unwrap();
+        let output = std::process::Command::new("openssl")
+            .current_dir(dir.path())
+            .args([
+                "pkcs7",
+                "-inform",
+                "DER",
+                "-in",
+                "reply.p7",
+                "-print_certs",
+                "-text",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        assert!(
+            stdout.contains("Certificate Revocation List (CRL):"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("Serial Number: 0A1B"), "{stdout}");
+        assert!(stdout.contains("CN=GetCRL CA") || stdout.contains("CN = GetCRL CA"));
+    }
+
+    #[test]
     fn query_refusals() {
         let not_a_name = [0x04, 0x01, 0x00];
         assert!(read_query(&query_der(&not_a_name, &[1]))

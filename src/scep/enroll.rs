@@ -4,20 +4,17 @@
 //! challenge — then signing; the subject comes from the challenge's binding or the
 //! configured policy, never blindly from the CSR.
 
-use log::{info, warn};
+use log::info;
 
 use super::{open_envelope, refuse, succeed, FailInfo, ReplyTo, ScepError};
 use crate::cms::{enveloped, signed};
 use crate::context::Context;
-use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+use crate::issuance;
 use crate::pki::{cert, csr};
-use crate::store::{now, CertRecord, ChallengePurpose, StoreError};
+use crate::store::{now, CertRecord, ChallengePurpose};
 
 /// Longest CN taken from a CSR when a static challenge authorises it.
 pub const MAX_COMMON_NAME: usize = 64;
-
-/// Tries at a fresh serial when one is (astronomically unlikely) already recorded.
-const SERIAL_ATTEMPTS: usize = 4;
 
 /// The subject `scep.subject` gives a certificate whose CSR names itself `cn`.
 fn static_subject(ctx: &Context, cn: &str) -> Vec<(String, String)> {
@@ -154,70 +151,22 @@ pub(crate) fn authorise(
     })
 }
 
+/// Issues and records the certificate, then moves the device it is bound to along.
 pub(crate) fn issue(
     ctx: &Context,
     public_key_spki_der: &[u8],
     authorisation: &Authorisation,
     remote: &str,
 ) -> Result<Vec<u8>, ScepError> {
-    let subject: Vec<(SubjectAttribute, String)> = authorisation
-        .subject
-        .iter()
-        .filter_map(|(kind, value)| {
-            SubjectAttribute::from_short_name(kind).map(|k| (k, value.clone()))
-        })
-        .collect();
-
-    let ca_serial = cert::serial_hex(ctx.ca.certificate()).unwrap_or_default();
-    for _ in 0..SERIAL_ATTEMPTS {
-        let serial = random_serial();
-        // A serial is never the CA's own (nor, through create_cert, any earlier one).
-        if hex(&serial).trim_start_matches("00") == ca_serial {
-            continue;
-        }
-        let issue_request = IssueRequest {
-            subject: &subject,
-            public_key_spki_der,
-            serial,
-            validity_days: ctx.derived.cert_validity_days,
-            usage: KeyUsageProfile::DeviceIdentity,
-        };
-        let issued = ctx
-            .ca
-            .issue(&issue_request)
-            .map_err(|err| ScepError::Internal(format!("issuing: {err}")))?;
-        let summary =
-            cert::summarize(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
-        let record = CertRecord {
-            serial: summary.serial_hex.clone(),
-            udid: authorisation.udid.clone(),
-            subject: summary.subject.clone(),
-            issued_at: now(),
-            not_after: summary.not_after,
-            revoked: None,
-            revocation_reason: None,
-            authorised_by: authorisation.authorised_by.to_string(),
-            superseded_by: None,
-            pem: cert::der_to_pem(&issued),
-        };
-        match ctx.store.create_cert(&record) {
-            Ok(()) => {
-                issued_to(ctx, &record, authorisation, remote)?;
-                return Ok(issued);
-            }
-            Err(StoreError::SerialTaken(serial)) => {
-                warn!("scep: serial {serial} already recorded; drawing another")
-            }
-            Err(err) => {
-                return Err(ScepError::Internal(format!(
-                    "recording the certificate: {err}"
-                )))
-            }
-        }
-    }
-    Err(ScepError::Internal(
-        "no free serial after several draws".into(),
-    ))
+    let grant = issuance::Grant {
+        subject: &authorisation.subject,
+        udid: authorisation.udid.as_deref(),
+        authorised_by: authorisation.authorised_by,
+    };
+    let (issued, record) = issuance::issue(ctx, public_key_spki_der, &grant, now())
+        .map_err(|err| ScepError::Internal(err.to_string()))?;
+    issued_to(ctx, &record, authorisation, remote)?;
+    Ok(issued)
 }
 
 /// Records an issuance against the device it was bound to, and logs it.
@@ -238,8 +187,4 @@ fn issued_to(
         authorisation.authorised_by
     );
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -77,7 +77,7 @@ pub struct PendingRequest {
     pub udid: Option<String>,
     /// What authorised the request ("ota", "static").
     pub authorised_by: String,
-    /// The requester's (self-signed) certificate, PEM: the reply is encrypted to it.
+    /// The certificate the request was signed with (a throwaway self-signed one), PEM.
     pub requester: String,
     /// The remote address the request came from.
     pub remote: String,

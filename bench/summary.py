@@ -1,0 +1,64 @@
+"""Summary table of one bench/scep.sh run, from the JSON lines otad-bench printed.
+
+usage: summary.py RESULTS.jsonl SCEPSERVER_VERSION FILESYSTEM LOAD_AVERAGE
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+# A PKCSReq costs otad three RSA-2048 private-key operations: decrypting the request (RA),
+# signing the certificate (CA) and signing the CertRep (RA).
+PRIVATE_OPERATIONS_PER_PKCSREQ = 3
+
+
+def main(results, scepserver_version, filesystem, load_average):
+    rows = [json.loads(line) for line in open(results) if line.strip()]
+    load = {(r["server"], r["concurrency"]): r for r in rows if "server" in r}
+    rsa = {r["threads"]: r["per_second"] for r in rows if "threads" in r}
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+         if line.startswith("model name")),
+        "?",
+    )
+    revision = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True
+    ).stdout.strip()
+    print()
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M %Z')}; machine: {os.cpu_count()} cores, "
+          f"{cpu}, Linux {platform.release()}; state on {filesystem}; otad {revision or '?'}; "
+          f"scepserver {scepserver_version}; load average before the run {load_average}")
+
+    one, two = rsa.get(1, 0.0), rsa.get(2, 0.0)
+    bound = two / PRIVATE_OPERATIONS_PER_PKCSREQ
+    print(f"RSA-2048 signatures/s (aws-lc-rs): 1 thread {one:.0f}, 2 threads {two:.0f}; "
+          f"bound at {PRIVATE_OPERATIONS_PER_PKCSREQ} private operations per PKCSReq: "
+          f"{bound:.0f} PKCSReq/s")
+    print()
+    print("| concurrency | server | issued/s | p50 ms | p99 ms | failures "
+          "| otad/scepserver | otad % of bound |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for concurrency in sorted({c for _, c in load}):
+        otad = load.get(("otad", concurrency))
+        scepserver = load.get(("scepserver", concurrency))
+        for name, row in (("otad", otad), ("scepserver", scepserver)):
+            if not row:
+                continue
+            ratio = share = ""
+            if name == "otad":
+                theirs = scepserver["issued_per_second"] if scepserver else 0
+                ratio = f"{otad['issued_per_second'] / theirs:.2f}" if theirs else "n/a"
+                share = f"{100 * otad['issued_per_second'] / bound:.0f}%" if bound else "n/a"
+            print(f"| {concurrency} | {name} | {row['issued_per_second']:.1f} "
+                  f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
+                  f"| {row['failures']}/{row['requests']} | {ratio} | {share} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 5:
+        sys.exit(__doc__)
+    main(*sys.argv[1:])
