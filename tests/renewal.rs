@@ -773,3 +773,49 @@ fn scepclient_waits_for_manual_approval_and_then_gets_its_certificate() {
     assert!(String::from_utf8_lossy(&subject).contains("CN = patient-scepclient, O = Test Org"));
     assert_eq!(listed(&server)[0]["status"], "approved");
 }
+
+#[test]
+fn racing_renewals_of_one_certificate_issue_once() {
+    let server = static_challenge_server("auto");
+    let scep = Scep::new(&server);
+    let (first_key, _, _, reply) = pkcs_req(&scep, "racing-client", STATIC_CHALLENGE);
+    let old = Identity {
+        key: first_key.key,
+        certificate: issued(&reply),
+    };
+    let new_key = RsaPrivateKey::generate(2048).unwrap();
+    let request = csr::build(&new_key, "racing-client", None).unwrap();
+    let messages: Vec<Vec<u8>> = (0..6)
+        .map(|n| {
+            scep.build(
+                MessageType::RenewalReq,
+                &format!("race-{n}"),
+                &request,
+                &old,
+            )
+        })
+        .collect();
+    let certs_before = count_files(&server, "certs");
+
+    let scep = std::sync::Arc::new(scep);
+    let old = std::sync::Arc::new(old);
+    let handles: Vec<_> = messages
+        .into_iter()
+        .enumerate()
+        .map(|(n, message)| {
+            let (scep, old) = (std::sync::Arc::clone(&scep), std::sync::Arc::clone(&old));
+            std::thread::spawn(move || issued(&scep.post(&message, &format!("race-{n}"), &old)))
+        })
+        .collect();
+    let answers: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+    assert_eq!(
+        count_files(&server, "certs"),
+        certs_before + 1,
+        "one renewal issued"
+    );
+    assert!(
+        answers.windows(2).all(|w| w[0] == w[1]),
+        "every racer got the one successor"
+    );
+}

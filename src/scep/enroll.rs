@@ -170,7 +170,7 @@ pub(crate) fn issue(
 }
 
 /// Records an issuance against the device it was bound to, and logs it.
-fn issued_to(
+pub(crate) fn issued_to(
     ctx: &Context,
     record: &CertRecord,
     authorisation: &Authorisation,

@@ -71,6 +71,12 @@ impl fmt::Display for ScepError {
 
 impl std::error::Error for ScepError {}
 
+impl From<crate::store::StoreError> for ScepError {
+    fn from(err: crate::store::StoreError) -> Self {
+        ScepError::Internal(format!("state: {err}"))
+    }
+}
+
 /// A SCEP answer.
 pub struct ScepReply {
     /// Content-Type.

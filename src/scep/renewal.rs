@@ -6,13 +6,14 @@
 //! the same one; the new certificate keeps the old one's subject and device binding, whatever
 //! the CSR asks for, and the old record points to its successor.
 
-use log::{info, warn};
+use log::info;
 
-use super::enroll::{check_answerable, issue, Authorisation};
+use super::enroll::{check_answerable, issued_to, Authorisation};
 use super::poll::signer_key_bits;
 use super::{open_envelope, refuse, succeed, FailInfo, ReplyTo, ScepError};
 use crate::cms::{signed, ContentCipher};
 use crate::context::Context;
+use crate::issuance;
 use crate::pki::{cert, csr};
 use crate::store::{now, CertRecord, StoreError};
 
@@ -96,12 +97,35 @@ pub(crate) fn renewal_req(
         authorised_by: "renewal",
     };
 
-    let issued = issue(ctx, &request.public_key_spki_der, &authorisation, remote)?;
-    let serial = cert::serial_hex(&issued).map_err(|err| ScepError::Internal(err.to_string()))?;
-    supersede(ctx, &old.serial, &serial)?;
+    // Under the state lock, so that of two renewals racing with one certificate exactly one
+    // issues; the other finds the successor and is answered as a repeat.
+    let grant = issuance::Grant {
+        subject: &authorisation.subject,
+        udid: authorisation.udid.as_deref(),
+        authorised_by: authorisation.authorised_by,
+    };
+    let renewed = ctx.store.transaction(|| -> Result<Renewed, ScepError> {
+        let mut current = ctx.store.cert(&old.serial)?.unwrap_or_else(|| old.clone());
+        if let Some(successor) = current.superseded_by.clone() {
+            return Ok(Renewed::Already(successor));
+        }
+        let (issued, record) = issuance::issue(ctx, &request.public_key_spki_der, &grant, now())
+            .map_err(|err| ScepError::Internal(err.to_string()))?;
+        current.superseded_by = Some(record.serial.clone());
+        ctx.store.update_cert(&current)?;
+        Ok(Renewed::New(issued, record))
+    })?;
+    let (issued, record) = match renewed {
+        Renewed::New(issued, record) => (issued, record),
+        Renewed::Already(successor) => {
+            let cipher = decrypted.cipher;
+            return renewed_again(ctx, to, &old, &successor, &request, cipher, signer, remote);
+        }
+    };
+    issued_to(ctx, &record, &authorisation, remote)?;
     info!(
-        "scep: renewed certificate {} as {serial} remote={remote}",
-        old.serial
+        "scep: renewed certificate {} as {} remote={remote}",
+        old.serial, record.serial
     );
     let degenerate =
         signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
@@ -202,21 +226,12 @@ fn carried_subject(certificate: &[u8]) -> Result<Vec<(String, String)>, String> 
         .collect()
 }
 
-/// Points the old certificate's record at its successor, under the state lock.
-fn supersede(ctx: &Context, old_serial: &str, new_serial: &str) -> Result<(), ScepError> {
-    ctx.store
-        .transaction(|| {
-            let Some(mut record) = ctx.store.cert(old_serial)? else {
-                return Ok(());
-            };
-            if let Some(earlier) = &record.superseded_by {
-                // Two renewals raced past the check; the newest certificate is the successor.
-                warn!("scep: certificate {old_serial} was already renewed as {earlier}");
-            }
-            record.superseded_by = Some(new_serial.to_string());
-            ctx.store.update_cert(&record)
-        })
-        .map_err(|err: StoreError| ScepError::Internal(format!("certificate {old_serial}: {err}")))
+/// What the locked step of a renewal found.
+enum Renewed {
+    /// A new certificate, recorded.
+    New(Vec<u8>, CertRecord),
+    /// The certificate was renewed already, as this serial.
+    Already(String),
 }
 
 #[cfg(test)]
