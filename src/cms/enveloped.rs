@@ -8,7 +8,8 @@
 //!
 //! Encryption goes through aws-lc-rs for recipients of 2048 bits and more; 1024-bit recipients
 //! (`scepclient -keySize 1024`, older devices), which aws-lc-rs refuses, are encrypted to by
-//! [`super::rsa_public`], a public-key operation that needs no secret of ours.
+//! otad's own RSAES-PKCS1-v1_5 (`cms::rsa_public`), a public-key operation that needs no
+//! secret of ours.
 
 use aws_lc_rs::cipher::{
     DecryptionContext, PaddedBlockDecryptingKey, PaddedBlockEncryptingKey, UnboundCipherKey,
