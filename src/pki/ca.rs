@@ -248,7 +248,6 @@ pub struct IssueRequest<'a> {
 }
 
 /// Our CA: certificate and key.
-#[derive(Debug)]
 pub struct CertificateAuthority {
     /// The CA certificate DER.
     certificate: Vec<u8>,
@@ -259,6 +258,18 @@ pub struct CertificateAuthority {
     /// The CA certificate's subject Name DER, which every issued certificate's issuer must
     /// equal byte for byte.
     subject: Vec<u8>,
+    /// The rcgen issuer, built once: parsing the key and certificate again for every
+    /// issuance cost most of an RSA signature.
+    issuer: Issuer<'static, rcgen::KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("subject", &self.subject)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CertificateAuthority {
@@ -328,14 +339,15 @@ impl CertificateAuthority {
             ));
         }
 
-        let authority = Self {
+        let issuer = Issuer::from_ca_cert_der(&cert_der.into(), key.rcgen_key()?)
+            .map_err(|err| PkiError::CertificateBuildFailed(err.to_string()))?;
+        Ok(Self {
             certificate: cert_der.to_vec(),
             spki: spki.to_vec(),
             subject: certificate.subject().as_raw().to_vec(),
             key,
-        };
-        authority.issuer()?;
-        Ok(authority)
+            issuer,
+        })
     }
 
     /// The CA certificate DER.
@@ -371,9 +383,8 @@ impl CertificateAuthority {
 
         let subject_key = rcgen::SubjectPublicKeyInfo::from_der(request.public_key_spki_der)
             .map_err(|err| PkiError::UnsupportedPublicKey(err.to_string()))?;
-        let issuer = self.issuer()?;
         let issued = params
-            .signed_by(&subject_key, &issuer)
+            .signed_by(&subject_key, &self.issuer)
             .map_err(|err| PkiError::CertificateBuildFailed(err.to_string()))?;
 
         // rcgen re-encodes our name; a client chains by comparing it with our subject, so a
@@ -392,10 +403,8 @@ impl CertificateAuthority {
     }
 
     /// The rcgen issuer: our name and key identifier from the certificate, our key.
-    fn issuer(&self) -> Result<Issuer<'static, rcgen::KeyPair>, PkiError> {
-        let signer = self.key.rcgen_key()?;
-        Issuer::from_ca_cert_der(&self.certificate.as_slice().into(), signer)
-            .map_err(|err| PkiError::CertificateBuildFailed(err.to_string()))
+    pub(crate) fn issuer(&self) -> &Issuer<'static, rcgen::KeyPair> {
+        &self.issuer
     }
 }
 

@@ -15,9 +15,7 @@ use std::fmt;
 use std::time::Duration;
 
 use log::{info, warn};
-use rcgen::{
-    CertificateRevocationListParams, Issuer, KeyIdMethod, RevokedCertParams, SerialNumber,
-};
+use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::prelude::FromDer as _;
@@ -273,9 +271,8 @@ pub fn sign(ca: &CertificateAuthority, params: &CrlParams<'_>) -> Result<Vec<u8>
         key_identifier_method: key_identifier_method(ca.certificate())?,
     };
 
-    let issuer = Issuer::from_ca_cert_der(&ca.certificate().into(), ca.key().rcgen_key()?)
-        .map_err(|err| CrlError::BuildFailed(err.to_string()))?;
-    let crl = crl_params.signed_by(&issuer).map_err(|err| match err {
+    let issuer = ca.issuer();
+    let crl = crl_params.signed_by(issuer).map_err(|err| match err {
         rcgen::Error::IssuerNotCrlSigner => CrlError::NotACrlSigner,
         other => CrlError::BuildFailed(other.to_string()),
     })?;
