@@ -260,8 +260,8 @@ fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
             "{:<32}  {:<10}  {:<20}  {:<20}  {:<36}  {}\n",
             record.serial,
             status.name(),
-            rfc3339(record.issued_at),
-            rfc3339(record.not_after),
+            crate::store::rfc3339(record.issued_at),
+            crate::store::rfc3339(record.not_after),
             record.udid.as_deref().unwrap_or("-"),
             record.subject
         ));
@@ -275,9 +275,9 @@ fn record_json(record: &CertRecord, status: CertStatus) -> serde_json::Value {
         "status": status.name(),
         "subject": record.subject,
         "udid": record.udid,
-        "issued": rfc3339(record.issued_at),
-        "not_after": rfc3339(record.not_after),
-        "revoked": record.revoked.map(rfc3339),
+        "issued": crate::store::rfc3339(record.issued_at),
+        "not_after": crate::store::rfc3339(record.not_after),
+        "revoked": record.revoked.map(crate::store::rfc3339),
         "revocation_reason": record.revocation_reason,
         "superseded_by": record.superseded_by,
         "authorised_by": record.authorised_by,
@@ -327,13 +327,13 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
         status.name(),
         record.subject,
         record.udid.as_deref().unwrap_or("-"),
-        rfc3339(record.issued_at),
-        rfc3339(record.not_after)
+        crate::store::rfc3339(record.issued_at),
+        crate::store::rfc3339(record.not_after)
     );
     if let Some(at) = record.revoked {
         text.push_str(&format!(
             "revoked: {} ({})\n",
-            rfc3339(at),
+            crate::store::rfc3339(at),
             record.revocation_reason.as_deref().unwrap_or("unspecified")
         ));
     }
@@ -595,17 +595,6 @@ fn bind_to_device(store: &Store, udid: &str, serial: &str, now: i64) -> Result<(
         }
     };
     store.save_device(&device)
-}
-
-/// A unix time as RFC 3339 (the number itself if out of range).
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]

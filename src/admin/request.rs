@@ -164,7 +164,11 @@ impl fmt::Display for RequestError {
                 write!(f, "request {id}: already approved (certificate {serial})")
             }
             RequestError::AlreadyDenied { id, reason } => {
-                write!(f, "request {id}: already denied ({})", printable(reason))
+                write!(
+                    f,
+                    "request {id}: already denied ({})",
+                    crate::logger::one_line(reason, usize::MAX)
+                )
             }
             RequestError::Unusable { id, reason } => write!(f, "request {id}: {reason}"),
             RequestError::Issuing { id, source } => write!(f, "request {id}: issuing: {source}"),
@@ -217,7 +221,7 @@ pub fn parse(args: Args) -> Result<Command, String> {
         other => {
             return Err(format!(
                 "request: unknown subcommand {:?}; see otad request --help",
-                printable(other)
+                crate::logger::one_line(other, usize::MAX)
             ))
         }
     };
@@ -249,7 +253,7 @@ pub fn parse(args: Args) -> Result<Command, String> {
     if !store::valid_pending_id(&id) {
         return Err(format!(
             "{:?}: not a request id (32 lowercase hex digits, as `otad request list` shows)",
-            printable(&id)
+            crate::logger::one_line(&id, usize::MAX)
         ));
     }
     if subcommand == "approve" {
@@ -283,7 +287,7 @@ pub fn execute(command: &Command) -> Result<String, RequestError> {
             Ok(format!(
                 "request {id}: approved; issued certificate {} to {}{}\n",
                 record.serial,
-                printable(&record.subject),
+                crate::logger::one_line(&record.subject, usize::MAX),
                 request
                     .udid
                     .as_deref()
@@ -406,31 +410,6 @@ fn issue(ctx: &Context, request: &PendingRequest, at: i64) -> Result<CertRecord,
     Ok(record)
 }
 
-/// Text with control characters escaped, for a terminal: subjects come from clients.
-fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
-}
-
-/// A unix time as RFC 3339 (the number itself if out of range).
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
 fn subject_text(subject: &[(String, String)]) -> String {
     subject
         .iter()
@@ -458,21 +437,26 @@ fn list_text(requests: &[PendingRequest]) -> String {
             "{}  {:<8}  {}  {}",
             request.id,
             status_name(&request.decision),
-            rfc3339(request.created),
-            printable(&subject_text(&request.subject)),
+            crate::store::rfc3339(request.created),
+            crate::logger::one_line(&subject_text(&request.subject), usize::MAX),
         );
         if let Some(udid) = &request.udid {
             line.push_str(&format!("  udid={udid}"));
         }
-        line.push_str(&format!("  by={}", printable(&request.authorised_by)));
+        line.push_str(&format!(
+            "  by={}",
+            crate::logger::one_line(&request.authorised_by, usize::MAX)
+        ));
         match &request.decision {
-            Decision::Pending => {
-                line.push_str(&format!("  expires={}", rfc3339(request.expires())))
-            }
+            Decision::Pending => line.push_str(&format!(
+                "  expires={}",
+                crate::store::rfc3339(request.expires())
+            )),
             Decision::Approved { serial, .. } => line.push_str(&format!("  serial={serial}")),
-            Decision::Denied { reason, .. } => {
-                line.push_str(&format!("  reason={:?}", printable(reason)))
-            }
+            Decision::Denied { reason, .. } => line.push_str(&format!(
+                "  reason={:?}",
+                crate::logger::one_line(reason, usize::MAX)
+            )),
         }
         out.push_str(&line);
         out.push('\n');
@@ -489,10 +473,16 @@ fn list_json(requests: &[PendingRequest]) -> String {
                 Decision::Pending => (None, None, None),
                 Decision::Approved {
                     decided_at, serial, ..
-                } => (Some(rfc3339(*decided_at)), Some(serial.clone()), None),
-                Decision::Denied { decided_at, reason } => {
-                    (Some(rfc3339(*decided_at)), None, Some(reason.clone()))
-                }
+                } => (
+                    Some(crate::store::rfc3339(*decided_at)),
+                    Some(serial.clone()),
+                    None,
+                ),
+                Decision::Denied { decided_at, reason } => (
+                    Some(crate::store::rfc3339(*decided_at)),
+                    None,
+                    Some(reason.clone()),
+                ),
             };
             serde_json::json!({
                 "id": request.id,
@@ -502,8 +492,8 @@ fn list_json(requests: &[PendingRequest]) -> String {
                 "udid": request.udid,
                 "authorised_by": request.authorised_by,
                 "remote": request.remote,
-                "created": rfc3339(request.created),
-                "expires": request.is_pending().then(|| rfc3339(request.expires())),
+                "created": crate::store::rfc3339(request.created),
+                "expires": request.is_pending().then(|| crate::store::rfc3339(request.expires())),
                 "decided_at": decided_at,
                 "serial": serial,
                 "reason": reason,

@@ -190,7 +190,7 @@ impl fmt::Display for CrlError {
                 write!(
                     f,
                     "certificate {serial}: already revoked at {}",
-                    rfc3339(*at)
+                    crate::store::rfc3339(*at)
                 )
             }
             Self::TimeOutOfRange(at) => write!(f, "crl: time {at} is out of range"),
@@ -466,7 +466,7 @@ fn sign_and_store(
     info!(
         "crl: signed number {number} listing {} certificates, next update {}",
         revoked.len(),
-        rfc3339(params.next_update)
+        crate::store::rfc3339(params.next_update)
     );
     Ok((der, number))
 }
@@ -612,17 +612,6 @@ fn datetime(unix: i64) -> Result<OffsetDateTime, CrlError> {
 
 fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
-}
-
-/// A unix time as RFC 3339 for messages (the number itself if out of range).
-fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]

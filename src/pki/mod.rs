@@ -122,14 +122,14 @@ impl fmt::Display for PkiError {
             Self::CertificateNotYetValid { not_before, at } => write!(
                 f,
                 "certificate: not valid before {}, checked at {}",
-                rfc3339(*not_before),
-                rfc3339(*at)
+                crate::store::rfc3339(*not_before),
+                crate::store::rfc3339(*at)
             ),
             Self::CertificateExpired { not_after, at } => write!(
                 f,
                 "certificate: expired at {}, checked at {}",
-                rfc3339(*not_after),
-                rfc3339(*at)
+                crate::store::rfc3339(*not_after),
+                crate::store::rfc3339(*at)
             ),
             Self::SignatureInvalid => write!(f, "signature: does not verify under the key"),
             Self::SignatureNotByAnchor => {
@@ -192,14 +192,3 @@ impl fmt::Display for PkiError {
 }
 
 impl std::error::Error for PkiError {}
-
-/// A unix time as RFC 3339 for messages (the number itself if out of range).
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
