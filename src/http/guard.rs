@@ -368,7 +368,31 @@ fn serve_connection(mut stream: TcpStream, remote: SocketAddr, socket: &Path, li
             answer(&mut stream, &rejection);
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    linger(&mut stream, LINGER);
+}
+
+/// How long a connection thread drains what a client still sends after the answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes drained after an answer.
+const MAX_LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes politely: a socket closed with unread input sends a reset, which can destroy the
+/// answer before the client reads it (a 413 or 503 written while the client still sends).
+/// So the write side is shut first, and what the client still sends is read and dropped for
+/// at most `wait` or [`MAX_LINGER_BYTES`].
+fn linger(stream: &mut TcpStream, wait: Duration) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(wait));
+    let deadline = Instant::now() + wait;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < MAX_LINGER_BYTES && Instant::now() < deadline {
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
 /// Decrements the live-connection count when a connection thread ends, however it ends.
@@ -403,6 +427,8 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
                 limits.max_connections
             );
             answer(&mut stream, &reject(503, "server busy; try again shortly"));
+            // Briefly: this runs on the acceptor, which must get back to accepting.
+            linger(&mut stream, Duration::from_millis(50));
             continue;
         }
         let slot = Slot(Arc::clone(&live));
