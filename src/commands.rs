@@ -432,3 +432,18 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
             format!("--at {text:?}: not an RFC 3339 time like 2023-01-01T00:00:00Z ({err})")
         })
 }
+
+/// A fresh state made by `otad init`, for unit tests of the admin commands.
+#[cfg(test)]
+pub(crate) fn test_state() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    init(&InitOptions {
+        state: state.clone(),
+        url: "http://127.0.0.1:9".into(),
+        organization: "Test Org".into(),
+        import: None,
+    })
+    .expect("otad init");
+    (dir, state.join("otad.toml"))
+}

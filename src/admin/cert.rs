@@ -622,18 +622,10 @@ mod tests {
 
     /// A state made by `otad init`, its config path, and its CA.
     fn state() -> (tempfile::TempDir, PathBuf, CertificateAuthority) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        crate::commands::init(&crate::commands::InitOptions {
-            state: state.clone(),
-            url: "http://127.0.0.1:9".into(),
-            organization: "Test Org".into(),
-            import: None,
-        })
-        .unwrap();
-        let store = Store::open(&state).unwrap();
+        let (dir, config) = crate::commands::test_state();
+        let store = Store::open(config.parent().unwrap()).unwrap();
         let ca = load_ca(&store).unwrap();
-        (dir, state.join("otad.toml"), ca)
+        (dir, config, ca)
     }
 
     fn issue(ca: &CertificateAuthority, common_name: &str) -> Vec<u8> {

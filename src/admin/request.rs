@@ -640,16 +640,8 @@ mod tests {
 
     /// A real state dir (made by `otad init`) with one pending request in it.
     fn state_with_a_request() -> (tempfile::TempDir, Context, PendingRequest) {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("state");
-        crate::commands::init(&crate::commands::InitOptions {
-            state: state.clone(),
-            url: "http://127.0.0.1:9".into(),
-            organization: "Test Org".into(),
-            import: None,
-        })
-        .unwrap();
-        let ctx = Context::load(&state.join("otad.toml")).unwrap();
+        let (dir, config) = crate::commands::test_state();
+        let ctx = Context::load(&config).unwrap();
         let key = crate::pki::keys::RsaPrivateKey::generate(2048).unwrap();
         let csr_der = csr::build(&key, "static-client", Some("x")).unwrap();
         let mut pending = request(Decision::Pending);
