@@ -67,7 +67,6 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         )
         .map_err(|err| format!("creating the CA: {err}"))?,
     };
-    let store = Store::create(state).map_err(|err| err.to_string())?;
     // An imported CA may expire sooner than ten years from now; what it issues must not
     // outlive it.
     let validity_days = identity_validity_days(&ca)?;
@@ -86,6 +85,8 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         validity_days,
     )?;
 
+    // Only now, with everything made and checked, does the state dir appear.
+    let store = Store::create(state).map_err(|err| err.to_string())?;
     let write = |file: &str, bytes: &[u8], mode: u32| {
         store
             .write_file(file, bytes, mode)

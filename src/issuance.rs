@@ -69,12 +69,20 @@ pub fn issue(
         .collect::<Result<Vec<_>, _>>()?;
 
     let ca_serial = cert::serial_hex(ctx.ca.certificate()).unwrap_or_default();
+    // A certificate does not outlive the CA that vouches for it by more than a day (an
+    // imported CA may expire within scep.cert_validity).
+    let ca_days_left = cert::summarize(ctx.ca.certificate())
+        .map(|ca| (ca.not_after.saturating_sub(at) / 86_400).max(1))
+        .map_err(IssueError::Pki)?;
+    let validity_days = u32::try_from(ca_days_left)
+        .unwrap_or(u32::MAX)
+        .min(ctx.derived.cert_validity_days);
     for _ in 0..SERIAL_ATTEMPTS {
         let request = IssueRequest {
             subject: &subject,
             public_key_spki_der,
             serial: random_serial(),
-            validity_days: ctx.derived.cert_validity_days,
+            validity_days,
             usage: KeyUsageProfile::DeviceIdentity,
         };
         let issued = ctx.ca.issue(&request).map_err(IssueError::Pki)?;

@@ -499,3 +499,32 @@ fn a_challenge_offered_for_the_wrong_purpose_is_not_spent() {
         .phase2(&phase1)
         .expect("the phase 1 challenge is still good for phase 2");
 }
+
+#[test]
+fn an_older_certificate_of_a_re_enrolled_device_is_refused_in_phase_3() {
+    let server = TestServer::start(|config| config);
+    let mut device = Device::new(&server.device_options()).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    let scep = device.phase2(&phase1).unwrap();
+    device.enroll_scep(&scep).unwrap();
+    let first = device.scep_identity.take();
+
+    // The device enrolls again (a wipe, say): a new certificate replaces the first.
+    let phase1_again = device.phase1(&server.url).unwrap();
+    let scep = device.phase2(&phase1_again).unwrap();
+    device.enroll_scep(&scep).unwrap();
+
+    // Whoever kept the first key cannot act for the device any more.
+    let current = std::mem::replace(&mut device.scep_identity, first);
+    let err = device
+        .phase3(&phase1_again)
+        .expect_err("the old certificate must fail");
+    assert!(
+        err.contains("no longer the device's current certificate"),
+        "{err}"
+    );
+    device.scep_identity = current;
+    device
+        .phase3(&phase1_again)
+        .expect("the current certificate works");
+}

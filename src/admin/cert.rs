@@ -86,7 +86,7 @@ name it as issuer. A certificate already recorded is skipped.
 pub fn run(args: Args) -> Exit {
     match dispatch(args) {
         Ok(output) => {
-            print!("{output}");
+            super::emit(&output);
             Exit::Ok
         }
         Err(exit) => exit,
@@ -420,8 +420,8 @@ fn import(mut parser: lexopt::Parser) -> Result<String, Exit> {
 
     let mut certificates = Vec::new();
     for path in &paths {
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| Exit::Failed(format!("{}: cannot read: {err}", path.display())))?;
+        let text = crate::pki::keyfile::read_text_file(path)
+            .map_err(|why| Exit::Failed(format!("{}: {why}", path.display())))?;
         let ders = cert::pem_to_der_all(&text)
             .map_err(|err| Exit::Failed(format!("{}: {err}", path.display())))?;
         certificates.extend(ders.into_iter().map(|der| (path.clone(), der)));
@@ -559,7 +559,8 @@ fn check_importable(ca: &CertificateAuthority, der: &[u8]) -> Result<(), String>
         return Err("a CA certificate, not a device's".into());
     }
     let serial = certificate.raw_serial();
-    if serial.first().is_some_and(|first| first & 0x80 != 0) || serial.len() > 21 {
+    let significant = serial.iter().skip_while(|&&octet| octet == 0).count();
+    if serial.first().is_some_and(|first| first & 0x80 != 0) || significant > 20 {
         return Err("its serial number is negative or longer than 20 octets".into());
     }
     Ok(())

@@ -20,3 +20,13 @@ pub enum Exit {
 
 /// The arguments after the command's name, for `lexopt::Parser::from_args`.
 pub type Args = Vec<OsString>;
+
+/// Writes command output to stdout. A closed pipe (`otad cert list | head -1`) ends the
+/// output quietly instead of panicking as `print!` would.
+pub fn emit(output: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush());
+}

@@ -197,7 +197,7 @@ pub fn run(args: Args) -> Exit {
     };
     match execute(&command) {
         Ok(output) => {
-            print!("{output}");
+            super::emit(&output);
             Exit::Ok
         }
         Err(err) => Exit::Failed(err.to_string()),

@@ -413,6 +413,11 @@ fn phase3(
     }
     cert::check_validity(leaf, now)
         .map_err(|err| OtaError::Untrusted(format!("phase 3 signer {serial}: {err}")))?;
+    if current_certificate(ctx, udid)?.as_deref() != Some(serial) {
+        return Err(OtaError::Untrusted(format!(
+            "phase 3 signer {serial}: no longer the device's current certificate"
+        )));
+    }
     let from = ctx.store.device(udid)?.map(|d| d.phase);
     machine::next(from, Event::Phase3)
         .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
@@ -551,4 +556,13 @@ pub fn certificate_issued(
         ctx.store.save_device(&device)?;
         Ok(())
     })
+}
+
+/// The serial of the last certificate issued to the device `udid`, if any: the only one of
+/// its certificates that may still act for it (phase 3, renewal).
+pub fn current_certificate(ctx: &Context, udid: &str) -> Result<Option<String>, OtaError> {
+    Ok(ctx
+        .store
+        .device(udid)?
+        .and_then(|device| device.certificates.last().cloned()))
 }

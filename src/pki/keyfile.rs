@@ -30,7 +30,7 @@ pub const MAX_IMPORT_FILE_BYTES: u64 = 1024 * 1024;
 /// tools 600,000); more would keep init busy for minutes.
 pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
 
-/// The most memory scrypt may ask for to decrypt a key (128 · r · N bytes).
+/// The most memory scrypt may ask for to decrypt a key (128 · r · (N + p) bytes).
 pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads a text file (a certificate, key or password), within [`MAX_IMPORT_FILE_BYTES`].
@@ -186,9 +186,11 @@ fn check_key_derivation(scheme: &pkcs8::pkcs5::EncryptionScheme<'_>) -> Result<(
             pbkdf2.iteration_count
         )),
         Kdf::Scrypt(scrypt) => {
-            let memory = 128u64
-                .saturating_mul(u64::from(scrypt.block_size))
-                .saturating_mul(scrypt.cost_parameter);
+            // scrypt holds 128·r·N bytes for its table and 128·r·p for its blocks.
+            let block = 128u64.saturating_mul(u64::from(scrypt.block_size));
+            let memory = block
+                .saturating_mul(scrypt.cost_parameter)
+                .saturating_add(block.saturating_mul(u64::from(scrypt.parallelization)));
             if memory > MAX_SCRYPT_MEMORY_BYTES || scrypt.parallelization > 16 {
                 return Err(format!(
                     "encrypted key: scrypt parameters ask for {memory} bytes or p = {}, over \

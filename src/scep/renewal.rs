@@ -106,6 +106,10 @@ pub(crate) fn renewal_req(
     };
     let renewed = ctx.store.transaction(|| -> Result<Renewed, ScepError> {
         let mut current = ctx.store.cert(&old.serial)?.unwrap_or_else(|| old.clone());
+        // A revocation committed while this request waited for the lock wins.
+        if current.revoked.is_some() {
+            return Ok(Renewed::Revoked);
+        }
         if let Some(successor) = current.superseded_by.clone() {
             return Ok(Renewed::Already(successor));
         }
@@ -117,6 +121,10 @@ pub(crate) fn renewal_req(
     })?;
     let (issued, record) = match renewed {
         Renewed::New(issued, record) => (issued, record),
+        Renewed::Revoked => {
+            let reason = format!("signer certificate {}: revoked", old.serial);
+            return refuse(ctx, to, FailInfo::BadMessageCheck, &reason, remote);
+        }
         Renewed::Already(successor) => {
             let cipher = decrypted.cipher;
             return renewed_again(ctx, to, &old, &successor, &request, cipher, signer, remote);
@@ -158,6 +166,15 @@ fn check_signer(ctx: &Context, signer: &[u8], at: i64) -> Result<CertRecord, Sig
     }
     if record.revoked.is_some() {
         return Err(refused("revoked"));
+    }
+    if record.superseded_by.is_none() {
+        if let Some(udid) = &record.udid {
+            let current = crate::ota::current_certificate(ctx, udid)
+                .map_err(|err| SignerCheck::Internal(err.to_string()))?;
+            if current.as_deref() != Some(serial.as_str()) {
+                return Err(refused("no longer the device's current certificate"));
+            }
+        }
     }
     cert::check_validity(signer, at).map_err(|err| refused(&err.to_string()))?;
     Ok(record)
@@ -232,6 +249,8 @@ enum Renewed {
     New(Vec<u8>, CertRecord),
     /// The certificate was renewed already, as this serial.
     Already(String),
+    /// The certificate was revoked meanwhile.
+    Revoked,
 }
 
 #[cfg(test)]
