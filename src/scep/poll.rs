@@ -107,8 +107,10 @@ fn has_room(ctx: &Context, at: i64) -> Result<bool, ScepError> {
     if ctx.store.count_pending().map_err(internal)? < store::MAX_PENDING_RECORDS {
         return Ok(true);
     }
+    // Full of files: drop the long-decided ones, then count only what still waits, so that
+    // denying requests frees room at once.
     ctx.store.sweep_pending(at).map_err(internal)?;
-    Ok(ctx.store.count_pending().map_err(internal)? < store::MAX_PENDING_RECORDS)
+    Ok(ctx.store.count_undecided(at).map_err(internal)? < store::MAX_PENDING_RECORDS)
 }
 
 /// CertPoll: how the request under this transactionID stands. Pending → PENDING; approved →
@@ -256,6 +258,16 @@ pub(crate) fn get_cert(
 
     if !same_name(&asked.issuer, ctx.ca.subject_der()) {
         let reason = "GetCert: issuer is not this CA";
+        return refuse(ctx, to, FailInfo::BadCertId, reason, remote);
+    }
+    // Serials are positive; a negative INTEGER names no certificate of ours.
+    if asked
+        .serial_number
+        .as_bytes()
+        .first()
+        .is_some_and(|first| first & 0x80 != 0)
+    {
+        let reason = "GetCert: a negative serial number";
         return refuse(ctx, to, FailInfo::BadCertId, reason, remote);
     }
     let serial = serial_hex(asked.serial_number.as_bytes());

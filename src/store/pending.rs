@@ -229,6 +229,19 @@ impl Store {
         Ok(self.pending_files()?.len())
     }
 
+    /// How many requests still wait for a decision at `now` (what fills the queue; decided
+    /// ones are kept only as a record).
+    pub fn count_undecided(&self, now: i64) -> Result<usize, StoreError> {
+        let mut undecided = 0;
+        for path in self.pending_files()? {
+            if let Ok(Some(mut request)) = self.read_json::<PendingRequest>(&path) {
+                request.expire(now);
+                undecided += usize::from(request.decided_at().is_none());
+            }
+        }
+        Ok(undecided)
+    }
+
     /// Removes requests decided (or expired) more than [`PENDING_RETENTION_SECONDS`] before
     /// `now`; returns how many. Files that do not parse are left for an admin.
     pub fn sweep_pending(&self, now: i64) -> Result<usize, StoreError> {
@@ -298,6 +311,21 @@ mod tests {
 
     const ID_A: &str = "0123456789abcdef0123456789abcdef";
     const ID_B: &str = "fedcba9876543210fedcba9876543210";
+
+    #[test]
+    fn only_undecided_requests_fill_the_queue() {
+        let (_dir, store) = store();
+        let mut denied = request(ID_A, "t-a", 100);
+        store.create_pending(&denied).unwrap();
+        denied.decision = Decision::Denied {
+            decided_at: 200,
+            reason: "no".into(),
+        };
+        store.save_pending(&denied).unwrap();
+        store.create_pending(&request(ID_B, "t-b", 100)).unwrap();
+        assert_eq!(store.count_pending().unwrap(), 2);
+        assert_eq!(store.count_undecided(300).unwrap(), 1);
+    }
 
     #[test]
     fn ids_are_random_hex_and_validated_before_reaching_a_path() {
