@@ -214,7 +214,8 @@ fn identity_validity_days(ca: &CertificateAuthority) -> Result<u32, String> {
     let not_after = cert::summarize(ca.certificate())
         .map_err(|err| format!("ca certificate: {err}"))?
         .not_after;
-    let days_left = not_after.saturating_sub(store::now()) / 86_400;
+    // A minute's margin: the certificates are issued a moment after this is computed.
+    let days_left = not_after.saturating_sub(store::now()).saturating_sub(60) / 86_400;
     let days = u32::try_from(days_left)
         .unwrap_or(u32::MAX)
         .min(IDENTITY_VALIDITY_DAYS);

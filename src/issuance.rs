@@ -72,7 +72,7 @@ pub fn issue(
     // A certificate does not outlive the CA that vouches for it by more than a day (an
     // imported CA may expire within scep.cert_validity).
     let ca_days_left = cert::summarize(ctx.ca.certificate())
-        .map(|ca| (ca.not_after.saturating_sub(at) / 86_400).max(1))
+        .map(|ca| (ca.not_after.saturating_sub(at).saturating_sub(60) / 86_400).max(1))
         .map_err(IssueError::Pki)?;
     let validity_days = u32::try_from(ca_days_left)
         .unwrap_or(u32::MAX)
