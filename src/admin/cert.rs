@@ -463,6 +463,26 @@ fn import_one(
     if der == ca.certificate() {
         return Ok(format!("skipped {serial}: the CA certificate itself"));
     }
+    // The RA and the profile signer are otad's own identities: recorded as device
+    // certificates they could renew into client certificates under otad's names.
+    for own in [
+        crate::context::files::RA_CERT,
+        crate::context::files::SIGNER_CERT,
+    ] {
+        let pem = store.read_file(own).map_err(|err| err.to_string())?;
+        if cert::pem_to_der(&String::from_utf8_lossy(&pem))
+            .ok()
+            .as_deref()
+            == Some(der)
+        {
+            return Err(format!(
+                "{serial}: otad's own identity ({own}), not a device's"
+            ));
+        }
+    }
+    if cert::serial_hex(ca.certificate()).ok().as_deref() == Some(serial.as_str()) {
+        return Err(format!("{serial}: the CA's own serial"));
+    }
     check_importable(ca, der)?;
 
     let record = CertRecord {
@@ -716,6 +736,25 @@ mod tests {
             cli(&["list", "--config", "/nonexistent/otad.toml"]),
             Err(Exit::Failed(_))
         ));
+    }
+
+    #[test]
+    fn import_refuses_otads_own_identities() {
+        let (_dir, config, _ca) = state();
+        let state_dir = config.parent().unwrap().to_path_buf();
+        let config = config_arg(&config);
+        for own in ["ca/ra.pem", "ca/signer.pem"] {
+            let path = state_dir.join(own);
+            let result = cli(&["import", "--config", config, path.to_str().unwrap()]);
+            let Err(Exit::Failed(message)) = result else {
+                panic!("{own}: {result:?}");
+            };
+            assert!(message.contains("otad's own identity"), "{own}: {message}");
+        }
+        assert_eq!(
+            std::fs::read_dir(state_dir.join("certs")).unwrap().count(),
+            0
+        );
     }
 
     #[test]

@@ -113,14 +113,29 @@ pub(crate) fn renewal_req(
         if let Some(successor) = current.superseded_by.clone() {
             return Ok(Renewed::Already(successor));
         }
-        let (issued, record) = issuance::issue(ctx, &request.public_key_spki_der, &grant, now())
-            .map_err(|err| ScepError::Internal(err.to_string()))?;
+        let (issued, record) =
+            match issuance::issue(ctx, &request.public_key_spki_der, &grant, now()) {
+                Ok(issued) => issued,
+                // What the old certificate carries (say, an imported one's 80-character CN) is
+                // the request's problem, not the server's.
+                Err(err @ (issuance::IssueError::Subject(_) | issuance::IssueError::Pki(_))) => {
+                    return Ok(Renewed::Unissuable(err.to_string()));
+                }
+                Err(err) => return Err(ScepError::Internal(err.to_string())),
+            };
         current.superseded_by = Some(record.serial.clone());
         ctx.store.update_cert(&current)?;
         Ok(Renewed::New(issued, record))
     })?;
     let (issued, record) = match renewed {
         Renewed::New(issued, record) => (issued, record),
+        Renewed::Unissuable(why) => {
+            let reason = format!(
+                "signer certificate {}: cannot be renewed: {why}",
+                old.serial
+            );
+            return refuse(ctx, to, FailInfo::BadRequest, &reason, remote);
+        }
         Renewed::Revoked => {
             let reason = format!("signer certificate {}: revoked", old.serial);
             return refuse(ctx, to, FailInfo::BadMessageCheck, &reason, remote);
@@ -251,6 +266,8 @@ enum Renewed {
     Already(String),
     /// The certificate was revoked meanwhile.
     Revoked,
+    /// The CA cannot write the old subject again.
+    Unissuable(String),
 }
 
 #[cfg(test)]
