@@ -821,3 +821,25 @@ fn racing_renewals_of_one_certificate_issue_once() {
         "every racer got the one successor"
     );
 }
+
+#[test]
+fn a_transaction_id_stays_with_the_key_it_was_first_used_for() {
+    let server = static_challenge_server("manual");
+    let scep = Scep::new(&server);
+    let first = throwaway("first-client");
+    let request = csr::build(&first.key, "first-client", Some(STATIC_CHALLENGE)).unwrap();
+    let reply = scep.send(MessageType::PkcsReq, "T-shared", &request, &first);
+    assert_eq!(reply.status, PkiStatus::Pending);
+
+    // Someone else, with a valid challenge of their own, reuses the transactionID.
+    let other = throwaway("other-client");
+    let request = csr::build(&other.key, "other-client", Some(STATIC_CHALLENGE)).unwrap();
+    let reply = scep.send(MessageType::PkcsReq, "T-shared", &request, &other);
+    assert_eq!(failure(&reply), FailInfo::BadRequest);
+    assert_eq!(
+        listed(&server).len(),
+        1,
+        "nothing was queued for the second key"
+    );
+    assert!(server.log().contains("already used by request"));
+}

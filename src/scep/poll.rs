@@ -53,6 +53,19 @@ pub(crate) fn queue(
         if stored_csr(&earlier).is_ok_and(|stored| stored == decrypted.content) {
             return answer(ctx, to, &earlier, decrypted.cipher, requester, remote);
         }
+        // A transactionID stays with the key it was first used for: another requester
+        // reusing it would take over what a poll under it finds.
+        let same_key = stored_csr(&earlier)
+            .ok()
+            .and_then(|stored| csr::parse(&stored).ok())
+            .is_some_and(|stored| stored.public_key_spki_der == request.public_key_spki_der);
+        if !same_key {
+            let reason = format!(
+                "transactionID: already used by request {} for another key",
+                earlier.id
+            );
+            return refuse(ctx, to, FailInfo::BadRequest, &reason, remote);
+        }
         if earlier.is_pending() {
             let reason = format!(
                 "transactionID: request {} under it still waits for approval",
