@@ -37,23 +37,17 @@ struct Identity {
 
 /// A new key and a throwaway self-signed certificate for it, as PKCSReq wants.
 fn throwaway(common_name: &str) -> Identity {
-    let key = RsaPrivateKey::generate(2048).unwrap();
-    let mut params = rcgen::CertificateParams::default();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
-    let certificate = params
-        .self_signed(&key.rcgen_key().unwrap())
-        .unwrap()
-        .der()
-        .to_vec();
-    Identity { key, certificate }
+    self_signed(RsaPrivateKey::generate(2048).unwrap(), common_name)
 }
 
 /// The same key under another throwaway certificate, as a client that makes one per message.
 fn recertified(identity: &Identity, common_name: &str) -> Identity {
     let key = RsaPrivateKey::from_pkcs8_der(identity.key.to_pkcs8_der()).unwrap();
+    self_signed(key, common_name)
+}
+
+/// `key` with a self-signed certificate naming `common_name`.
+fn self_signed(key: RsaPrivateKey, common_name: &str) -> Identity {
     let mut params = rcgen::CertificateParams::default();
     params
         .distinguished_name
