@@ -207,7 +207,7 @@ fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Received, Rej
                 format!("request head: over {MAX_HEAD_BYTES} bytes"),
             ));
         }
-        if Instant::now() >= deadline {
+        if !wait_until(stream, deadline) {
             return Err(timed_out());
         }
         match stream.read(&mut chunk) {
@@ -229,7 +229,7 @@ fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Received, Rej
     let mut body: Vec<u8> = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
     body.truncate(head.content_length);
     while body.len() < head.content_length {
-        if Instant::now() >= deadline {
+        if !wait_until(stream, deadline) {
             return Err(timed_out());
         }
         let want = (head.content_length - body.len()).min(chunk.len());
@@ -242,6 +242,15 @@ fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Received, Rej
         }
     }
     Ok(Received::Request(head, body))
+}
+
+/// Makes the next read on `stream` give up at `deadline`; false once it has passed.
+fn wait_until(stream: &TcpStream, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return false;
+    }
+    stream.set_read_timeout(Some(left.min(IO_TIMEOUT))).is_ok()
 }
 
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {
