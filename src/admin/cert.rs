@@ -610,6 +610,7 @@ fn bind_to_device(store: &Store, udid: &str, serial: &str, now: i64) -> Result<(
                 last_seen: now,
                 certificates: vec![serial.to_string()],
                 history: Vec::new(),
+                admission: Default::default(),
             };
             device.record(entry);
             device

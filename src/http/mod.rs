@@ -194,7 +194,8 @@ pub fn route(
     match incoming.path {
         "/ota/enroll" => match method {
             "GET" => {
-                let signed = ota::phase1(ctx, now())?;
+                // TODO: who is admitted comes from enrollment tokens and authentication.
+                let signed = ota::phase1(ctx, &crate::store::Admission::default(), now())?;
                 info!(
                     "phase 1: profile service handed out remote={}",
                     incoming.remote

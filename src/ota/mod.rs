@@ -26,7 +26,7 @@ use crate::context::{Context, Identity};
 use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::CertificateAuthority;
 use crate::pki::cert;
-use crate::store::{ChallengePurpose, ChallengeRecord, DeviceRecord, HistoryEntry};
+use crate::store::{Admission, ChallengePurpose, ChallengeRecord, DeviceRecord, HistoryEntry};
 use attributes::DeviceAttributes;
 use machine::Event;
 use profile::{Branding, MdmSettings};
@@ -192,8 +192,8 @@ fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<
 }
 
 /// Phase 1: a signed Profile Service payload with a fresh single-use challenge (or the
-/// static `ota.challenge`).
-pub fn phase1(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
+/// static `ota.challenge`). The challenge carries `admission`, who phase 1 let in, to phase 2.
+pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>, OtaError> {
     let challenge = if ctx.config.ota.challenge.is_empty() {
         let challenge = new_challenge();
         let record = ChallengeRecord {
@@ -202,6 +202,7 @@ pub fn phase1(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
             expires: now.saturating_add(ttl_secs(ctx.derived.ota_challenge_ttl)),
             udid: None,
             subject: Vec::new(),
+            admission: admission.clone(),
         };
         ctx.store.put_challenge(&challenge, &record)?;
         challenge
@@ -258,12 +259,13 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-/// Checks and consumes the phase 1 challenge the device echoes.
+/// Checks and consumes the phase 1 challenge the device echoes; returns who phase 1 admitted
+/// with it (nobody in particular for the static `ota.challenge`).
 fn consume_phase1_challenge(
     ctx: &Context,
     attributes: &DeviceAttributes,
     now: i64,
-) -> Result<(), OtaError> {
+) -> Result<Admission, OtaError> {
     let Some(challenge) = attributes.challenge() else {
         return Err(OtaError::Challenge(
             "phase 2: no CHALLENGE in the device attributes".into(),
@@ -272,13 +274,14 @@ fn consume_phase1_challenge(
     if !ctx.config.ota.challenge.is_empty() {
         let expected = ctx.config.ota.challenge.as_bytes();
         return aws_lc_rs::constant_time::verify_slices_are_equal(challenge.as_bytes(), expected)
+            .map(|()| Admission::default())
             .map_err(|_| OtaError::Challenge("phase 2: wrong challenge".into()));
     }
     match ctx
         .store
         .take_challenge(challenge, ChallengePurpose::Phase2)?
     {
-        Some(record) if record.expires > now => Ok(()),
+        Some(record) if record.expires > now => Ok(record.admission),
         Some(_) => Err(OtaError::Challenge(
             "phase 2: challenge expired; download the profile again".into(),
         )),
@@ -305,6 +308,7 @@ fn bind_scep_challenge(
         expires: now.saturating_add(ttl_secs(ctx.derived.scep_challenge_ttl)),
         udid: Some(udid.to_string()),
         subject: subject.clone(),
+        admission: Admission::default(),
     };
     ctx.store.put_challenge(&challenge, &record)?;
     Ok((challenge, subject))
@@ -324,7 +328,7 @@ fn phase2(
     let attributes = &verified.attributes;
     let udid = attributes.udid();
 
-    consume_phase1_challenge(ctx, attributes, now)?;
+    let admission = consume_phase1_challenge(ctx, attributes, now)?;
     let (scep_challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
 
     let brand = branding(ctx);
@@ -334,7 +338,7 @@ fn phase2(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("phase2", now, remote, None);
-    update_device(ctx, udid, attributes, Event::Phase2, entry)?;
+    update_device(ctx, udid, attributes, Some(admission), Event::Phase2, entry)?;
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-"),
@@ -344,10 +348,12 @@ fn phase2(
 }
 
 /// Moves a device through the state machine and records the event, under the state lock.
+/// Phase 2 passes who phase 1 admitted, which replaces what the device record held.
 fn update_device(
     ctx: &Context,
     udid: &str,
     attributes: &DeviceAttributes,
+    admission: Option<Admission>,
     event: Event,
     entry: HistoryEntry,
 ) -> Result<(), OtaError> {
@@ -364,8 +370,12 @@ fn update_device(
             last_seen: entry.at,
             certificates: Vec::new(),
             history: Vec::new(),
+            admission: Admission::default(),
         });
         device.phase = phase;
+        if let Some(admission) = admission {
+            device.admission = admission;
+        }
         device.attributes = attributes.recordable();
         device.record(HistoryEntry {
             attributes: attributes.recordable(),
@@ -436,7 +446,7 @@ fn phase3(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("phase3", now, remote, Some(serial));
-    update_device(ctx, udid, attributes, Event::Phase3, entry)?;
+    update_device(ctx, udid, attributes, None, Event::Phase3, entry)?;
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-")
@@ -492,6 +502,7 @@ pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
         expires: now.saturating_add(ttl_secs(ctx.derived.scep_challenge_ttl)),
         udid: None,
         subject: subject.clone(),
+        admission: Admission::default(),
     };
     ctx.store.put_challenge(&challenge, &record)?;
     let profile = mdm_profile(ctx, &challenge, &subject);
@@ -525,7 +536,7 @@ pub fn dep_enrollment(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("dep-enroll", now, remote, None);
-    update_device(ctx, &udid, &verified.attributes, Event::Phase2, entry)?;
+    update_device(ctx, &udid, &verified.attributes, None, Event::Phase2, entry)?;
     info!("dep enrollment: udid={udid} remote={remote}");
     Ok(PhaseReply {
         phase: 2,

@@ -138,6 +138,33 @@ pub struct ChallengeRecord {
     pub udid: Option<String>,
     /// The certificate subject bound to it, as (attribute, value) pairs, for SCEP challenges.
     pub subject: Vec<(String, String)>,
+    /// Who phase 1 admitted when it handed the challenge out: the person and the enrollment
+    /// token, where either was presented. Carried to phase 2 and onto the device.
+    #[serde(default, skip_serializing_if = "Admission::is_empty")]
+    pub admission: Admission,
+}
+
+/// Who and what phase 1 let in: the authenticated person and the enrollment token, each where
+/// one was presented. It travels with the phase 1 challenge into phase 2, then stays on the
+/// device record for phase 3, policy, hooks and the inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    /// The user name phase 1 authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The id of the enrollment token phase 1 accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// That token's note, as the admin wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_note: Option<String>,
+}
+
+impl Admission {
+    /// True when phase 1 admitted nobody in particular.
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none() && self.token.is_none() && self.token_note.is_none()
+    }
 }
 
 /// How far a device has come through enrollment. The transitions live in `ota::machine`.
@@ -198,6 +225,9 @@ pub struct DeviceRecord {
     pub certificates: Vec<String>,
     /// The latest events, oldest first, at most [`MAX_DEVICE_HISTORY`].
     pub history: Vec<HistoryEntry>,
+    /// Who phase 1 admitted for the device's latest phase 2.
+    #[serde(default, skip_serializing_if = "Admission::is_empty")]
+    pub admission: Admission,
 }
 
 impl DeviceRecord {
@@ -532,6 +562,7 @@ mod tests {
             expires: 100,
             udid: None,
             subject: Vec::new(),
+            admission: Admission::default(),
         }
     }
 
@@ -665,6 +696,7 @@ mod tests {
             last_seen: 10,
             certificates: Vec::new(),
             history: Vec::new(),
+            admission: Admission::default(),
         };
         for at in 0..(MAX_DEVICE_HISTORY as i64 + 5) {
             device.record(HistoryEntry::new("phase2", 100 + at, "r", None));
