@@ -20,6 +20,7 @@ use crate::pki::keyfile::{self, KeyPassword};
 use crate::pki::keys::RsaPrivateKey;
 use crate::pki::{cert, crl, PkiError};
 use crate::store::{self, Store};
+use crate::systemd;
 
 /// How long the CA, RA and profile signer made by `otad init` are valid.
 pub const IDENTITY_VALIDITY_DAYS: u32 = 10 * 365;
@@ -252,6 +253,11 @@ fn issue_identity(
 
 /// `otad serve`: loads everything, warns about what an admin should know, and serves.
 pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
+    // Before any thread exists, so that every thread inherits the mask and the variables
+    // systemd set are read and cleared by one thread alone.
+    systemd::block_signals().map_err(|err| format!("blocking signals: {err}"))?;
+    let passed = systemd::passed_listener().map_err(|err| err.to_string())?;
+
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
     crate::logger::init(derived.log_level);
     let ctx = Context::from_config(config, derived)?;
@@ -278,20 +284,65 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         warn!("ota.challenge: one static challenge for every device; replays are not refused");
     }
 
-    let listen = listen.unwrap_or(&ctx.config.http.listen).to_string();
-    let address: std::net::SocketAddr = listen.parse().map_err(|err| {
-        format!("--listen {listen:?}: not an address:port like 127.0.0.1:8080 ({err})")
-    })?;
-    let listener = std::net::TcpListener::bind(address)
-        .map_err(|err| format!("{listen}: cannot listen: {err}"))?;
+    let (listener, listen) = match passed {
+        Some(listener) => {
+            let at = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into());
+            (listener, format!("{at} (passed by systemd)"))
+        }
+        None => {
+            let listen = listen.unwrap_or(&ctx.config.http.listen).to_string();
+            let address: std::net::SocketAddr = listen.parse().map_err(|err| {
+                format!("--listen {listen:?}: not an address:port like 127.0.0.1:8080 ({err})")
+            })?;
+            let listener = std::net::TcpListener::bind(address)
+                .map_err(|err| format!("{listen}: cannot listen: {err}"))?;
+            (listener, listen)
+        }
+    };
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
+    start_signal_handler();
     info!(
         "otad {} serving {} on {listen}",
         env!("CARGO_PKG_VERSION"),
         ctx.config.server.url
     );
+    if let Err(err) = systemd::notify("READY=1") {
+        warn!("NOTIFY_SOCKET: cannot report readiness: {err}");
+    }
     crate::http::serve(ctx, listener)
+}
+
+/// Acts on SIGTERM, SIGINT and SIGHUP, which [`systemd::block_signals`] kept from every
+/// other thread.
+fn start_signal_handler() {
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(|| loop {
+            match systemd::wait_for_signal() {
+                Ok(systemd::Signal::Stop) => {
+                    info!("stopping on a signal");
+                    let _ = systemd::notify("STOPPING=1");
+                    // TODO: finish the requests in flight first (bounded); today a stop
+                    // ends them as the default SIGTERM action did.
+                    std::process::exit(0);
+                }
+                Ok(systemd::Signal::Reload) => {
+                    // Logs go to stderr (journald): nothing to reopen.
+                    info!("SIGHUP: nothing to reload");
+                }
+                Err(err) => {
+                    warn!("waiting for signals: {err}");
+                    return;
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        warn!("cannot start the signal handler: {err}");
+    }
 }
 
 /// Removes expired challenges at start and then every ten minutes.

@@ -21,3 +21,4 @@ pub mod plistshape;
 pub mod scep;
 pub mod simulate;
 pub mod store;
+pub mod systemd;
