@@ -8,9 +8,13 @@ URL      ?= http://127.0.0.1:8080
 LISTEN   ?=
 TARGET   := $(or $(CARGO_TARGET_DIR),target)
 BIN      := $(TARGET)/release/otad
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+GNU      := x86_64-unknown-linux-gnu
+MUSL     := x86_64-unknown-linux-musl
 FIXTURES := $(or $(OTAD_FIXTURES),../shared/fixtures)
 
-.PHONY: all build run test lint audit clean
+.PHONY: all build run test lint audit check-units static musl install clean
 
 all: build
 
@@ -32,9 +36,54 @@ test: lint
 		"the tests that need them will pass as SKIP (set OTAD_FIXTURES=DIR)"
 	$(CARGO) test --locked
 
-# The offline RustSec database beside the checkout (../shared/advisory-db).
+# The offline RustSec database beside the checkout (../shared/advisory-db), and the crates
+# the crypto policy keeps out: `rsa` (RUSTSEC-2023-0071), any OpenSSL binding, rustls before
+# 0.23.18 (RUSTSEC-2024-0336 came in through tiny_http's ssl-rustls and its rustls 0.20).
+ADVISORY_DB ?= ../shared/advisory-db
 audit:
-	$(CARGO) audit --db ../shared/advisory-db --no-fetch
+	$(CARGO) audit --db $(ADVISORY_DB) --no-fetch --deny warnings
+	@for crate in rsa openssl openssl-sys native-tls; do \
+		if $(CARGO) tree --locked -e normal,build -i $$crate >/dev/null 2>&1; then \
+			echo "crypto policy: $$crate is in the dependency tree"; exit 1; fi; done
+	@$(CARGO) tree --locked -e normal,build --prefix none -f '{p}' | \
+		awk '$$1 == "rustls" { split(substr($$2, 2), v, "."); \
+			if (v[1] == 0 && (v[2] < 23 || (v[2] == 23 && v[3] < 18))) bad = $$2 } \
+			END { if (bad) { print "crypto policy: rustls " bad " < 0.23.18"; exit 1 } }'
+	@echo "supply chain: ok (no advisories, no rsa/openssl, rustls >= 0.23.18 or absent)"
+
+# The systemd units, checked with ExecStart pointing at this build's binary.
+check-units: build
+	@command -v systemd-analyze >/dev/null || { echo "SKIP: no systemd-analyze"; exit 0; }; \
+	dir=$$(mktemp -d) && trap 'rm -rf "$$dir"' EXIT && \
+	sed 's|^ExecStart=/usr/local/bin/otad|ExecStart=$(abspath $(BIN))|' \
+		contrib/otad.service > "$$dir/otad.service" && \
+	cp contrib/otad.socket "$$dir/" && \
+	systemd-analyze verify "$$dir/otad.service" "$$dir/otad.socket" && echo "units: ok"
+
+# A statically linked binary on the gnu target (glibc linked in): target/$(GNU)/release/otad.
+static:
+	RUSTFLAGS="$(RUSTFLAGS) -C target-feature=+crt-static" \
+		$(CARGO) build --release --locked --target $(GNU)
+	@ls -l $(TARGET)/$(GNU)/release/otad
+
+# A musl binary, where that target is installed (`rustup target add $(MUSL)`; aws-lc builds
+# with the C compiler, so `apt-get install musl-tools` may be needed too).
+musl:
+	@rustup target list --installed 2>/dev/null | grep -qx $(MUSL) || { \
+		echo "the $(MUSL) target is not installed: rustup target add $(MUSL)"; exit 1; }
+	$(CARGO) build --release --locked --target $(MUSL)
+	@ls -l $(TARGET)/$(MUSL)/release/otad
+
+# Binary, units, sysusers entry and README under $(DESTDIR)$(PREFIX). The units name
+# /usr/local/bin/otad; with another PREFIX their ExecStart is rewritten to match.
+install: build
+	install -Dm755 $(BIN) $(DESTDIR)$(PREFIX)/bin/otad
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/local/|$(PREFIX)/|g' contrib/otad.service \
+		> $(DESTDIR)$(PREFIX)/lib/systemd/system/otad.service
+	install -m644 contrib/otad.socket $(DESTDIR)$(PREFIX)/lib/systemd/system/otad.socket
+	install -Dm644 contrib/otad.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/otad.conf
+	install -Dm644 README.md $(DESTDIR)$(PREFIX)/share/doc/otad/README.md
 
 clean:
 	$(CARGO) clean
