@@ -15,6 +15,7 @@ pub mod http;
 pub mod httpclient;
 pub mod issuance;
 pub mod logger;
+pub mod metrics;
 pub mod ota;
 pub mod pki;
 pub mod plistshape;
