@@ -23,3 +23,4 @@ pub mod scep;
 pub mod simulate;
 pub mod store;
 pub mod systemd;
+pub mod tls;
