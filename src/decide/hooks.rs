@@ -157,7 +157,7 @@ pub fn parse_variables(
         if !valid_name(&name) {
             return Err(format!("variable {shown:?}: a name is [A-Z][A-Z0-9_]*"));
         }
-        if !declared.iter().any(|d| *d == name) {
+        if !declared.contains(&name) {
             return Err(format!("variable {shown}: not declared in hooks.variables"));
         }
         let serde_json::Value::String(text) = value else {
