@@ -75,6 +75,24 @@ pub fn check_policy(ctx: &Context, asking: &Asking<'_>) -> Result<(), OtaError> 
     }
 }
 
+/// The blocklist at the SCEP step, for a challenge bound to the device `udid`: `Err` (the
+/// reason for a CertRep FAILURE) when the serial its record holds is blocked, or when that
+/// cannot be told (fail closed).
+pub fn check_scep(ctx: &Context, udid: &str) -> Result<(), String> {
+    let lookup = |err: crate::store::StoreError| format!("device {udid}: blocklist: {err}");
+    let device = ctx.store.device(udid).map_err(lookup)?;
+    let Some(serial) = device.as_ref().and_then(|d| d.attributes.get("SERIAL")) else {
+        return Ok(());
+    };
+    match ctx.store.blocked(serial).map_err(lookup)? {
+        Some(block) => Err(format!(
+            "device {udid} serial {}: blocked by admin",
+            block.serial
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Asks the phase's hook, if one is configured. Returns the variables it gave (none without
 /// a hook, or when a failing hook is let through by `hooks.on_error = "allow"`).
 /// `certificate` and `earlier` (phase 2's variables) are for phase 3.

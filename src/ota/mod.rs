@@ -518,10 +518,12 @@ fn final_profile(
                 // A declared hook variable nobody supplied: fail closed, never a profile
                 // with a hole in it.
                 log::error!(
-                    "phase 3: device {udid}: profile.template uses ${{{name}}}, which no hook                      supplied; refusing the device"
+                    "phase 3: device {udid}: profile.template uses ${{{name}}}, which no hook \
+                     supplied; refusing the device"
                 );
                 OtaError::Denied(format!(
-                    "phase 3: device {udid}: the final profile lacks ${{{name}}}; see the                      server log"
+                    "phase 3: device {udid}: the final profile lacks ${{{name}}}; see the \
+                     server log"
                 ))
             }
             decide::template::RenderError::Broken(why) => {
