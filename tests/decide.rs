@@ -221,6 +221,7 @@ fn misbehaving_hook(dir: &Path) -> PathBuf {
              *EXIT2*) exit 2;;\n\
              *BADJSON*) echo 'allowed'; exit 0;;\n\
              *UNDECLARED*) echo '{{\"ROOM\": \"1\"}}'; exit 0;;\n\
+             *SLOW*) sleep 3;;\n\
              esac\n\
              echo '{{\"SITE\": \"HQ\"}}'",
             keep.display()
@@ -346,6 +347,30 @@ fn on_error_allow_lets_a_failing_hook_through() {
             && l.contains("letting the device on")),
         "{log}"
     );
+    // A slow hook holds up its own device only: the state lock is not held while it runs.
+    let slow = device(&server, "SLOW01", &[]);
+    let slow_phase1 = slow.phase1(&server.url).unwrap();
+    let waiting = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = slow.phase2(&slow_phase1);
+        (result, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut fast = device(&server, "FAST01", &[]);
+    let phase1 = fast.phase1(&server.url).unwrap();
+    let scep = fast.phase2(&phase1).unwrap();
+    fast.enroll_scep(&scep).unwrap();
+    fast.phase3(&phase1).unwrap();
+    let fast_took = started.elapsed();
+    let (slow_result, slow_took) = waiting.join().unwrap();
+    slow_result.unwrap();
+    assert!(slow_took >= Duration::from_secs(3), "{slow_took:?}");
+    assert!(
+        fast_took < Duration::from_millis(2500),
+        "another device waited for the slow hook: {fast_took:?}"
+    );
+
     // A refusal is still a refusal: on_error is about failures only.
     let refused = device(&server, "REFUSE02", &[]);
     let phase1 = refused.phase1(&server.url).unwrap();
