@@ -300,15 +300,32 @@ USER = "alice"
     fn bad_rules_are_named_by_number() {
         let cases = [
             (
-                "[[rule]]\naction = \"deny\"\nSERIAL = \"A\"\n[[rule]]\naction = \"deny\"\nSERIALS = \"B\"\n",
+                "[[rule]]\naction = \"deny\"\nSERIAL = \"A\"\n\
+                 [[rule]]\naction = \"deny\"\nSERIALS = \"B\"\n",
                 2,
                 "unknown field \"SERIALS\"",
             ),
-            ("[[rule]]\naction = \"deny\"\n", 1, "matches nothing in particular"),
+            (
+                "[[rule]]\naction = \"deny\"\n",
+                1,
+                "matches nothing in particular",
+            ),
             ("[[rule]]\nSERIAL = \"A\"\n", 1, "no action"),
-            ("[[rule]]\naction = \"block\"\nSERIAL = \"A\"\n", 1, "action \"block\""),
-            ("[[rule]]\naction = \"deny\"\nSERIAL = 5\n", 1, "SERIAL must be a string"),
-            ("[[rule]]\naction = \"deny\"\nSERIAL = \"A\"\nreason = \"\"\n", 1, "reason"),
+            (
+                "[[rule]]\naction = \"block\"\nSERIAL = \"A\"\n",
+                1,
+                "action \"block\"",
+            ),
+            (
+                "[[rule]]\naction = \"deny\"\nSERIAL = 5\n",
+                1,
+                "SERIAL must be a string",
+            ),
+            (
+                "[[rule]]\naction = \"deny\"\nSERIAL = \"A\"\nreason = \"\"\n",
+                1,
+                "reason",
+            ),
         ];
         for (text, number, needle) in cases {
             let err = Policy::compile("allow", &rules(text)).unwrap_err();

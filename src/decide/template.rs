@@ -240,7 +240,8 @@ mod tests {
 
     fn dict(xml: &str) -> Dictionary {
         let text = format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><plist version=\"1.0\"><dict>{xml}</dict></plist>"
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+             <plist version=\"1.0\"><dict>{xml}</dict></plist>"
         );
         plist::Value::from_reader_xml(std::io::Cursor::new(text.into_bytes()))
             .unwrap()
