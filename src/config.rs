@@ -66,6 +66,10 @@ pub struct Config {
     pub mdm: MdmConfig,
     /// `[profile]`: a configured final profile instead of the MDM one.
     pub profile: ProfileConfig,
+    /// `[policy]`: which devices may enroll.
+    pub policy: PolicyConfig,
+    /// `[hooks]`: decision hooks run in phases 2 and 3.
+    pub hooks: HooksConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
     /// Where this configuration was read from (not a key).
@@ -179,6 +183,35 @@ pub struct ProfileConfig {
     pub template: String,
 }
 
+/// `[policy]` keys: rules on device attributes and the user, first match wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// "allow" or "deny": what happens to a device no rule matches.
+    pub default: String,
+    /// The `[[policy.rule]]` tables, in order; compiled by `decide::policy`.
+    pub rule: Vec<toml::Table>,
+}
+
+/// `[hooks]` keys: programs that allow or refuse a device and may return template variables.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// The program asked before the phase 2 answer; empty for none.
+    pub phase2: String,
+    /// The program asked before the phase 3 answer; empty for none.
+    pub phase3: String,
+    /// How long a hook may run ("5s").
+    #[serde(deserialize_with = "duration_text")]
+    pub timeout: String,
+    /// Most bytes of stdout a hook may write.
+    pub max_output: usize,
+    /// "deny": a failing hook refuses the device; "allow": it lets the device go on.
+    pub on_error: String,
+    /// The template variables hooks may return (`${SITE}` and the like).
+    pub variables: Vec<String>,
+}
+
 /// `[log]` keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -196,6 +229,8 @@ impl Default for Config {
             scep: ScepConfig::default(),
             mdm: MdmConfig::default(),
             profile: ProfileConfig::default(),
+            policy: PolicyConfig::default(),
+            hooks: HooksConfig::default(),
             log: LogConfig::default(),
             path: PathBuf::new(),
         }
@@ -270,6 +305,28 @@ impl Default for MdmConfig {
     }
 }
 
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            default: "allow".into(),
+            rule: Vec::new(),
+        }
+    }
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            phase2: String::new(),
+            phase3: String::new(),
+            timeout: "5s".into(),
+            max_output: 64 * 1024,
+            on_error: "deny".into(),
+            variables: Vec::new(),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -316,6 +373,10 @@ pub struct Derived {
     pub profile_template: Option<PathBuf>,
     /// `log.level`.
     pub log_level: log::LevelFilter,
+    /// `[policy]`, compiled.
+    pub policy: crate::decide::policy::Policy,
+    /// `[hooks]`, checked and resolved.
+    pub hooks: crate::decide::hooks::Hooks,
 }
 
 impl Config {
@@ -574,6 +635,7 @@ impl Config {
         } else {
             Some(resolve(Path::new(&self.profile.template)))
         };
+        let (policy, hooks) = self.validate_decisions(text, &resolve)?;
         Ok(Derived {
             ota_challenge_ttl,
             scep_challenge_ttl,
@@ -592,7 +654,96 @@ impl Config {
                 .collect(),
             profile_template,
             log_level,
+            policy,
+            hooks,
         })
+    }
+
+    /// Compiles `[policy]` and checks `[hooks]`; errors name the key or the rule number.
+    fn validate_decisions(
+        &self,
+        text: &str,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<(crate::decide::policy::Policy, crate::decide::hooks::Hooks), ConfigError> {
+        use crate::decide::{hooks, policy, template};
+        let file = self.path.display().to_string();
+        let bad = |key: &str, why: String| {
+            let line = line_of(text, key)
+                .map(|n| format!(" (line {n})"))
+                .unwrap_or_default();
+            ConfigError(format!("{file}{line}: {key}: {why}"))
+        };
+
+        let policy =
+            policy::Policy::compile(&self.policy.default, &self.policy.rule).map_err(|err| {
+                match err.rule {
+                    Some(number) => {
+                        let line = rule_line(text, number)
+                            .map(|n| format!(" (line {n})"))
+                            .unwrap_or_default();
+                        ConfigError(format!("{file}{line}: {}", err.why))
+                    }
+                    None => {
+                        let key = err.why.split(':').next().unwrap_or("policy").to_string();
+                        let line = line_of(text, &key)
+                            .map(|n| format!(" (line {n})"))
+                            .unwrap_or_default();
+                        ConfigError(format!("{file}{line}: {}", err.why))
+                    }
+                }
+            })?;
+
+        let timeout =
+            parse_duration(&self.hooks.timeout).map_err(|why| bad("hooks.timeout", why))?;
+        if timeout > MAX_HOOK_TIMEOUT {
+            return Err(bad(
+                "hooks.timeout",
+                "must be at most 60s: a device is waiting".into(),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.hooks.max_output) {
+            return Err(bad(
+                "hooks.max_output",
+                "must be between 1024 and 1048576 bytes".into(),
+            ));
+        }
+        let fail_open = match self.hooks.on_error.as_str() {
+            "deny" => false,
+            "allow" => true,
+            other => {
+                return Err(bad(
+                    "hooks.on_error",
+                    format!("{other:?}: use deny (refuse the device) or allow"),
+                ))
+            }
+        };
+        if self.hooks.variables.len() > hooks::MAX_VARIABLES {
+            let why = format!("at most {} names", hooks::MAX_VARIABLES);
+            return Err(bad("hooks.variables", why));
+        }
+        for (index, name) in self.hooks.variables.iter().enumerate() {
+            if !template::valid_name(name) {
+                let why = format!("{name:?}: a name is A-Z, 0-9 and _, starting with a letter");
+                return Err(bad("hooks.variables", why));
+            }
+            if template::BUILT_IN.contains(&name.as_str()) {
+                let why = format!("{name:?} is built in; declare only the hooks' own names");
+                return Err(bad("hooks.variables", why));
+            }
+            if self.hooks.variables.iter().take(index).any(|n| n == name) {
+                return Err(bad("hooks.variables", format!("{name:?} is listed twice")));
+            }
+        }
+        let program = |value: &str| (!value.is_empty()).then(|| resolve(Path::new(value)));
+        let hooks = hooks::Hooks {
+            phase2: program(&self.hooks.phase2),
+            phase3: program(&self.hooks.phase3),
+            timeout,
+            max_output: self.hooks.max_output,
+            fail_open,
+            variables: self.hooks.variables.clone(),
+        };
+        Ok((policy, hooks))
     }
 
     /// The `[mdm]` keys that still hold what `otad init` wrote, for a warning at start-up.
@@ -654,6 +805,18 @@ fn line_of(text: &str, dotted: &str) -> Option<usize> {
     }
     None
 }
+
+/// The 1-based line of the `number`th `[[policy.rule]]` header, for error messages.
+fn rule_line(text: &str, number: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim() == "[[policy.rule]]")
+        .nth(number.checked_sub(1)?)
+        .map(|(n, _)| n + 1)
+}
+
+/// The longest `hooks.timeout` accepted.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// True for an http(s) URL otad can put in a profile as it is.
 fn is_plain_url(url: &str) -> bool {
@@ -790,7 +953,35 @@ dep_enroll = false
 
 [profile]
 # A .mobileconfig delivered in phase 3 instead of the MDM profile. Empty: the MDM profile.
+# Its string values may hold ${{UDID}}, ${{SERIAL}}, ${{PRODUCT}}, ${{VERSION}}, ${{DEVICE_NAME}},
+# ${{IMEI}}, ${{USER}}, ${{TOKEN_NOTE}} and the hooks.variables below; $${{ is a literal ${{.
 template = ""
+
+[policy]
+# What happens to a device no rule matches: "allow" or "deny".
+default = "allow"
+# Rules, first match wins; every field given must match, exactly or as a glob (* and ?).
+# Fields: SERIAL, UDID, PRODUCT, VERSION, IMEI, MEID, DEVICE_NAME, USER. For example:
+# [[policy.rule]]
+# action = "deny"
+# PRODUCT = "iPhone8,*"
+# reason = "too old"
+# `otad device block SERIAL` refuses one device before any rule is looked at.
+
+[hooks]
+# Programs asked before the phase 2 and phase 3 answers, with the device as JSON on stdin.
+# Exit 0 allows (stdout: nothing, or a JSON object of variables), 1 refuses (first line of
+# stdout: the reason). Empty: no hook.
+phase2 = ""
+phase3 = ""
+# How long a hook may run; it is killed after.
+timeout = "5s"
+# Most bytes a hook may write to stdout.
+max_output = 65536
+# A hook that fails (other exit, crash, timeout): "deny" refuses the device, "allow" lets it on.
+on_error = "deny"
+# The variables hooks may return, for use in profile.template as ${{NAME}}.
+variables = []
 
 [log]
 # error, warn, info, debug or trace. RUST_LOG overrides it.
@@ -879,6 +1070,61 @@ mod tests {
         let (_, derived) =
             Config::parse("[ota]\nchallenge_ttl = 600\n", Path::new("x.toml")).unwrap();
         assert_eq!(derived.ota_challenge_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn policy_rules_and_hooks_load_from_the_template_and_errors_name_rule_and_line() {
+        let text = template("https://otad.example.com", "Example");
+        let (_, derived) = Config::parse(&text, Path::new("/etc/otad/otad.toml")).unwrap();
+        assert_eq!(derived.policy, crate::decide::policy::Policy::default());
+        assert_eq!(derived.hooks, crate::decide::hooks::Hooks::default());
+
+        // Rules appended after the last section still belong to [policy].
+        let rules = "\n[[policy.rule]]\naction = \"deny\"\nPRODUCT = \"iPhone8,*\"\n\
+                     reason = \"too old\"\n\n[[policy.rule]]\naction = \"allow\"\nUSER = \"a*\"\n";
+        let with_rules = format!("{text}{rules}");
+        let (_, derived) = Config::parse(&with_rules, Path::new("x.toml")).unwrap();
+        assert_eq!(derived.policy.rules.len(), 2);
+        assert_eq!(derived.policy.rules[0].reason.as_deref(), Some("too old"));
+
+        let bad_rule =
+            format!("{with_rules}\n[[policy.rule]]\naction = \"deny\"\nSERIALL = \"X\"\n");
+        let err = Config::parse(&bad_rule, Path::new("x.toml")).unwrap_err();
+        let line = bad_rule.lines().count() - 2;
+        assert!(
+            err.0.starts_with(&format!(
+                "x.toml (line {line}): policy.rule 3: unknown field"
+            )),
+            "{err}"
+        );
+
+        let hooks = format!(
+            "{}[hooks]\nphase2 = \"hook.sh\"\nvariables = [\"SITE\"]\n",
+            text.split("[hooks]").next().unwrap()
+        );
+        let (_, derived) = Config::parse(&hooks, Path::new("/etc/otad/otad.toml")).unwrap();
+        assert_eq!(
+            derived.hooks.phase2,
+            Some(PathBuf::from("/etc/otad/hook.sh"))
+        );
+        assert_eq!(derived.hooks.variables, ["SITE"]);
+        let cases = [
+            (
+                "[policy]\ndefault = \"maybe\"\n",
+                "(line 2): policy.default",
+            ),
+            ("[hooks]\non_error = \"ignore\"\n", "hooks.on_error"),
+            ("[hooks]\ntimeout = \"2m\"\n", "hooks.timeout"),
+            ("[hooks]\nmax_output = 10\n", "hooks.max_output"),
+            ("[hooks]\nvariables = [\"site\"]\n", "hooks.variables"),
+            ("[hooks]\nvariables = [\"SERIAL\"]\n", "is built in"),
+            ("[hooks]\nvariables = [\"A\", \"A\"]\n", "listed twice"),
+            ("[policy]\nrules = []\n", "unknown field `rules`"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+            assert!(err.0.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

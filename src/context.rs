@@ -1,7 +1,8 @@
 //! Everything a request handler needs, loaded once at start-up: config, state, keys, anchors.
 //!
 //! Loading checks what can be checked before the first request arrives: that the keys match
-//! their certificates, that extra device CAs parse, that a profile template is a valid plist.
+//! their certificates, that extra device CAs parse, that a profile template is a valid plist
+//! whose variables are all known, that decision hooks are executable files.
 
 use std::path::Path;
 
@@ -117,8 +118,16 @@ impl Context {
 
         let template = match &derived.profile_template {
             None => None,
-            Some(path) => Some(load_template(path)?),
+            Some(path) => Some(load_template(path, &derived.hooks.variables)?),
         };
+        for (key, program) in [
+            ("hooks.phase2", &derived.hooks.phase2),
+            ("hooks.phase3", &derived.hooks.phase3),
+        ] {
+            if let Some(program) = program {
+                check_program(key, program)?;
+            }
+        }
 
         Ok(Context {
             config,
@@ -133,8 +142,23 @@ impl Context {
     }
 }
 
-/// Reads a `.mobileconfig` template: an unsigned plist dictionary with a PayloadContent array.
-fn load_template(path: &Path) -> Result<plist::Dictionary, String> {
+/// Checks that a hook is an executable regular file, so a typo fails at start-up.
+fn check_program(key: &str, program: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata =
+        std::fs::metadata(program).map_err(|err| format!("{key}: {}: {err}", program.display()))?;
+    if !metadata.is_file() || metadata.permissions().mode() & 0o111 == 0 {
+        return Err(format!(
+            "{key}: {}: not an executable file (chmod +x it)",
+            program.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a `.mobileconfig` template: an unsigned plist dictionary with a PayloadContent array,
+/// whose `${NAME}` variables are built in or in `declared` (`hooks.variables`).
+fn load_template(path: &Path, declared: &[String]) -> Result<plist::Dictionary, String> {
     let bytes = std::fs::read(path)
         .map_err(|err| format!("profile.template: {}: cannot read: {err}", path.display()))?;
     let value = plist::Value::from_reader(std::io::Cursor::new(bytes))
@@ -151,6 +175,8 @@ fn load_template(path: &Path) -> Result<plist::Dictionary, String> {
             path.display()
         ));
     }
+    crate::decide::template::scan(&dict, declared)
+        .map_err(|why| format!("profile.template: {}: {why}", path.display()))?;
     Ok(dict)
 }
 

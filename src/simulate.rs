@@ -148,6 +148,8 @@ pub struct Device {
     pub device_key: RsaPrivateKey,
     /// The SCEP identity, once [`Device::enroll_scep`] succeeded.
     pub scep_identity: Option<ScepIdentity>,
+    /// Attributes sent instead of (or besides) the defaults, such as PRODUCT or DEVICE_NAME.
+    pub overrides: std::collections::BTreeMap<String, String>,
 }
 
 /// What phase 1's Profile Service payload asks of the device.
@@ -304,6 +306,7 @@ impl Device {
             device_certificate,
             device_key,
             scep_identity: None,
+            overrides: std::collections::BTreeMap::new(),
         })
     }
 
@@ -335,6 +338,9 @@ impl Device {
         ];
         for (key, value) in attributes {
             dict.insert(key.to_string(), Value::String(value.to_string()));
+        }
+        for (key, value) in &self.overrides {
+            dict.insert(key.clone(), Value::String(value.clone()));
         }
         to_xml(&Value::Dictionary(dict))
     }

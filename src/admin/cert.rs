@@ -611,6 +611,7 @@ fn bind_to_device(store: &Store, udid: &str, serial: &str, now: i64) -> Result<(
                 certificates: vec![serial.to_string()],
                 history: Vec::new(),
                 admission: Default::default(),
+                hook_variables: BTreeMap::new(),
             };
             device.record(entry);
             device

@@ -1,7 +1,8 @@
-//! Admin commands that work on a running server's state: `otad cert …` and
-//! `otad request …`. They take the state lock for every write, so they are safe while
+//! Admin commands that work on a running server's state: `otad cert …`,
+//! `otad request …` and `otad device block|unblock|blocked`. They take the state lock for every write, so they are safe while
 //! `otad serve` runs.
 
+pub mod block;
 pub mod cert;
 pub mod request;
 

@@ -83,7 +83,10 @@ impl From<OtaError> for Refusal {
     fn from(err: OtaError) -> Refusal {
         let status = match &err {
             OtaError::Malformed(_) => 400,
-            OtaError::Untrusted(_) | OtaError::Challenge(_) | OtaError::Refused(_) => 403,
+            OtaError::Untrusted(_)
+            | OtaError::Challenge(_)
+            | OtaError::Refused(_)
+            | OtaError::Denied(_) => 403,
             OtaError::Internal(_) => 500,
             #[allow(unreachable_patterns)]
             _ => 500,

@@ -23,6 +23,7 @@ use log::info;
 use crate::cms::{self, signed, ContentCipher, DigestAlgorithm};
 use crate::config::ProfileCipher;
 use crate::context::{Context, Identity};
+use crate::decide::{self, Asking};
 use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::CertificateAuthority;
 use crate::pki::cert;
@@ -43,6 +44,9 @@ pub enum OtaError {
     Challenge(String),
     /// The step is out of order for this device, or the device is refused (403).
     Refused(String),
+    /// The blocklist, the device policy or a decision hook refused the device (403); the
+    /// text is the reason, for the admin and the client alike.
+    Denied(String),
     /// Something on our side failed; the detail goes to the log, not the client (500).
     Internal(String),
 }
@@ -54,6 +58,7 @@ impl fmt::Display for OtaError {
             | OtaError::Untrusted(why)
             | OtaError::Challenge(why)
             | OtaError::Refused(why)
+            | OtaError::Denied(why)
             | OtaError::Internal(why) => f.write_str(why),
         }
     }
@@ -328,7 +333,19 @@ fn phase2(
     let attributes = &verified.attributes;
     let udid = attributes.udid();
 
+    // The challenge is spent first: only a fresh phase 1 gets as far as policy and hooks,
+    // so a replayed body cannot run a hook again.
     let admission = consume_phase1_challenge(ctx, attributes, now)?;
+    let asking = Asking {
+        step: "phase 2",
+        phase: 2,
+        udid,
+        attributes,
+        admission: &admission,
+        remote,
+    };
+    decide::check_policy(ctx, &asking)?;
+    let variables = decide::ask_hook(ctx, &asking, None, &BTreeMap::new())?;
     let (scep_challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
 
     let brand = branding(ctx);
@@ -338,7 +355,11 @@ fn phase2(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("phase2", now, remote, None);
-    update_device(ctx, udid, attributes, Some(admission), Event::Phase2, entry)?;
+    let decided = Decided {
+        admission,
+        hook_variables: variables,
+    };
+    update_device(ctx, udid, attributes, Some(decided), Event::Phase2, entry)?;
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-"),
@@ -347,13 +368,22 @@ fn phase2(
     Ok(body)
 }
 
+/// What phase 2 decided about a device, kept on its record for phase 3.
+struct Decided {
+    /// Who phase 1 admitted.
+    admission: Admission,
+    /// What `hooks.phase2` returned.
+    hook_variables: BTreeMap<String, String>,
+}
+
 /// Moves a device through the state machine and records the event, under the state lock.
-/// Phase 2 passes who phase 1 admitted, which replaces what the device record held.
+/// Phase 2 passes who phase 1 admitted and its hook's variables, which replace what the
+/// device record held.
 fn update_device(
     ctx: &Context,
     udid: &str,
     attributes: &DeviceAttributes,
-    admission: Option<Admission>,
+    decided: Option<Decided>,
     event: Event,
     entry: HistoryEntry,
 ) -> Result<(), OtaError> {
@@ -371,10 +401,12 @@ fn update_device(
             certificates: Vec::new(),
             history: Vec::new(),
             admission: Admission::default(),
+            hook_variables: BTreeMap::new(),
         });
         device.phase = phase;
-        if let Some(admission) = admission {
-            device.admission = admission;
+        if let Some(decided) = decided {
+            device.admission = decided.admission;
+            device.hook_variables = decided.hook_variables;
         }
         device.attributes = attributes.recordable();
         device.record(HistoryEntry {
@@ -428,11 +460,28 @@ fn phase3(
             "phase 3 signer {serial}: no longer the device's current certificate"
         )));
     }
-    let from = ctx.store.device(udid)?.map(|d| d.phase);
-    machine::next(from, Event::Phase3)
+    let device = ctx.store.device(udid)?;
+    machine::next(device.as_ref().map(|d| d.phase), Event::Phase3)
         .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
 
-    let mut profile = final_profile(ctx, udid, now)?;
+    // Phase 3 is decided again: a block or rule added since phase 2 still applies.
+    let (admission, mut variables) = device
+        .map(|d| (d.admission, d.hook_variables))
+        .unwrap_or_default();
+    let asking = Asking {
+        step: "phase 3",
+        phase: 3,
+        udid,
+        attributes,
+        admission: &admission,
+        remote,
+    };
+    decide::check_policy(ctx, &asking)?;
+    let fresh = decide::ask_hook(ctx, &asking, Some(serial), &variables)?;
+    variables.extend(fresh);
+
+    let values = decide::template_values(attributes, &admission, &variables);
+    let mut profile = final_profile(ctx, udid, &values, now)?;
     let cipher = match ctx.derived.profile_cipher {
         ProfileCipher::Des3 => ContentCipher::Des3Cbc,
         ProfileCipher::Aes128 => ContentCipher::Aes128Cbc,
@@ -454,11 +503,33 @@ fn phase3(
     Ok(body)
 }
 
-/// The final profile before encryption: the configured template, or an MDM enrollment
-/// profile with its own SCEP identity (a fresh challenge bound to the device).
-fn final_profile(ctx: &Context, udid: &str, now: i64) -> Result<plist::Dictionary, OtaError> {
+/// The final profile before encryption: the configured template rendered with `values`, or
+/// an MDM enrollment profile with its own SCEP identity (a fresh challenge bound to the
+/// device). It exists only in memory until it is encrypted.
+fn final_profile(
+    ctx: &Context,
+    udid: &str,
+    values: &BTreeMap<String, String>,
+    now: i64,
+) -> Result<plist::Dictionary, OtaError> {
     if let Some(template) = &ctx.template {
-        return Ok(template.clone());
+        return decide::template::render(template, values).map_err(|err| match err {
+            decide::template::RenderError::Missing(name) => {
+                // A declared hook variable nobody supplied: fail closed, never a profile
+                // with a hole in it.
+                log::error!(
+                    "phase 3: device {udid}: profile.template uses ${{{name}}}, which no hook \
+                     supplied; refusing the device"
+                );
+                OtaError::Denied(format!(
+                    "phase 3: device {udid}: the final profile lacks ${{{name}}}; see the \
+                     server log"
+                ))
+            }
+            decide::template::RenderError::Broken(why) => {
+                OtaError::Internal(format!("profile.template: {why}"))
+            }
+        });
     }
     let (challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
     Ok(mdm_profile(ctx, &challenge, &subject))
@@ -530,6 +601,16 @@ pub fn dep_enrollment(
             OtaError::Untrusted(format!("machine info device certificate: {err}"))
         })?;
     }
+
+    let asking = Asking {
+        step: "dep enrollment",
+        phase: 2,
+        udid: &udid,
+        attributes: &verified.attributes,
+        admission: &Admission::default(),
+        remote,
+    };
+    decide::check_policy(ctx, &asking)?;
 
     let (challenge, subject) = bind_scep_challenge(ctx, &udid, now)?;
     let profile = mdm_profile(ctx, &challenge, &subject);

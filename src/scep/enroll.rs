@@ -144,6 +144,10 @@ pub(crate) fn authorise(
     if record.expires <= now() {
         return Err("challenge expired".into());
     }
+    // A device blocked between phase 2 and its SCEP request gets no certificate either.
+    if let Some(udid) = record.udid.as_deref() {
+        crate::decide::check_scep(ctx, udid)?;
+    }
     Ok(Authorisation {
         subject: record.subject,
         udid: record.udid,

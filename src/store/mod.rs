@@ -10,6 +10,7 @@
 //! challenges/<sha256>.json      one live challenge, named by the hash of its value
 //! devices/<UDID>.json           one device, after strict validation of the UDID
 //! certs/<serial hex>.json       one issued certificate, created once, never overwritten
+//! blocked/<SERIAL>.json         one serial the admin blocked (`otad device block`)
 //! .lock                         flock shared by the server and the CLI
 //! ```
 //!
@@ -17,6 +18,7 @@
 //! clear. Reads need no lock because every write is an atomic replace; read-modify-write
 //! sequences run inside [`Store::transaction`].
 
+pub mod blocked;
 pub mod crl;
 pub mod fsutil;
 mod pending;
@@ -228,6 +230,11 @@ pub struct DeviceRecord {
     /// Who phase 1 admitted for the device's latest phase 2.
     #[serde(default, skip_serializing_if = "Admission::is_empty")]
     pub admission: Admission,
+    /// The template variables `hooks.phase2` returned in the device's latest phase 2, kept
+    /// for its phase 3 (the file is 0600; secrets belong in `hooks.phase3`'s output, which is
+    /// never stored).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hook_variables: BTreeMap<String, String>,
 }
 
 impl DeviceRecord {
@@ -697,6 +704,7 @@ mod tests {
             certificates: Vec::new(),
             history: Vec::new(),
             admission: Admission::default(),
+            hook_variables: BTreeMap::new(),
         };
         for at in 0..(MAX_DEVICE_HISTORY as i64 + 5) {
             device.record(HistoryEntry::new("phase2", 100 + at, "r", None));
