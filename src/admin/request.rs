@@ -316,6 +316,14 @@ pub fn approve(
 ) -> Result<(PendingRequest, CertRecord), RequestError> {
     let (request, record) = ctx.store.transaction(|| {
         let mut request = undecided(ctx, id, at)?;
+        if let Some(udid) = &request.udid {
+            // A device blocked after its request was queued is not approved behind the
+            // admin's back: unblock it first, or deny the request.
+            crate::decide::check_scep(ctx, udid).map_err(|reason| RequestError::Unusable {
+                id: id.to_string(),
+                reason: format!("{reason}; unblock it first or deny the request"),
+            })?;
+        }
         let record = issue(ctx, &request, at)?;
         request.decision = Decision::Approved {
             decided_at: at,
@@ -651,6 +659,44 @@ mod tests {
         pending.created = now();
         ctx.store.create_pending(&pending).unwrap();
         (dir, ctx, pending)
+    }
+
+    #[test]
+    fn a_request_of_a_device_blocked_since_it_was_queued_is_not_approved() {
+        let (_dir, ctx, mut pending) = state_with_a_request();
+        let udid = "0000FE00-ABCDEF0123456789";
+        pending.udid = Some(udid.into());
+        ctx.store.save_pending(&pending).unwrap();
+        let device = crate::store::DeviceRecord {
+            udid: udid.into(),
+            attributes: BTreeMap::from([("SERIAL".into(), "C02BLOCK9".into())]),
+            phase: crate::store::DevicePhase::Identified,
+            first_seen: 1,
+            last_seen: 1,
+            certificates: Vec::new(),
+            history: Vec::new(),
+            admission: Default::default(),
+            hook_variables: Default::default(),
+        };
+        ctx.store.save_device(&device).unwrap();
+        let block = crate::store::blocked::BlockRecord {
+            serial: "C02BLOCK9".into(),
+            reason: None,
+            at: 1,
+        };
+        ctx.store.block(&block).unwrap();
+
+        let err = approve(&ctx, ID, now()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("serial C02BLOCK9: blocked by admin; unblock it first"),
+            "{err}"
+        );
+        assert!(ctx.store.certs().unwrap().is_empty(), "nothing issued");
+
+        assert!(ctx.store.unblock("C02BLOCK9").unwrap());
+        let (_, record) = approve(&ctx, ID, now()).unwrap();
+        assert!(ctx.store.cert(&record.serial).unwrap().is_some());
     }
 
     #[test]

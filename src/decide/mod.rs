@@ -75,9 +75,6 @@ pub fn check_policy(ctx: &Context, asking: &Asking<'_>) -> Result<(), OtaError> 
     }
 }
 
-// TODO: `otad request approve` does not look at the blocklist: a request queued under
-// scep.approval = "manual" before its device was blocked can still be approved. The admin
-// decides there anyway, but `request list` should show the block.
 // TODO: DEP enrollment (`/mdm/enroll`) gets the blocklist and the rules but no hook: its
 // body is replayable (no challenge), so a hook there could be run at will by a replayer.
 
