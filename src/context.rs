@@ -81,6 +81,8 @@ pub struct Context {
     pub device_anchors: Vec<TrustAnchor>,
     /// The configured final profile, if `profile.template` is set.
     pub template: Option<plist::Dictionary>,
+    /// Phase 1's gate: the failed-login table.
+    pub gate: crate::gate::Gate,
 }
 
 impl Context {
@@ -129,6 +131,7 @@ impl Context {
             signer,
             device_anchors,
             template,
+            gate: crate::gate::Gate::default(),
         })
     }
 }
