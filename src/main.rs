@@ -25,6 +25,8 @@ commands:
   simulate   walk a whole enrollment against a running server as a test device
   cert       list, revoke and import issued certificates
   request    list, approve and deny SCEP requests waiting for approval
+  token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
+  user       add, remove and list the people who may log in to start an enrollment
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 ";
@@ -143,12 +145,13 @@ fn run() -> Result<Outcome, Usage> {
         "serve" => serve(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
-        "cert" | "request" => {
+        "cert" | "request" | "token" | "user" => {
             let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
-            let exit = if command == "cert" {
-                otad::admin::cert::run(args)
-            } else {
-                otad::admin::request::run(args)
+            let exit = match command.as_str() {
+                "cert" => otad::admin::cert::run(args),
+                "request" => otad::admin::request::run(args),
+                "token" => otad::admin::token::run(args),
+                _ => otad::admin::user::run(args),
             };
             match exit {
                 otad::admin::Exit::Ok => Ok(Outcome::Done),

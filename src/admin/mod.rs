@@ -1,9 +1,11 @@
-//! Admin commands that work on a running server's state: `otad cert …` and
-//! `otad request …`. They take the state lock for every write, so they are safe while
+//! Admin commands that work on a running server's state: `otad cert …`,
+//! `otad request …`, `otad token …` and `otad user …`. They take the state lock for every write, so they are safe while
 //! `otad serve` runs.
 
 pub mod cert;
 pub mod request;
+pub mod token;
+pub mod user;
 
 use std::ffi::OsString;
 
