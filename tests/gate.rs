@@ -297,13 +297,8 @@ fn require_user_asks_for_basic_and_checks_the_users_file() {
     // Removed: refused from now on.
     let (code, _, _) = otad(&["user", "remove", "--state", state, "ada"], "");
     assert_eq!(code, 0);
-    assert_eq!(
-        ada.phase1(&server.url)
-            .map(|_| ())
-            .unwrap_err()
-            .contains("401"),
-        true
-    );
+    let err = ada.phase1(&server.url).map(|_| ()).unwrap_err();
+    assert!(err.contains("401"), "{err}");
 }
 
 #[test]

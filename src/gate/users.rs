@@ -322,8 +322,8 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("newer-pass") && !text.contains("another-pass"));
 
-        assert_eq!(remove(&store, "alice").unwrap(), true);
-        assert_eq!(remove(&store, "alice").unwrap(), false);
+        assert!(remove(&store, "alice").unwrap());
+        assert!(!remove(&store, "alice").unwrap());
         let names: Vec<String> = load(&store).unwrap().into_iter().map(|u| u.name).collect();
         assert_eq!(names, ["bob@example.com"]);
     }
