@@ -105,6 +105,9 @@ pub fn admit(ctx: &Context, request: &Phase1Request<'_>, now: i64) -> Result<Adm
         ));
     }
 
+    // TODO: with a static ota.challenge a token given (not required) is checked here but
+    // never spent, since there is no challenge record to carry it to phase 2; refusing it
+    // outright may be the clearer answer.
     let token = match request.token {
         Some(secret) => Some(
             tokens::lookup(&ctx.store, secret, now).map_err(|err| match err {
@@ -153,6 +156,9 @@ fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<Str
     let Some(authorization) = request.authorization else {
         return Ok(None);
     };
+    // TODO: behind a reverse proxy every client shares the proxy's address here, so one
+    // client's failures also hold back the others; keying on X-Forwarded-For from a trusted
+    // proxy would need that header's parsing and trust rules first.
     let limiter_key = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     ctx.gate
         .limiter
