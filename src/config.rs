@@ -72,6 +72,8 @@ pub struct Config {
     pub hooks: HooksConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[auth]`: how phase 1 checks people.
+    pub auth: AuthConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -106,6 +108,8 @@ pub struct HttpConfig {
     /// Deadline for receiving one whole request ("30s"); a slower client gets 408.
     #[serde(deserialize_with = "duration_text")]
     pub request_timeout: String,
+    /// Reverse proxies (IPs or CIDR networks) whose `auth.proxy_user_header` is believed.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[ota]` keys.
@@ -127,6 +131,37 @@ pub struct OtaConfig {
     pub profile_cipher: String,
     /// The name the device shows for the enrollment profiles.
     pub display_name: String,
+    /// Refuse phase 1 without a usable enrollment token (`otad token new`).
+    pub require_token: bool,
+    /// Refuse phase 1 without an authenticated person (users file, `auth.command` or a
+    /// trusted proxy's user header).
+    pub require_user: bool,
+}
+
+/// `[auth]` keys: how phase 1 checks the person enrolling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The realm of the HTTP Basic challenge, shown in the login prompt.
+    pub realm: String,
+    /// A program that checks a login instead of the users file; empty for the users file.
+    pub command: String,
+    /// How long `command` may take ("5s").
+    #[serde(deserialize_with = "duration_text")]
+    pub timeout: String,
+    /// A header a reverse proxy sets to the logged-in user ("X-Forwarded-User"); empty: off.
+    pub proxy_user_header: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            realm: "otad enrollment".into(),
+            command: String::new(),
+            timeout: "5s".into(),
+            proxy_user_header: String::new(),
+        }
+    }
 }
 
 /// `[scep]` keys.
@@ -232,6 +267,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             hooks: HooksConfig::default(),
             log: LogConfig::default(),
+            auth: AuthConfig::default(),
             path: PathBuf::new(),
         }
     }
@@ -256,6 +292,7 @@ impl Default for HttpConfig {
             max_body: 64 * 1024,
             max_connections: 256,
             request_timeout: "30s".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -273,6 +310,8 @@ impl Default for OtaConfig {
             extra_device_ca: Vec::new(),
             profile_cipher: "des3".into(),
             display_name: "Device Enrollment".into(),
+            require_token: false,
+            require_user: false,
         }
     }
 }
@@ -377,6 +416,12 @@ pub struct Derived {
     pub policy: crate::decide::policy::Policy,
     /// `[hooks]`, checked and resolved.
     pub hooks: crate::decide::hooks::Hooks,
+    /// `auth.command`, resolved, if set.
+    pub auth_command: Option<PathBuf>,
+    /// `auth.timeout`.
+    pub auth_timeout: Duration,
+    /// `http.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<crate::gate::cidr::Cidr>,
 }
 
 impl Config {
@@ -620,6 +665,8 @@ impl Config {
             }
         }
 
+        let (auth_command, auth_timeout, trusted_proxies) = self.validate_gate(&bad, &resolve)?;
+
         let log_level = self.log.level.parse::<log::LevelFilter>().map_err(|_| {
             bad(
                 "log.level",
@@ -656,6 +703,9 @@ impl Config {
             log_level,
             policy,
             hooks,
+            auth_command,
+            auth_timeout,
+            trusted_proxies,
         })
     }
 
@@ -746,6 +796,92 @@ impl Config {
         Ok((policy, hooks))
     }
 
+    /// The `[auth]` keys, `http.trusted_proxies`, `ota.require_token` and `ota.require_user`.
+    fn validate_gate(
+        &self,
+        bad: &dyn Fn(&str, String) -> ConfigError,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<GateSettings, ConfigError> {
+        if !self.ota.challenge.is_empty() {
+            for (key, on) in [
+                ("ota.require_token", self.ota.require_token),
+                ("ota.require_user", self.ota.require_user),
+            ] {
+                if on {
+                    return Err(bad(
+                        key,
+                        "needs one-time phase 1 challenges to bind who was admitted to; \
+                         set ota.challenge = \"\" or turn this off"
+                            .into(),
+                    ));
+                }
+            }
+        }
+
+        let realm = &self.auth.realm;
+        if realm.is_empty()
+            || realm.len() > MAX_NAME_LEN
+            || !realm.chars().all(|c| c == ' ' || c.is_ascii_graphic())
+            || realm.contains(['"', '\\'])
+        {
+            return Err(bad(
+                "auth.realm",
+                format!("must be 1 to {MAX_NAME_LEN} printable ASCII characters, no quotes"),
+            ));
+        }
+        let auth_command = if self.auth.command.is_empty() {
+            None
+        } else {
+            let path = resolve(Path::new(&self.auth.command));
+            if !path.is_file() {
+                return Err(bad(
+                    "auth.command",
+                    format!("{}: no such program; give its full path", path.display()),
+                ));
+            }
+            Some(path)
+        };
+        let auth_timeout =
+            parse_duration(&self.auth.timeout).map_err(|why| bad("auth.timeout", why))?;
+        if auth_timeout > Duration::from_secs(60) {
+            return Err(bad("auth.timeout", "must be at most 60s".into()));
+        }
+
+        let header = &self.auth.proxy_user_header;
+        if !header.is_empty() {
+            if header.len() > 64
+                || !header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(bad(
+                    "auth.proxy_user_header",
+                    format!("{header:?}: a header name is letters, digits and -"),
+                ));
+            }
+            if self.http.trusted_proxies.is_empty() {
+                return Err(bad(
+                    "auth.proxy_user_header",
+                    "needs http.trusted_proxies: the proxies allowed to set it".into(),
+                ));
+            }
+        }
+        if self.http.trusted_proxies.len() > MAX_TRUSTED_PROXIES {
+            return Err(bad(
+                "http.trusted_proxies",
+                format!("at most {MAX_TRUSTED_PROXIES} entries"),
+            ));
+        }
+        let trusted_proxies = self
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|entry| crate::gate::cidr::Cidr::parse(entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|why| bad("http.trusted_proxies", why))?;
+        Ok((auth_command, auth_timeout, trusted_proxies))
+    }
+
     /// The `[mdm]` keys that still hold what `otad init` wrote, for a warning at start-up.
     pub fn mdm_placeholders(&self) -> Vec<&'static str> {
         let mut keys = Vec::new();
@@ -825,6 +961,12 @@ fn is_plain_url(url: &str) -> bool {
         && !url.contains(|c: char| c.is_whitespace() || c.is_control() || "\"<>?#".contains(c))
 }
 
+/// What [`Config::validate_gate`] derives: auth.command, auth.timeout, trusted proxies.
+type GateSettings = (Option<PathBuf>, Duration, Vec<crate::gate::cidr::Cidr>);
+
+/// Most entries in `http.trusted_proxies`.
+pub const MAX_TRUSTED_PROXIES: usize = 64;
+
 /// The longest organization or display name accepted (an X.520 organizationName's limit).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -892,6 +1034,9 @@ max_body = 65536
 max_connections = 256
 # How long a client may take to send one whole request; a slower one gets 408.
 request_timeout = "30s"
+# Reverse proxies (IPs or CIDR networks, IPv4 or IPv6) whose auth.proxy_user_header is
+# believed, e.g. ["127.0.0.1/32", "::1"]. From any other peer that header is ignored.
+trusted_proxies = []
 
 [ota]
 # How long a phase 1 challenge stays valid: "90s", "30m", "1h", "2d", or seconds (3600).
@@ -911,6 +1056,13 @@ extra_device_ca = []
 profile_cipher = "des3"
 # The name devices show for the enrollment profiles.
 display_name = "Device Enrollment"
+# Refuse phase 1 (403) unless the link carries a usable enrollment token (otad token new).
+# A token given while this is off is still checked. Needs challenge = "".
+require_token = false
+# Refuse phase 1 (401, Safari asks for a login) unless a person is authenticated: HTTP Basic
+# against the users file (otad user add) or auth.command, or a trusted proxy's user header.
+# Credentials given while this is off are still checked. Needs challenge = "".
+require_user = false
 
 [scep]
 # A static challenge for SCEP clients that do not come through OTA (scepclient, servers).
@@ -982,6 +1134,18 @@ max_output = 65536
 on_error = "deny"
 # The variables hooks may return, for use in profile.template as ${{NAME}}.
 variables = []
+
+[auth]
+# The realm of the HTTP Basic login prompt.
+realm = "otad enrollment"
+# A program that checks logins instead of the users file: it gets {{"user": ..., "password":
+# ...}} on stdin; exit 0 accepts, anything else (or a timeout or crash) refuses. Full path.
+command = ""
+# How long the command may take before it is killed and the login refused.
+timeout = "5s"
+# A header set by a reverse proxy (oauth2-proxy: "X-Forwarded-User") naming the logged-in
+# user; believed only from http.trusted_proxies. Empty: off.
+proxy_user_header = ""
 
 [log]
 # error, warn, info, debug or trace. RUST_LOG overrides it.
@@ -1125,6 +1289,50 @@ mod tests {
             let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
             assert!(err.0.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn gate_keys_are_validated() {
+        let cases = [
+            (
+                "[ota]\nchallenge = \"static-secret\"\nrequire_token = true\n",
+                "ota.require_token",
+            ),
+            (
+                "[ota]\nchallenge = \"static-secret\"\nrequire_user = true\n",
+                "ota.require_user",
+            ),
+            ("[auth]\nrealm = \"a\\\"b\"\n", "auth.realm"),
+            ("[auth]\ncommand = \"/nonexistent/auth\"\n", "auth.command"),
+            ("[auth]\ntimeout = \"2m\"\n", "auth.timeout"),
+            (
+                "[auth]\nproxy_user_header = \"X-Forwarded-User\"\n",
+                "auth.proxy_user_header",
+            ),
+            (
+                "[auth]\nproxy_user_header = \"X User\"\n",
+                "auth.proxy_user_header",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.1/8\"]\n",
+                "http.trusted_proxies",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
+            assert!(err.0.contains(key), "{text}: {err}");
+        }
+        let text = "[http]\ntrusted_proxies = [\"127.0.0.1/32\", \"::1\"]\n\
+                    [auth]\nproxy_user_header = \"X-Forwarded-User\"\ntimeout = 2\n\
+                    [ota]\nrequire_user = true\nrequire_token = true\n";
+        let (config, derived) = Config::parse(text, Path::new("x.toml")).unwrap();
+        assert!(config.ota.require_user && config.ota.require_token);
+        assert_eq!(derived.trusted_proxies.len(), 2);
+        assert_eq!(derived.auth_timeout, Duration::from_secs(2));
+        assert_eq!(derived.auth_command, None);
+        let (config, derived) = Config::parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(config.auth.realm, "otad enrollment");
+        assert_eq!(derived.auth_timeout, Duration::from_secs(5));
     }
 
     #[test]

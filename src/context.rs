@@ -82,6 +82,8 @@ pub struct Context {
     pub device_anchors: Vec<TrustAnchor>,
     /// The configured final profile, if `profile.template` is set.
     pub template: Option<plist::Dictionary>,
+    /// Phase 1's gate: the failed-login table.
+    pub gate: crate::gate::Gate,
 }
 
 impl Context {
@@ -138,6 +140,7 @@ impl Context {
             signer,
             device_anchors,
             template,
+            gate: crate::gate::Gate::default(),
         })
     }
 }

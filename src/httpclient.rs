@@ -35,6 +35,8 @@ pub enum HttpError {
     InvalidUrl(&'static str),
     /// The Content-Type given for a POST body contains control characters.
     InvalidContentType,
+    /// An extra request header's name or value is empty or has control characters.
+    InvalidHeader,
     /// The URL is `https://`, which this client cannot speak yet.
     TlsNotSupported,
     /// The URL's scheme is neither `http` nor `https`.
@@ -90,6 +92,9 @@ impl fmt::Display for HttpError {
             HttpError::InvalidUrl(why) => write!(f, "url: {why}"),
             HttpError::InvalidContentType => {
                 f.write_str("request: content type contains control characters")
+            }
+            HttpError::InvalidHeader => {
+                f.write_str("request: a header name or value is empty or has control characters")
             }
             HttpError::TlsNotSupported => {
                 f.write_str("url: https is not supported yet; use an http:// URL")
@@ -153,6 +158,8 @@ pub struct HttpResponse {
     pub content_type: Option<String>,
     /// The body, de-chunked.
     pub body: Vec<u8>,
+    /// Every header as sent (name, trimmed value), in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl HttpResponse {
@@ -163,16 +170,30 @@ impl HttpResponse {
         let media = content_type.split(';').next().unwrap_or_default().trim();
         Some(media.to_ascii_lowercase())
     }
+
+    /// The first value of the header `name` (compared without case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// `GET url`.
 pub fn get(url: &str) -> Result<HttpResponse, HttpError> {
-    request("GET", url, None)
+    request("GET", url, None, &[])
+}
+
+/// `GET url` with extra request headers (Authorization, say). A name or value with control
+/// characters is refused, so nothing can break out of its header line.
+pub fn get_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<HttpResponse, HttpError> {
+    request("GET", url, None, headers)
 }
 
 /// `POST url` with a body of the given Content-Type.
 pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<HttpResponse, HttpError> {
-    request("POST", url, Some((content_type, body)))
+    request("POST", url, Some((content_type, body)), &[])
 }
 
 /// The parts of an `http://` URL this client needs.
@@ -290,12 +311,20 @@ fn request(
     method: &str,
     url: &str,
     body: Option<(&str, &[u8])>,
+    headers: &[(&str, &str)],
 ) -> Result<HttpResponse, HttpError> {
     let target = parse_url(url)?;
     if let Some((content_type, _)) = body {
         if content_type.chars().any(|c| c.is_control()) {
             return Err(HttpError::InvalidContentType);
         }
+    }
+    if headers.iter().any(|(name, value)| {
+        name.is_empty()
+            || name.contains(':')
+            || format!("{name}{value}").chars().any(char::is_control)
+    }) {
+        return Err(HttpError::InvalidHeader);
     }
 
     let stream = connect(&target)?;
@@ -312,6 +341,9 @@ fn request(
         target.path,
         target.authority()
     );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     let payload = match body {
         Some((content_type, bytes)) => {
             head.push_str(&format!(
@@ -429,6 +461,7 @@ fn read_response(reader: &mut impl BufRead) -> Result<HttpResponse, HttpError> {
         status,
         content_type,
         body,
+        headers,
     })
 }
 

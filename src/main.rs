@@ -25,6 +25,8 @@ commands:
   simulate   walk a whole enrollment against a running server as a test device
   cert       list, revoke and import issued certificates
   request    list, approve and deny SCEP requests waiting for approval
+  token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
+  user       add, remove and list the people who may log in to start an enrollment
   device     block, unblock and list blocked device serial numbers
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
@@ -77,7 +79,7 @@ is trusted.
 
 const SIMULATE_HELP: &str = "\
 usage: otad simulate --url URL --device-ca DIR [--udid U] [--serial S]
-                     [--signed-attributes] [--leaf-only]
+                     [--signed-attributes] [--leaf-only] [--token T] [--user NAME]
 
 Acts as an Apple device against a running server: phase 1, phase 2, SCEP, phase 3, then
 decrypts the final profile and prints a summary. Exit 0 only if every phase succeeded.
@@ -90,6 +92,9 @@ trusts it only if its config lists DIR/device-ca.pem in ota.extra_device_ca.
   --serial S             the device's serial number (default: a random one)
   --signed-attributes    sign phase 2 with signed attributes (as the iOS simulator does)
   --leaf-only            send only the device certificate, not its CA
+  --token T              present enrollment token T in phase 1 (as the enroll link does)
+  --user NAME            log in to phase 1 as NAME (HTTP Basic); the password is the first
+                         line of stdin
 ";
 
 enum Outcome {
@@ -144,11 +149,13 @@ fn run() -> Result<Outcome, Usage> {
         "serve" => serve(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
-        "cert" | "request" | "device" => {
+        "cert" | "request" | "token" | "user" | "device" => {
             let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
             let exit = match command.as_str() {
                 "cert" => otad::admin::cert::run(args),
                 "request" => otad::admin::request::run(args),
+                "token" => otad::admin::token::run(args),
+                "user" => otad::admin::user::run(args),
                 _ => otad::admin::block::run(args),
             };
             match exit {
@@ -287,8 +294,11 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     let (mut url, mut device_ca_dir) = (None, None);
     let (mut udid, mut serial) = (None, None);
     let (mut signed_attributes, mut leaf_only) = (false, false);
+    let (mut token, mut user) = (None, None);
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("token") => token = Some(parser.value()?.string()?),
+            Long("user") => user = Some(parser.value()?.string()?),
             Long("url") => url = Some(parser.value()?.string()?),
             Long("device-ca") => device_ca_dir = Some(PathBuf::from(parser.value()?)),
             Long("udid") => udid = Some(parser.value()?.string()?),
@@ -302,14 +312,24 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
             other => return Err(other.unexpected().into()),
         }
     }
-    let options = SimulateOptions {
+    let mut options = SimulateOptions {
         url: required(url, "--url", SIMULATE_HELP)?,
         device_ca_dir: required(device_ca_dir, "--device-ca", SIMULATE_HELP)?,
         udid,
         serial,
         signed_attributes,
         leaf_only,
+        token,
+        login: None,
     };
+    if let Some(user) = user {
+        let mut password = String::new();
+        if let Err(err) = std::io::stdin().read_line(&mut password) {
+            return Ok(fail(format!("stdin: cannot read the password: {err}")));
+        }
+        let password = password.trim_end_matches(['\n', '\r']).to_string();
+        options.login = Some((user, password));
+    }
     Ok(match simulate::run(&options) {
         Ok(summary) => {
             print!("{summary}");

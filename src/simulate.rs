@@ -114,6 +114,10 @@ pub struct SimulateOptions {
     pub signed_attributes: bool,
     /// Send only the device certificate in phase 2, not the device CA.
     pub leaf_only: bool,
+    /// An enrollment token for phase 1 (`?token=`).
+    pub token: Option<String>,
+    /// A user name and password for phase 1 (HTTP Basic).
+    pub login: Option<(String, String)>,
 }
 
 /// The certificate and key a device got from SCEP, which sign its phase 3 body.
@@ -150,6 +154,10 @@ pub struct Device {
     pub scep_identity: Option<ScepIdentity>,
     /// Attributes sent instead of (or besides) the defaults, such as PRODUCT or DEVICE_NAME.
     pub overrides: std::collections::BTreeMap<String, String>,
+    /// The enrollment token phase 1 presents.
+    pub token: Option<String>,
+    /// The user name and password phase 1 presents (HTTP Basic).
+    pub login: Option<(String, String)>,
 }
 
 /// What phase 1's Profile Service payload asks of the device.
@@ -307,6 +315,8 @@ impl Device {
             device_key,
             scep_identity: None,
             overrides: std::collections::BTreeMap::new(),
+            token: options.token.clone(),
+            login: options.login.clone(),
         })
     }
 
@@ -314,9 +324,29 @@ impl Device {
     /// payload.
     pub fn phase1(&self, url: &str) -> Result<Phase1, String> {
         const PHASE: &str = "phase 1";
-        let enroll_url = format!("{}/ota/enroll", url.trim_end_matches('/'));
-        let response = httpclient::get(&enroll_url)
-            .map_err(|err| format!("{PHASE}: GET {enroll_url}: {err}"))?;
+        let mut enroll_url = format!("{}/ota/enroll", url.trim_end_matches('/'));
+        if let Some(token) = &self.token {
+            // otad's tokens are base64url: nothing in them needs escaping in a query.
+            if !crate::gate::tokens::plausible_secret(token) {
+                return Err(format!("{PHASE}: the token is not one otad makes"));
+            }
+            enroll_url.push_str(&format!("?token={token}"));
+        }
+        let authorization = self.login.as_ref().map(|(user, password)| {
+            let pair = zeroize::Zeroizing::new(format!("{user}:{password}"));
+            format!(
+                "Basic {}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pair.as_bytes())
+            )
+        });
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
+        // The URL may hold the token: errors name the endpoint only.
+        let endpoint = enroll_url.split('?').next().unwrap_or_default().to_string();
+        let response = httpclient::get_with_headers(&enroll_url, &headers)
+            .map_err(|err| format!("{PHASE}: GET {endpoint}: {err}"))?;
         expect_success(PHASE, &response, &[PROFILE_CONTENT_TYPE])?;
 
         let (signer_certificate, profile) = open_signed_profile(PHASE, &response.body, None)?;
@@ -1040,6 +1070,8 @@ mod tests {
             serial: None,
             signed_attributes: false,
             leaf_only: false,
+            token: None,
+            login: None,
         }
     }
 
@@ -1455,6 +1487,7 @@ mod tests {
             status: 403,
             content_type: Some("text/plain; charset=utf-8".into()),
             body: b"\nphase 2: challenge unknown or already used\nmore\n".to_vec(),
+            headers: Vec::new(),
         };
         assert_eq!(
             expect_success("phase 2", &refused, &[PROFILE_CONTENT_TYPE]).unwrap_err(),
@@ -1464,6 +1497,7 @@ mod tests {
             status: 500,
             content_type: None,
             body: Vec::new(),
+            headers: Vec::new(),
         };
         assert_eq!(
             expect_success("phase 3", &silent, &[PROFILE_CONTENT_TYPE]).unwrap_err(),
@@ -1473,6 +1507,7 @@ mod tests {
             status: 200,
             content_type: Some("text/html".into()),
             body: Vec::new(),
+            headers: Vec::new(),
         };
         assert_eq!(
             expect_success("phase 1", &wrong_type, &[PROFILE_CONTENT_TYPE]).unwrap_err(),
@@ -1483,6 +1518,7 @@ mod tests {
             status: 200,
             content_type: Some("Application/X-Apple-Aspen-Config".into()),
             body: Vec::new(),
+            headers: Vec::new(),
         };
         assert!(expect_success("phase 1", &right, &[PROFILE_CONTENT_TYPE]).is_ok());
         assert_eq!(reason(&[b'x'; 500]).len(), MAX_REASON_CHARS);

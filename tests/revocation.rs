@@ -446,6 +446,8 @@ fn a_micromdm_scep_depot_is_imported_and_its_certificates_recorded_and_revoked()
         serial: None,
         signed_attributes: false,
         leaf_only: false,
+        token: None,
+        login: None,
     };
     let summary = otad::simulate::run(&options).unwrap_or_else(|err| {
         panic!(

@@ -516,6 +516,7 @@ fn list_json(requests: &[PendingRequest]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use std::ffi::OsString;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";

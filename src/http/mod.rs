@@ -66,6 +66,8 @@ pub struct Refusal {
     pub reason: String,
     /// For 405: the methods the path takes (the Allow header).
     pub allow: Option<&'static str>,
+    /// More response headers (WWW-Authenticate for 401, Retry-After for 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Refusal {
@@ -75,7 +77,33 @@ impl Refusal {
             status,
             reason: reason.into(),
             allow: None,
+            headers: Vec::new(),
         }
+    }
+}
+
+impl Refusal {
+    /// Phase 1's gate refused: 401 with a Basic challenge, 403, 429 with Retry-After, 500.
+    fn from_gate(err: crate::gate::GateError, realm: &str) -> Refusal {
+        use crate::gate::GateError;
+        let status = match &err {
+            GateError::Unauthorized(_) => 401,
+            GateError::Forbidden(_) => 403,
+            GateError::TooManyFailures(_) => 429,
+            _ => 500,
+        };
+        let mut refusal = Refusal::new(status, err.to_string());
+        match err {
+            GateError::Unauthorized(_) => refusal.headers.push((
+                "WWW-Authenticate",
+                format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+            )),
+            GateError::TooManyFailures(seconds) => {
+                refusal.headers.push(("Retry-After", seconds.to_string()))
+            }
+            _ => {}
+        }
+        refusal
     }
 }
 
@@ -109,8 +137,10 @@ pub struct Incoming<'a> {
     pub path: &'a str,
     /// The decoded query parameters.
     pub query: Vec<(String, String)>,
-    /// The remote address, for logs.
+    /// The remote address: the TCP peer as the guard saw it ("ip:port").
     pub remote: String,
+    /// The request headers, as tiny_http parsed them (at most `guard::MAX_HEADERS`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Incoming<'_> {
@@ -119,6 +149,14 @@ impl Incoming<'_> {
         self.query
             .iter()
             .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of a header, its name compared without case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 }
@@ -197,10 +235,25 @@ pub fn route(
     match incoming.path {
         "/ota/enroll" => match method {
             "GET" => {
-                // TODO: who is admitted comes from enrollment tokens and authentication.
-                let signed = ota::phase1(ctx, &crate::store::Admission::default(), now())?;
+                let proxy_header = &ctx.config.auth.proxy_user_header;
+                let request = crate::gate::Phase1Request {
+                    remote: &incoming.remote,
+                    token: incoming.param("token"),
+                    authorization: incoming.header("Authorization"),
+                    proxy_user: (!proxy_header.is_empty())
+                        .then(|| incoming.header(proxy_header))
+                        .flatten(),
+                };
+                let admission = crate::gate::admit(ctx, &request, now())
+                    .map_err(|err| Refusal::from_gate(err, &ctx.config.auth.realm))?;
+                let signed = ota::phase1(ctx, &admission, now())?;
                 info!(
-                    "phase 1: profile service handed out remote={}",
+                    "phase 1: profile service handed out user={} token={} remote={}",
+                    admission
+                        .user
+                        .as_deref()
+                        .map_or_else(|| "-".to_string(), |u| crate::logger::one_line(u, 80)),
+                    admission.token.as_deref().unwrap_or("-"),
                     incoming.remote
                 );
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
@@ -305,11 +358,18 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     let method = request.method().as_str().to_string();
     let target = request.url().to_string();
     let (path, query) = split_target(&target);
+    let headers = request
+        .headers()
+        .iter()
+        .take(guard::MAX_HEADERS)
+        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
+        .collect();
     let incoming = Incoming {
         method: &method,
         path,
         query,
         remote: remote.clone(),
+        headers,
     };
 
     let too_many_headers = request.headers().len() > guard::MAX_HEADERS;
@@ -326,6 +386,11 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     };
 
     let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
+    let extra_headers = reply
+        .as_ref()
+        .err()
+        .map(|refusal| refusal.headers.clone())
+        .unwrap_or_default();
     let reply = reply.unwrap_or_else(|refusal| {
         if refusal.status >= 500 {
             error!("{method} {path}: {} remote={remote}", refusal.reason);
@@ -351,6 +416,11 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     }
     if let Some(h) = allow.and_then(|methods| header("Allow", methods)) {
         response.add_header(h);
+    }
+    for (name, value) in &extra_headers {
+        if let Some(h) = header(name, value) {
+            response.add_header(h);
+        }
     }
     if let Some(file) = reply.attachment {
         if let Some(h) = header(

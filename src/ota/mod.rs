@@ -24,6 +24,7 @@ use crate::cms::{self, signed, ContentCipher, DigestAlgorithm};
 use crate::config::ProfileCipher;
 use crate::context::{Context, Identity};
 use crate::decide::{self, Asking};
+use crate::gate::tokens;
 use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::CertificateAuthority;
 use crate::pki::cert;
@@ -65,6 +66,21 @@ impl fmt::Display for OtaError {
 }
 
 impl std::error::Error for OtaError {}
+
+impl OtaError {
+    /// The same error with "`prefix`: " before its text.
+    fn with_prefix(self, prefix: &str) -> OtaError {
+        let add = |why: String| format!("{prefix}: {why}");
+        match self {
+            OtaError::Malformed(why) => OtaError::Malformed(add(why)),
+            OtaError::Untrusted(why) => OtaError::Untrusted(add(why)),
+            OtaError::Challenge(why) => OtaError::Challenge(add(why)),
+            OtaError::Refused(why) => OtaError::Refused(add(why)),
+            OtaError::Denied(why) => OtaError::Denied(add(why)),
+            OtaError::Internal(why) => OtaError::Internal(add(why)),
+        }
+    }
+}
 
 impl From<crate::store::StoreError> for OtaError {
     fn from(err: crate::store::StoreError) -> Self {
@@ -209,6 +225,11 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
             subject: Vec::new(),
             admission: admission.clone(),
         };
+        // A token's live challenges are capped, so a 1-use link cannot mint them unbounded.
+        if let Some(id) = &admission.token {
+            tokens::reserve_challenge(&ctx.store, id, &challenge, record.expires, now)
+                .map_err(token_refusal)?;
+        }
         ctx.store.put_challenge(&challenge, &record)?;
         challenge
     } else {
@@ -223,6 +244,14 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
         &challenge,
     );
     sign_profile(ctx, &payload)
+}
+
+/// A token refusal as the client sees it (403), or our own failure (500).
+fn token_refusal(err: tokens::TokenError) -> OtaError {
+    match err {
+        tokens::TokenError::Store(err) => OtaError::Internal(format!("enrollment tokens: {err}")),
+        other => OtaError::Refused(other.to_string()),
+    }
 }
 
 fn ttl_secs(ttl: std::time::Duration) -> i64 {
@@ -346,6 +375,19 @@ fn phase2(
     };
     decide::check_policy(ctx, &asking)?;
     let variables = decide::ask_hook(ctx, &asking, None, &BTreeMap::new())?;
+
+    // The token's use is spent here, not in phase 1, and only once policy and hook allowed
+    // the device (a refused device burns no use): checked again under the lock (revoked,
+    // expired, used up by a device that came first, another device than its scope).
+    if let (Some(id), Some(challenge)) = (&admission.token, attributes.challenge()) {
+        let device = tokens::Spender {
+            udid,
+            serial: attributes.get("SERIAL"),
+            remote,
+        };
+        tokens::spend(&ctx.store, id, challenge, device, now)
+            .map_err(|err| token_refusal(err).with_prefix("phase 2"))?;
+    }
     let (scep_challenge, subject) = bind_scep_challenge(ctx, udid, now)?;
 
     let brand = branding(ctx);

@@ -144,6 +144,8 @@ impl TestServer {
             serial: None,
             signed_attributes: false,
             leaf_only: false,
+            token: None,
+            login: None,
         }
     }
 
