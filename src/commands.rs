@@ -284,8 +284,12 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     })?;
     let listener = std::net::TcpListener::bind(address)
         .map_err(|err| format!("{listen}: cannot listen: {err}"))?;
+    let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
+    if let Some(webhook) = webhook {
+        crate::events::webhook::start(Arc::clone(&ctx.events), webhook)?;
+    }
     info!(
         "otad {} serving {} on {listen}",
         env!("CARGO_PKG_VERSION"),

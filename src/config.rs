@@ -68,6 +68,8 @@ pub struct Config {
     pub profile: ProfileConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[events]`: the events log and its webhook.
+    pub events: crate::events::EventsConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -197,6 +199,7 @@ impl Default for Config {
             mdm: MdmConfig::default(),
             profile: ProfileConfig::default(),
             log: LogConfig::default(),
+            events: crate::events::EventsConfig::default(),
             path: PathBuf::new(),
         }
     }
@@ -316,6 +319,8 @@ pub struct Derived {
     pub profile_template: Option<PathBuf>,
     /// `log.level`.
     pub log_level: log::LevelFilter,
+    /// `[events]`.
+    pub events: crate::events::EventSettings,
 }
 
 impl Config {
@@ -574,7 +579,9 @@ impl Config {
         } else {
             Some(resolve(Path::new(&self.profile.template)))
         };
+        let events = self.events.validate(&bad, resolve)?;
         Ok(Derived {
+            events,
             ota_challenge_ttl,
             scep_challenge_ttl,
             request_timeout,
@@ -795,6 +802,22 @@ template = ""
 [log]
 # error, warn, info, debug or trace. RUST_LOG overrides it.
 level = "info"
+
+[events]
+# Every enrollment step, issuance, refusal, revocation and admin action is one JSON line in
+# events.jsonl in the state dir. It is rotated when it would grow past max_size bytes
+# (events.jsonl.<N>), and keep rotated files are kept.
+max_size = 16777216
+keep = 5
+# POST every event as JSON to this http:// or https:// URL from a background thread, in order,
+# at least once (X-Otad-Event-Id is the same on a retry). Empty: no webhook.
+webhook = ""
+# For https: a PEM file of the CA certificates to check the webhook's server against; empty:
+# the system's root certificates.
+webhook_ca = ""
+# A file whose first line (16 characters or more) keys an HMAC-SHA256 of each body, sent as
+# X-Otad-Signature: sha256=<hex>. Empty: unsigned.
+webhook_secret_file = ""
 "#,
         mark = PLACEHOLDER_MARK,
         url_text = toml_string(url),

@@ -81,6 +81,8 @@ pub struct Context {
     pub device_anchors: Vec<TrustAnchor>,
     /// The configured final profile, if `profile.template` is set.
     pub template: Option<plist::Dictionary>,
+    /// The events log (`events.jsonl`): `ctx.events.record(Event::new(...))`.
+    pub events: std::sync::Arc<crate::events::EventLog>,
 }
 
 impl Context {
@@ -120,7 +122,12 @@ impl Context {
             Some(path) => Some(load_template(path)?),
         };
 
+        let events = std::sync::Arc::new(crate::events::EventLog::open(
+            &derived.state_dir,
+            &derived.events,
+        ));
         Ok(Context {
+            events,
             config,
             derived,
             store,

@@ -10,6 +10,7 @@ pub mod cms;
 pub mod commands;
 pub mod config;
 pub mod context;
+pub mod events;
 pub mod hook;
 pub mod http;
 pub mod httpclient;
