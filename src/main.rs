@@ -146,10 +146,11 @@ fn run() -> Result<Outcome, Usage> {
         "cert" | "request" => {
             let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
             let exit = if command == "cert" {
-                otad::admin::cert::run(args)
+                otad::admin::cert::run(args.clone())
             } else {
-                otad::admin::request::run(args)
+                otad::admin::request::run(args.clone())
             };
+            record_admin(&command, &args, &exit);
             match exit {
                 otad::admin::Exit::Ok => Ok(Outcome::Done),
                 otad::admin::Exit::Failed(message) => Ok(fail(message)),
@@ -157,6 +158,17 @@ fn run() -> Result<Outcome, Usage> {
             }
         }
         other => Err(Usage(format!("unknown command {other:?}; see otad --help"))),
+    }
+}
+
+/// Records a state-changing admin command in the events log (the library knows which ones).
+fn record_admin(command: &str, args: &[std::ffi::OsString], exit: &otad::admin::Exit) {
+    match exit {
+        otad::admin::Exit::Ok => otad::events::record_admin_command(command, args, None),
+        otad::admin::Exit::Failed(why) => {
+            otad::events::record_admin_command(command, args, Some(why))
+        }
+        otad::admin::Exit::Usage(_) => {}
     }
 }
 
@@ -216,6 +228,11 @@ fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     };
     Ok(match commands::init(&options) {
         Ok(message) => {
+            let event = otad::events::admin("init", "ok")
+                .field("url", options.url.as_str())
+                .field("organization", options.organization.as_str())
+                .field("ca_imported", options.import.is_some());
+            otad::events::record_for_config(&options.state.join("otad.toml"), event);
             println!("{message}");
             Outcome::Done
         }

@@ -380,6 +380,20 @@ fn revoke(mut parser: lexopt::Parser) -> Result<String, Exit> {
         store::now(),
     )
     .map_err(failed)?;
+    let mut event = crate::events::Event::new("revocation")
+        .certificate(&done.record.serial)
+        .field("subject", done.record.subject.as_str())
+        .reason(
+            done.record
+                .revocation_reason
+                .as_deref()
+                .unwrap_or(reason.name()),
+        )
+        .field("crl_number", done.crl_number.to_string());
+    if let Some(udid) = &done.record.udid {
+        event = event.udid(udid);
+    }
+    crate::events::record_in(&derived.state_dir, &derived.events, event);
     Ok(format!(
         "revoked {} ({}) for {}; signed CRL number {} ({})\n",
         done.record.serial,

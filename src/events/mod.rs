@@ -637,6 +637,71 @@ pub fn admin(command: &str, outcome: &str) -> Event {
         .field("user", user)
 }
 
+/// Admin commands (their first two words) that change state and so are recorded as `admin`
+/// events by [`record_admin_command`]; a new one is one more entry here.
+pub const RECORDED_COMMANDS: &[&str] = &[
+    "cert revoke",
+    "cert import",
+    "request approve",
+    "request deny",
+];
+
+/// Records an admin command from its raw arguments (those after the command's name, e.g.
+/// `["revoke", "--config", "F", "SERIAL"]` for `otad cert revoke`) if it is one of
+/// [`RECORDED_COMMANDS`]: the state dir comes from its `--config`, the arguments are kept
+/// with the config path left out and values of flags that name a secret redacted.
+/// `failure` is the error message when the command failed.
+pub fn record_admin_command(command: &str, args: &[std::ffi::OsString], failure: Option<&str>) {
+    let Some((config, event)) = admin_event(command, args, failure) else {
+        return;
+    };
+    record_for_config(&config, event);
+}
+
+/// The config path and the event [`record_admin_command`] writes, if it writes one.
+pub fn admin_event(
+    command: &str,
+    args: &[std::ffi::OsString],
+    failure: Option<&str>,
+) -> Option<(PathBuf, Event)> {
+    let texts: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let words = format!("{command} {}", texts.first()?);
+    if !RECORDED_COMMANDS.contains(&words.as_str()) {
+        return None;
+    }
+    let mut config = None;
+    let mut kept = Vec::new();
+    let mut items = texts.iter().skip(1);
+    while let Some(arg) = items.next() {
+        if let Some(value) = arg.strip_prefix("--config=") {
+            config = Some(PathBuf::from(value));
+        } else if arg == "--config" {
+            config = items.next().map(PathBuf::from);
+        } else if arg.starts_with("--")
+            && SECRET_WORDS
+                .iter()
+                .any(|w| arg.to_ascii_lowercase().contains(w))
+        {
+            kept.push(arg.split('=').next().unwrap_or_default().to_string());
+            if !arg.contains('=') {
+                items.next();
+            }
+            kept.push("(redacted)".into());
+        } else {
+            kept.push(arg.clone());
+        }
+    }
+    let mut event =
+        admin(&words, if failure.is_some() { "failed" } else { "ok" }).field("args", kept);
+    if let Some(why) = failure {
+        event = event.reason(why);
+    }
+    Some((config?, event))
+}
+
 /// Reads complete lines from `reader` starting at byte `offset`: at most `max_lines`, each
 /// with the offset just past it. A last line without its newline (an append in progress) is
 /// left for later; a line over [`MAX_LINE_BYTES`] comes back as `None`, to be skipped.
@@ -870,6 +935,53 @@ mod tests {
         let lines = read_lines(&mut &long[..], 0, 10).unwrap();
         assert_eq!(lines[0], ((MAX_LINE_BYTES + 11) as u64, None));
         assert_eq!(lines[1].1.as_deref(), Some(&b"{}"[..]));
+    }
+
+    #[test]
+    fn admin_commands_are_recorded_without_their_config_or_secrets() {
+        let args =
+            |list: &[&str]| -> Vec<std::ffi::OsString> { list.iter().map(|a| a.into()).collect() };
+        let (config, event) = admin_event(
+            "cert",
+            &args(&[
+                "revoke",
+                "--config",
+                "/s/otad.toml",
+                "0a1b",
+                "--reason",
+                "keyCompromise",
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(config, PathBuf::from("/s/otad.toml"));
+        assert_eq!(event.kind(), "admin");
+        assert_eq!(event.get("command"), Some(&Value::from("cert revoke")));
+        assert_eq!(event.get("outcome"), Some(&Value::from("ok")));
+        assert_eq!(
+            event.get("args"),
+            Some(&serde_json::json!(["0a1b", "--reason", "keyCompromise"]))
+        );
+        let (_, event) = admin_event(
+            "request",
+            &args(&["deny", "--config=/s/otad.toml", "--secret-file", "k", "ID"]),
+            Some("request ID: unknown"),
+        )
+        .unwrap();
+        assert_eq!(
+            event.get("args"),
+            Some(&serde_json::json!(["--secret-file", "(redacted)", "ID"]))
+        );
+        assert_eq!(event.get("outcome"), Some(&Value::from("failed")));
+        assert_eq!(
+            event.get("reason"),
+            Some(&Value::from("request ID: unknown"))
+        );
+        assert!(admin_event("cert", &args(&["list", "--config", "c"]), None).is_none());
+        assert!(
+            admin_event("cert", &args(&["revoke", "0a"]), None).is_none(),
+            "no config"
+        );
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub fn route(
                     "phase 1: profile service handed out remote={}",
                     incoming.remote
                 );
+                ctx.events
+                    .record(crate::events::Event::new("phase1").remote(&incoming.remote));
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
             _ => Err(method_not_allowed("GET")),
@@ -277,6 +279,29 @@ pub fn route(
     }
 }
 
+/// The endpoints whose refusals go into the events log (SCEP records its own, as FAILUREs).
+const RECORDED_PATHS: &[&str] = &["/ota/enroll", "/ota/phase23", "/mdm/enroll"];
+
+/// Records a refusal (4xx) or failure (5xx) of an enrollment endpoint in the events log.
+fn record_refusal(ctx: &Context, incoming: &Incoming<'_>, refusal: &Refusal) {
+    if !RECORDED_PATHS.contains(&incoming.path) {
+        return;
+    }
+    let kind = if refusal.status >= 500 {
+        "error"
+    } else {
+        "refusal"
+    };
+    ctx.events.record(
+        crate::events::Event::new(kind)
+            .field("status", refusal.status)
+            .field("method", incoming.method)
+            .field("path", incoming.path)
+            .reason(&crate::logger::one_line(&refusal.reason, 300))
+            .remote(&incoming.remote),
+    );
+}
+
 fn method_not_allowed(allowed: &'static str) -> Refusal {
     let mut refusal = Refusal::new(405, format!("method not allowed here (use {allowed})"));
     refusal.allow = Some(allowed);
@@ -322,6 +347,9 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         route(ctx, &incoming, &mut || read_body(reader, declared, limit))
     };
 
+    if let Err(refusal) = &reply {
+        record_refusal(ctx, &incoming, refusal);
+    }
     let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
     let reply = reply.unwrap_or_else(|refusal| {
         if refusal.status >= 500 {

@@ -338,13 +338,38 @@ fn phase2(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("phase2", now, remote, None);
+    let user = admission.user.clone();
     update_device(ctx, udid, attributes, Some(admission), Event::Phase2, entry)?;
+    let mut event = device_event("phase2", udid, attributes, remote);
+    if let Some(user) = user {
+        event = event.field("user", user);
+    }
+    ctx.events.record(event);
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-"),
         attributes.get("PRODUCT").unwrap_or("-")
     );
     Ok(body)
+}
+
+/// An events-log entry for a device step: its UDID, serial number, product and version.
+fn device_event(
+    kind: &str,
+    udid: &str,
+    attributes: &DeviceAttributes,
+    remote: &str,
+) -> crate::events::Event {
+    let mut event = crate::events::Event::new(kind).udid(udid);
+    if let Some(serial) = attributes.get("SERIAL") {
+        event = event.serial(serial);
+    }
+    for (attribute, field) in [("PRODUCT", "product"), ("VERSION", "version")] {
+        if let Some(value) = attributes.get(attribute) {
+            event = event.field(field, value);
+        }
+    }
+    event.remote(remote)
 }
 
 /// Moves a device through the state machine and records the event, under the state lock.
@@ -447,6 +472,8 @@ fn phase3(
 
     let entry = HistoryEntry::new("phase3", now, remote, Some(serial));
     update_device(ctx, udid, attributes, None, Event::Phase3, entry)?;
+    ctx.events
+        .record(device_event("phase3", udid, attributes, remote).certificate(serial));
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-")
@@ -538,6 +565,12 @@ pub fn dep_enrollment(
     let entry = HistoryEntry::new("dep-enroll", now, remote, None);
     update_device(ctx, &udid, &verified.attributes, None, Event::Phase2, entry)?;
     info!("dep enrollment: udid={udid} remote={remote}");
+    ctx.events.record(device_event(
+        "dep-enroll",
+        &udid,
+        &verified.attributes,
+        remote,
+    ));
     Ok(PhaseReply {
         phase: 2,
         udid,
