@@ -25,6 +25,7 @@ commands:
   simulate   walk a whole enrollment against a running server as a test device
   cert       list, revoke and import issued certificates
   request    list, approve and deny SCEP requests waiting for approval
+  device     list the devices seen and show one, by UDID or serial number
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 ";
@@ -143,12 +144,12 @@ fn run() -> Result<Outcome, Usage> {
         "serve" => serve(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
-        "cert" | "request" => {
+        "cert" | "request" | "device" => {
             let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
-            let exit = if command == "cert" {
-                otad::admin::cert::run(args.clone())
-            } else {
-                otad::admin::request::run(args.clone())
+            let exit = match command.as_str() {
+                "cert" => otad::admin::cert::run(args.clone()),
+                "device" => otad::admin::device::run(args.clone()),
+                _ => otad::admin::request::run(args.clone()),
             };
             record_admin(&command, &args, &exit);
             match exit {

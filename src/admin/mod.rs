@@ -1,8 +1,9 @@
-//! Admin commands that work on a running server's state: `otad cert …` and
-//! `otad request …`. They take the state lock for every write, so they are safe while
+//! Admin commands that work on a running server's state: `otad cert …`, `otad device …`
+//! and `otad request …`. They take the state lock for every write, so they are safe while
 //! `otad serve` runs.
 
 pub mod cert;
+pub mod device;
 pub mod request;
 
 use std::ffi::OsString;
