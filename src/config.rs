@@ -579,7 +579,7 @@ impl Config {
         } else {
             Some(resolve(Path::new(&self.profile.template)))
         };
-        let events = self.events.validate(&bad, resolve)?;
+        let events = self.events.validate(bad, resolve)?;
         Ok(Derived {
             events,
             ota_challenge_ttl,
