@@ -439,6 +439,110 @@ mod tests {
         assert!(delivered[0].1.contains("\"after\""));
     }
 
+    /// A one-connection TLS server on loopback (rustls, a self-signed certificate for
+    /// 127.0.0.1) that answers 204 and hands back the request it read.
+    fn tls_server() -> (
+        u16,
+        std::path::PathBuf,
+        tempfile::TempDir,
+        std::thread::JoinHandle<String>,
+    ) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        use std::io::{Read, Write};
+
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("hook-ca.pem");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![CertificateDer::from(cert.der().to_vec())], key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let connection = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("\"kind\":\"tls\"}") {
+                let n = tls.read(&mut buffer).unwrap();
+                assert!(n > 0, "closed early");
+                seen.extend_from_slice(&buffer[..n]);
+            }
+            tls.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        (port, ca, dir, handle)
+    }
+
+    #[test]
+    fn an_https_webhook_is_reached_through_rustls_with_the_configured_ca() {
+        let (port, ca, _dir, server) = tls_server();
+        let settings = EventSettings {
+            webhook: Some(format!("https://127.0.0.1:{port}/hook")),
+            webhook_ca: Some(ca),
+            ..EventSettings::default()
+        };
+        let webhook = Webhook::prepare(&settings).unwrap().unwrap();
+        webhook.deliver("1-0", b"{\"kind\":\"tls\"}").unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"), "{request}");
+        assert!(request.contains("X-Otad-Event-Id: 1-0\r\n"), "{request}");
+    }
+
+    #[test]
+    fn an_https_webhook_with_an_unknown_ca_is_refused() {
+        let (port, _ca, _dir, _server) = tls_server();
+        let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let wrong_ca = dir.path().join("other.pem");
+        std::fs::write(&wrong_ca, other.cert.pem()).unwrap();
+        let settings = EventSettings {
+            webhook: Some(format!("https://127.0.0.1:{port}/hook")),
+            webhook_ca: Some(wrong_ca),
+            ..EventSettings::default()
+        };
+        let webhook = Webhook::prepare(&settings).unwrap().unwrap();
+        let err = webhook.deliver("1-0", b"{}").unwrap_err();
+        assert!(
+            err.contains("certificate") || err.contains("Unknown"),
+            "{err}"
+        );
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let settings = EventSettings {
+            webhook_ca: Some(empty),
+            ..settings
+        };
+        let err = Webhook::prepare(&settings).err().unwrap();
+        assert!(err.contains("events.webhook"), "{err}");
+    }
+
+    #[test]
+    fn a_short_secret_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("hook.key");
+        std::fs::write(&key, "short\n").unwrap();
+        let settings = EventSettings {
+            webhook: Some("http://127.0.0.1:9/".into()),
+            webhook_secret_file: Some(key),
+            ..EventSettings::default()
+        };
+        let err = Webhook::prepare(&settings).err().unwrap();
+        assert!(err.starts_with("events.webhook_secret_file:"), "{err}");
+    }
+
     #[test]
     fn signature_is_hmac_sha256_hex() {
         // RFC 4231 test case 2.
