@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 client for `http://` URLs, used by `otad simulate` to talk to a
-//! running otad the way a device would.
+//! running otad the way a device would, and by the events webhook ([`post_with`], which also
+//! speaks `https://` through rustls when given a TLS config).
 //!
 //! One request per connection (`Connection: close`), no redirects, no cookies, no proxies: it
 //! only ever talks to the URL it is given. Everything read from the server is bounded (header

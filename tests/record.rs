@@ -408,3 +408,31 @@ fn admin_commands_are_recorded() {
     assert_eq!(tail[0]["outcome"], "failed");
     assert!(tail[0]["reason"].is_string());
 }
+
+#[test]
+fn a_scep_failure_is_recorded_with_its_reason_and_no_challenge() {
+    let server = TestServer::start(|config| config);
+    let mut device = otad::simulate::Device::new(&server.device_options()).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    let mut scep = device.phase2(&phase1).unwrap();
+    let wrong = "wrong-challenge-value-0123456789";
+    scep.challenge = wrong.to_string();
+    let refused = device.enroll_scep(&scep);
+    assert!(refused.is_err(), "a wrong challenge is refused");
+
+    let events = events(&server);
+    let failure = events
+        .iter()
+        .find(|e| e["kind"] == "refusal" && e["protocol"] == "scep")
+        .unwrap_or_else(|| panic!("no SCEP refusal in {events:#?}"));
+    assert_eq!(failure["fail_info"], "BadRequest");
+    assert!(failure["transaction_id"].is_string());
+    assert!(failure["reason"].as_str().unwrap().len() > 5, "{failure}");
+    assert!(failure["remote"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    let text = std::fs::read_to_string(server.state_file("events.jsonl")).unwrap();
+    assert!(!text.contains(wrong), "the challenge sent is not logged");
+    assert!(!text.contains(&phase1.challenge), "nor phase 1's");
+}

@@ -169,7 +169,20 @@ pub fn find(store: &Store, key: &str) -> Result<Option<DeviceRecord>, String> {
             clean(key)
         ));
     }
-    store.device_by_serial(key).map_err(|err| err.to_string())
+    if let Some(device) = store.device_by_serial(key).map_err(|err| err.to_string())? {
+        return Ok(Some(device));
+    }
+    // Records saved before the serial index existed have no entry: look through them (an
+    // admin command, so a scan is fine here; the request path never does this).
+    let wanted = store::normalize_device_serial(key);
+    let (devices, _) = store.devices_skipping().map_err(|err| err.to_string())?;
+    Ok(devices.into_iter().rev().find(|device| {
+        device
+            .attributes
+            .get("SERIAL")
+            .and_then(|s| store::normalize_device_serial(s))
+            == wanted
+    }))
 }
 
 fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {

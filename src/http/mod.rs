@@ -226,6 +226,8 @@ pub fn route(
                     "plain enrollment profile handed out remote={}",
                     incoming.remote
                 );
+                ctx.events
+                    .record(crate::events::Event::new("plain-enroll").remote(&incoming.remote));
                 Ok(Reply::profile(signed, "enrollment.mobileconfig"))
             }
             "GET" => Err(Refusal::new(
@@ -279,8 +281,16 @@ pub fn route(
     }
 }
 
-/// The endpoints whose refusals go into the events log (SCEP records its own, as FAILUREs).
-const RECORDED_PATHS: &[&str] = &["/ota/enroll", "/ota/phase23", "/mdm/enroll"];
+/// The endpoints whose HTTP refusals go into the events log. SCEP records its CertRep
+/// FAILUREs itself; these catch what is refused before a CertRep can be addressed.
+const RECORDED_PATHS: &[&str] = &[
+    "/ota/enroll",
+    "/ota/phase23",
+    "/mdm/enroll",
+    "/scep",
+    "/scep/pkiclient.exe",
+    "/cgi-bin/pkiclient.exe",
+];
 
 /// Records a refusal (4xx) or failure (5xx) of an enrollment endpoint in the events log.
 fn record_refusal(ctx: &Context, incoming: &Incoming<'_>, refusal: &Refusal) {

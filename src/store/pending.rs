@@ -287,6 +287,10 @@ impl Store {
     }
 
     /// How many request files there are.
+    // TODO: this still lists the folder (names only, at most MAX_PENDING_RECORDS of them) on
+    // every queued PKCSReq under manual approval, and sweep_pending / count_undecided read
+    // each file once the cap is reached; a counter file kept under the state lock would make
+    // the queue check O(1) too.
     pub fn count_pending(&self) -> Result<usize, StoreError> {
         Ok(self.pending_files()?.len())
     }
