@@ -302,9 +302,13 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
             (listener, listen)
         }
     };
+    let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
     let ctx = Arc::new(ctx);
     start_sweeper(Arc::clone(&ctx));
     start_signal_handler();
+    if let Some(webhook) = webhook {
+        crate::events::webhook::start(Arc::clone(&ctx.events), webhook)?;
+    }
     info!(
         "otad {} serving {} on {listen}",
         env!("CARGO_PKG_VERSION"),

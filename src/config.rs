@@ -74,6 +74,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[auth]`: how phase 1 checks people.
     pub auth: AuthConfig,
+    /// `[events]`: the events log and its webhook.
+    pub events: crate::events::EventsConfig,
     /// Where this configuration was read from (not a key).
     #[serde(skip)]
     pub path: PathBuf,
@@ -268,6 +270,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             log: LogConfig::default(),
             auth: AuthConfig::default(),
+            events: crate::events::EventsConfig::default(),
             path: PathBuf::new(),
         }
     }
@@ -422,6 +425,8 @@ pub struct Derived {
     pub auth_timeout: Duration,
     /// `http.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<crate::gate::cidr::Cidr>,
+    /// `[events]`.
+    pub events: crate::events::EventSettings,
 }
 
 impl Config {
@@ -683,7 +688,9 @@ impl Config {
             Some(resolve(Path::new(&self.profile.template)))
         };
         let (policy, hooks) = self.validate_decisions(text, &resolve)?;
+        let events = self.events.validate(bad, resolve)?;
         Ok(Derived {
+            events,
             ota_challenge_ttl,
             scep_challenge_ttl,
             request_timeout,
@@ -1150,6 +1157,22 @@ proxy_user_header = ""
 [log]
 # error, warn, info, debug or trace. RUST_LOG overrides it.
 level = "info"
+
+[events]
+# Every enrollment step, issuance, refusal, revocation and admin action is one JSON line in
+# events.jsonl in the state dir. It is rotated when it would grow past max_size bytes
+# (events.jsonl.<N>), and keep rotated files are kept.
+max_size = 16777216
+keep = 5
+# POST every event as JSON to this http:// or https:// URL from a background thread, in order,
+# at least once (X-Otad-Event-Id is the same on a retry). Empty: no webhook.
+webhook = ""
+# For https: a PEM file of the CA certificates to check the webhook's server against; empty:
+# the system's root certificates.
+webhook_ca = ""
+# A file whose first line (16 characters or more) keys an HMAC-SHA256 of each body, sent as
+# X-Otad-Signature: sha256=<hex>. Empty: unsigned.
+webhook_secret_file = ""
 "#,
         mark = PLACEHOLDER_MARK,
         url_text = toml_string(url),

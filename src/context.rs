@@ -84,6 +84,8 @@ pub struct Context {
     pub template: Option<plist::Dictionary>,
     /// Phase 1's gate: the failed-login table.
     pub gate: crate::gate::Gate,
+    /// The events log (`events.jsonl`): `ctx.events.record(Event::new(...))`.
+    pub events: std::sync::Arc<crate::events::EventLog>,
 }
 
 impl Context {
@@ -131,7 +133,12 @@ impl Context {
             }
         }
 
+        let events = std::sync::Arc::new(crate::events::EventLog::open(
+            &derived.state_dir,
+            &derived.events,
+        ));
         Ok(Context {
+            events,
             config,
             derived,
             store,

@@ -1,5 +1,6 @@
 //! A minimal blocking HTTP/1.1 client for `http://` URLs, used by `otad simulate` to talk to a
-//! running otad the way a device would.
+//! running otad the way a device would, and by the events webhook ([`post_with`], which also
+//! speaks `https://` through rustls when given a TLS config).
 //!
 //! One request per connection (`Connection: close`), no redirects, no cookies, no proxies: it
 //! only ever talks to the URL it is given. Everything read from the server is bounded (header
@@ -196,6 +197,84 @@ pub fn post(url: &str, content_type: &str, body: &[u8]) -> Result<HttpResponse, 
     request("POST", url, Some((content_type, body)), &[])
 }
 
+/// How [`post_with`] sends: its timeouts, extra headers and TLS.
+#[derive(Clone)]
+pub struct RequestOptions {
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each read and write.
+    pub io_timeout: Duration,
+    /// Extra headers, each `(name, value)`; values with control characters are refused.
+    pub headers: Vec<(String, String)>,
+    /// The TLS client config for `https://` URLs; without it they are refused.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// User-Agent.
+    pub user_agent: &'static str,
+}
+
+/// `POST url` with a body, extra headers, timeouts and (for `https://`) TLS.
+pub fn post_with(
+    url: &str,
+    content_type: &str,
+    body: &[u8],
+    options: &RequestOptions,
+) -> Result<HttpResponse, HttpError> {
+    let target = parse_url_for(url, options.tls.is_some())?;
+    let unsafe_text = |text: &str| text.chars().any(|c| c.is_control());
+    if unsafe_text(content_type)
+        || options
+            .headers
+            .iter()
+            .any(|(name, value)| unsafe_text(name) || unsafe_text(value) || name.contains(':'))
+    {
+        return Err(HttpError::InvalidContentType);
+    }
+    let stream = connect_with(&target, options.connect_timeout)?;
+    for set in [
+        stream.set_read_timeout(Some(options.io_timeout)),
+        stream.set_write_timeout(Some(options.io_timeout)),
+    ] {
+        set.map_err(HttpError::Send)?;
+    }
+
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {}\r\nAccept: */*\r\n\
+         Connection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n",
+        target.path,
+        target.authority(),
+        options.user_agent,
+        body.len()
+    );
+    for (name, value) in &options.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut message = head.into_bytes();
+    message.extend_from_slice(body);
+
+    match (&options.tls, target.tls) {
+        (Some(config), true) => {
+            let name = rustls::pki_types::ServerName::try_from(target.connect_host.clone())
+                .map_err(|_| HttpError::InvalidUrl("not a valid TLS server name"))?;
+            let connection = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+                .map_err(|err| HttpError::Send(io::Error::other(err)))?;
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            tls.write_all(&message)
+                .and_then(|()| tls.flush())
+                .map_err(HttpError::Send)?;
+            read_response(&mut BufReader::new(tls))
+        }
+        _ => {
+            let mut writer = &stream;
+            writer
+                .write_all(&message)
+                .and_then(|()| writer.flush())
+                .map_err(HttpError::Send)?;
+            read_response(&mut BufReader::new(&stream))
+        }
+    }
+}
+
 /// The parts of an `http://` URL this client needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
@@ -207,12 +286,14 @@ struct Target {
     port: u16,
     /// Path and query, `/` when the URL has none.
     path: String,
+    /// `https://`: speak TLS to the host.
+    tls: bool,
 }
 
 impl Target {
     /// host:port, for messages and the Host header.
     fn authority(&self) -> String {
-        if self.port == 80 {
+        if self.port == if self.tls { 443 } else { 80 } {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -223,6 +304,11 @@ impl Target {
 /// Splits an `http://` URL. Control characters and spaces are refused so that nothing from the
 /// URL can break out of the request line or the Host header.
 fn parse_url(url: &str) -> Result<Target, HttpError> {
+    parse_url_for(url, false)
+}
+
+/// Splits an `http://` URL, or an `https://` one when `https_ok`.
+fn parse_url_for(url: &str, https_ok: bool) -> Result<Target, HttpError> {
     if url.len() > MAX_URL_LEN {
         return Err(HttpError::InvalidUrl("too long"));
     }
@@ -236,13 +322,13 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
             "no scheme (expected http://host/...)",
         ));
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        // TODO: TLS (https://) once the project picks a TLS stack; until then the simulator
-        // only reaches otad over plain HTTP on loopback or behind a test proxy.
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" if https_ok => true,
+        // TODO: TLS for the simulator too; only `post_with` (the webhook) has a TLS config.
         "https" => return Err(HttpError::TlsNotSupported),
         _ => return Err(HttpError::UnsupportedScheme(scheme.to_string())),
-    }
+    };
 
     // The fragment is never sent.
     let rest = rest.split('#').next().unwrap_or_default();
@@ -251,7 +337,7 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
     if authority.contains('@') {
         return Err(HttpError::InvalidUrl("user information is not supported"));
     }
-    let (host, port) = split_authority(authority)?;
+    let (host, port) = split_authority(authority, if tls { 443 } else { 80 })?;
     let connect_host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -271,11 +357,12 @@ fn parse_url(url: &str) -> Result<Target, HttpError> {
         connect_host,
         port,
         path,
+        tls,
     })
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_authority(authority: &str) -> Result<(&str, u16), HttpError> {
+fn split_authority(authority: &str, default_port: u16) -> Result<(&str, u16), HttpError> {
     let (host, port) = if authority.starts_with('[') {
         let Some(end) = authority.find(']') else {
             return Err(HttpError::InvalidUrl("unterminated IPv6 address"));
@@ -295,7 +382,7 @@ fn split_authority(authority: &str) -> Result<(&str, u16), HttpError> {
         }
     };
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(port) => port
             .parse::<u16>()
             .map_err(|_| HttpError::InvalidUrl("bad port"))?,
@@ -370,6 +457,11 @@ fn request(
 
 /// Connects to the first address of the host that answers.
 fn connect(target: &Target) -> Result<TcpStream, HttpError> {
+    connect_with(target, TIMEOUT)
+}
+
+/// Connects to the first address of the host that answers within `timeout` each.
+fn connect_with(target: &Target, timeout: Duration) -> Result<TcpStream, HttpError> {
     let authority = target.authority();
     let addresses = (target.connect_host.as_str(), target.port)
         .to_socket_addrs()
@@ -380,7 +472,7 @@ fn connect(target: &Target) -> Result<TcpStream, HttpError> {
 
     let mut last = None;
     for address in addresses {
-        match TcpStream::connect_timeout(&address, TIMEOUT) {
+        match TcpStream::connect_timeout(&address, timeout) {
             Ok(stream) => return Ok(stream),
             Err(err) => last = Some(err),
         }

@@ -22,6 +22,8 @@ pub struct Grant<'a> {
     pub udid: Option<&'a str>,
     /// What authorised it ("ota", "static", "renewal", "approved").
     pub authorised_by: &'a str,
+    /// Who asked: the client's address, or what stands for an admin command.
+    pub remote: &'a str,
 }
 
 /// Why no certificate was issued.
@@ -104,7 +106,19 @@ pub fn issue(
             pem: cert::der_to_pem(&issued),
         };
         match ctx.store.create_cert(&record) {
-            Ok(()) => return Ok((issued, record)),
+            Ok(()) => {
+                let mut event = crate::events::Event::new("certificate")
+                    .certificate(&record.serial)
+                    .field("subject", record.subject.as_str())
+                    .field("authorised_by", grant.authorised_by)
+                    .field("not_after", crate::store::rfc3339(record.not_after))
+                    .remote(grant.remote);
+                if let Some(udid) = grant.udid {
+                    event = event.udid(udid);
+                }
+                ctx.events.record(event);
+                return Ok((issued, record));
+            }
             Err(StoreError::SerialTaken(serial)) => {
                 log::warn!("serial {serial} already recorded; drawing another");
             }

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod context;
 pub mod decide;
+pub mod events;
 pub mod gate;
 pub mod hook;
 pub mod http;

@@ -27,7 +27,7 @@ commands:
   request    list, approve and deny SCEP requests waiting for approval
   token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
   user       add, remove and list the people who may log in to start an enrollment
-  device     block, unblock and list blocked device serial numbers
+  device     list the devices seen, show one; block, unblock and list blocked serials
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 ";
@@ -151,13 +151,19 @@ fn run() -> Result<Outcome, Usage> {
         "simulate" => simulate(parser),
         "cert" | "request" | "token" | "user" | "device" => {
             let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
+            let blocklist = matches!(
+                args.first().and_then(|a| a.to_str()),
+                Some("block" | "unblock" | "blocked")
+            );
             let exit = match command.as_str() {
-                "cert" => otad::admin::cert::run(args),
-                "request" => otad::admin::request::run(args),
-                "token" => otad::admin::token::run(args),
-                "user" => otad::admin::user::run(args),
-                _ => otad::admin::block::run(args),
+                "cert" => otad::admin::cert::run(args.clone()),
+                "request" => otad::admin::request::run(args.clone()),
+                "token" => otad::admin::token::run(args.clone()),
+                "user" => otad::admin::user::run(args.clone()),
+                _ if blocklist => otad::admin::block::run(args.clone()),
+                _ => otad::admin::device::run(args.clone()),
             };
+            record_admin(&command, &args, &exit);
             match exit {
                 otad::admin::Exit::Ok => Ok(Outcome::Done),
                 otad::admin::Exit::Failed(message) => Ok(fail(message)),
@@ -165,6 +171,17 @@ fn run() -> Result<Outcome, Usage> {
             }
         }
         other => Err(Usage(format!("unknown command {other:?}; see otad --help"))),
+    }
+}
+
+/// Records a state-changing admin command in the events log (the library knows which ones).
+fn record_admin(command: &str, args: &[std::ffi::OsString], exit: &otad::admin::Exit) {
+    match exit {
+        otad::admin::Exit::Ok => otad::events::record_admin_command(command, args, None),
+        otad::admin::Exit::Failed(why) => {
+            otad::events::record_admin_command(command, args, Some(why))
+        }
+        otad::admin::Exit::Usage(_) => {}
     }
 }
 
@@ -224,6 +241,11 @@ fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     };
     Ok(match commands::init(&options) {
         Ok(message) => {
+            let event = otad::events::admin("init", "ok")
+                .field("url", options.url.as_str())
+                .field("organization", options.organization.as_str())
+                .field("ca_imported", options.import.is_some());
+            otad::events::record_for_config(&options.state.join("otad.toml"), event);
             println!("{message}");
             Outcome::Done
         }

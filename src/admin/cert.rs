@@ -134,6 +134,16 @@ fn load_ca(store: &Store) -> Result<CertificateAuthority, Exit> {
         .map_err(|err| Exit::Failed(format!("{}: {err}", store.path(files::CA_CERT).display())))
 }
 
+/// Every certificate record that reads; each one that does not is named on stderr and
+/// left out, so one corrupt file does not hide the others.
+fn certs_warning_skipped(store: &Store) -> Result<Vec<CertRecord>, Exit> {
+    let (records, skipped) = store.certs_skipping().map_err(failed)?;
+    for err in skipped {
+        eprintln!("otad: warning: skipped {err}");
+    }
+    Ok(records)
+}
+
 fn failed(err: impl std::fmt::Display) -> Exit {
     Exit::Failed(err.to_string())
 }
@@ -237,7 +247,7 @@ fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
     let config = required(config, "--config", LIST_HELP)?;
     let (_, store) = open_state(&config)?;
 
-    let mut records = store.certs().map_err(failed)?;
+    let mut records = certs_warning_skipped(&store)?;
     records.sort_by(|a, b| (a.issued_at, &a.serial).cmp(&(b.issued_at, &b.serial)));
     let statuses = statuses(&records, store::now());
     if as_json {
@@ -309,7 +319,7 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
     let (config, serial) = config_and_serial(config, serial, SHOW_HELP)?;
     let (_, store) = open_state(&config)?;
 
-    let records = store.certs().map_err(failed)?;
+    let records = certs_warning_skipped(&store)?;
     let statuses = statuses(&records, store::now());
     let Some((record, status)) = records
         .iter()
@@ -380,6 +390,20 @@ fn revoke(mut parser: lexopt::Parser) -> Result<String, Exit> {
         store::now(),
     )
     .map_err(failed)?;
+    let mut event = crate::events::Event::new("revocation")
+        .certificate(&done.record.serial)
+        .field("subject", done.record.subject.as_str())
+        .reason(
+            done.record
+                .revocation_reason
+                .as_deref()
+                .unwrap_or(reason.name()),
+        )
+        .field("crl_number", done.crl_number.to_string());
+    if let Some(udid) = &done.record.udid {
+        event = event.udid(udid);
+    }
+    crate::events::record_in(&derived.state_dir, &derived.events, event);
     Ok(format!(
         "revoked {} ({}) for {}; signed CRL number {} ({})\n",
         done.record.serial,

@@ -1,10 +1,11 @@
-//! Admin commands that work on a running server's state: `otad cert …`,
-//! `otad request …`, `otad token …`, `otad user …` and `otad device block|unblock|blocked`.
-//! They take the state lock for every write, so they are safe while
+//! Admin commands that work on a running server's state: `otad cert …`, `otad device …`,
+//! `otad request …`, `otad token …` and `otad user …`. They take the state lock for every
+//! write, so they are safe while
 //! `otad serve` runs.
 
 pub mod block;
 pub mod cert;
+pub mod device;
 pub mod request;
 pub mod token;
 pub mod user;

@@ -409,6 +409,7 @@ fn issue(ctx: &Context, request: &PendingRequest, at: i64) -> Result<CertRecord,
         subject: &request.subject,
         udid: request.udid.as_deref(),
         authorised_by: APPROVED_BY,
+        remote: APPROVAL_REMOTE,
     };
     let (_, record) =
         issuance::issue(ctx, &csr.public_key_spki_der, &grant, at).map_err(|err| match err {

@@ -256,6 +256,8 @@ pub fn route(
                     admission.token.as_deref().unwrap_or("-"),
                     incoming.remote
                 );
+                ctx.events
+                    .record(crate::events::Event::new("phase1").remote(&incoming.remote));
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
             _ => Err(method_not_allowed("GET")),
@@ -280,6 +282,8 @@ pub fn route(
                     "plain enrollment profile handed out remote={}",
                     incoming.remote
                 );
+                ctx.events
+                    .record(crate::events::Event::new("plain-enroll").remote(&incoming.remote));
                 Ok(Reply::profile(signed, "enrollment.mobileconfig"))
             }
             "GET" => Err(Refusal::new(
@@ -331,6 +335,37 @@ pub fn route(
             format!("{}: no such endpoint", truncate(path)),
         )),
     }
+}
+
+/// The endpoints whose HTTP refusals go into the events log. SCEP records its CertRep
+/// FAILUREs itself; these catch what is refused before a CertRep can be addressed.
+const RECORDED_PATHS: &[&str] = &[
+    "/ota/enroll",
+    "/ota/phase23",
+    "/mdm/enroll",
+    "/scep",
+    "/scep/pkiclient.exe",
+    "/cgi-bin/pkiclient.exe",
+];
+
+/// Records a refusal (4xx) or failure (5xx) of an enrollment endpoint in the events log.
+fn record_refusal(ctx: &Context, incoming: &Incoming<'_>, refusal: &Refusal) {
+    if !RECORDED_PATHS.contains(&incoming.path) {
+        return;
+    }
+    let kind = if refusal.status >= 500 {
+        "error"
+    } else {
+        "refusal"
+    };
+    ctx.events.record(
+        crate::events::Event::new(kind)
+            .field("status", refusal.status)
+            .field("method", incoming.method)
+            .field("path", incoming.path)
+            .reason(&crate::logger::one_line(&refusal.reason, 300))
+            .remote(&incoming.remote),
+    );
 }
 
 fn method_not_allowed(allowed: &'static str) -> Refusal {
@@ -385,6 +420,9 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         route(ctx, &incoming, &mut || read_body(reader, declared, limit))
     };
 
+    if let Err(refusal) = &reply {
+        record_refusal(ctx, &incoming, refusal);
+    }
     let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
     let extra_headers = reply
         .as_ref()

@@ -401,7 +401,18 @@ fn phase2(
         admission,
         hook_variables: variables,
     };
+    let user = decided.admission.user.clone();
+    let token = decided.admission.token.clone();
     update_device(ctx, udid, attributes, Some(decided), Event::Phase2, entry)?;
+    let mut event = device_event("phase2", udid, attributes, remote);
+    if let Some(user) = user {
+        event = event.field("user", user);
+    }
+    // The token's public id, never its secret.
+    if let Some(token) = token {
+        event = event.field("token", token);
+    }
+    ctx.events.record(event);
     info!(
         "phase 2: udid={udid} serial={} product={} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-"),
@@ -416,6 +427,25 @@ struct Decided {
     admission: Admission,
     /// What `hooks.phase2` returned.
     hook_variables: BTreeMap<String, String>,
+}
+
+/// An events-log entry for a device step: its UDID, serial number, product and version.
+fn device_event(
+    kind: &str,
+    udid: &str,
+    attributes: &DeviceAttributes,
+    remote: &str,
+) -> crate::events::Event {
+    let mut event = crate::events::Event::new(kind).udid(udid);
+    if let Some(serial) = attributes.get("SERIAL") {
+        event = event.serial(serial);
+    }
+    for (attribute, field) in [("PRODUCT", "product"), ("VERSION", "version")] {
+        if let Some(value) = attributes.get(attribute) {
+            event = event.field(field, value);
+        }
+    }
+    event.remote(remote)
 }
 
 /// Moves a device through the state machine and records the event, under the state lock.
@@ -538,6 +568,8 @@ fn phase3(
 
     let entry = HistoryEntry::new("phase3", now, remote, Some(serial));
     update_device(ctx, udid, attributes, None, Event::Phase3, entry)?;
+    ctx.events
+        .record(device_event("phase3", udid, attributes, remote).certificate(serial));
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
         attributes.get("SERIAL").unwrap_or("-")
@@ -661,6 +693,12 @@ pub fn dep_enrollment(
     let entry = HistoryEntry::new("dep-enroll", now, remote, None);
     update_device(ctx, &udid, &verified.attributes, None, Event::Phase2, entry)?;
     info!("dep enrollment: udid={udid} remote={remote}");
+    ctx.events.record(device_event(
+        "dep-enroll",
+        &udid,
+        &verified.attributes,
+        remote,
+    ));
     Ok(PhaseReply {
         phase: 2,
         udid,

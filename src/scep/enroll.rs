@@ -166,6 +166,7 @@ pub(crate) fn issue(
         subject: &authorisation.subject,
         udid: authorisation.udid.as_deref(),
         authorised_by: authorisation.authorised_by,
+        remote,
     };
     let (issued, record) = issuance::issue(ctx, public_key_spki_der, &grant, now())
         .map_err(|err| ScepError::Internal(err.to_string()))?;

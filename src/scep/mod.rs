@@ -293,6 +293,14 @@ pub(crate) fn refuse(
         "scep: refused transaction {}: {reason} (failInfo {fail_info:?}) remote={remote}",
         to.transaction_id
     );
+    ctx.events.record(
+        crate::events::Event::new("refusal")
+            .field("protocol", "scep")
+            .field("transaction_id", to.transaction_id.as_str())
+            .field("fail_info", format!("{fail_info:?}"))
+            .reason(reason)
+            .remote(remote),
+    );
     let rep = CertRep {
         status: PkiStatus::Failure,
         fail_info: Some(fail_info),

@@ -103,6 +103,7 @@ pub(crate) fn renewal_req(
         subject: &authorisation.subject,
         udid: authorisation.udid.as_deref(),
         authorised_by: authorisation.authorised_by,
+        remote,
     };
     let renewed = ctx.store.transaction(|| -> Result<Renewed, ScepError> {
         let mut current = ctx.store.cert(&old.serial)?.unwrap_or_else(|| old.clone());

@@ -283,6 +283,30 @@ pub fn valid_udid(udid: &str) -> bool {
         && udid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// The serial-number index: `devices/by-serial/<SERIAL>` holds the UDID of the device that
+/// last reported that serial number.
+pub const SERIAL_INDEX: &str = "devices/by-serial";
+
+/// The longest device serial number accepted (Apple's have 10 to 12 characters).
+pub const MAX_DEVICE_SERIAL_LEN: usize = 32;
+
+/// A device serial number as the index names it: 1 to 32 of `A-Z 0-9`, uppercased; `None`
+/// for anything else, which then never reaches a path.
+pub fn normalize_device_serial(serial: &str) -> Option<String> {
+    let ok = !serial.is_empty()
+        && serial.len() <= MAX_DEVICE_SERIAL_LEN
+        && serial.bytes().all(|b| b.is_ascii_alphanumeric());
+    ok.then(|| serial.to_ascii_uppercase())
+}
+
+/// The indexable serial number a device record reports, if any.
+fn device_serial(device: &DeviceRecord) -> Option<String> {
+    device
+        .attributes
+        .get("SERIAL")
+        .and_then(|s| normalize_device_serial(s))
+}
+
 fn valid_serial(serial: &str) -> bool {
     !serial.is_empty()
         && serial.len() <= 64
@@ -482,10 +506,65 @@ impl Store {
         self.read_json(&path)
     }
 
-    /// Writes a device record (inside a [`Store::transaction`] when read-modify-write).
+    /// Writes a device record and its serial-number index entry (inside a
+    /// [`Store::transaction`], which makes the pair atomic for every other reader and writer).
+    ///
+    /// The index entry is written first and names the UDID; [`Store::device_by_serial`]
+    /// checks the record it leads to, so a crash between the two writes leaves an entry that
+    /// reads as "not found" or the old record, never another device.
     pub fn save_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
         let path = self.device_path(&device.udid)?;
-        write_atomic(&path, &Self::to_json(device), 0o600).map_err(io_err(&path))
+        let serial = device_serial(device);
+        let previous = self
+            .device(&device.udid)
+            .ok()
+            .flatten()
+            .and_then(|old| device_serial(&old));
+        if let Some(serial) = &serial {
+            let dir = self.root.join(SERIAL_INDEX);
+            if !dir.is_dir() {
+                create_dir(&dir, 0o700)?;
+                fsutil::sync_dir(&self.root.join("devices")).map_err(io_err(&dir))?;
+            }
+            let entry = dir.join(serial);
+            write_atomic(&entry, format!("{}\n", device.udid).as_bytes(), 0o600)
+                .map_err(io_err(&entry))?;
+        }
+        write_atomic(&path, &Self::to_json(device), 0o600).map_err(io_err(&path))?;
+
+        // A device that now reports another serial number leaves its old entry only if the
+        // entry still names it (another device may have taken that serial since).
+        if let Some(old) = previous.filter(|old| Some(old) != serial.as_ref()) {
+            let entry = self.root.join(SERIAL_INDEX).join(&old);
+            let names_it = read_optional(&entry)
+                .ok()
+                .flatten()
+                .is_some_and(|udid| String::from_utf8_lossy(&udid).trim() == device.udid);
+            if names_it {
+                remove_durably(&entry).map_err(io_err(&entry))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device whose latest phase reported this serial number (any case), if known: one
+    /// index entry and one record read, no folder scan.
+    pub fn device_by_serial(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
+        let serial = normalize_device_serial(serial).ok_or(StoreError::InvalidName("serial"))?;
+        let entry = self.root.join(SERIAL_INDEX).join(&serial);
+        let Some(udid) = read_optional(&entry).map_err(io_err(&entry))? else {
+            return Ok(None);
+        };
+        let udid = String::from_utf8_lossy(&udid).trim().to_string();
+        if !valid_udid(&udid) {
+            return Err(StoreError::Corrupt {
+                path: entry,
+                reason: "not a UDID".into(),
+            });
+        }
+        Ok(self
+            .device(&udid)?
+            .filter(|device| device_serial(device).as_deref() == Some(serial.as_str())))
     }
 
     /// Every device, sorted by UDID (an admin command; never on the request path).
@@ -498,7 +577,29 @@ impl Store {
         self.list("certs")
     }
 
+    /// Every device that reads, sorted by UDID, and the files that do not (an admin command:
+    /// one corrupt record must not hide the others).
+    pub fn devices_skipping(&self) -> Result<(Vec<DeviceRecord>, Vec<StoreError>), StoreError> {
+        self.list_skipping("devices")
+    }
+
+    /// Every certificate record that reads, sorted by serial, and the files that do not.
+    pub fn certs_skipping(&self) -> Result<(Vec<CertRecord>, Vec<StoreError>), StoreError> {
+        self.list_skipping("certs")
+    }
+
     fn list<T: for<'de> Deserialize<'de>>(&self, folder: &str) -> Result<Vec<T>, StoreError> {
+        let (records, mut skipped) = self.list_skipping(folder)?;
+        match skipped.pop() {
+            Some(err) => Err(err),
+            None => Ok(records),
+        }
+    }
+
+    fn list_skipping<T: for<'de> Deserialize<'de>>(
+        &self,
+        folder: &str,
+    ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
         let dir = self.root.join(folder);
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(io_err(&dir))?
@@ -512,12 +613,15 @@ impl Store {
             .collect();
         paths.sort();
         let mut records = Vec::with_capacity(paths.len());
+        let mut skipped = Vec::new();
         for path in paths {
-            if let Some(record) = self.read_json(&path)? {
-                records.push(record);
+            match self.read_json(&path) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(err) => skipped.push(err),
             }
         }
-        Ok(records)
+        Ok((records, skipped))
     }
 
     fn cert_path(&self, serial: &str) -> Result<PathBuf, StoreError> {
@@ -714,6 +818,102 @@ mod tests {
         store.save_device(&device).unwrap();
         assert_eq!(store.device(&device.udid).unwrap().unwrap(), device);
         assert_eq!(store.devices().unwrap().len(), 1);
+    }
+
+    fn device(udid: &str, serial: &str) -> DeviceRecord {
+        DeviceRecord {
+            udid: udid.into(),
+            attributes: BTreeMap::from([("SERIAL".into(), serial.into())]),
+            phase: DevicePhase::Identified,
+            first_seen: 1,
+            last_seen: 1,
+            certificates: Vec::new(),
+            history: Vec::new(),
+            admission: Admission::default(),
+            hook_variables: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn devices_are_found_by_serial_through_the_index() {
+        let (_dir, store) = store();
+        store
+            .save_device(&device("UDID-A", "F2LXK0AAHG7F"))
+            .unwrap();
+        store
+            .save_device(&device("UDID-B", "C02ZZ1234567"))
+            .unwrap();
+        let found = store.device_by_serial("f2lxk0aahg7f").unwrap().unwrap();
+        assert_eq!(found.udid, "UDID-A");
+        assert_eq!(
+            store
+                .device_by_serial("C02ZZ1234567")
+                .unwrap()
+                .unwrap()
+                .udid,
+            "UDID-B"
+        );
+        assert_eq!(store.device_by_serial("NOPE").unwrap(), None);
+        for bad in ["", "../x", "a/b", "A.B", &"A".repeat(33), "É1"] {
+            assert!(
+                matches!(store.device_by_serial(bad), Err(StoreError::InvalidName(_))),
+                "{bad:?}"
+            );
+        }
+
+        // A new serial moves the entry; a serial taken over by another device names it.
+        store.save_device(&device("UDID-A", "NEWSERIAL1")).unwrap();
+        assert_eq!(store.device_by_serial("F2LXK0AAHG7F").unwrap(), None);
+        assert!(!store.path(SERIAL_INDEX).join("F2LXK0AAHG7F").exists());
+        assert_eq!(
+            store.device_by_serial("NEWSERIAL1").unwrap().unwrap().udid,
+            "UDID-A"
+        );
+        store
+            .save_device(&device("UDID-C", "C02ZZ1234567"))
+            .unwrap();
+        assert_eq!(
+            store
+                .device_by_serial("C02ZZ1234567")
+                .unwrap()
+                .unwrap()
+                .udid,
+            "UDID-C"
+        );
+        store.save_device(&device("UDID-B", "OTHER12345")).unwrap();
+        assert_eq!(
+            store
+                .device_by_serial("C02ZZ1234567")
+                .unwrap()
+                .unwrap()
+                .udid,
+            "UDID-C",
+            "B's move does not remove C's entry"
+        );
+
+        // A stale entry (crash between the two writes) never leads to another device.
+        std::fs::write(store.path(SERIAL_INDEX).join("STALE1"), "UDID-A\n").unwrap();
+        assert_eq!(store.device_by_serial("STALE1").unwrap(), None);
+        // The index folder is no record: listing devices ignores it.
+        assert_eq!(store.devices().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_record_is_skipped_and_named() {
+        let (_dir, store) = store();
+        store.save_device(&device("UDID-A", "S1")).unwrap();
+        std::fs::write(store.path("devices/UDID-B.json"), "{ not json").unwrap();
+        store.save_device(&device("UDID-C", "S3")).unwrap();
+        let (devices, skipped) = store.devices_skipping().unwrap();
+        let udids: Vec<&str> = devices.iter().map(|d| d.udid.as_str()).collect();
+        assert_eq!(udids, ["UDID-A", "UDID-C"]);
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].to_string().contains("UDID-B.json"),
+            "{}",
+            skipped[0]
+        );
+        assert!(store.devices().is_err(), "the strict listing still says so");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! CertPoll (RFC 8894 §3.3.3) reads the outcome from here.
 //!
 //! ```text
-//! pending/<id>.json   one request; the id is the hex of 16 random bytes
+//! pending/<id>.json                  one request; the id is the hex of 16 random bytes
+//! pending/by-transaction/<sha256>    the id of the newest request of a transactionID
 //! ```
+//!
+//! A poll finds its request through the index (one entry, one record), never by scanning.
 //!
 //! The folder is made on first use, so state dirs made before it existed still open. A
 //! request nobody decides on within [`PENDING_TTL_SECONDS`] reads as denied; finished
@@ -35,6 +38,8 @@ pub const PENDING_ID_BYTES: usize = 16;
 pub const EXPIRED_REASON: &str = "expired: no decision within 7 days";
 
 const PENDING_FOLDER: &str = "pending";
+/// The folder under `pending/` indexing requests by (the hash of) their transactionID.
+const TRANSACTION_INDEX: &str = "by-transaction";
 const PENDING_FOLDER_MODE: u32 = 0o700;
 const PENDING_FILE_MODE: u32 = 0o600;
 
@@ -150,7 +155,8 @@ impl Store {
         Ok(self.pending_dir().join(format!("{id}.json")))
     }
 
-    /// Records a new request; its id must not be taken.
+    /// Records a new request; its id must not be taken. The transaction index then names
+    /// it, so that the newest request of a transaction is the one found.
     pub fn create_pending(&self, request: &PendingRequest) -> Result<(), StoreError> {
         let path = self.pending_path(&request.id)?;
         let dir = self.pending_dir();
@@ -158,7 +164,53 @@ impl Store {
             create_dir(&dir, PENDING_FOLDER_MODE)?;
             sync_dir(&self.root).map_err(io_err(&self.root))?;
         }
-        create_atomic(&path, &Self::to_json(request), PENDING_FILE_MODE).map_err(io_err(&path))
+        self.ensure_transaction_index()?;
+        create_atomic(&path, &Self::to_json(request), PENDING_FILE_MODE).map_err(io_err(&path))?;
+        self.index_transaction(&request.transaction_id, &request.id)
+    }
+
+    fn transaction_index(&self) -> PathBuf {
+        self.pending_dir().join(TRANSACTION_INDEX)
+    }
+
+    /// `pending/by-transaction/<sha256 of the transactionID>`: the id of its newest request.
+    /// Client strings never name files; their hash does.
+    fn transaction_entry(&self, transaction_id: &str) -> PathBuf {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, transaction_id.as_bytes());
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        self.transaction_index().join(hex)
+    }
+
+    fn index_transaction(&self, transaction_id: &str, id: &str) -> Result<(), StoreError> {
+        let entry = self.transaction_entry(transaction_id);
+        write_atomic(&entry, format!("{id}\n").as_bytes(), PENDING_FILE_MODE)
+            .map_err(io_err(&entry))
+    }
+
+    /// Makes the transaction index on first use, indexing the requests a state dir made
+    /// before it existed (once: the only scan, never again on the request path).
+    fn ensure_transaction_index(&self) -> Result<(), StoreError> {
+        let index = self.transaction_index();
+        if index.is_dir() {
+            return Ok(());
+        }
+        create_dir(&index, PENDING_FOLDER_MODE)?;
+        let mut newest: std::collections::BTreeMap<String, (i64, String)> = Default::default();
+        for path in self.pending_files()? {
+            if let Ok(Some(request)) = self.read_json::<PendingRequest>(&path) {
+                let slot = newest
+                    .entry(request.transaction_id)
+                    .or_insert((request.created, request.id.clone()));
+                if request.created >= slot.0 {
+                    *slot = (request.created, request.id);
+                }
+            }
+        }
+        for (transaction_id, (_, id)) in newest {
+            self.index_transaction(&transaction_id, &id)?;
+        }
+        sync_dir(&self.pending_dir()).map_err(io_err(&index))
     }
 
     /// Rewrites a request after a decision (inside a [`Store::transaction`]).
@@ -208,23 +260,37 @@ impl Store {
         transaction_id: &str,
         now: i64,
     ) -> Result<Option<PendingRequest>, StoreError> {
-        let mut newest: Option<PendingRequest> = None;
-        for path in self.pending_files()? {
-            let Ok(Some(mut request)) = self.read_json::<PendingRequest>(&path) else {
-                continue;
-            };
-            if request.transaction_id != transaction_id {
-                continue;
+        if !self.transaction_index().is_dir() {
+            // No request was ever queued under this index (or none at all).
+            if !self.pending_dir().is_dir() {
+                return Ok(None);
             }
-            request.expire(now);
-            if newest.as_ref().is_none_or(|n| request.created >= n.created) {
-                newest = Some(request);
-            }
+            self.ensure_transaction_index()?;
         }
-        Ok(newest)
+        let entry = self.transaction_entry(transaction_id);
+        let Some(id) = super::fsutil::read_optional(&entry).map_err(io_err(&entry))? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&id).trim().to_string();
+        if !valid_pending_id(&id) {
+            return Ok(None);
+        }
+        let Ok(Some(mut request)) = self.read_json::<PendingRequest>(&self.pending_path(&id)?)
+        else {
+            return Ok(None);
+        };
+        if request.transaction_id != transaction_id {
+            return Ok(None);
+        }
+        request.expire(now);
+        Ok(Some(request))
     }
 
     /// How many request files there are.
+    // TODO: this still lists the folder (names only, at most MAX_PENDING_RECORDS of them) on
+    // every queued PKCSReq under manual approval, and sweep_pending / count_undecided read
+    // each file once the cap is reached; a counter file kept under the state lock would make
+    // the queue check O(1) too.
     pub fn count_pending(&self) -> Result<usize, StoreError> {
         Ok(self.pending_files()?.len())
     }
@@ -255,6 +321,14 @@ impl Store {
                 .decided_at()
                 .is_some_and(|at| now.saturating_sub(at) > PENDING_RETENTION_SECONDS);
             if stale && remove_durably(&path).map_err(io_err(&path))? {
+                let entry = self.transaction_entry(&request.transaction_id);
+                let names_it = super::fsutil::read_optional(&entry)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|id| String::from_utf8_lossy(&id).trim() == request.id);
+                if names_it {
+                    remove_durably(&entry).map_err(io_err(&entry))?;
+                }
                 removed += 1;
             }
         }
@@ -375,6 +449,26 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn requests_queued_before_the_index_existed_are_indexed_once() {
+        let (_dir, store) = store();
+        store.create_pending(&request(ID_A, "legacy", 10)).unwrap();
+        store.create_pending(&request(ID_B, "other", 20)).unwrap();
+        std::fs::remove_dir_all(store.path("pending/by-transaction")).unwrap();
+        let found = store
+            .pending_for_transaction("legacy", 30)
+            .unwrap()
+            .unwrap();
+        assert_eq!(found.id, ID_A);
+        assert_eq!(
+            std::fs::read_dir(store.path("pending/by-transaction"))
+                .unwrap()
+                .count(),
+            2
+        );
+        assert_eq!(store.pending_for_transaction("unknown", 30).unwrap(), None);
     }
 
     #[test]

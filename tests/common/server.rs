@@ -92,15 +92,7 @@ impl TestServer {
         std::fs::write(&config_path, config).expect("write config");
 
         let log_path = dir.path().join("serve.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(otad_bin())
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn otad serve");
+        let child = spawn_serve(&config_path, &log_path);
         let server = TestServer {
             dir,
             state,
@@ -111,6 +103,20 @@ impl TestServer {
         };
         server.wait_ready();
         server
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.state.join("otad.toml")
+    }
+
+    /// Kills the server (SIGKILL: no clean shutdown) and starts it again on the same state,
+    /// config and port; its log goes on in the same file.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_serve(&self.config_path(), &self.log_path);
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -158,10 +164,30 @@ impl TestServer {
     pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut files = Vec::new();
         collect(&self.state, &mut files);
-        files.retain(|(path, _)| !path.ends_with(".lock"));
+        // The events log records refusals too; "nothing changed" means the enrollment state.
+        files.retain(|(path, _)| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            !name.is_some_and(|n| n.ends_with(".lock") || n.starts_with("events."))
+        });
         files.sort();
         files
     }
+}
+
+fn spawn_serve(config_path: &Path, log_path: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
+    Command::new(otad_bin())
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn otad serve")
 }
 
 fn collect(dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
