@@ -86,6 +86,8 @@ pub struct Context {
     pub gate: crate::gate::Gate,
     /// The events log (`events.jsonl`): `ctx.events.record(Event::new(...))`.
     pub events: std::sync::Arc<crate::events::EventLog>,
+    /// The counters behind `GET /metrics`.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {
@@ -139,6 +141,7 @@ impl Context {
         ));
         Ok(Context {
             events,
+            metrics: crate::metrics::Metrics::default(),
             config,
             derived,
             store,

@@ -117,6 +117,13 @@ pub fn issue(
                     event = event.udid(udid);
                 }
                 ctx.events.record(event);
+                ctx.metrics.issued(match grant.authorised_by {
+                    "ota" => "ota",
+                    "static" => "static",
+                    "renewal" => "renewal",
+                    "approved" => "approved",
+                    _ => "other",
+                });
                 return Ok((issued, record));
             }
             Err(StoreError::SerialTaken(serial)) => {

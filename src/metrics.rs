@@ -31,11 +31,26 @@ pub const ROUTES: [&str; 9] = [
 
 /// The route label for a request path.
 pub fn route_label(path: &str) -> &'static str {
+    if matches!(path, "/scep/pkiclient.exe" | "/cgi-bin/pkiclient.exe") {
+        return "/scep";
+    }
     ROUTES
         .iter()
         .find(|route| **route == path)
         .copied()
         .unwrap_or("other")
+}
+
+/// The outcome label of a phase answered with HTTP `status`, where only the status is known.
+pub fn outcome_of_status(status: u16) -> &'static str {
+    match status {
+        200..=299 => "ok",
+        401 => "unauthorized",
+        403 => "refused",
+        429 => "rate_limited",
+        400..=499 => "malformed",
+        _ => "internal",
+    }
 }
 
 /// All of otad's counters; one per process, shared by the worker threads.

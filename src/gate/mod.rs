@@ -51,8 +51,11 @@ pub struct Gate {
 /// What phase 1's request brings to the gate.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Phase1Request<'a> {
-    /// The TCP peer, as the guard names it ("127.0.0.1:50000").
+    /// The client, for logs and the failed-login count: the TCP peer ("127.0.0.1:50000"),
+    /// or the address a trusted proxy's X-Forwarded-For names.
     pub remote: &'a str,
+    /// The TCP peer, as the guard names it: whether to believe the proxy user header.
+    pub peer: &'a str,
     /// The `token` query parameter.
     pub token: Option<&'a str>,
     /// The Authorization header.
@@ -134,7 +137,7 @@ pub fn admit(ctx: &Context, request: &Phase1Request<'_>, now: i64) -> Result<Adm
 /// HTTP Basic. Wrong credentials are an error even where no person is required.
 fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<String>, GateError> {
     let remote = request.remote;
-    let peer = peer_ip(remote);
+    let peer = peer_ip(request.peer);
 
     let header_name = &ctx.config.auth.proxy_user_header;
     if let (false, Some(value)) = (header_name.is_empty(), request.proxy_user) {
@@ -156,10 +159,11 @@ fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<Str
     let Some(authorization) = request.authorization else {
         return Ok(None);
     };
-    // TODO: behind a reverse proxy every client shares the proxy's address here, so one
-    // client's failures also hold back the others; keying on X-Forwarded-For from a trusted
-    // proxy would need that header's parsing and trust rules first.
-    let limiter_key = peer.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    // Behind a trusted proxy, the client its X-Forwarded-For names: one client's failures
+    // do not hold back the others.
+    let limiter_key = peer_ip(remote)
+        .or_else(|| remote.parse::<IpAddr>().ok())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     ctx.gate
         .limiter
         .check(limiter_key, Instant::now())

@@ -137,8 +137,12 @@ pub struct Incoming<'a> {
     pub path: &'a str,
     /// The decoded query parameters.
     pub query: Vec<(String, String)>,
-    /// The remote address: the TCP peer as the guard saw it ("ip:port").
+    /// The client's address, for logs and rate limits: the TCP peer as the guard saw it
+    /// ("ip:port"), or, behind a proxy in `http.trusted_proxies`, the address its
+    /// X-Forwarded-For names ("ip").
     pub remote: String,
+    /// The TCP peer ("ip:port"): the proxy itself, where there is one.
+    pub peer: String,
     /// The request headers, as tiny_http parsed them (at most `guard::MAX_HEADERS`).
     pub headers: Vec<(String, String)>,
 }
@@ -238,6 +242,7 @@ pub fn route(
                 let proxy_header = &ctx.config.auth.proxy_user_header;
                 let request = crate::gate::Phase1Request {
                     remote: &incoming.remote,
+                    peer: &incoming.peer,
                     token: incoming.param("token"),
                     authorization: incoming.header("Authorization"),
                     proxy_user: (!proxy_header.is_empty())
@@ -327,7 +332,19 @@ pub fn route(
             _ => Err(method_not_allowed("GET")),
         },
         "/healthz" => match method {
-            "GET" | "HEAD" => Ok(Reply::ok("text/plain", b"ok\n".to_vec())),
+            "GET" | "HEAD" => health(ctx).map(|()| Reply::ok("text/plain", b"ok\n".to_vec())),
+            _ => Err(method_not_allowed("GET")),
+        },
+        "/metrics" => match method {
+            "GET" => {
+                let gauges = crate::metrics::Gauges {
+                    challenges_live: ctx.store.count_challenges().unwrap_or(0),
+                };
+                Ok(Reply::ok(
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    ctx.metrics.render(&gauges).into_bytes(),
+                ))
+            }
             _ => Err(method_not_allowed("GET")),
         },
         path => Err(Refusal::new(
@@ -368,6 +385,54 @@ fn record_refusal(ctx: &Context, incoming: &Incoming<'_>, refusal: &Refusal) {
     );
 }
 
+/// Whether the server can do its work: the state dir takes a write, the CA is in its
+/// validity. A 503 names what is wrong.
+fn health(ctx: &Context) -> Result<(), Refusal> {
+    let probe = format!(".healthz-{}", std::process::id());
+    ctx.store
+        .write_file(&probe, b"ok\n", 0o600)
+        .and_then(|()| ctx.store.remove_file(&probe))
+        .map_err(|err| Refusal::new(503, format!("state dir not writable: {err}")))?;
+    crate::pki::cert::check_validity(ctx.ca.certificate(), now())
+        .map_err(|err| Refusal::new(503, format!("CA certificate: {err}")))?;
+    Ok(())
+}
+
+/// Most X-Forwarded-For entries looked at, from the right.
+const MAX_FORWARDED_HOPS: usize = 16;
+
+/// The client behind `peer`: where `peer` is a trusted proxy, the rightmost address of
+/// X-Forwarded-For that is not itself a trusted proxy (the left part of the header is what
+/// the client wrote and proves nothing); otherwise `peer` itself.
+pub fn client_address(
+    peer: &str,
+    forwarded_for: &[&str],
+    trusted: &[crate::gate::cidr::Cidr],
+) -> String {
+    use crate::gate::cidr::any_contains;
+    let trusted_peer = crate::gate::peer_ip(peer).is_some_and(|ip| any_contains(trusted, &ip));
+    if !trusted_peer || forwarded_for.is_empty() {
+        return peer.to_string();
+    }
+
+    let mut client = None;
+    let entries = forwarded_for
+        .iter()
+        .rev()
+        .flat_map(|value| value.rsplit(','));
+    for entry in entries.take(MAX_FORWARDED_HOPS) {
+        let Ok(ip) = entry.trim().parse::<std::net::IpAddr>() else {
+            // A proxy writes addresses; anything else ends what can be believed.
+            break;
+        };
+        client = Some(ip);
+        if !any_contains(trusted, &ip) {
+            break;
+        }
+    }
+    client.map_or_else(|| peer.to_string(), |ip| ip.to_string())
+}
+
 fn method_not_allowed(allowed: &'static str) -> Refusal {
     let mut refusal = Refusal::new(405, format!("method not allowed here (use {allowed})"));
     refusal.allow = Some(allowed);
@@ -384,12 +449,23 @@ fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
 
 /// Handles one tiny_http request to the end.
 fn handle(ctx: &Context, mut request: tiny_http::Request) {
-    // The guard is the only client of this tiny_http and names the real one in a header.
-    let remote = request
+    let started = std::time::Instant::now();
+
+    // The guard is the only client of this tiny_http and names the TCP peer in a header; a
+    // trusted proxy's X-Forwarded-For names the client behind it.
+    let peer = request
         .headers()
         .iter()
         .find(|h| h.field.equiv(guard::REMOTE_HEADER))
         .map_or_else(|| "-".to_string(), |h| h.value.as_str().to_string());
+    let forwarded_for: Vec<&str> = request
+        .headers()
+        .iter()
+        .take(guard::MAX_HEADERS)
+        .filter(|h| h.field.equiv("X-Forwarded-For"))
+        .map(|h| h.value.as_str())
+        .collect();
+    let remote = client_address(&peer, &forwarded_for, &ctx.derived.trusted_proxies);
     let method = request.method().as_str().to_string();
     let target = request.url().to_string();
     let (path, query) = split_target(&target);
@@ -404,6 +480,7 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         path,
         query,
         remote: remote.clone(),
+        peer,
         headers,
     };
 
@@ -448,6 +525,21 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         }
     });
 
+    ctx.metrics.request(
+        crate::metrics::route_label(path),
+        reply.status,
+        started.elapsed(),
+    );
+    // Phases 2 and 3 count themselves (only the OTA code knows which one a body was).
+    let counted_phase = match (path, method.as_str()) {
+        ("/ota/enroll", "GET") => Some("1"),
+        ("/mdm/enroll", "POST") => Some("dep"),
+        _ => None,
+    };
+    if let Some(phase) = counted_phase {
+        ctx.metrics
+            .phase(phase, crate::metrics::outcome_of_status(reply.status));
+    }
     let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
     if let Some(h) = header("Content-Type", reply.content_type) {
         response.add_header(h);
@@ -548,6 +640,38 @@ pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_a_trusted_proxy_and_only_up_to_it() {
+        let trusted = vec![
+            crate::gate::cidr::Cidr::parse("10.0.0.0/8").unwrap(),
+            crate::gate::cidr::Cidr::parse("::1/128").unwrap(),
+        ];
+        let proxy = "10.1.2.3:40000";
+        let cases: [(&str, &[&str], &str); 9] = [
+            (proxy, &["203.0.113.9"], "203.0.113.9"),
+            // What the client itself wrote on the left proves nothing.
+            (proxy, &["6.6.6.6, 203.0.113.9"], "203.0.113.9"),
+            // A chain of trusted proxies is walked to the first untrusted hop.
+            (proxy, &["203.0.113.9, 10.9.9.9"], "203.0.113.9"),
+            // Several headers are one list, in order.
+            (proxy, &["203.0.113.9", "10.9.9.9"], "203.0.113.9"),
+            (proxy, &[], proxy),
+            (proxy, &["not-an-address"], proxy),
+            (proxy, &["6.6.6.6, junk, 10.9.9.9"], "10.9.9.9"),
+            ("[::1]:5000", &["2001:db8::7"], "2001:db8::7"),
+            ("192.0.2.1:5000", &["203.0.113.9"], "192.0.2.1:5000"),
+        ];
+        for (peer, header, expected) in cases {
+            assert_eq!(
+                client_address(peer, header, &trusted),
+                expected,
+                "{peer} {header:?}"
+            );
+        }
+        let long = vec!["10.0.0.1"; 100].join(",");
+        assert_eq!(client_address(proxy, &[&long], &trusted), "10.0.0.1");
+    }
 
     #[test]
     fn query_keeps_raw_plus_and_decodes_escapes() {

@@ -82,6 +82,20 @@ impl OtaError {
     }
 }
 
+impl OtaError {
+    /// The kind of refusal, as a fixed label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            OtaError::Malformed(_) => "malformed",
+            OtaError::Untrusted(_) => "untrusted",
+            OtaError::Challenge(_) => "challenge",
+            OtaError::Refused(_) => "refused",
+            OtaError::Denied(_) => "denied",
+            OtaError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<crate::store::StoreError> for OtaError {
     fn from(err: crate::store::StoreError) -> Self {
         OtaError::Internal(format!("state: {err}"))
@@ -270,18 +284,25 @@ pub struct PhaseReply {
 
 /// Phase 2 or 3, chosen by who signed `body`.
 pub fn phase23(ctx: &Context, body: &[u8], remote: &str, now: i64) -> Result<PhaseReply, OtaError> {
-    let verified = classify(body, &ctx.device_anchors, Some(&ctx.ca))?;
+    let verified = classify(body, &ctx.device_anchors, Some(&ctx.ca))
+        .inspect_err(|err| ctx.metrics.phase("unclassified", err.kind()))?;
     let udid = verified.attributes.udid().to_string();
     if !crate::store::valid_udid(&udid) {
+        ctx.metrics.phase("unclassified", "malformed");
         return Err(OtaError::Malformed(format!(
             "UDID {:?}: not a valid UDID",
             truncate(&udid)
         )));
     }
-    let body = match &verified.signer {
-        SignerKind::Device { .. } => phase2(ctx, &verified, remote, now)?,
-        SignerKind::OwnCa { serial } => phase3(ctx, &verified, serial, remote, now)?,
+    let (label, answered) = match &verified.signer {
+        SignerKind::Device { .. } => ("2", phase2(ctx, &verified, remote, now)),
+        SignerKind::OwnCa { serial } => ("3", phase3(ctx, &verified, serial, remote, now)),
     };
+    ctx.metrics.phase(
+        label,
+        answered.as_ref().map_or_else(OtaError::kind, |_| "ok"),
+    );
+    let body = answered?;
     Ok(PhaseReply {
         phase: verified.signer.phase(),
         udid,

@@ -403,6 +403,15 @@ impl Store {
         write_atomic(&path, bytes, mode).map_err(io_err(&path))
     }
 
+    /// Removes a file under the state dir (a missing one is not an error).
+    pub fn remove_file(&self, relative: &str) -> Result<(), StoreError> {
+        let path = self.root.join(relative);
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(err)),
+            _ => Ok(()),
+        }
+    }
+
     /// Reads a file under the state dir.
     pub fn read_file(&self, relative: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.root.join(relative);
