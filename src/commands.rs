@@ -491,6 +491,63 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
 }
 
 /// A fresh state made by `otad init`, for unit tests of the admin commands.
+/// Keys whose values are secrets: `check-config` prints them masked.
+const SECRET_KEYS: [(&str, &str); 2] = [("ota", "challenge"), ("scep", "challenge")];
+
+/// What `otad check-config` does: everything `serve` checks before it listens (the config,
+/// the state dir, the CA, RA and signer keys, the template, the hooks, the TLS pair), then
+/// the effective settings as TOML with secrets masked. Nothing is written.
+pub fn check_config(config_path: &Path) -> Result<String, String> {
+    let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
+    if let Some((cert, key)) = &derived.tls {
+        crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?;
+    }
+    let ctx = Context::from_config(config, derived)?;
+    effective_settings(&ctx.config)
+}
+
+/// The configuration as otad reads it, every key with its value, secrets masked.
+pub fn effective_settings(config: &Config) -> Result<String, String> {
+    let mut table = toml::Table::try_from(config)
+        .map_err(|err| format!("cannot write the settings out: {err}"))?;
+    for (section, key) in SECRET_KEYS {
+        let value = table
+            .get_mut(section)
+            .and_then(|s| s.as_table_mut())
+            .and_then(|s| s.get_mut(key));
+        if let Some(value) = value {
+            if value.as_str().is_some_and(|v| !v.is_empty()) {
+                *value = toml::Value::String("(set, not shown)".into());
+            }
+        }
+    }
+    // A webhook URL may carry a user and password before its host.
+    let webhook = table
+        .get_mut("events")
+        .and_then(|s| s.as_table_mut())
+        .and_then(|s| s.get_mut("webhook"));
+    if let Some(value) = webhook {
+        if let Some(url) = value.as_str() {
+            *value = toml::Value::String(without_userinfo(url));
+        }
+    }
+    toml::to_string(&table).map_err(|err| format!("cannot write the settings out: {err}"))
+}
+
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
+        Some(at) => format!(
+            "{scheme}://(credentials not shown)@{}",
+            rest.get(at + 1..).unwrap_or_default()
+        ),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_state() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The device attributes asked for in phase 1 unless `ota.device_attributes` says otherwise.
 pub const DEFAULT_DEVICE_ATTRIBUTES: &[&str] = &[
@@ -51,13 +51,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// The whole configuration, as loaded from `otad.toml`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: the public URL and where state lives.
     pub server: ServerConfig,
     /// `[http]`: the listener.
     pub http: HttpConfig,
+    /// `[tls]`: the listener's certificate; without one, plain HTTP.
+    pub tls: TlsConfig,
     /// `[ota]`: the three enrollment phases.
     pub ota: OtaConfig,
     /// `[scep]`: the SCEP CA.
@@ -81,8 +83,19 @@ pub struct Config {
     pub path: PathBuf,
 }
 
+/// `[tls]` keys: both set, otad speaks TLS (1.2 and 1.3) itself; both empty, plain HTTP (for
+/// a reverse proxy in front, or a test on loopback).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, server certificate first; reloaded on SIGHUP.
+    pub cert: String,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1), unencrypted; reloaded on SIGHUP.
+    pub key: String,
+}
+
 /// `[server]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// The base URL devices reach otad at, without a trailing slash.
@@ -96,7 +109,7 @@ pub struct ServerConfig {
 }
 
 /// `[http]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// The address to listen on.
@@ -115,7 +128,7 @@ pub struct HttpConfig {
 }
 
 /// `[ota]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtaConfig {
     /// How long a phase 1 challenge stays valid ("1h", "30m", "3600s" or seconds).
@@ -141,7 +154,7 @@ pub struct OtaConfig {
 }
 
 /// `[auth]` keys: how phase 1 checks the person enrolling.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// The realm of the HTTP Basic challenge, shown in the login prompt.
@@ -167,7 +180,7 @@ impl Default for AuthConfig {
 }
 
 /// `[scep]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScepConfig {
     /// A static challenge for SCEP clients that did not come through OTA; empty disables it.
@@ -193,7 +206,7 @@ pub struct ScepConfig {
 }
 
 /// `[mdm]` keys: the MDM server devices are handed to in phase 3.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MdmConfig {
     /// The MDM server's ServerURL.
@@ -213,7 +226,7 @@ pub struct MdmConfig {
 }
 
 /// `[profile]` keys.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileConfig {
     /// A `.mobileconfig` delivered in phase 3 instead of the MDM profile; empty for MDM.
@@ -221,7 +234,7 @@ pub struct ProfileConfig {
 }
 
 /// `[policy]` keys: rules on device attributes and the user, first match wins.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// "allow" or "deny": what happens to a device no rule matches.
@@ -231,7 +244,7 @@ pub struct PolicyConfig {
 }
 
 /// `[hooks]` keys: programs that allow or refuse a device and may return template variables.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HooksConfig {
     /// The program asked before the phase 2 answer; empty for none.
@@ -250,7 +263,7 @@ pub struct HooksConfig {
 }
 
 /// `[log]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// "error", "warn", "info", "debug" or "trace"; `RUST_LOG` overrides it.
@@ -262,6 +275,7 @@ impl Default for Config {
         Config {
             server: ServerConfig::default(),
             http: HttpConfig::default(),
+            tls: TlsConfig::default(),
             ota: OtaConfig::default(),
             scep: ScepConfig::default(),
             mdm: MdmConfig::default(),
@@ -411,6 +425,8 @@ pub struct Derived {
     pub state_dir: PathBuf,
     /// `ota.extra_device_ca`, resolved against the config file's folder.
     pub extra_device_ca: Vec<PathBuf>,
+    /// `tls.cert` and `tls.key`, resolved, when otad speaks TLS itself.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// `profile.template`, resolved, if set.
     pub profile_template: Option<PathBuf>,
     /// `log.level`.
@@ -687,9 +703,30 @@ impl Config {
         } else {
             Some(resolve(Path::new(&self.profile.template)))
         };
+        let tls = match (self.tls.cert.is_empty(), self.tls.key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((
+                resolve(Path::new(&self.tls.cert)),
+                resolve(Path::new(&self.tls.key)),
+            )),
+            (false, true) => return Err(bad("tls.key", "tls.cert is set: set its key too".into())),
+            (true, false) => {
+                return Err(bad(
+                    "tls.cert",
+                    "tls.key is set: set its certificate too".into(),
+                ))
+            }
+        };
+        if tls.is_some() && !self.server.url.starts_with("https://") {
+            return Err(bad(
+                "server.url",
+                "tls is set, so devices reach otad by https://: make server.url https://".into(),
+            ));
+        }
         let (policy, hooks) = self.validate_decisions(text, &resolve)?;
         let events = self.events.validate(bad, resolve)?;
         Ok(Derived {
+            tls,
             events,
             ota_challenge_ttl,
             scep_challenge_ttl,
@@ -1041,9 +1078,17 @@ max_body = 65536
 max_connections = 256
 # How long a client may take to send one whole request; a slower one gets 408.
 request_timeout = "30s"
-# Reverse proxies (IPs or CIDR networks, IPv4 or IPv6) whose auth.proxy_user_header is
-# believed, e.g. ["127.0.0.1/32", "::1"]. From any other peer that header is ignored.
+# Reverse proxies (IPs or CIDR networks, IPv4 or IPv6): from them X-Forwarded-For names the
+# client, and auth.proxy_user_header is believed, e.g. ["127.0.0.1/32", "::1"]. From any
+# other peer both headers are ignored.
 trusted_proxies = []
+
+[tls]
+# The TLS certificate chain (PEM, the server certificate first) and its unencrypted key.
+# Both set: otad speaks TLS 1.2 and 1.3 itself, and SIGHUP reloads both files. Both empty:
+# plain HTTP, for a reverse proxy in front or a test on loopback.
+cert = ""
+key = ""
 
 [ota]
 # How long a phase 1 challenge stays valid: "90s", "30m", "1h", "2d", or seconds (3600).

@@ -21,6 +21,7 @@ usage: otad <command> [options]
 commands:
   init       create a state dir: config, CA, RA and profile-signing identity
   serve      run the server
+  check-config  check a config and everything it names, print the effective settings
   verify     check captured phase 2/3 request bodies, one JSON line per file
   simulate   walk a whole enrollment against a running server as a test device
   cert       list, revoke and import issued certificates
@@ -64,6 +65,17 @@ Serves the enrollment endpoints until stopped. Logs go to stderr.
 
   --config FILE   the otad.toml to use
   --listen ADDR   address:port to listen on, overriding http.listen
+";
+
+const CHECK_CONFIG_HELP: &str = "\
+usage: otad check-config FILE
+
+Checks FILE as `otad serve` would before it listens, without serving or writing anything:
+every key (an unknown key, a wrong type or a bad value is an error naming the key and the
+line), the state dir, the CA, RA and profile-signer certificates and keys, the profile
+template and its variables, the hook programs, the TLS certificate and key. Then prints the
+effective settings (every key, defaults filled in) as TOML on stdout, with the static
+challenges and any webhook credentials masked. Exit 0 if all is well, 1 if not.
 ";
 
 const VERIFY_HELP: &str = "\
@@ -147,6 +159,7 @@ fn run() -> Result<Outcome, Usage> {
         }
         "init" => init(parser),
         "serve" => serve(parser),
+        "check-config" => check_config(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
         "cert" | "request" | "token" | "user" | "device" => {
@@ -269,6 +282,29 @@ fn serve(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     let config = required(config, "--config", SERVE_HELP)?;
     Ok(match commands::serve(&config, listen.as_deref()) {
         Ok(()) => Outcome::Done,
+        Err(err) => fail(err),
+    })
+}
+
+fn check_config(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
+    let mut config = None;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("help") | Short('h') => {
+                print!("{CHECK_CONFIG_HELP}");
+                return Ok(Outcome::Done);
+            }
+            Value(file) if config.is_none() => config = Some(PathBuf::from(file)),
+            other => return Err(other.unexpected().into()),
+        }
+    }
+    let config = required(config, "FILE", CHECK_CONFIG_HELP)?;
+    Ok(match commands::check_config(&config) {
+        Ok(settings) => {
+            print!("{settings}");
+            eprintln!("otad: {}: ok", config.display());
+            Outcome::Done
+        }
         Err(err) => fail(err),
     })
 }

@@ -175,7 +175,7 @@ fn bounded(value: Value) -> Value {
 }
 
 /// `[events]` keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
     /// Rotate `events.jsonl` once it would grow past this many bytes.

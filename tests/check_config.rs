@@ -1,0 +1,148 @@
+//! `otad check-config`: every kind of config mistake is refused with the key (and the line)
+//! named, and a good config prints its effective settings with secrets masked.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::server::{otad_bin, set_key};
+
+/// A fresh state made by `otad init`; returns its folder and config path.
+fn state() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let output = Command::new(otad_bin())
+        .args(["init", "--state"])
+        .arg(&state)
+        .args(["--url", "https://otad.example.com"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    (dir, state.join("otad.toml"))
+}
+
+fn check(config: &Path) -> (i32, String, String) {
+    let output = Command::new(otad_bin())
+        .arg("check-config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn edited(config: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, edit(text)).unwrap();
+}
+
+#[test]
+fn a_good_config_prints_every_key_with_the_secrets_masked() {
+    let (_dir, config) = state();
+    edited(&config, |text| {
+        let text = set_key(&text, "ota", "challenge", "\"static-phase1-secret\"");
+        let text = set_key(&text, "scep", "challenge", "\"static-scep-secret\"");
+        set_key(
+            &text,
+            "events",
+            "webhook",
+            "\"https://hook:pa55@hooks.example.com/otad\"",
+        )
+    });
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.ends_with(": ok\n"), "{stderr}");
+    for section in [
+        "[server]", "[http]", "[tls]", "[ota]", "[scep]", "[events]", "[auth]",
+    ] {
+        assert!(stdout.contains(section), "{section} in {stdout}");
+    }
+    assert!(stdout.contains("url = \"https://otad.example.com\""));
+    assert!(
+        stdout.contains("request_timeout = \"30s\""),
+        "defaults are filled in"
+    );
+    for secret in ["static-phase1-secret", "static-scep-secret", "pa55"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+    assert!(stdout.contains("challenge = \"(set, not shown)\""));
+    assert!(stdout.contains("https://(credentials not shown)@hooks.example.com/otad"));
+    let reparsed: toml::Table = toml::from_str(&stdout).unwrap();
+    assert!(reparsed.contains_key("policy"));
+}
+
+#[test]
+fn every_kind_of_mistake_names_what_to_fix_and_fails() {
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "unknown key",
+            Box::new(|t| t.replace("[http]\n", "[http]\nlistem = \"x\"\n")),
+            "unknown field `listem`",
+        ),
+        (
+            "wrong type",
+            Box::new(|t| set_key(&t, "http", "workers", "\"four\"")),
+            "workers",
+        ),
+        (
+            "bad value",
+            Box::new(|t| set_key(&t, "scep", "approval", "\"sometimes\"")),
+            "scep.approval",
+        ),
+        (
+            "cert without key",
+            Box::new(|t| set_key(&t, "tls", "cert", "\"/nonexistent/tls.pem\"")),
+            "tls.key",
+        ),
+        (
+            "missing TLS files",
+            Box::new(|t| {
+                let t = set_key(&t, "tls", "cert", "\"/nonexistent/tls.pem\"");
+                set_key(&t, "tls", "key", "\"/nonexistent/tls.key\"")
+            }),
+            "/nonexistent/tls.pem: cannot read",
+        ),
+        (
+            "missing template",
+            Box::new(|t| {
+                set_key(
+                    &t,
+                    "profile",
+                    "template",
+                    "\"/nonexistent/final.mobileconfig\"",
+                )
+            }),
+            "/nonexistent/final.mobileconfig",
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let (_dir, config) = state();
+        edited(&config, edit);
+        let (code, stdout, stderr) = check(&config);
+        assert_eq!(code, 1, "{what}: {stderr}");
+        assert!(stdout.is_empty(), "{what}: nothing printed on failure");
+        assert!(stderr.contains(expected), "{what}: {stderr}");
+    }
+
+    let (_dir, config) = state();
+    edited(&config, |t| {
+        t.replace("[http]\n", "[http]\nlistem = \"x\"\n")
+    });
+    let (_, _, stderr) = check(&config);
+    assert!(stderr.contains("(line "), "the line is named: {stderr}");
+
+    let (_dir, config) = state();
+    let key = config.parent().unwrap().join("ca/ca.key");
+    std::fs::write(&key, "garbage").unwrap();
+    let (code, _, stderr) = check(&config);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("ca.key"),
+        "an unreadable key names its file: {stderr}"
+    );
+}
