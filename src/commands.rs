@@ -259,7 +259,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     let passed = systemd::passed_listener().map_err(|err| err.to_string())?;
 
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
-    crate::logger::init(derived.log_level);
+    crate::logger::init(derived.log_level, derived.log_format);
     let ctx = Context::from_config(config, derived)?;
 
     if ctx.device_anchors.len() > 1 {

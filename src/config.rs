@@ -268,6 +268,8 @@ pub struct HooksConfig {
 pub struct LogConfig {
     /// "error", "warn", "info", "debug" or "trace"; `RUST_LOG` overrides it.
     pub level: String,
+    /// "plain" lines or "json" objects, one per line.
+    pub format: String,
 }
 
 impl Default for Config {
@@ -387,6 +389,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: "plain".into(),
         }
     }
 }
@@ -431,6 +434,8 @@ pub struct Derived {
     pub profile_template: Option<PathBuf>,
     /// `log.level`.
     pub log_level: log::LevelFilter,
+    /// `log.format`.
+    pub log_format: crate::logger::LogFormat,
     /// `[policy]`, compiled.
     pub policy: crate::decide::policy::Policy,
     /// `[hooks]`, checked and resolved.
@@ -688,6 +693,11 @@ impl Config {
 
         let (auth_command, auth_timeout, trusted_proxies) = self.validate_gate(&bad, &resolve)?;
 
+        let log_format = match self.log.format.as_str() {
+            "plain" => crate::logger::LogFormat::Plain,
+            "json" => crate::logger::LogFormat::Json,
+            other => return Err(bad("log.format", format!("{other:?}: use plain or json"))),
+        };
         let log_level = self.log.level.parse::<log::LevelFilter>().map_err(|_| {
             bad(
                 "log.level",
@@ -745,6 +755,7 @@ impl Config {
                 .collect(),
             profile_template,
             log_level,
+            log_format,
             policy,
             hooks,
             auth_command,
@@ -1202,6 +1213,8 @@ proxy_user_header = ""
 [log]
 # error, warn, info, debug or trace. RUST_LOG overrides it.
 level = "info"
+# "plain" lines, or "json": one object per line (at, level, message) for a log shipper.
+format = "plain"
 
 [events]
 # Every enrollment step, issuance, refusal, revocation and admin action is one JSON line in
