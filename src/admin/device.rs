@@ -15,11 +15,17 @@ use crate::config::Config;
 use crate::store::{self, DevicePhase, DeviceRecord, Store};
 
 const HELP: &str = "\
-usage: otad device <list|show> --config FILE ...
+usage: otad device <subcommand> --config FILE ...
 
-  list --config FILE [--json]      every device: UDID, serial, product, version, user,
-                                   phase, current certificate, first and last seen
-  show --config FILE UDID|SERIAL   one device with its certificates and history
+subcommands:
+  list      every device: UDID, serial, product, version, user, phase, current
+            certificate, first and last seen
+  show      one device, by UDID or serial number, with its certificates and history
+  block     refuse a device by serial number from now on
+  unblock   lift a block
+  blocked   list the blocked serial numbers
+
+`otad device <subcommand> --help` explains each. Safe while otad serve runs.
 ";
 
 const LIST_HELP: &str = "\
@@ -62,7 +68,7 @@ fn dispatch(args: Args) -> Result<String, Exit> {
         "list" => list(parser),
         "show" => show(parser),
         other => Err(Exit::Usage(format!(
-            "device {other:?}: unknown; use list or show\n\n{HELP}"
+            "device {other:?}: unknown; use list, show, block, unblock or blocked\n\n{HELP}"
         ))),
     }
 }
