@@ -453,6 +453,10 @@ pub struct Derived {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<(Config, Derived), ConfigError> {
+        // Absolute, so that the paths resolved against its folder (the state dir, hooks,
+        // auth.command) stay right when a hook runs in `/` or the server changes folder.
+        let absolute = std::path::absolute(path);
+        let path = absolute.as_deref().unwrap_or(path);
         let text = std::fs::read_to_string(path).map_err(|err| {
             ConfigError(format!(
                 "{}: cannot read the config file: {err}",
@@ -1315,6 +1319,22 @@ mod tests {
         let (_, derived) =
             Config::parse("[ota]\nchallenge_ttl = 600\n", Path::new("x.toml")).unwrap();
         assert_eq!(derived.ota_challenge_ttl, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn paths_are_absolute_even_when_the_config_was_named_relatively() {
+        let here = std::env::current_dir().unwrap();
+        let dir = tempfile::tempdir_in(&here).unwrap();
+        let config = dir.path().join("otad.toml");
+        std::fs::write(&config, "[hooks]\nphase2 = \"hooks/p2.sh\"\n").unwrap();
+        let relative = config.strip_prefix(&here).unwrap();
+        assert!(relative.is_relative());
+
+        let (_, derived) = Config::load(relative).unwrap();
+        let hook = derived.hooks.phase2.unwrap();
+        assert!(hook.is_absolute(), "{}", hook.display());
+        assert_eq!(hook, dir.path().join("hooks/p2.sh"));
+        assert!(derived.state_dir.is_absolute());
     }
 
     #[test]

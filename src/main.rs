@@ -31,6 +31,8 @@ commands:
   device     list the devices seen, show one; block, unblock and list blocked serials
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
+The admin commands (cert, request, token, user, device) take `--config FILE`, or
+`--state DIR` for the otad.toml that `otad init` wrote in DIR.
 ";
 
 const INIT_HELP: &str = "\
@@ -163,7 +165,7 @@ fn run() -> Result<Outcome, Usage> {
         "verify" => verify(parser),
         "simulate" => simulate(parser),
         "cert" | "request" | "token" | "user" | "device" => {
-            let args: Vec<std::ffi::OsString> = parser.raw_args()?.collect();
+            let args = state_as_config(parser.raw_args()?.collect());
             let blocklist = matches!(
                 args.first().and_then(|a| a.to_str()),
                 Some("block" | "unblock" | "blocked")
@@ -185,6 +187,38 @@ fn run() -> Result<Outcome, Usage> {
         }
         other => Err(Usage(format!("unknown command {other:?}; see otad --help"))),
     }
+}
+
+/// `--state DIR` is `--config DIR/otad.toml` (where `otad init` writes the config) for the
+/// commands that take only `--config`; `token` and `user` read both themselves.
+fn state_as_config(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut items = args.into_iter();
+    while let Some(arg) = items.next() {
+        let text = arg.to_string_lossy();
+        if text == "--" {
+            out.push(arg);
+            out.extend(items);
+            break;
+        }
+        let dir = if text == "--state" {
+            match items.next() {
+                Some(dir) => PathBuf::from(dir),
+                None => {
+                    out.push(arg);
+                    continue;
+                }
+            }
+        } else if let Some(dir) = text.strip_prefix("--state=") {
+            PathBuf::from(dir)
+        } else {
+            out.push(arg);
+            continue;
+        };
+        out.push("--config".into());
+        out.push(dir.join("otad.toml").into_os_string());
+    }
+    out
 }
 
 /// Records a state-changing admin command in the events log (the library knows which ones).
@@ -395,4 +429,35 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
         }
         Err(err) => fail(err),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(list: &[&str]) -> Vec<std::ffi::OsString> {
+        list.iter().map(|w| w.into()).collect()
+    }
+
+    #[test]
+    fn state_names_the_config_otad_init_wrote() {
+        assert_eq!(
+            state_as_config(words(&["list", "--state", "/var/lib/otad", "--json"])),
+            words(&["list", "--config", "/var/lib/otad/otad.toml", "--json"])
+        );
+        assert_eq!(
+            state_as_config(words(&["show", "--state=st", "ABC"])),
+            words(&["show", "--config", "st/otad.toml", "ABC"])
+        );
+        // After `--` everything is an operand; a trailing `--state` is left for the parser's
+        // own error.
+        assert_eq!(
+            state_as_config(words(&["show", "--", "--state"])),
+            words(&["show", "--", "--state"])
+        );
+        assert_eq!(
+            state_as_config(words(&["list", "--state"])),
+            words(&["list", "--state"])
+        );
+    }
 }

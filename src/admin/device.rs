@@ -165,8 +165,14 @@ fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
 /// The device named by `key`: a UDID (its record), else a serial number (the index).
 pub fn find(store: &Store, key: &str) -> Result<Option<DeviceRecord>, String> {
     if store::valid_udid(key) {
-        if let Some(device) = store.device(key).map_err(|err| err.to_string())? {
-            return Ok(Some(device));
+        // Devices report UDIDs in upper case; an admin may paste one in lower case.
+        for udid in [key.to_string(), key.to_ascii_uppercase()] {
+            if let Some(device) = store.device(&udid).map_err(|err| err.to_string())? {
+                return Ok(Some(device));
+            }
+        }
+        if store::normalize_device_serial(key).is_none() {
+            return Ok(None);
         }
     }
     if store::normalize_device_serial(key).is_none() {
@@ -270,5 +276,34 @@ mod tests {
             Err(Exit::Usage(m)) if m.contains("UDID or SERIAL")
         ));
         assert!(matches!(dispatch(args(&["list", "--help"])), Ok(text) if text.contains("--json")));
+    }
+
+    #[test]
+    fn a_device_is_found_by_udid_in_either_case_or_by_serial_and_an_unknown_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let udid = "00008030-001A35E12345802E";
+        let device = DeviceRecord {
+            udid: udid.into(),
+            attributes: std::collections::BTreeMap::from([("SERIAL".into(), "ZDL2M9PTJ3".into())]),
+            phase: store::DevicePhase::Identified,
+            first_seen: 1,
+            last_seen: 1,
+            certificates: Vec::new(),
+            history: Vec::new(),
+            admission: Default::default(),
+            hook_variables: Default::default(),
+        };
+        store.save_device(&device).unwrap();
+
+        for key in [udid, &udid.to_ascii_lowercase(), "ZDL2M9PTJ3", "zdl2m9ptj3"] {
+            let found = find(&store, key).unwrap();
+            assert_eq!(found.map(|d| d.udid), Some(udid.to_string()), "{key}");
+        }
+        let unknown = "3d428564-520b-45ff-90e8-4eb2c3c3c74d";
+        assert_eq!(find(&store, unknown).unwrap(), None);
+        assert!(find(&store, "../etc")
+            .unwrap_err()
+            .contains("neither a UDID"));
     }
 }

@@ -44,7 +44,8 @@ secret is shown only now.
 
   --state DIR      the state dir (or --config FILE: its otad.toml)
   --uses N         how many devices may enroll with it (default 1)
-  --expires DUR    how long it is valid: 90m, 12h, 7d (default 7d, at most 366d)
+  --expires DUR    how long it is valid, with a unit: 90m, 12h, 7d (default 7d, at most
+                   366d)
   --serial S       only the device whose signed SERIAL is S may use it
   --udid U         only the device whose signed UDID is U may use it
   --note TEXT      a note for admins (who it is for); recorded on the device
@@ -177,9 +178,12 @@ fn new(mut parser: lexopt::Parser) -> Result<String, Exit> {
             other => return Err(usage(other.unexpected())),
         }
     }
+    // A bare number would be seconds, as in the config; here "7" is far likelier meant as
+    // days, so a unit is required.
+    let has_unit = expires.trim().ends_with(|c: char| c.is_ascii_alphabetic());
     let lifetime = parse_duration(&expires)
         .ok()
-        .filter(|d| d.as_secs() <= MAX_LIFETIME_SECS)
+        .filter(|d| has_unit && d.as_secs() > 0 && d.as_secs() <= MAX_LIFETIME_SECS)
         .ok_or_else(|| {
             Exit::Usage(format!(
                 "--expires {expires:?}: give a duration like 90m, 12h or 7d, at most 366d\n\n\

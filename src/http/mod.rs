@@ -261,8 +261,14 @@ pub fn route(
                     admission.token.as_deref().unwrap_or("-"),
                     incoming.remote
                 );
-                ctx.events
-                    .record(crate::events::Event::new("phase1").remote(&incoming.remote));
+                let mut event = crate::events::Event::new("phase1").remote(&incoming.remote);
+                if let Some(user) = &admission.user {
+                    event = event.field("user", user.as_str());
+                }
+                if let Some(token) = &admission.token {
+                    event = event.field("token", token.as_str());
+                }
+                ctx.events.record(event);
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
             _ => Err(method_not_allowed("GET")),
