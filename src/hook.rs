@@ -103,7 +103,19 @@ enum Output {
 /// Runs `program` with no arguments, `input` on stdin, under `limits`.
 pub fn run(program: &Path, input: &[u8], limits: &Limits) -> Result<Finished, HookError> {
     let deadline = Instant::now() + limits.timeout;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    // SAFETY: between fork and exec only async-signal-safe calls: the server blocks SIGTERM,
+    // SIGINT and SIGHUP for its signal thread, and the program must not inherit that mask
+    // (it could not be stopped, nor could its own `timeout` work).
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut child = command
         .env_clear()
         .env("PATH", CLEAN_PATH)
         .env("LANG", "C.UTF-8")
@@ -193,6 +205,9 @@ pub fn run(program: &Path, input: &[u8], limits: &Limits) -> Result<Finished, Ho
             }
         }
     };
+    // Whatever it left running in its process group (a `cmd &`) goes with it, so that no
+    // stray process keeps a pipe, and with it a reader thread, alive.
+    signal_group(&child, libc::SIGKILL);
     let stderr = stderr_receiver
         .recv_timeout(Duration::from_millis(50))
         .unwrap_or_default();
@@ -217,15 +232,20 @@ fn read_bounded(from: impl Read, limit: usize) -> Output {
 
 /// Kills the program and everything in its process group, and reaps it.
 fn kill_group(child: &mut Child) {
+    signal_group(child, libc::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Sends `signal` to the process group the program leads.
+fn signal_group(child: &Child, signal: libc::c_int) {
     if let Ok(pid) = i32::try_from(child.id()) {
         // SAFETY: kill(2) with a negative pid signals the process group the child leads
         // (it was started with process_group(0)); it touches no memory of ours.
         unsafe {
-            libc::kill(-pid, libc::SIGKILL);
+            libc::kill(-pid, signal);
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[cfg(test)]
@@ -298,6 +318,38 @@ mod tests {
             !marker.exists(),
             "the background child outlived the timeout"
         );
+    }
+
+    #[test]
+    fn what_a_program_leaves_running_is_ended_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        // Stdout closed, stderr still the pipe: a reader thread would wait for this child.
+        let body = format!("(sleep 1; touch {}) >/dev/null & exit 0", marker.display());
+        let hook = script(dir.path(), "leave", &body);
+        let finished = run(&hook, b"", &limits(5000)).unwrap();
+        assert_eq!(finished.code, Some(0));
+        thread::sleep(Duration::from_millis(1500));
+        assert!(!marker.exists(), "the background child outlived its program");
+    }
+
+    #[test]
+    fn the_program_can_be_stopped_with_the_signals_the_server_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = script(dir.path(), "mask", "grep SigBlk /proc/self/status");
+        let mut blocked: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid set, blocked in this test thread only.
+        unsafe {
+            libc::sigemptyset(&mut blocked);
+            libc::sigaddset(&mut blocked, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
+        }
+        let finished = run(&hook, b"", &limits(5000)).unwrap();
+        // SAFETY: as above, undone.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &blocked, std::ptr::null_mut());
+        }
+        assert_eq!(finished.first_line(), "SigBlk:\t0000000000000000");
     }
 
     #[test]
