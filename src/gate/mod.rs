@@ -181,7 +181,6 @@ fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<Str
     };
     match verdict {
         Ok(true) => {
-            ctx.gate.limiter.succeeded(limiter_key);
             info!(
                 "phase 1: user {} logged in remote={remote}",
                 one_line(&name, 80)

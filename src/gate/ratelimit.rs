@@ -1,8 +1,9 @@
 //! Failed logins counted per remote address, in memory, in a table of fixed size.
 //!
 //! An address that fails [`MAX_FAILURES`] times within [`WINDOW`] is refused (429 with
-//! Retry-After) until that window has passed. A successful login clears its count. When the
-//! table is full, expired entries go first, then the one whose window started earliest, so
+//! Retry-After) until that window has passed. A successful login does not clear the count:
+//! whoever holds one account could otherwise interleave it with guesses at others. IPv6
+//! addresses count per /64, the block one client usually holds. When the table is full, expired entries go first, then the one whose window started earliest, so
 //! a flood of addresses costs at most [`MAX_TRACKED`] entries.
 
 use std::collections::HashMap;
@@ -59,6 +60,7 @@ impl LoginLimiter {
 
     /// `Err(seconds to wait)` when `address` has used up its failures for now.
     pub fn check(&self, address: IpAddr, now: Instant) -> Result<(), u64> {
+        let address = counted_as(address);
         let table = self.table();
         match table.get(&address) {
             Some(entry) if entry.failures >= self.max_failures => {
@@ -77,6 +79,7 @@ impl LoginLimiter {
 
     /// Counts one failed login from `address`.
     pub fn failed(&self, address: IpAddr, now: Instant) {
+        let address = counted_as(address);
         let mut table = self.table();
         if !table.contains_key(&address) && table.len() >= self.max_tracked {
             let window = self.window;
@@ -104,14 +107,23 @@ impl LoginLimiter {
         entry.failures = entry.failures.saturating_add(1);
     }
 
-    /// Forgets `address`'s failures after a successful login.
-    pub fn succeeded(&self, address: IpAddr) {
-        self.table().remove(&address);
-    }
-
     /// Addresses tracked now.
     pub fn tracked(&self) -> usize {
         self.table().len()
+    }
+}
+
+/// The address failures are counted under: IPv4 as it is (an IPv4-mapped IPv6 address as
+/// its IPv4 one), IPv6 by its /64.
+fn counted_as(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
     }
 }
 
@@ -152,15 +164,21 @@ mod tests {
     }
 
     #[test]
-    fn success_clears_the_count() {
+    fn an_ipv6_client_counts_as_its_64_and_a_mapped_ipv4_as_itself() {
         let limiter = LoginLimiter::new(2, WINDOW, 10);
         let now = Instant::now();
-        limiter.failed(ip(1), now);
-        limiter.succeeded(ip(1));
-        limiter.failed(ip(1), now);
-        assert_eq!(limiter.check(ip(1), now), Ok(()));
-        limiter.failed(ip(1), now);
-        assert_eq!(limiter.check(ip(1), now), Err(60));
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        limiter.failed(a, now);
+        limiter.failed(b, now);
+        assert_eq!(limiter.check(a, now), Err(60), "one /64, one count");
+        assert_eq!(limiter.check(other, now), Ok(()));
+
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        limiter.failed(mapped, now);
+        limiter.failed("192.0.2.1".parse().unwrap(), now);
+        assert!(limiter.check("192.0.2.1".parse().unwrap(), now).is_err());
     }
 
     #[test]
