@@ -330,7 +330,10 @@ mod tests {
         let finished = run(&hook, b"", &limits(5000)).unwrap();
         assert_eq!(finished.code, Some(0));
         thread::sleep(Duration::from_millis(1500));
-        assert!(!marker.exists(), "the background child outlived its program");
+        assert!(
+            !marker.exists(),
+            "the background child outlived its program"
+        );
     }
 
     #[test]

@@ -521,3 +521,50 @@ fn serve_refuses_an_unknown_template_variable_and_a_bad_rule_at_start_up() {
         "{stderr}"
     );
 }
+
+#[test]
+fn phase_3_decides_on_what_phase_2_attested_and_delivers_once_per_certificate() {
+    let server = TestServer::start(|config| config);
+    let config = server.state_file("otad.toml");
+    let config = config.to_str().unwrap();
+
+    // Blocked between SCEP and phase 3, a device cannot slip past by naming another serial
+    // in its phase 3 body (signed only by the key it made itself).
+    let mut device = device(&server, "C02ATTEST1", &[]);
+    let phase1 = device.phase1(&server.url).unwrap();
+    let scep = device.phase2(&phase1).unwrap();
+    device.enroll_scep(&scep).unwrap();
+    let output = otad(&["device", "block", "--config", config, "C02ATTEST1"]);
+    assert!(output.status.success(), "{output:?}");
+    device
+        .overrides
+        .insert("SERIAL".into(), "C02OTHER99".into());
+    let err = device
+        .phase3(&phase1)
+        .expect_err("another serial in phase 3");
+    assert!(
+        err.contains("is not the C02ATTEST1 phase 2 reported"),
+        "{err}"
+    );
+
+    // Its own serial: the block applies.
+    device.overrides.remove("SERIAL");
+    let err = device.phase3(&phase1).expect_err("blocked");
+    assert!(err.contains("blocked by admin"), "{err}");
+    let record = device_record(&server, &device.udid).unwrap();
+    assert_eq!(record["attributes"]["SERIAL"], "C02ATTEST1");
+
+    // Unblocked: delivered once; a replay of phase 3 with the same certificate is refused.
+    let output = otad(&["device", "unblock", "--config", config, "C02ATTEST1"]);
+    assert!(output.status.success(), "{output:?}");
+    device.phase3(&phase1).unwrap();
+    let challenges = std::fs::read_dir(server.state_file("challenges"))
+        .unwrap()
+        .count();
+    let err = device.phase3(&phase1).expect_err("a replayed phase 3");
+    assert!(err.contains("already delivered for certificate"), "{err}");
+    let after = std::fs::read_dir(server.state_file("challenges"))
+        .unwrap()
+        .count();
+    assert_eq!(after, challenges, "a replay mints no SCEP challenge");
+}

@@ -485,6 +485,12 @@ fn update_device(
         let from = existing.as_ref().map(|d| d.phase);
         let phase = machine::next(from, event)
             .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+        // Checked again under the lock: two replays racing past the first check.
+        if let (Event::Phase3, Some(device), Some(serial)) = (event, &existing, &entry.serial) {
+            if delivered(device, serial) {
+                return Err(already_delivered(serial));
+            }
+        }
         let mut device = existing.unwrap_or_else(|| DeviceRecord {
             udid: udid.to_string(),
             attributes: BTreeMap::new(),
@@ -509,6 +515,21 @@ fn update_device(
         ctx.store.save_device(&device)?;
         Ok(())
     })
+}
+
+/// Whether phase 3 already delivered the final profile for certificate `serial`.
+fn delivered(device: &DeviceRecord, serial: &str) -> bool {
+    device
+        .history
+        .iter()
+        .any(|entry| entry.event == "phase3" && entry.serial.as_deref() == Some(serial))
+}
+
+fn already_delivered(serial: &str) -> OtaError {
+    OtaError::Refused(format!(
+        "phase 3: the final profile was already delivered for certificate {serial}; to \
+         enroll again, start over from the enroll link"
+    ))
 }
 
 fn phase3(
@@ -556,16 +577,38 @@ fn phase3(
     let device = ctx.store.device(udid)?;
     machine::next(device.as_ref().map(|d| d.phase), Event::Phase3)
         .map_err(|err| OtaError::Refused(format!("{udid}: {err}")))?;
+    let Some(device) = device else {
+        return Err(OtaError::Refused(format!("{udid}: phase 3 before phase 2")));
+    };
+    // One final profile per certificate: a captured phase 3 body replayed would otherwise
+    // run the hook and mint a SCEP challenge each time.
+    if delivered(&device, serial) {
+        return Err(already_delivered(serial));
+    }
+
+    // What phase 2 recorded came in a body Apple's device certificate signed; phase 3's
+    // body is signed only by the key the device made for SCEP. So the decisions, the
+    // template and the record use the attested attributes, and a phase 3 body naming
+    // another serial is refused.
+    let attested = DeviceAttributes {
+        values: device.attributes.clone(),
+    };
+    if let (Some(said), Some(recorded)) = (attributes.get("SERIAL"), attested.get("SERIAL")) {
+        if said != recorded {
+            return Err(OtaError::Refused(format!(
+                "phase 3: SERIAL {:?} is not the {recorded} phase 2 reported for {udid}",
+                truncate(said)
+            )));
+        }
+    }
 
     // Phase 3 is decided again: a block or rule added since phase 2 still applies.
-    let (admission, mut variables) = device
-        .map(|d| (d.admission, d.hook_variables))
-        .unwrap_or_default();
+    let (admission, mut variables) = (device.admission, device.hook_variables);
     let asking = Asking {
         step: "phase 3",
         phase: 3,
         udid,
-        attributes,
+        attributes: &attested,
         admission: &admission,
         remote,
     };
@@ -573,7 +616,7 @@ fn phase3(
     let fresh = decide::ask_hook(ctx, &asking, Some(serial), &variables)?;
     variables.extend(fresh);
 
-    let values = decide::template_values(attributes, &admission, &variables);
+    let values = decide::template_values(&attested, &admission, &variables);
     let mut profile = final_profile(ctx, udid, &values, now)?;
     let cipher = match ctx.derived.profile_cipher {
         ProfileCipher::Des3 => ContentCipher::Des3Cbc,
@@ -588,12 +631,12 @@ fn phase3(
     let body = sign_profile(ctx, &plist::Value::Dictionary(profile))?;
 
     let entry = HistoryEntry::new("phase3", now, remote, Some(serial));
-    update_device(ctx, udid, attributes, None, Event::Phase3, entry)?;
+    update_device(ctx, udid, &attested, None, Event::Phase3, entry)?;
     ctx.events
-        .record(device_event("phase3", udid, attributes, remote).certificate(serial));
+        .record(device_event("phase3", udid, &attested, remote).certificate(serial));
     info!(
         "phase 3: udid={udid} serial={} certificate={serial} remote={remote}",
-        attributes.get("SERIAL").unwrap_or("-")
+        attested.get("SERIAL").unwrap_or("-")
     );
     Ok(body)
 }
