@@ -568,3 +568,28 @@ fn phase_3_decides_on_what_phase_2_attested_and_delivers_once_per_certificate() 
         .count();
     assert_eq!(after, challenges, "a replay mints no SCEP challenge");
 }
+
+#[test]
+fn a_serial_in_another_spelling_is_refused_rather_than_slipping_past_the_blocklist() {
+    let server = TestServer::start(|config| config);
+    let config = server.state_file("otad.toml");
+    let output = otad(&[
+        "device",
+        "block",
+        "--config",
+        config.to_str().unwrap(),
+        "BLK1",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+
+    for spelling in ["BLK1 ", " BLK1", "BLK1\u{0}", "ＢＬＫ1", "blk1"] {
+        let device = device(&server, spelling, &[]);
+        let phase1 = device.phase1(&server.url).unwrap();
+        let err = device.phase2(&phase1).expect_err(spelling);
+        assert!(
+            err.contains("is not a serial number") || err.contains("blocked by admin"),
+            "{spelling:?}: {err}"
+        );
+    }
+    assert_eq!(cert_count(&server), 0);
+}

@@ -411,3 +411,52 @@ fn static_challenge_with_require_token_refuses_to_start() {
         "{err}"
     );
 }
+
+#[test]
+fn a_refused_device_frees_its_place_on_the_token_and_a_scope_refusal_runs_no_hook() {
+    let hooks = tempfile::tempdir().unwrap();
+    let calls = hooks.path().join("calls");
+    let hook = hooks.path().join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ncat >> {}\necho >> {}\nexit 0\n",
+            calls.display(),
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let hook_value = format!("{:?}", hook.display().to_string());
+    let server = TestServer::start(|c| {
+        let c = set_key(&c, "ota", "require_token", "true");
+        let c = set_key(&c, "hooks", "phase2", &hook_value);
+        c + "\n[[policy.rule]]\naction = \"deny\"\nSERIAL = \"EVIL*\"\nreason = \"no\"\n"
+    });
+    let (secret, id, _) = new_token(&server, &["--uses", "1", "--serial", "EVIL0001"]);
+
+    // Refused by policy, more times than the token's cap of waiting challenges.
+    for _ in 0..6 {
+        let mut options = server.device_options();
+        options.token = Some(secret.clone());
+        options.serial = Some("EVIL0001".into());
+        let evil = Device::new(&options).unwrap();
+        let phase1 = evil.phase1(&server.url).unwrap();
+        let err = evil.phase2(&phase1).unwrap_err();
+        assert!(err.contains("refused by policy rule 1"), "{err}");
+    }
+    let token = token_json(&server, &id);
+    assert_eq!(token["used"], 0);
+
+    // Out of the token's scope: refused before the hook is asked.
+    let mut options = server.device_options();
+    options.token = Some(secret.clone());
+    options.serial = Some("GOOD0001".into());
+    let outsider = Device::new(&options).unwrap();
+    let phase1 = outsider
+        .phase1(&server.url)
+        .expect("the refused ones freed their places");
+    let err = outsider.phase2(&phase1).unwrap_err();
+    assert!(err.contains("for serial EVIL0001 only"), "{err}");
+    assert!(!calls.exists(), "no hook ran for refused devices");
+}

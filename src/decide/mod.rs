@@ -43,6 +43,15 @@ pub struct Asking<'a> {
 pub fn check_policy(ctx: &Context, asking: &Asking<'_>) -> Result<(), OtaError> {
     let (step, udid) = (asking.step, asking.udid);
     if let Some(serial) = asking.attributes.get("SERIAL") {
+        // One spelling for the blocklist, the serial index, token scopes and rules alike: a
+        // serial padded, with a NUL or in full-width letters would slip past all of them.
+        if crate::store::normalize_device_serial(serial).is_none() {
+            return Err(OtaError::Denied(format!(
+                "{step}: device {udid}: SERIAL {:?} is not a serial number (1 to {} ASCII                  letters and digits)",
+                crate::logger::one_line(serial, 40),
+                crate::store::MAX_DEVICE_SERIAL_LEN
+            )));
+        }
         if let Some(block) = ctx.store.blocked(serial)? {
             let why = block
                 .reason

@@ -511,6 +511,43 @@ pub fn reserve_challenge(
     })
 }
 
+/// Phase 2, before policy and hooks run and without the lock: whether the token `id` would
+/// still let this device spend a use (not revoked, expired or used up; the device in its
+/// scope). Nothing is written; [`spend`] checks again under the lock.
+pub fn precheck(store: &Store, id: &str, device: Spender<'_>, now: i64) -> Result<(), TokenError> {
+    let record = show(store, id)?;
+    record
+        .check_usable(now)
+        .and_then(|()| record.check_scope(device.udid, device.serial))
+        .map_err(TokenError::Refused)
+}
+
+/// Phase 2 refused the device before spending (policy, hook, precheck): the challenge it
+/// answered leaves the token's live list, so it no longer holds a place under the cap.
+pub fn release_challenge(
+    store: &Store,
+    id: &str,
+    challenge: &str,
+    now: i64,
+) -> Result<(), TokenError> {
+    store.transaction(|| {
+        let hash = hash_of_id(store, id)?;
+        let path = tokens_dir(store).join(format!("{hash}.json"));
+        let Some(mut record) = read_record(&path)? else {
+            return Ok(());
+        };
+        let answered = sha256_hex(challenge);
+        let before = record.live_challenges.len();
+        record
+            .live_challenges
+            .retain(|live| live.challenge != answered && live.expires > now);
+        if record.live_challenges.len() != before {
+            write_record(store, &hash, &record)?;
+        }
+        Ok(())
+    })
+}
+
 /// The device that spends a token's use in phase 2, as it signed itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Spender<'a> {

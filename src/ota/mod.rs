@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine;
-use log::info;
+use log::{info, warn};
 
 use crate::cms::{self, signed, ContentCipher, DigestAlgorithm};
 use crate::config::ProfileCipher;
@@ -386,6 +386,12 @@ fn phase2(
     // The challenge is spent first: only a fresh phase 1 gets as far as policy and hooks,
     // so a replayed body cannot run a hook again.
     let admission = consume_phase1_challenge(ctx, attributes, now)?;
+    let token = admission.token.as_deref().zip(attributes.challenge());
+    let spender = tokens::Spender {
+        udid,
+        serial: attributes.get("SERIAL"),
+        remote,
+    };
     let asking = Asking {
         step: "phase 2",
         phase: 2,
@@ -394,19 +400,33 @@ fn phase2(
         admission: &admission,
         remote,
     };
-    decide::check_policy(ctx, &asking)?;
-    let variables = decide::ask_hook(ctx, &asking, None, &BTreeMap::new())?;
+
+    // The token first, without spending (so a device its scope refuses runs no hook), then
+    // policy and hook. A refusal on the way frees the place its challenge held on the token.
+    let decided = token
+        .map_or(Ok(()), |(id, _)| {
+            tokens::precheck(&ctx.store, id, spender, now)
+                .map_err(|err| token_refusal(err).with_prefix("phase 2"))
+        })
+        .and_then(|()| decide::check_policy(ctx, &asking))
+        .and_then(|()| decide::ask_hook(ctx, &asking, None, &BTreeMap::new()));
+    let variables = match decided {
+        Ok(variables) => variables,
+        Err(err) => {
+            if let Some((id, challenge)) = token {
+                if let Err(release) = tokens::release_challenge(&ctx.store, id, challenge, now) {
+                    warn!("enrollment token {id}: freeing a refused device's place: {release}");
+                }
+            }
+            return Err(err);
+        }
+    };
 
     // The token's use is spent here, not in phase 1, and only once policy and hook allowed
     // the device (a refused device burns no use): checked again under the lock (revoked,
     // expired, used up by a device that came first, another device than its scope).
-    if let (Some(id), Some(challenge)) = (&admission.token, attributes.challenge()) {
-        let device = tokens::Spender {
-            udid,
-            serial: attributes.get("SERIAL"),
-            remote,
-        };
-        tokens::spend(&ctx.store, id, challenge, device, now)
+    if let Some((id, challenge)) = token {
+        tokens::spend(&ctx.store, id, challenge, spender, now)
             .map_err(|err| token_refusal(err).with_prefix("phase 2"))?;
     }
     let (scep_challenge, subject) = bind_scep_challenge(ctx, udid, now)?;

@@ -16,7 +16,7 @@ use super::{create_dir, io_err, Store, StoreError};
 pub const BLOCKED_DIR: &str = "blocked";
 
 /// Longest serial number accepted (Apple's are 8 to 14 characters).
-pub const MAX_SERIAL_LEN: usize = 32;
+pub const MAX_SERIAL_LEN: usize = super::MAX_DEVICE_SERIAL_LEN;
 
 /// Longest reason kept.
 pub const MAX_BLOCK_REASON_LEN: usize = 200;
@@ -35,13 +35,7 @@ pub struct BlockRecord {
 
 /// A serial in the one spelling the blocklist uses (ASCII uppercase), if it can be one.
 pub fn normalize_serial(serial: &str) -> Option<String> {
-    let upper = serial.to_ascii_uppercase();
-    let valid = !upper.is_empty()
-        && upper.len() <= MAX_SERIAL_LEN
-        && upper
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    valid.then_some(upper)
+    super::normalize_device_serial(serial)
 }
 
 impl Store {
