@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Most response headers read.
 pub const MAX_HEADERS: usize = 64;
@@ -204,6 +204,9 @@ pub struct RequestOptions {
     pub connect_timeout: Duration,
     /// Timeout of each read and write.
     pub io_timeout: Duration,
+    /// From connecting to the end of the response: a server that trickles its answer a byte
+    /// at a time is cut off here, at most one `io_timeout` later.
+    pub total_timeout: Duration,
     /// Extra headers, each `(name, value)`; values with control characters are refused.
     pub headers: Vec<(String, String)>,
     /// The TLS client config for `https://` URLs; without it they are refused.
@@ -229,6 +232,7 @@ pub fn post_with(
     {
         return Err(HttpError::InvalidContentType);
     }
+    let deadline = Instant::now() + options.total_timeout;
     let stream = connect_with(&target, options.connect_timeout)?;
     for set in [
         stream.set_read_timeout(Some(options.io_timeout)),
@@ -262,7 +266,10 @@ pub fn post_with(
             tls.write_all(&message)
                 .and_then(|()| tls.flush())
                 .map_err(HttpError::Send)?;
-            read_response(&mut BufReader::new(tls))
+            read_response(&mut BufReader::new(Deadline {
+                inner: tls,
+                deadline,
+            }))
         }
         _ => {
             let mut writer = &stream;
@@ -270,8 +277,29 @@ pub fn post_with(
                 .write_all(&message)
                 .and_then(|()| writer.flush())
                 .map_err(HttpError::Send)?;
-            read_response(&mut BufReader::new(&stream))
+            read_response(&mut BufReader::new(Deadline {
+                inner: &stream,
+                deadline,
+            }))
         }
+    }
+}
+
+/// A reader that refuses to read past `deadline`.
+struct Deadline<R> {
+    inner: R,
+    deadline: Instant,
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if Instant::now() >= self.deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the whole response took too long",
+            ));
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -705,6 +733,35 @@ mod tests {
     use super::*;
     use std::net::TcpListener;
     use std::thread::JoinHandle;
+
+    #[test]
+    fn a_response_trickled_a_byte_at_a_time_is_cut_off_at_the_total_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n");
+            for _ in 0..40 {
+                if stream.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let options = RequestOptions {
+            connect_timeout: Duration::from_secs(1),
+            io_timeout: Duration::from_secs(1),
+            total_timeout: Duration::from_millis(500),
+            headers: Vec::new(),
+            tls: None,
+            user_agent: "test",
+        };
+        let err = post_with(&url, "application/json", b"{}", &options).unwrap_err();
+        assert!(err.to_string().contains("took too long"), "{err}");
+        server.join().unwrap();
+    }
 
     /// Serves one connection: reads the request (headers plus Content-Length body), answers
     /// with `reply`, and hands back the request bytes it saw.

@@ -208,7 +208,11 @@ fn blocked(parser: lexopt::Parser) -> Result<String, Exit> {
         return Ok(BLOCKED_HELP.to_string());
     };
     let store = open_store(&options)?;
-    let records = store.blocked_all().map_err(failed)?;
+    let (records, unreadable) = store.blocked_all().map_err(failed)?;
+    for err in unreadable {
+        // The list goes on; the lookup on the request path fails closed on such a file.
+        eprintln!("otad: skipped: {err}");
+    }
     if options.json {
         let list: Vec<_> = records
             .iter()

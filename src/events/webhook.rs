@@ -26,6 +26,8 @@ use crate::httpclient::{self, RequestOptions};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of each read and write of one POST.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most time one delivery may take, response included (a receiver trickling its answer).
+pub const TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// First wait after a failed POST; it doubles per failure up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest wait between two tries.
@@ -74,6 +76,7 @@ impl Webhook {
             options: RequestOptions {
                 connect_timeout: CONNECT_TIMEOUT,
                 io_timeout: IO_TIMEOUT,
+                total_timeout: TOTAL_TIMEOUT,
                 headers: Vec::new(),
                 tls,
                 user_agent: concat!("otad/", env!("CARGO_PKG_VERSION")),

@@ -79,11 +79,11 @@ impl Store {
     }
 
     /// Every blocked serial, sorted (an admin command).
-    pub fn blocked_all(&self) -> Result<Vec<BlockRecord>, StoreError> {
+    pub fn blocked_all(&self) -> Result<(Vec<BlockRecord>, Vec<StoreError>), StoreError> {
         if !self.root.join(BLOCKED_DIR).is_dir() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        self.list(BLOCKED_DIR)
+        self.list_skipping(BLOCKED_DIR)
     }
 }
 
@@ -96,7 +96,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("state")).unwrap();
         assert_eq!(store.blocked("F2LXK0AAHG7F").unwrap(), None);
-        assert_eq!(store.blocked_all().unwrap(), Vec::new());
+        assert_eq!(store.blocked_all().unwrap().0, Vec::new());
 
         let record = BlockRecord {
             serial: "F2LXK0AAHG7F".into(),
@@ -105,13 +105,25 @@ mod tests {
         };
         store.block(&record).unwrap();
         assert_eq!(store.blocked("f2lxk0aahg7f").unwrap(), Some(record.clone()));
-        assert_eq!(store.blocked_all().unwrap(), vec![record]);
+        assert_eq!(store.blocked_all().unwrap().0, vec![record.clone()]);
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(store.path("blocked/F2LXK0AAHG7F.json"))
                 .unwrap()
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+
+        // A corrupt file is skipped by the list (and named), not the end of it.
+        std::fs::write(store.path("blocked/BROKEN1.json"), "{").unwrap();
+        let (listed, skipped) = store.blocked_all().unwrap();
+        assert_eq!(listed, vec![record.clone()]);
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].to_string().contains("BROKEN1.json"),
+            "{}",
+            skipped[0]
+        );
+        std::fs::remove_file(store.path("blocked/BROKEN1.json")).unwrap();
 
         assert!(store.unblock("F2LXK0AAHG7F").unwrap());
         assert!(!store.unblock("F2LXK0AAHG7F").unwrap());
