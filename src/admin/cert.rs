@@ -464,28 +464,82 @@ fn import(mut parser: lexopt::Parser) -> Result<String, Exit> {
 
     let (_, store) = open_state(&config)?;
     let ca = load_ca(&store)?;
-    let mut text = String::new();
+    let now = store::now();
+
+    // Every file is checked before anything is recorded: a batch goes in whole or not at all.
+    let mut lines = Vec::new();
+    let mut records: Vec<(PathBuf, CertRecord, String)> = Vec::new();
     for (path, der) in &certificates {
-        let line = import_one(&store, &ca, der, udid.as_deref(), store::now())
-            .map_err(|why| Exit::Failed(format!("{}: {why}", path.display())))?;
-        text.push_str(&line);
-        text.push('\n');
+        let at = |why: String| Exit::Failed(format!("{}: {why}; nothing imported", path.display()));
+        match prepare_import(&store, &ca, der, udid.as_deref(), now).map_err(at)? {
+            Prepared::Skip(line) => lines.push(line),
+            Prepared::Record(record, line) => {
+                if records.iter().any(|(_, r, _)| r.serial == record.serial) {
+                    return Err(at(format!("{}: given twice", record.serial)));
+                }
+                records.push((path.clone(), record, line));
+            }
+        }
     }
-    Ok(text)
+
+    let recorded = store
+        .transaction(|| {
+            // Under the lock nobody else records: check every serial, then write.
+            for (path, record, _) in &records {
+                if let Some(existing) = store.cert(&record.serial)? {
+                    if existing.pem != record.pem {
+                        let clash = ImportError::SerialClash(record.serial.clone());
+                        return Err(ImportError::In(path.clone(), Box::new(clash)));
+                    }
+                }
+            }
+            let mut done = Vec::new();
+            for (path, record, line) in &records {
+                let fail = |err: StoreError| {
+                    ImportError::In(path.clone(), Box::new(ImportError::Store(err)))
+                };
+                match store.create_cert(record) {
+                    Err(StoreError::SerialTaken(serial)) => {
+                        done.push(format!("skipped {serial}: already recorded"));
+                        continue;
+                    }
+                    other => other.map_err(fail)?,
+                }
+                if let Some(udid) = udid.as_deref() {
+                    bind_to_device(&store, udid, &record.serial, now).map_err(fail)?;
+                }
+                done.push(line.clone());
+            }
+            Ok(done)
+        })
+        .map_err(|err| Exit::Failed(err.to_string()))?;
+    lines.extend(recorded);
+    Ok(lines.iter().map(|line| format!("{line}\n")).collect())
 }
 
-/// Records one certificate our CA key issued; returns the line to print.
-fn import_one(
+/// What importing one certificate comes to, once checked.
+enum Prepared {
+    /// Nothing to record (the CA certificate itself); the line to print.
+    Skip(String),
+    /// The record to write, and the line to print once it is written.
+    Record(CertRecord, String),
+}
+
+/// Checks one certificate for import (our CA key issued it, it is not one of otad's own
+/// identities nor the CA's serial) and makes its record; writes nothing.
+fn prepare_import(
     store: &Store,
     ca: &CertificateAuthority,
     der: &[u8],
     udid: Option<&str>,
     now: i64,
-) -> Result<String, String> {
+) -> Result<Prepared, String> {
     let summary = cert::summarize(der).map_err(|err| err.to_string())?;
     let serial = summary.serial_hex.clone();
     if der == ca.certificate() {
-        return Ok(format!("skipped {serial}: the CA certificate itself"));
+        return Ok(Prepared::Skip(format!(
+            "skipped {serial}: the CA certificate itself"
+        )));
     }
     // The RA and the profile signer are otad's own identities: recorded as device
     // certificates they could renew into client certificates under otad's names.
@@ -523,39 +577,17 @@ fn import_one(
         superseded_by: None,
         pem: cert::der_to_pem(der),
     };
-    let imported = store
-        .transaction(|| {
-            match store.create_cert(&record) {
-                Err(StoreError::SerialTaken(_)) => {
-                    let existing = store.cert(&serial)?;
-                    if existing.is_some_and(|existing| existing.pem == record.pem) {
-                        return Ok(false);
-                    }
-                    return Err(ImportError::SerialClash(serial.clone()));
-                }
-                other => other?,
-            }
-            if let Some(udid) = udid {
-                bind_to_device(store, udid, &serial, now)?;
-            }
-            Ok(true)
-        })
-        .map_err(|err| err.to_string())?;
-
     let status = if summary.not_after < now {
         " (expired)"
     } else {
         ""
     };
-    Ok(if imported {
-        format!(
-            "imported {serial} ({}){status}{}",
-            summary.subject,
-            udid.map(|u| format!(" for {u}")).unwrap_or_default()
-        )
-    } else {
-        format!("skipped {serial}: already recorded")
-    })
+    let line = format!(
+        "imported {serial} ({}){status}{}",
+        summary.subject,
+        udid.map(|u| format!(" for {u}")).unwrap_or_default()
+    );
+    Ok(Prepared::Record(record, line))
 }
 
 /// Why recording an imported certificate failed.
@@ -565,6 +597,8 @@ enum ImportError {
     Store(StoreError),
     /// Another certificate with the same serial is recorded.
     SerialClash(String),
+    /// One of the above, for the certificate read from this file.
+    In(PathBuf, Box<ImportError>),
 }
 
 impl From<StoreError> for ImportError {
@@ -581,6 +615,7 @@ impl std::fmt::Display for ImportError {
                 f,
                 "certificate {serial}: another certificate with this serial is recorded"
             ),
+            ImportError::In(path, err) => write!(f, "{}: {err}", path.display()),
         }
     }
 }
@@ -884,5 +919,23 @@ mod tests {
         let two = [pem, pem];
         let with_udid = cli(&["import", "--config", config, two[0], two[1], "--udid", UDID]);
         assert!(matches!(with_udid, Err(Exit::Usage(_))));
+
+        // A batch with one bad file records nothing, not even the good files before it.
+        let good = issue(&ca, "batch-good");
+        let good_path = dir.path().join("good.pem");
+        std::fs::write(&good_path, cert::der_to_pem(&good)).unwrap();
+        let batch = cli(&[
+            "import",
+            "--config",
+            config,
+            good_path.to_str().unwrap(),
+            foreign_path.to_str().unwrap(),
+        ]);
+        assert!(
+            matches!(&batch, Err(Exit::Failed(m)) if m.contains("nothing imported")),
+            "{batch:?}"
+        );
+        let good_serial = cert::serial_hex(&good).unwrap();
+        assert_eq!(store.cert(&good_serial).unwrap(), None, "all or nothing");
     }
 }
