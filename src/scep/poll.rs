@@ -191,12 +191,9 @@ fn check_poll(
             "CertPoll: issuer is not this CA".into(),
         ));
     }
+    // The key before the subject: whoever holds only a transactionID must not learn, from
+    // which failInfo comes back, whether a subject they guessed is the request's.
     let csr_der = stored_csr(record).map_err(unusable)?;
-    let csr_subject = csr_subject_der(&csr_der).map_err(unusable)?;
-    if !same_name(&asked.subject, &csr_subject) {
-        let reason = "CertPoll: subject is not the one of the request".to_string();
-        return Err((FailInfo::BadCertId, reason));
-    }
     let request = csr::parse(&csr_der).map_err(|err| unusable(format!("CSR: {err}")))?;
     let signer_key = cert::spki_der(signer_certificate).map_err(|err| {
         (
@@ -207,6 +204,11 @@ fn check_poll(
     if signer_key != request.public_key_spki_der {
         let reason = "CertPoll: signer's key is not the request's".to_string();
         return Err((FailInfo::BadMessageCheck, reason));
+    }
+    let csr_subject = csr_subject_der(&csr_der).map_err(unusable)?;
+    if !same_name(&asked.subject, &csr_subject) {
+        let reason = "CertPoll: subject is not the one of the request".to_string();
+        return Err((FailInfo::BadCertId, reason));
     }
     Ok(())
 }
