@@ -135,6 +135,10 @@ fn healthz_says_ok_when_the_state_takes_writes() {
         .filter(|entry| entry.file_name().to_string_lossy().starts_with(".healthz"))
         .collect();
     assert!(leftovers.is_empty(), "the probe file is removed");
+    assert!(
+        server.state_file("crl.der").exists(),
+        "the CRL is signed at start-up, before anyone asks for it"
+    );
 }
 
 #[test]
