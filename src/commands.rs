@@ -305,12 +305,9 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
     // The CRL exists before anyone asks (an MDM server or a relying party may fetch it
     // first), and a CRL past its nextUpdate is re-signed now rather than on first request.
-    if let Err(err) = crate::pki::crl::current(
-        &ctx.store,
-        &ctx.ca,
-        ctx.derived.crl_validity,
-        store::now(),
-    ) {
+    if let Err(err) =
+        crate::pki::crl::current(&ctx.store, &ctx.ca, ctx.derived.crl_validity, store::now())
+    {
         warn!("CRL: cannot sign it at start-up: {err}; GET /crl will try again");
     }
     let ctx = Arc::new(ctx);

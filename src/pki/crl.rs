@@ -417,6 +417,9 @@ fn stored_if_current(
     }
 }
 
+/// How long past its notAfter a revoked certificate stays on the CRL.
+const EXPIRED_GRACE_SECONDS: i64 = 7 * 86_400;
+
 /// Signs the next CRL from `index` and stores both (the caller holds the state lock);
 /// returns the CRL and its number.
 fn sign_and_store(
@@ -438,8 +441,14 @@ fn sign_and_store(
         .checked_add(1)
         .ok_or(CrlError::NumberExhausted)?;
 
-    // TODO: drop entries of certificates long expired (RFC 5280 section 3.3 allows it); the
-    // index does not record notAfter yet, so every revocation stays listed for good.
+    // An expired certificate is refused on its dates alone, so RFC 5280 section 3.3 lets
+    // the CRL forget it; a week's grace covers relying parties with slow clocks. The CRL
+    // then stays as small as the revoked certificates still in their validity.
+    index.revoked.retain(|record| {
+        record
+            .not_after
+            .is_none_or(|not_after| not_after.saturating_add(EXPIRED_GRACE_SECONDS) >= now)
+    });
     let revoked = index
         .revoked
         .iter()
@@ -525,6 +534,7 @@ pub fn revoke(
             serial: serial.to_string(),
             revoked_at,
             reason: recorded_reason,
+            not_after: Some(record.not_after),
         });
 
         let (crl, crl_number) = sign_and_store(store, ca, index, validity, now)?;
@@ -956,6 +966,30 @@ mod tests {
                 ("0c".to_string(), NOW + 9, None)
             ]
         );
+    }
+
+    #[test]
+    fn a_revoked_certificate_leaves_the_crl_a_week_after_it_expired() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        let mut short = record("0f");
+        short.not_after = NOW + 86_400;
+        store.create_cert(&short).unwrap();
+        store.create_cert(&record("10")).unwrap();
+        let reason = RevocationReason::KeyCompromise;
+        revoke(&store, ca, DAY, "0f", reason, NOW).unwrap();
+        let both = revoke(&store, ca, DAY, "10", reason, NOW + 1).unwrap();
+        assert_eq!(read(&both.crl, ca).unwrap().revoked.len(), 2);
+
+        // Expired, within the grace: still listed.
+        let later = current(&store, ca, DAY, NOW + 7 * 86_400).unwrap();
+        assert_eq!(read(&later, ca).unwrap().revoked.len(), 2);
+        // Past it: gone from the CRL and the index; the record stays revoked.
+        let much_later = current(&store, ca, DAY, NOW + 9 * 86_400).unwrap();
+        let listed = read(&much_later, ca).unwrap().revoked;
+        assert_eq!(listed, vec![("10".to_string(), NOW + 1, Some(1))]);
+        assert!(!store.crl_index().unwrap().lists("0f"));
+        assert!(store.cert("0f").unwrap().unwrap().revoked.is_some());
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct RevocationRecord {
     pub revoked_at: i64,
     /// The RFC 5280 §5.3.1 reason name ("keyCompromise", …).
     pub reason: String,
+    /// The certificate's notAfter (unix seconds): once it is long past, the entry leaves the
+    /// CRL. Absent in entries recorded before otad kept it; those stay listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
 }
 
 /// What the next CRL is signed from.
@@ -90,6 +94,7 @@ mod tests {
                 serial: "0a1b".into(),
                 revoked_at: 1_700_000_000,
                 reason: "keyCompromise".into(),
+                not_after: Some(1_800_000_000),
             }],
         };
         store.save_crl(&index, b"\x30\x00").unwrap();
