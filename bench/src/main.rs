@@ -54,10 +54,13 @@ struct LoadOptions {
     challenge: String,
     requests: usize,
     levels: Vec<usize>,
+    /// The server's process, whose CPU time is read around each level (Linux `/proc`).
+    server_pid: Option<u32>,
 }
 
 const USAGE: &str = "usage:
   otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
+                  [--server-pid PID]
   otad-bench rsa --signatures N --threads 1,2";
 
 fn main() -> ExitCode {
@@ -106,6 +109,13 @@ fn parse(args: &[String]) -> Result<Command, String> {
             challenge: take("challenge")?,
             requests: count(&take("requests")?, MAX_REQUESTS, "--requests")?,
             levels: list(&take("concurrency")?, MAX_CONCURRENCY, "--concurrency")?,
+            server_pid: flags
+                .get("server-pid")
+                .map(|pid| {
+                    pid.parse::<u32>()
+                        .map_err(|_| format!("--server-pid: {pid:?} is not a process id"))
+                })
+                .transpose()?,
         })),
         "rsa" => Ok(Command::Rsa {
             signatures: count(&take("signatures")?, MAX_SIGNATURES, "--signatures")?,
@@ -163,7 +173,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     }
 
     let url = format!("{}?operation=PKIOperation", options.scep_url);
-    let (warm, _) = run(&url, &warmup, 1);
+    let (warm, _, _) = run(&url, &warmup, 1);
     let warm_failures = check(&warm, &warmup, &authorities, &requester);
     if warm_failures > 0 {
         return Err(format!(
@@ -174,7 +184,12 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     }
 
     for (&concurrency, requests) in options.levels.iter().zip(&levels) {
-        let (replies, elapsed) = run(&url, requests, concurrency);
+        let server_before = options.server_pid.map(process_cpu).transpose()?;
+        let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency);
+        let server_cpu = match (options.server_pid, server_before) {
+            (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
+            _ => None,
+        };
         let failures = check(&replies, requests, &authorities, &requester);
         let mut latencies: Vec<Duration> = replies.iter().map(|reply| reply.latency).collect();
         latencies.sort();
@@ -182,20 +197,62 @@ fn load(options: &LoadOptions) -> Result<(), String> {
         // A FAILURE answer costs a server less than an issuance, so throughput counts
         // certificates issued; answers of any kind are reported beside it.
         let issued = requests.len() - failures;
+        // CPU per issuance, in milliseconds (the server's: null without --server-pid).
+        let per_issued = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / issued.max(1) as f64;
+        let server_cpu_ms = server_cpu.map_or("null".to_string(), |cpu| {
+            format!("{:.3}", per_issued(cpu))
+        });
         println!(
             "{{\"server\": \"{}\", \"concurrency\": {concurrency}, \"requests\": {}, \
              \"failures\": {failures}, \"seconds\": {seconds:.3}, \
              \"issued_per_second\": {:.1}, \"answers_per_second\": {:.1}, \
-             \"p50_ms\": {:.1}, \"p99_ms\": {:.1}}}",
+             \"p50_ms\": {:.1}, \"p99_ms\": {:.1}, \
+             \"server_cpu_ms_per_issued\": {server_cpu_ms}, \
+             \"driver_cpu_ms_per_request\": {:.3}}}",
             options.label,
             requests.len(),
             issued as f64 / seconds,
             requests.len() as f64 / seconds,
             percentile(&latencies, 50),
             percentile(&latencies, 99),
+            driver_cpu.as_secs_f64() * 1000.0 / requests.len().max(1) as f64,
         );
     }
     Ok(())
+}
+
+/// User plus system CPU time a process has used so far, its ended threads included
+/// (`/proc/PID/stat` fields 14 and 15, in clock ticks: 10 ms on Linux, so a level should run
+/// for seconds of CPU time to be read to a few percent).
+fn process_cpu(pid: u32) -> Result<Duration, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|err| format!("{path}: {err}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces; count after it.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{path}: unexpected format"))?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = |what: &str| -> Result<u64, String> {
+        fields
+            .next()
+            .and_then(|field| field.parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: no {what} time"))
+    };
+    let total = ticks("user")? + ticks("system")?;
+    Ok(Duration::from_millis(total * 1000 / CLOCK_TICKS_PER_SECOND))
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of `/proc/PID/stat` times: 100 on every Linux platform
+/// otad runs on (the kernel's USER_HZ).
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
+/// CPU time the calling thread has used so far, to the nanosecond
+/// (`/proc/thread-self/schedstat`, field 1).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
 
 /// The `p`th percentile (nearest rank) of sorted latencies, in milliseconds.
@@ -284,9 +341,11 @@ struct Reply {
 }
 
 /// Posts every request from `concurrency` threads, each taking the next unsent one; returns
-/// the replies in request order and the wall time of the whole level.
-fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Duration) {
+/// the replies in request order, the wall time of the whole level and the CPU time the
+/// posting threads used.
+fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Duration, Duration) {
     let next = AtomicUsize::new(0);
+    let cpu = Mutex::new(Duration::ZERO);
     let replies: Mutex<Vec<Option<Reply>>> = Mutex::new(
         std::iter::repeat_with(|| None)
             .take(requests.len())
@@ -295,21 +354,29 @@ fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Dur
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..concurrency {
-            scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(request) = requests.get(index) else {
-                    break;
-                };
-                let sent = Instant::now();
-                let result = post(url, &request.body);
-                let reply = Reply {
-                    result,
-                    latency: sent.elapsed(),
-                };
-                if let Ok(mut replies) = replies.lock() {
-                    if let Some(slot) = replies.get_mut(index) {
-                        *slot = Some(reply);
+            scope.spawn(|| {
+                let before = thread_cpu();
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(request) = requests.get(index) else {
+                        break;
+                    };
+                    let sent = Instant::now();
+                    let result = post(url, &request.body);
+                    let reply = Reply {
+                        result,
+                        latency: sent.elapsed(),
+                    };
+                    if let Ok(mut replies) = replies.lock() {
+                        if let Some(slot) = replies.get_mut(index) {
+                            *slot = Some(reply);
+                        }
                     }
+                }
+                if let (Some(before), Some(after), Ok(mut cpu)) =
+                    (before, thread_cpu(), cpu.lock())
+                {
+                    *cpu += after.saturating_sub(before);
                 }
             });
         }
@@ -326,7 +393,7 @@ fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Dur
             })
         })
         .collect();
-    (replies, elapsed)
+    (replies, elapsed, cpu.into_inner().unwrap_or_default())
 }
 
 /// POSTs one pkiMessage to the PKIOperation `url`; the body of a 200 answer.
@@ -399,9 +466,11 @@ fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
     for &count in threads {
         let started = Instant::now();
         let failed = AtomicUsize::new(0);
+        let cpu = Mutex::new(Duration::ZERO);
         std::thread::scope(|scope| {
             for _ in 0..count {
                 scope.spawn(|| {
+                    let before = thread_cpu();
                     let mut signature = vec![0u8; pair.public_modulus_len()];
                     for _ in 0..signatures {
                         if pair
@@ -411,16 +480,24 @@ fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    if let (Some(before), Some(after), Ok(mut cpu)) =
+                        (before, thread_cpu(), cpu.lock())
+                    {
+                        *cpu += after.saturating_sub(before);
+                    }
                 });
             }
         });
         let seconds = started.elapsed().as_secs_f64();
         let total = count * signatures;
+        let cpu = cpu.into_inner().unwrap_or_default();
         println!(
             "{{\"threads\": {count}, \"signatures\": {total}, \"failures\": {}, \
-             \"seconds\": {seconds:.3}, \"per_second\": {:.1}}}",
+             \"seconds\": {seconds:.3}, \"per_second\": {:.1}, \
+             \"cpu_us_per_signature\": {:.1}}}",
             failed.load(Ordering::Relaxed),
-            total as f64 / seconds
+            total as f64 / seconds,
+            cpu.as_secs_f64() * 1e6 / total.max(1) as f64
         );
     }
     Ok(())
