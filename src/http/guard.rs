@@ -12,8 +12,9 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -35,7 +36,7 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a single read or write on a client socket may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Stack size of the per-connection threads (they only parse and copy).
+/// Stack size of the connection threads (they only parse and copy).
 const CONNECTION_STACK: usize = 256 * 1024;
 
 /// Headers the guard sets itself or that concern only the client's hop.
@@ -404,7 +405,7 @@ fn linger(stream: &mut TcpStream, wait: Duration) {
     }
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
+/// Decrements the live-connection count when a connection is done, however it ends.
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -413,11 +414,105 @@ impl Drop for Slot {
     }
 }
 
+/// How long a connection thread with nothing to do waits for the next connection before it
+/// ends. Threads are reused rather than started per connection (starting one costs a clone,
+/// a stack mapping and its teardown, a few percent of an issuance's CPU time).
+const IDLE_THREAD: Duration = Duration::from_secs(30);
+
+/// An accepted client waiting for a connection thread.
+struct Job {
+    stream: TcpStream,
+    remote: SocketAddr,
+    slot: Slot,
+}
+
+/// What the acceptor and the connection threads share.
+#[derive(Default)]
+struct Queue {
+    /// Clients accepted and not yet taken by a thread.
+    waiting: VecDeque<Job>,
+    /// Threads waiting for a client.
+    idle: usize,
+}
+
+/// The connection threads: started on demand, reused, ended after [`IDLE_THREAD`] without
+/// work. A thread is started only when every thread is busy, and every busy thread holds a
+/// connection within `max_connections`, so there are never more threads than that.
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    socket: PathBuf,
+    limits: Limits,
+}
+
+impl Pool {
+    /// Hands a client to an idle thread, or starts one when none is idle.
+    fn dispatch(self: &Arc<Pool>, job: Job) {
+        let remote = job.remote;
+        let Ok(mut queue) = self.queue.lock() else {
+            warn!("connection dropped: the connection queue is poisoned remote={remote}");
+            return;
+        };
+        queue.waiting.push_back(job);
+        if queue.idle >= queue.waiting.len() {
+            drop(queue);
+            self.ready.notify_one();
+            return;
+        }
+        drop(queue);
+
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || pool.work());
+        if let Err(err) = spawned {
+            // The client stays queued for the next thread that is free or started.
+            warn!("cannot start a connection thread: {err} remote={remote}");
+        }
+    }
+
+    /// A connection thread: serves clients until none comes for [`IDLE_THREAD`].
+    fn work(&self) {
+        while let Some(job) = self.next() {
+            let Job {
+                stream,
+                remote,
+                slot,
+            } = job;
+            serve_connection(stream, remote, &self.socket, &self.limits);
+            drop(slot);
+        }
+    }
+
+    /// The next waiting client, or `None` when the thread should end.
+    fn next(&self) -> Option<Job> {
+        let mut queue = self.queue.lock().ok()?;
+        loop {
+            if let Some(job) = queue.waiting.pop_front() {
+                return Some(job);
+            }
+            queue.idle += 1;
+            let (guard, timeout) = self.ready.wait_timeout(queue, IDLE_THREAD).ok()?;
+            queue = guard;
+            queue.idle -= 1;
+            if timeout.timed_out() && queue.waiting.is_empty() {
+                return None;
+            }
+        }
+    }
+}
+
 /// Accepts clients on `listener` forever and relays their requests to tiny_http at `socket`.
 pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
     let live = Arc::new(AtomicUsize::new(0));
-    let socket = Arc::new(socket);
-    let limits = Arc::new(limits);
+    let max_connections = limits.max_connections;
+    let pool = Arc::new(Pool {
+        queue: Mutex::new(Queue::default()),
+        ready: Condvar::new(),
+        socket,
+        limits,
+    });
     loop {
         let (mut stream, remote) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -428,30 +523,21 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
             }
         };
 
-        if live.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        if live.fetch_add(1, Ordering::AcqRel) >= max_connections {
             live.fetch_sub(1, Ordering::AcqRel);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            warn!(
-                "connection refused: {} connections open remote={remote}",
-                limits.max_connections
-            );
+            warn!("connection refused: {max_connections} connections open remote={remote}");
             answer(&mut stream, &reject(503, "server busy; try again shortly"));
             // Briefly: this runs on the acceptor, which must get back to accepting.
             linger(&mut stream, Duration::from_millis(50));
             continue;
         }
         let slot = Slot(Arc::clone(&live));
-        let (socket, limits) = (Arc::clone(&socket), Arc::clone(&limits));
-        let spawned = std::thread::Builder::new()
-            .name("connection".into())
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, remote, &socket, &limits);
-            });
-        if let Err(err) = spawned {
-            warn!("cannot start a connection thread: {err} remote={remote}");
-        }
+        pool.dispatch(Job {
+            stream,
+            remote,
+            slot,
+        });
     }
 }
 
