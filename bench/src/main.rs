@@ -56,11 +56,13 @@ struct LoadOptions {
     levels: Vec<usize>,
     /// The server's process, whose CPU time is read around each level (Linux `/proc`).
     server_pid: Option<u32>,
+    /// Whether each posting thread keeps its connection for its next request.
+    reuse: bool,
 }
 
 const USAGE: &str = "usage:
   otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
-                  [--server-pid PID]
+                  [--server-pid PID] [--connections close|reuse]
   otad-bench rsa --signatures N --threads 1,2";
 
 fn main() -> ExitCode {
@@ -116,6 +118,11 @@ fn parse(args: &[String]) -> Result<Command, String> {
                         .map_err(|_| format!("--server-pid: {pid:?} is not a process id"))
                 })
                 .transpose()?,
+            reuse: match flags.get("connections").map(String::as_str) {
+                None | Some("close") => false,
+                Some("reuse") => true,
+                Some(other) => return Err(format!("--connections: {other:?} is not reuse or close")),
+            },
         })),
         "rsa" => Ok(Command::Rsa {
             signatures: count(&take("signatures")?, MAX_SIGNATURES, "--signatures")?,
@@ -173,7 +180,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     }
 
     let url = format!("{}?operation=PKIOperation", options.scep_url);
-    let (warm, _, _) = run(&url, &warmup, 1);
+    let (warm, _, _) = run(&url, &warmup, 1, options.reuse);
     let warm_failures = check(&warm, &warmup, &authorities, &requester);
     if warm_failures > 0 {
         return Err(format!(
@@ -185,7 +192,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
 
     for (&concurrency, requests) in options.levels.iter().zip(&levels) {
         let server_before = options.server_pid.map(process_cpu).transpose()?;
-        let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency);
+        let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency, options.reuse);
         let server_cpu = match (options.server_pid, server_before) {
             (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
             _ => None,
@@ -208,7 +215,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
              \"issued_per_second\": {:.1}, \"answers_per_second\": {:.1}, \
              \"p50_ms\": {:.1}, \"p99_ms\": {:.1}, \
              \"server_cpu_ms_per_issued\": {server_cpu_ms}, \
-             \"driver_cpu_ms_per_request\": {:.3}}}",
+             \"driver_cpu_ms_per_request\": {:.3}, \"connections\": \"{}\"}}",
             options.label,
             requests.len(),
             issued as f64 / seconds,
@@ -216,6 +223,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
             percentile(&latencies, 50),
             percentile(&latencies, 99),
             driver_cpu.as_secs_f64() * 1000.0 / requests.len().max(1) as f64,
+            if options.reuse { "reuse" } else { "close" },
         );
     }
     Ok(())
@@ -343,7 +351,12 @@ struct Reply {
 /// Posts every request from `concurrency` threads, each taking the next unsent one; returns
 /// the replies in request order, the wall time of the whole level and the CPU time the
 /// posting threads used.
-fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Duration, Duration) {
+fn run(
+    url: &str,
+    requests: &[Prepared],
+    concurrency: usize,
+    reuse: bool,
+) -> (Vec<Reply>, Duration, Duration) {
     let next = AtomicUsize::new(0);
     let cpu = Mutex::new(Duration::ZERO);
     let replies: Mutex<Vec<Option<Reply>>> = Mutex::new(
@@ -356,13 +369,18 @@ fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Dur
         for _ in 0..concurrency {
             scope.spawn(|| {
                 let before = thread_cpu();
+                let mut connection = None;
                 loop {
                     let index = next.fetch_add(1, Ordering::Relaxed);
                     let Some(request) = requests.get(index) else {
                         break;
                     };
                     let sent = Instant::now();
-                    let result = post(url, &request.body);
+                    let result = if reuse {
+                        post_reusing(&mut connection, url, &request.body)
+                    } else {
+                        post(url, &request.body)
+                    };
                     let reply = Reply {
                         result,
                         latency: sent.elapsed(),
@@ -404,6 +422,126 @@ fn post(url: &str, body: &[u8]) -> Result<Vec<u8>, String> {
         return Err(format!("status {}", response.status));
     }
     Ok(response.body)
+}
+
+/// Most bytes of a response head the keep-alive client reads.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Largest response body the keep-alive client reads.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// Socket timeout of the keep-alive client.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// POSTs one pkiMessage over `connection`, opening one when there is none and keeping it
+/// when the server does (HTTP/1.1 keep-alive, Content-Length framing only). A kept
+/// connection the server has closed meanwhile is replaced once, when nothing of a response
+/// had arrived on it.
+fn post_reusing(
+    connection: &mut Option<std::net::TcpStream>,
+    url: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let rest = url.strip_prefix("http://").ok_or("url: not http://")?;
+    let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {authority}\r\n\
+         Content-Type: application/x-pki-message\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+
+    let reused = connection.is_some();
+    match exchange(connection, authority, &request) {
+        Err((_, answered)) if reused && !answered => {
+            *connection = None;
+            exchange(connection, authority, &request).map_err(|(err, _)| err)
+        }
+        other => other.map_err(|(err, _)| err),
+    }
+}
+
+/// One request and its response on `connection` (opened if `None`, closed on any failure or
+/// when the server says so). The error says whether any byte of a response had arrived.
+fn exchange(
+    connection: &mut Option<std::net::TcpStream>,
+    authority: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, (String, bool)> {
+    use std::io::{Read, Write};
+    let stream = match connection {
+        Some(stream) => stream,
+        None => {
+            let stream = std::net::TcpStream::connect(authority)
+                .map_err(|err| (format!("connect: {err}"), false))?;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+            connection.insert(stream)
+        }
+    };
+    let result = (|| {
+        stream
+            .write_all(request)
+            .map_err(|err| (format!("send: {err}"), false))?;
+        let mut buffer = Vec::with_capacity(8192);
+        let mut chunk = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if buffer.len() > MAX_RESPONSE_HEAD {
+                return Err(("response head too large".to_string(), true));
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(("closed before a response".into(), !buffer.is_empty())),
+                Ok(n) => buffer.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(err) => return Err((format!("receive: {err}"), !buffer.is_empty())),
+            }
+        };
+        let head = String::from_utf8_lossy(buffer.get(..head_end).unwrap_or_default());
+        let status = head.split(' ').nth(1).unwrap_or_default().to_string();
+        let mut length = None;
+        let mut closes = false;
+        for line in head.split("\r\n").skip(1) {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            if name.trim().eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            } else if name.trim().eq_ignore_ascii_case("connection") {
+                closes |= value.to_ascii_lowercase().contains("close");
+            }
+        }
+        let length = length
+            .filter(|n| *n <= MAX_RESPONSE_BODY)
+            .ok_or(("response without a usable Content-Length".to_string(), true))?;
+        let mut body = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
+        while body.len() < length {
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(("response body truncated".to_string(), true)),
+                Ok(n) => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(err) => return Err((format!("receive: {err}"), true)),
+            }
+        }
+        if body.len() > length {
+            return Err(("more bytes than the response".to_string(), true));
+        }
+        Ok((status, body, closes))
+    })();
+    match result {
+        Ok((status, body, closes)) => {
+            if closes {
+                *connection = None;
+            }
+            if status == "200" {
+                Ok(body)
+            } else {
+                Err((format!("status {status}"), true))
+            }
+        }
+        Err(err) => {
+            *connection = None;
+            Err(err)
+        }
+    }
 }
 
 /// Failures among the replies: transport errors, and CertReps that are not a verified
