@@ -7,6 +7,7 @@
 #   REQUESTS=50 LEVELS=1,8 bench/scep.sh
 #   KEEP_WORK=1 bench/scep.sh          # keep the servers' states and logs afterwards
 #   SCEPSERVER=0 bench/scep.sh         # otad alone
+#   CONNECTIONS=close bench/scep.sh    # a new connection per request (default: reuse)
 #
 # Needs: a Rust toolchain, python3, and Debian's `scep` package for scepserver (without it,
 # otad is measured alone). scepserver listens on every interface (`-port` takes a port
@@ -21,6 +22,9 @@ ROOT=$PWD
 REQUESTS=${REQUESTS:-500}
 LEVELS=${LEVELS:-1,8,64}
 SIGNATURES=${SIGNATURES:-5000}
+# reuse: each posting thread keeps its connection (HTTP keep-alive, as SCEP clients do);
+# close: one connection per request. Both servers are driven the same way.
+CONNECTIONS=${CONNECTIONS:-reuse}
 CHALLENGE=${CHALLENGE:-bench-static-challenge}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OTAD=${OTAD:-$TARGET/release/otad}     # OTAD=path/to/otad measures another build
@@ -103,7 +107,8 @@ wait_port "$OTAD_PORT"
 
 echo "bench: otad, $REQUESTS requests at concurrency $LEVELS" >&2
 "$DRIVER" load --label otad --url "http://127.0.0.1:$OTAD_PORT/scep" --challenge "$CHALLENGE" \
-    --requests "$REQUESTS" --concurrency "$LEVELS" --server-pid "$OTAD_PID" |
+    --requests "$REQUESTS" --concurrency "$LEVELS" --server-pid "$OTAD_PID" \
+    --connections "$CONNECTIONS" |
     tee -a "$RESULTS"
 
 # scepserver: its own depot (`scepserver ca -init`, RSA-2048), the same static challenge.
@@ -122,7 +127,7 @@ elif [[ $OTAD_BENCH_STAGE == netns ]] && command -v scepserver >/dev/null; then
     echo "bench: scepserver, $REQUESTS requests at concurrency $LEVELS" >&2
     "$DRIVER" load --label scepserver --url "http://127.0.0.1:$SCEP_PORT/scep" \
         --challenge "$CHALLENGE" --requests "$REQUESTS" --concurrency "$LEVELS" \
-        --server-pid "$SCEP_PID" |
+        --server-pid "$SCEP_PID" --connections "$CONNECTIONS" |
         tee -a "$RESULTS"
 elif ! command -v scepserver >/dev/null; then
     echo "bench: scepserver is not installed (apt-get install scep): skipped" >&2

@@ -36,6 +36,9 @@ def main(results, scepserver_version, filesystem, load_average):
           f"{cpu}, Linux {platform.release()}; state on {filesystem}; otad {revision or '?'}; "
           f"scepserver {scepserver_version}; load average before the run {load_average}")
 
+    modes = sorted({r.get("connections", "close") for r in rows if "server" in r})
+    print(f"connections: {', '.join(modes)} (reuse: keep-alive, one connection per client "
+          f"thread; close: one connection per request)")
     one, two = rsa.get(1, 0.0), rsa.get(2, 0.0)
     bound = two / PRIVATE_OPERATIONS_PER_PKCSREQ
     print(f"RSA-2048 signatures/s (aws-lc-rs): 1 thread {one:.0f}, 2 threads {two:.0f}; "

@@ -501,27 +501,70 @@ fn exchange(
         let head = String::from_utf8_lossy(buffer.get(..head_end).unwrap_or_default());
         let status = head.split(' ').nth(1).unwrap_or_default().to_string();
         let mut length = None;
+        let mut chunked = false;
         let mut closes = false;
         for line in head.split("\r\n").skip(1) {
             let (name, value) = line.split_once(':').unwrap_or((line, ""));
-            if name.trim().eq_ignore_ascii_case("content-length") {
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse::<usize>().ok();
-            } else if name.trim().eq_ignore_ascii_case("connection") {
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
                 closes |= value.to_ascii_lowercase().contains("close");
             }
         }
-        let length = length
-            .filter(|n| *n <= MAX_RESPONSE_BODY)
-            .ok_or(("response without a usable Content-Length".to_string(), true))?;
-        let mut body = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
-        while body.len() < length {
-            match stream.read(&mut chunk) {
-                Ok(0) => return Err(("response body truncated".to_string(), true)),
-                Ok(n) => body.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                Err(err) => return Err((format!("receive: {err}"), true)),
+        let mut rest = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
+        let mut fill = |rest: &mut Vec<u8>, want: usize| -> Result<(), (String, bool)> {
+            while rest.len() < want {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return Err(("response body truncated".to_string(), true)),
+                    Ok(n) => rest.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Err(err) => return Err((format!("receive: {err}"), true)),
+                }
             }
-        }
-        if body.len() > length {
+            Ok(())
+        };
+        let body = if chunked {
+            // size CRLF data CRLF ... 0 CRLF CRLF (Go's net/http sends no trailers).
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    if rest.len() > 64 {
+                        return Err(("bad chunk size line".to_string(), true));
+                    }
+                    let want = rest.len() + 1;
+                    fill(&mut rest, want)?;
+                };
+                let size_text = String::from_utf8_lossy(rest.get(..line_end).unwrap_or_default())
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let size = usize::from_str_radix(&size_text, 16)
+                    .map_err(|_| ("bad chunk size".to_string(), true))?;
+                if body.len() + size > MAX_RESPONSE_BODY {
+                    return Err(("response body too large".to_string(), true));
+                }
+                fill(&mut rest, line_end + 2 + size + 2)?;
+                body.extend_from_slice(rest.get(line_end + 2..line_end + 2 + size).unwrap_or_default());
+                rest.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else {
+            let length = length
+                .filter(|n| *n <= MAX_RESPONSE_BODY)
+                .ok_or(("response without a usable Content-Length".to_string(), true))?;
+            fill(&mut rest, length)?;
+            rest
+        };
+        if !chunked && length.is_some_and(|n| body.len() > n) {
             return Err(("more bytes than the response".to_string(), true));
         }
         Ok((status, body, closes))
