@@ -156,7 +156,8 @@ fn response(stream: &mut TcpStream) -> Option<(String, String)> {
         head.lines()
             .find_map(|line| {
                 let (key, value) = line.split_once(':')?;
-                key.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
             })
             .unwrap_or_default()
     };
@@ -193,7 +194,10 @@ fn a_connection_carries_several_requests_each_within_the_limits() {
         .unwrap();
     let (status, connection) = response(&mut stream).unwrap();
     assert!(status.starts_with("HTTP/1.1 4"), "{status}");
-    assert_eq!(connection, "keep-alive", "a handler's 4xx keeps the connection");
+    assert_eq!(
+        connection, "keep-alive",
+        "a handler's 4xx keeps the connection"
+    );
 
     // A request over a limit is refused on a kept connection as on a new one, and closes it.
     stream
@@ -259,7 +263,10 @@ fn at_most_half_the_connections_are_kept_waiting() {
         })
         .collect();
     let connections: Vec<&str> = kept.iter().map(|(_, c)| c.as_str()).collect();
-    assert_eq!(connections, ["keep-alive", "keep-alive", "keep-alive", "close"]);
+    assert_eq!(
+        connections,
+        ["keep-alive", "keep-alive", "keep-alive", "close"]
+    );
     kept.pop();
     assert!(alive(&server), "a new client still gets in");
     let (stream, _) = kept.first_mut().unwrap();

@@ -121,7 +121,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
             reuse: match flags.get("connections").map(String::as_str) {
                 None | Some("close") => false,
                 Some("reuse") => true,
-                Some(other) => return Err(format!("--connections: {other:?} is not reuse or close")),
+                Some(other) => {
+                    return Err(format!("--connections: {other:?} is not reuse or close"))
+                }
             },
         })),
         "rsa" => Ok(Command::Rsa {
@@ -206,9 +208,8 @@ fn load(options: &LoadOptions) -> Result<(), String> {
         let issued = requests.len() - failures;
         // CPU per issuance, in milliseconds (the server's: null without --server-pid).
         let per_issued = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / issued.max(1) as f64;
-        let server_cpu_ms = server_cpu.map_or("null".to_string(), |cpu| {
-            format!("{:.3}", per_issued(cpu))
-        });
+        let server_cpu_ms =
+            server_cpu.map_or("null".to_string(), |cpu| format!("{:.3}", per_issued(cpu)));
         println!(
             "{{\"server\": \"{}\", \"concurrency\": {concurrency}, \"requests\": {}, \
              \"failures\": {failures}, \"seconds\": {seconds:.3}, \
@@ -391,8 +392,7 @@ fn run(
                         }
                     }
                 }
-                if let (Some(before), Some(after), Ok(mut cpu)) =
-                    (before, thread_cpu(), cpu.lock())
+                if let (Some(before), Some(after), Ok(mut cpu)) = (before, thread_cpu(), cpu.lock())
                 {
                     *cpu += after.saturating_sub(before);
                 }
@@ -551,7 +551,10 @@ fn exchange(
                     return Err(("response body too large".to_string(), true));
                 }
                 fill(&mut rest, line_end + 2 + size + 2)?;
-                body.extend_from_slice(rest.get(line_end + 2..line_end + 2 + size).unwrap_or_default());
+                body.extend_from_slice(
+                    rest.get(line_end + 2..line_end + 2 + size)
+                        .unwrap_or_default(),
+                );
                 rest.drain(..line_end + 2 + size + 2);
                 if size == 0 {
                     break body;

@@ -15,11 +15,11 @@
 //! wait like that at once; the others are closed after their answer. Each request goes to
 //! tiny_http on a connection of its own.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -673,7 +673,8 @@ mod tests {
 
     #[test]
     fn relayed_responses_say_what_becomes_of_the_connection() {
-        let from_tiny_http = b"HTTP/1.0 200 OK\r\nServer: tiny-http (Rust)\r\nContent-Length: 2\r\n\
+        let from_tiny_http =
+            b"HTTP/1.0 200 OK\r\nServer: tiny-http (Rust)\r\nContent-Length: 2\r\n\
                                Connection: close\r\n\r\nok";
         let closed = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
         let kept = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
@@ -686,7 +687,10 @@ mod tests {
             (kept.to_vec(), true)
         );
         let unframed = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nok";
-        assert!(!relay_response(unframed, false, true).1, "a short body is not framed");
+        assert!(
+            !relay_response(unframed, false, true).1,
+            "a short body is not framed"
+        );
         let head_answer = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
         assert!(relay_response(head_answer, true, true).1);
     }

@@ -117,7 +117,9 @@ fn create_unnamed(dir: &Path, target: &Path, bytes: &[u8], mode: u32) -> Result<
     let from = format!("/proc/self/fd/{}\0", file.as_raw_fd());
     let mut to = target.as_os_str().as_bytes().to_vec();
     if to.contains(&0) {
-        return Err(Unnamed::Failed(io::Error::from(io::ErrorKind::InvalidInput)));
+        return Err(Unnamed::Failed(io::Error::from(
+            io::ErrorKind::InvalidInput,
+        )));
     }
     to.push(0);
     // SAFETY: both paths are NUL-terminated and outlive the call; linkat reads nothing else.
@@ -227,7 +229,11 @@ mod tests {
         create_atomic(&target, b"record", 0o640).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"record");
         let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode & !0o640, 0, "no bit beyond the mode asked for: {mode:o}");
+        assert_eq!(
+            mode & !0o640,
+            0,
+            "no bit beyond the mode asked for: {mode:o}"
+        );
         assert_eq!(fs::metadata(&target).unwrap().nlink(), 1);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
         let missing = dir.path().join("no-such-folder").join("x.json");
