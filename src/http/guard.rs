@@ -21,7 +21,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -570,10 +570,9 @@ impl Pool {
     /// Hands a client to an idle thread, or starts one when none is idle.
     fn dispatch(self: &Arc<Pool>, job: Job) {
         let remote = job.remote;
-        let Ok(mut queue) = self.queue.lock() else {
-            warn!("connection dropped: the connection queue is poisoned remote={remote}");
-            return;
-        };
+        // The queue is only counted and pushed under its lock, nothing there can panic; a
+        // poisoned lock still holds consistent counts.
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.waiting.push_back(job);
         if queue.idle >= queue.waiting.len() {
             drop(queue);
@@ -608,13 +607,16 @@ impl Pool {
 
     /// The next waiting client, or `None` when the thread should end.
     fn next(&self) -> Option<Job> {
-        let mut queue = self.queue.lock().ok()?;
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(job) = queue.waiting.pop_front() {
                 return Some(job);
             }
             queue.idle += 1;
-            let (guard, timeout) = self.ready.wait_timeout(queue, IDLE_THREAD).ok()?;
+            let (guard, timeout) = self
+                .ready
+                .wait_timeout(queue, IDLE_THREAD)
+                .unwrap_or_else(PoisonError::into_inner);
             queue = guard;
             queue.idle -= 1;
             if timeout.timed_out() && queue.waiting.is_empty() {
