@@ -3,9 +3,11 @@
 # driven by the same request generator (bench/src/main.rs, otad's own client code), beside the
 # machine's RSA-2048 bound, all in one run. Loopback only; bounded counts; nothing is asserted.
 #
-#   bench/scep.sh                      # N=200 requests at concurrency 1, 8 and 64
+#   bench/scep.sh                      # N=500 requests at concurrency 1, 8 and 64
 #   REQUESTS=50 LEVELS=1,8 bench/scep.sh
 #   KEEP_WORK=1 bench/scep.sh          # keep the servers' states and logs afterwards
+#   SCEPSERVER=0 bench/scep.sh         # otad alone
+#   CONNECTIONS=close bench/scep.sh    # a new connection per request (default: reuse)
 #
 # Needs: a Rust toolchain, python3, and Debian's `scep` package for scepserver (without it,
 # otad is measured alone). scepserver listens on every interface (`-port` takes a port
@@ -15,12 +17,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-REQUESTS=${REQUESTS:-200}
+# 500 a level: server CPU is read from /proc in 10 ms ticks, so a level needs about a second
+# of CPU time to give CPU per issuance to about 2%.
+REQUESTS=${REQUESTS:-500}
 LEVELS=${LEVELS:-1,8,64}
 SIGNATURES=${SIGNATURES:-5000}
+# reuse: each posting thread keeps its connection (HTTP keep-alive, as SCEP clients do);
+# close: one connection per request. Both servers are driven the same way.
+CONNECTIONS=${CONNECTIONS:-reuse}
 CHALLENGE=${CHALLENGE:-bench-static-challenge}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-OTAD=$TARGET/release/otad
+OTAD=${OTAD:-$TARGET/release/otad}     # OTAD=path/to/otad measures another build
 DRIVER=$TARGET/release/otad-bench
 
 # Stage 1, in the ordinary namespace: build (cargo may need the network), then re-run the
@@ -94,26 +101,33 @@ for line in open(path).read().splitlines():
 open(path, "w").write("\n".join(lines) + "\n")
 EOF
 "$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
-PIDS+=($!)
+OTAD_PID=$!
+PIDS+=("$OTAD_PID")
 wait_port "$OTAD_PORT"
 
 echo "bench: otad, $REQUESTS requests at concurrency $LEVELS" >&2
 "$DRIVER" load --label otad --url "http://127.0.0.1:$OTAD_PORT/scep" --challenge "$CHALLENGE" \
-    --requests "$REQUESTS" --concurrency "$LEVELS" | tee -a "$RESULTS"
+    --requests "$REQUESTS" --concurrency "$LEVELS" --server-pid "$OTAD_PID" \
+    --connections "$CONNECTIONS" |
+    tee -a "$RESULTS"
 
 # scepserver: its own depot (`scepserver ca -init`, RSA-2048), the same static challenge.
 SCEPSERVER_VERSION=absent
-if [[ $OTAD_BENCH_STAGE == netns ]] && command -v scepserver >/dev/null; then
+if [[ ${SCEPSERVER:-1} == 0 ]]; then
+    echo "bench: SCEPSERVER=0: scepserver skipped" >&2
+elif [[ $OTAD_BENCH_STAGE == netns ]] && command -v scepserver >/dev/null; then
     SCEPSERVER_VERSION=$(scepserver -version 2>&1 | head -1)
     SCEP_PORT=$(free_port)
     (cd "$WORK" && scepserver ca -init -keySize 2048 -depot depot >/dev/null 2>&1)
     scepserver -depot "$WORK/depot" -port "$SCEP_PORT" -challenge "$CHALLENGE" \
         -allowrenew 0 2>"$WORK/scepserver.log" &
-    PIDS+=($!)
+    SCEP_PID=$!
+    PIDS+=("$SCEP_PID")
     wait_port "$SCEP_PORT"
     echo "bench: scepserver, $REQUESTS requests at concurrency $LEVELS" >&2
     "$DRIVER" load --label scepserver --url "http://127.0.0.1:$SCEP_PORT/scep" \
-        --challenge "$CHALLENGE" --requests "$REQUESTS" --concurrency "$LEVELS" |
+        --challenge "$CHALLENGE" --requests "$REQUESTS" --concurrency "$LEVELS" \
+        --server-pid "$SCEP_PID" --connections "$CONNECTIONS" |
         tee -a "$RESULTS"
 elif ! command -v scepserver >/dev/null; then
     echo "bench: scepserver is not installed (apt-get install scep): skipped" >&2

@@ -19,6 +19,9 @@ def main(results, scepserver_version, filesystem, load_average):
     rows = [json.loads(line) for line in open(results) if line.strip()]
     load = {(r["server"], r["concurrency"]): r for r in rows if "server" in r}
     rsa = {r["threads"]: r["per_second"] for r in rows if "threads" in r}
+    # CPU time of one RSA-2048 signature on one thread, the unit server CPU is measured in.
+    rsa_cpu_ms = next((r["cpu_us_per_signature"] / 1000 for r in rows
+                       if r.get("threads") == 1 and "cpu_us_per_signature" in r), None)
 
     cpu = next(
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
@@ -33,15 +36,23 @@ def main(results, scepserver_version, filesystem, load_average):
           f"{cpu}, Linux {platform.release()}; state on {filesystem}; otad {revision or '?'}; "
           f"scepserver {scepserver_version}; load average before the run {load_average}")
 
+    modes = sorted({r.get("connections", "close") for r in rows if "server" in r})
+    print(f"connections: {', '.join(modes)} (reuse: keep-alive, one connection per client "
+          f"thread; close: one connection per request)")
     one, two = rsa.get(1, 0.0), rsa.get(2, 0.0)
     bound = two / PRIVATE_OPERATIONS_PER_PKCSREQ
     print(f"RSA-2048 signatures/s (aws-lc-rs): 1 thread {one:.0f}, 2 threads {two:.0f}; "
           f"bound at {PRIVATE_OPERATIONS_PER_PKCSREQ} private operations per PKCSReq: "
           f"{bound:.0f} PKCSReq/s")
+    if rsa_cpu_ms:
+        print(f"CPU per RSA-2048 signature (1 thread): {rsa_cpu_ms * 1000:.1f} us; "
+              f"{PRIVATE_OPERATIONS_PER_PKCSREQ} of them: "
+              f"{PRIVATE_OPERATIONS_PER_PKCSREQ * rsa_cpu_ms:.3f} ms")
     print()
     print("| concurrency | server | issued/s | p50 ms | p99 ms | failures "
-          "| otad/scepserver | otad % of bound |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| otad/scepserver | otad % of bound | server CPU ms/issued | CPU / 3 RSA ops "
+          "| driver CPU ms/request |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for concurrency in sorted({c for _, c in load}):
         otad = load.get(("otad", concurrency))
         scepserver = load.get(("scepserver", concurrency))
@@ -53,9 +64,16 @@ def main(results, scepserver_version, filesystem, load_average):
                 theirs = scepserver["issued_per_second"] if scepserver else 0
                 ratio = f"{otad['issued_per_second'] / theirs:.2f}" if theirs else "n/a"
                 share = f"{100 * otad['issued_per_second'] / bound:.0f}%" if bound else "n/a"
+            server_cpu = row.get("server_cpu_ms_per_issued")
+            cpu = f"{server_cpu:.3f}" if server_cpu is not None else "n/a"
+            cpu_ratio = (f"{server_cpu / (PRIVATE_OPERATIONS_PER_PKCSREQ * rsa_cpu_ms):.2f}"
+                         if server_cpu is not None and rsa_cpu_ms else "n/a")
+            driver = row.get("driver_cpu_ms_per_request")
+            driver = f"{driver:.3f}" if driver is not None else "n/a"
             print(f"| {concurrency} | {name} | {row['issued_per_second']:.1f} "
                   f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} "
-                  f"| {row['failures']}/{row['requests']} | {ratio} | {share} |")
+                  f"| {row['failures']}/{row['requests']} | {ratio} | {share} "
+                  f"| {cpu} | {cpu_ratio} | {driver} |")
 
 
 if __name__ == "__main__":

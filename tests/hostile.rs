@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::server::{set_key, TestServer};
+use otad::http::guard::{KEEP_ALIVE_IDLE, MAX_REQUESTS_PER_CONNECTION};
 
 /// Sends raw bytes and returns the response's status line (empty if the server closed).
 fn raw(server: &TestServer, request: &[u8]) -> String {
@@ -59,7 +60,8 @@ fn absurd_requests_get_their_status_and_the_server_lives_on() {
             "431",
         ),
         (
-            b"GET /healthz HTTP/1.1\r\nX-Otad-Remote: 6.6.6.6:1\r\n\r\n".to_vec(),
+            b"GET /healthz HTTP/1.1\r\nX-Otad-Remote: 6.6.6.6:1\r\nConnection: close\r\n\r\n"
+                .to_vec(),
             "200",
         ),
     ];
@@ -136,4 +138,142 @@ fn connections_beyond_the_cap_are_told_to_come_back() {
     std::thread::sleep(Duration::from_millis(200));
     let line = raw(&server, b"GET /healthz HTTP/1.1\r\n\r\n");
     assert!(line.contains("503"), "{line}");
+}
+
+/// Reads one response (head and Content-Length body) from a kept-alive connection: its status
+/// line and Connection header; `None` once the server closed.
+fn response(stream: &mut TcpStream) -> Option<(String, String)> {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => bytes.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&bytes).to_string();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let mut body = vec![0u8; header("content-length").parse().unwrap()];
+    stream.read_exact(&mut body).unwrap();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Some((status, header("connection")))
+}
+
+fn connect(server: &TestServer) -> TcpStream {
+    let stream = TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(KEEP_ALIVE_IDLE + Duration::from_secs(5)))
+        .unwrap();
+    stream
+}
+
+#[test]
+fn a_connection_carries_several_requests_each_within_the_limits() {
+    let server = TestServer::start(|config| config);
+    let mut stream = connect(&server);
+
+    // Two requests in one write (pipelined), then a third: each answered, the connection kept.
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    for _ in 0..2 {
+        let (status, connection) = response(&mut stream).unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(connection, "keep-alive");
+    }
+    stream
+        .write_all(b"POST /ota/phase23 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        .unwrap();
+    let (status, connection) = response(&mut stream).unwrap();
+    assert!(status.starts_with("HTTP/1.1 4"), "{status}");
+    assert_eq!(
+        connection, "keep-alive",
+        "a handler's 4xx keeps the connection"
+    );
+
+    // A request over a limit is refused on a kept connection as on a new one, and closes it.
+    stream
+        .write_all(b"POST /ota/phase23 HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+        .unwrap();
+    let (status, connection) = response(&mut stream).unwrap();
+    assert!(status.contains("413"), "{status}");
+    assert_eq!(connection, "close");
+    assert!(response(&mut stream).is_none(), "closed after a refusal");
+
+    // `Connection: close` and HTTP/1.0 are honoured.
+    let mut stream = connect(&server);
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    assert_eq!(response(&mut stream).unwrap().1, "close");
+    assert!(response(&mut stream).is_none());
+    let mut stream = connect(&server);
+    stream.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(response(&mut stream).unwrap().1, "close");
+}
+
+#[test]
+fn kept_connections_end_after_their_request_count_and_idle_time() {
+    let server = TestServer::start(|config| config);
+    let mut stream = connect(&server);
+    for n in 1..=MAX_REQUESTS_PER_CONNECTION {
+        stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+        let (status, connection) = response(&mut stream).unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        let expected = if n < MAX_REQUESTS_PER_CONNECTION {
+            "keep-alive"
+        } else {
+            "close"
+        };
+        assert_eq!(connection, expected, "request {n}");
+    }
+    assert!(response(&mut stream).is_none());
+
+    // An idle kept connection is closed after KEEP_ALIVE_IDLE, silently.
+    let mut stream = connect(&server);
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(response(&mut stream).unwrap().1, "keep-alive");
+    let started = Instant::now();
+    assert!(response(&mut stream).is_none());
+    let waited = started.elapsed();
+    assert!(
+        waited >= KEEP_ALIVE_IDLE - Duration::from_millis(100)
+            && waited < KEEP_ALIVE_IDLE + Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
+
+#[test]
+fn at_most_half_the_connections_are_kept_waiting() {
+    let server = TestServer::start(|config| set_key(&config, "http", "max_connections", "6"));
+    let mut kept: Vec<(TcpStream, String)> = (0..4)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+            let (_, connection) = response(&mut stream).unwrap();
+            (stream, connection)
+        })
+        .collect();
+    let connections: Vec<&str> = kept.iter().map(|(_, c)| c.as_str()).collect();
+    assert_eq!(
+        connections,
+        ["keep-alive", "keep-alive", "keep-alive", "close"]
+    );
+    kept.pop();
+    assert!(alive(&server), "a new client still gets in");
+    let (stream, _) = kept.first_mut().unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(
+        response(stream).unwrap().1,
+        "keep-alive",
+        "a kept connection is served again"
+    );
 }

@@ -54,10 +54,15 @@ struct LoadOptions {
     challenge: String,
     requests: usize,
     levels: Vec<usize>,
+    /// The server's process, whose CPU time is read around each level (Linux `/proc`).
+    server_pid: Option<u32>,
+    /// Whether each posting thread keeps its connection for its next request.
+    reuse: bool,
 }
 
 const USAGE: &str = "usage:
   otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
+                  [--server-pid PID] [--connections close|reuse]
   otad-bench rsa --signatures N --threads 1,2";
 
 fn main() -> ExitCode {
@@ -106,6 +111,20 @@ fn parse(args: &[String]) -> Result<Command, String> {
             challenge: take("challenge")?,
             requests: count(&take("requests")?, MAX_REQUESTS, "--requests")?,
             levels: list(&take("concurrency")?, MAX_CONCURRENCY, "--concurrency")?,
+            server_pid: flags
+                .get("server-pid")
+                .map(|pid| {
+                    pid.parse::<u32>()
+                        .map_err(|_| format!("--server-pid: {pid:?} is not a process id"))
+                })
+                .transpose()?,
+            reuse: match flags.get("connections").map(String::as_str) {
+                None | Some("close") => false,
+                Some("reuse") => true,
+                Some(other) => {
+                    return Err(format!("--connections: {other:?} is not reuse or close"))
+                }
+            },
         })),
         "rsa" => Ok(Command::Rsa {
             signatures: count(&take("signatures")?, MAX_SIGNATURES, "--signatures")?,
@@ -163,7 +182,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     }
 
     let url = format!("{}?operation=PKIOperation", options.scep_url);
-    let (warm, _) = run(&url, &warmup, 1);
+    let (warm, _, _) = run(&url, &warmup, 1, options.reuse);
     let warm_failures = check(&warm, &warmup, &authorities, &requester);
     if warm_failures > 0 {
         return Err(format!(
@@ -174,7 +193,12 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     }
 
     for (&concurrency, requests) in options.levels.iter().zip(&levels) {
-        let (replies, elapsed) = run(&url, requests, concurrency);
+        let server_before = options.server_pid.map(process_cpu).transpose()?;
+        let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency, options.reuse);
+        let server_cpu = match (options.server_pid, server_before) {
+            (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
+            _ => None,
+        };
         let failures = check(&replies, requests, &authorities, &requester);
         let mut latencies: Vec<Duration> = replies.iter().map(|reply| reply.latency).collect();
         latencies.sort();
@@ -182,20 +206,62 @@ fn load(options: &LoadOptions) -> Result<(), String> {
         // A FAILURE answer costs a server less than an issuance, so throughput counts
         // certificates issued; answers of any kind are reported beside it.
         let issued = requests.len() - failures;
+        // CPU per issuance, in milliseconds (the server's: null without --server-pid).
+        let per_issued = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / issued.max(1) as f64;
+        let server_cpu_ms =
+            server_cpu.map_or("null".to_string(), |cpu| format!("{:.3}", per_issued(cpu)));
         println!(
             "{{\"server\": \"{}\", \"concurrency\": {concurrency}, \"requests\": {}, \
              \"failures\": {failures}, \"seconds\": {seconds:.3}, \
              \"issued_per_second\": {:.1}, \"answers_per_second\": {:.1}, \
-             \"p50_ms\": {:.1}, \"p99_ms\": {:.1}}}",
+             \"p50_ms\": {:.1}, \"p99_ms\": {:.1}, \
+             \"server_cpu_ms_per_issued\": {server_cpu_ms}, \
+             \"driver_cpu_ms_per_request\": {:.3}, \"connections\": \"{}\"}}",
             options.label,
             requests.len(),
             issued as f64 / seconds,
             requests.len() as f64 / seconds,
             percentile(&latencies, 50),
             percentile(&latencies, 99),
+            driver_cpu.as_secs_f64() * 1000.0 / requests.len().max(1) as f64,
+            if options.reuse { "reuse" } else { "close" },
         );
     }
     Ok(())
+}
+
+/// User plus system CPU time a process has used so far, its ended threads included
+/// (`/proc/PID/stat` fields 14 and 15, in clock ticks: 10 ms on Linux, so a level should run
+/// for seconds of CPU time to be read to a few percent).
+fn process_cpu(pid: u32) -> Result<Duration, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|err| format!("{path}: {err}"))?;
+    // The command name (field 2) is in parentheses and may hold spaces; count after it.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("{path}: unexpected format"))?;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut ticks = |what: &str| -> Result<u64, String> {
+        fields
+            .next()
+            .and_then(|field| field.parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: no {what} time"))
+    };
+    let total = ticks("user")? + ticks("system")?;
+    Ok(Duration::from_millis(total * 1000 / CLOCK_TICKS_PER_SECOND))
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of `/proc/PID/stat` times: 100 on every Linux platform
+/// otad runs on (the kernel's USER_HZ).
+const CLOCK_TICKS_PER_SECOND: u64 = 100;
+
+/// CPU time the calling thread has used so far, to the nanosecond
+/// (`/proc/thread-self/schedstat`, field 1).
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    Some(Duration::from_nanos(nanos))
 }
 
 /// The `p`th percentile (nearest rank) of sorted latencies, in milliseconds.
@@ -284,9 +350,16 @@ struct Reply {
 }
 
 /// Posts every request from `concurrency` threads, each taking the next unsent one; returns
-/// the replies in request order and the wall time of the whole level.
-fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Duration) {
+/// the replies in request order, the wall time of the whole level and the CPU time the
+/// posting threads used.
+fn run(
+    url: &str,
+    requests: &[Prepared],
+    concurrency: usize,
+    reuse: bool,
+) -> (Vec<Reply>, Duration, Duration) {
     let next = AtomicUsize::new(0);
+    let cpu = Mutex::new(Duration::ZERO);
     let replies: Mutex<Vec<Option<Reply>>> = Mutex::new(
         std::iter::repeat_with(|| None)
             .take(requests.len())
@@ -295,21 +368,33 @@ fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Dur
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..concurrency {
-            scope.spawn(|| loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                let Some(request) = requests.get(index) else {
-                    break;
-                };
-                let sent = Instant::now();
-                let result = post(url, &request.body);
-                let reply = Reply {
-                    result,
-                    latency: sent.elapsed(),
-                };
-                if let Ok(mut replies) = replies.lock() {
-                    if let Some(slot) = replies.get_mut(index) {
-                        *slot = Some(reply);
+            scope.spawn(|| {
+                let before = thread_cpu();
+                let mut connection = None;
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(request) = requests.get(index) else {
+                        break;
+                    };
+                    let sent = Instant::now();
+                    let result = if reuse {
+                        post_reusing(&mut connection, url, &request.body)
+                    } else {
+                        post(url, &request.body)
+                    };
+                    let reply = Reply {
+                        result,
+                        latency: sent.elapsed(),
+                    };
+                    if let Ok(mut replies) = replies.lock() {
+                        if let Some(slot) = replies.get_mut(index) {
+                            *slot = Some(reply);
+                        }
                     }
+                }
+                if let (Some(before), Some(after), Ok(mut cpu)) = (before, thread_cpu(), cpu.lock())
+                {
+                    *cpu += after.saturating_sub(before);
                 }
             });
         }
@@ -326,7 +411,7 @@ fn run(url: &str, requests: &[Prepared], concurrency: usize) -> (Vec<Reply>, Dur
             })
         })
         .collect();
-    (replies, elapsed)
+    (replies, elapsed, cpu.into_inner().unwrap_or_default())
 }
 
 /// POSTs one pkiMessage to the PKIOperation `url`; the body of a 200 answer.
@@ -337,6 +422,172 @@ fn post(url: &str, body: &[u8]) -> Result<Vec<u8>, String> {
         return Err(format!("status {}", response.status));
     }
     Ok(response.body)
+}
+
+/// Most bytes of a response head the keep-alive client reads.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+/// Largest response body the keep-alive client reads.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// Socket timeout of the keep-alive client.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// POSTs one pkiMessage over `connection`, opening one when there is none and keeping it
+/// when the server does (HTTP/1.1 keep-alive, Content-Length framing only). A kept
+/// connection the server has closed meanwhile is replaced once, when nothing of a response
+/// had arrived on it.
+fn post_reusing(
+    connection: &mut Option<std::net::TcpStream>,
+    url: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, String> {
+    let rest = url.strip_prefix("http://").ok_or("url: not http://")?;
+    let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut request = format!(
+        "POST {target} HTTP/1.1\r\nHost: {authority}\r\n\
+         Content-Type: application/x-pki-message\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+
+    let reused = connection.is_some();
+    match exchange(connection, authority, &request) {
+        Err((_, answered)) if reused && !answered => {
+            *connection = None;
+            exchange(connection, authority, &request).map_err(|(err, _)| err)
+        }
+        other => other.map_err(|(err, _)| err),
+    }
+}
+
+/// One request and its response on `connection` (opened if `None`, closed on any failure or
+/// when the server says so). The error says whether any byte of a response had arrived.
+fn exchange(
+    connection: &mut Option<std::net::TcpStream>,
+    authority: &str,
+    request: &[u8],
+) -> Result<Vec<u8>, (String, bool)> {
+    use std::io::{Read, Write};
+    let stream = match connection {
+        Some(stream) => stream,
+        None => {
+            let stream = std::net::TcpStream::connect(authority)
+                .map_err(|err| (format!("connect: {err}"), false))?;
+            let _ = stream.set_nodelay(true);
+            let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+            let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+            connection.insert(stream)
+        }
+    };
+    let result = (|| {
+        stream
+            .write_all(request)
+            .map_err(|err| (format!("send: {err}"), false))?;
+        let mut buffer = Vec::with_capacity(8192);
+        let mut chunk = [0u8; 16 * 1024];
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            if buffer.len() > MAX_RESPONSE_HEAD {
+                return Err(("response head too large".to_string(), true));
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => return Err(("closed before a response".into(), !buffer.is_empty())),
+                Ok(n) => buffer.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(err) => return Err((format!("receive: {err}"), !buffer.is_empty())),
+            }
+        };
+        let head = String::from_utf8_lossy(buffer.get(..head_end).unwrap_or_default());
+        let status = head.split(' ').nth(1).unwrap_or_default().to_string();
+        let mut length = None;
+        let mut chunked = false;
+        let mut closes = false;
+        for line in head.split("\r\n").skip(1) {
+            let (name, value) = line.split_once(':').unwrap_or((line, ""));
+            let name = name.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.trim().eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                closes |= value.to_ascii_lowercase().contains("close");
+            }
+        }
+        let mut rest = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
+        let mut fill = |rest: &mut Vec<u8>, want: usize| -> Result<(), (String, bool)> {
+            while rest.len() < want {
+                match stream.read(&mut chunk) {
+                    Ok(0) => return Err(("response body truncated".to_string(), true)),
+                    Ok(n) => rest.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Err(err) => return Err((format!("receive: {err}"), true)),
+                }
+            }
+            Ok(())
+        };
+        let body = if chunked {
+            // size CRLF data CRLF ... 0 CRLF CRLF (Go's net/http sends no trailers).
+            let mut body = Vec::new();
+            loop {
+                let line_end = loop {
+                    if let Some(at) = rest.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    if rest.len() > 64 {
+                        return Err(("bad chunk size line".to_string(), true));
+                    }
+                    let want = rest.len() + 1;
+                    fill(&mut rest, want)?;
+                };
+                let size_text = String::from_utf8_lossy(rest.get(..line_end).unwrap_or_default())
+                    .split(';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                let size = usize::from_str_radix(&size_text, 16)
+                    .map_err(|_| ("bad chunk size".to_string(), true))?;
+                if body.len() + size > MAX_RESPONSE_BODY {
+                    return Err(("response body too large".to_string(), true));
+                }
+                fill(&mut rest, line_end + 2 + size + 2)?;
+                body.extend_from_slice(
+                    rest.get(line_end + 2..line_end + 2 + size)
+                        .unwrap_or_default(),
+                );
+                rest.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break body;
+                }
+            }
+        } else {
+            let length = length
+                .filter(|n| *n <= MAX_RESPONSE_BODY)
+                .ok_or(("response without a usable Content-Length".to_string(), true))?;
+            fill(&mut rest, length)?;
+            rest
+        };
+        if !chunked && length.is_some_and(|n| body.len() > n) {
+            return Err(("more bytes than the response".to_string(), true));
+        }
+        Ok((status, body, closes))
+    })();
+    match result {
+        Ok((status, body, closes)) => {
+            if closes {
+                *connection = None;
+            }
+            if status == "200" {
+                Ok(body)
+            } else {
+                Err((format!("status {status}"), true))
+            }
+        }
+        Err(err) => {
+            *connection = None;
+            Err(err)
+        }
+    }
 }
 
 /// Failures among the replies: transport errors, and CertReps that are not a verified
@@ -399,9 +650,11 @@ fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
     for &count in threads {
         let started = Instant::now();
         let failed = AtomicUsize::new(0);
+        let cpu = Mutex::new(Duration::ZERO);
         std::thread::scope(|scope| {
             for _ in 0..count {
                 scope.spawn(|| {
+                    let before = thread_cpu();
                     let mut signature = vec![0u8; pair.public_modulus_len()];
                     for _ in 0..signatures {
                         if pair
@@ -411,16 +664,24 @@ fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
                             failed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
+                    if let (Some(before), Some(after), Ok(mut cpu)) =
+                        (before, thread_cpu(), cpu.lock())
+                    {
+                        *cpu += after.saturating_sub(before);
+                    }
                 });
             }
         });
         let seconds = started.elapsed().as_secs_f64();
         let total = count * signatures;
+        let cpu = cpu.into_inner().unwrap_or_default();
         println!(
             "{{\"threads\": {count}, \"signatures\": {total}, \"failures\": {}, \
-             \"seconds\": {seconds:.3}, \"per_second\": {:.1}}}",
+             \"seconds\": {seconds:.3}, \"per_second\": {:.1}, \
+             \"cpu_us_per_signature\": {:.1}}}",
             failed.load(Ordering::Relaxed),
-            total as f64 / seconds
+            total as f64 / seconds,
+            cpu.as_secs_f64() * 1e6 / total.max(1) as f64
         );
     }
     Ok(())

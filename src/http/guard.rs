@@ -6,14 +6,22 @@
 //! therefore owns the public socket: it accepts at most `max_connections` clients, reads each
 //! request head and body within size limits and one deadline, answers whatever breaks a limit
 //! itself, and hands tiny_http only complete, bounded requests over a private Unix socket,
-//! with the client's address in [`REMOTE_HEADER`]. One request per connection.
+//! with the client's address in [`REMOTE_HEADER`].
+//!
+//! A client may send several requests over one connection (HTTP/1.1 keep-alive, as SCEP
+//! clients do for GetCACaps, GetCACert and PKIOperation): every request gets the same limits
+//! and its own deadline, a connection carries at most [`MAX_REQUESTS_PER_CONNECTION`], waits
+//! at most [`KEEP_ALIVE_IDLE`] for the next one, and at most half of `max_connections` may
+//! wait like that at once; the others are closed after their answer. Each request goes to
+//! tiny_http on a connection of its own.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
@@ -35,7 +43,13 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a single read or write on a client socket may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Stack size of the per-connection threads (they only parse and copy).
+/// Most requests one client connection carries; the answer to the last says it closes.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 100;
+
+/// Longest a kept-alive connection waits for its next request to begin.
+pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
+
+/// Stack size of the connection threads (they only parse and copy).
 const CONNECTION_STACK: usize = 256 * 1024;
 
 /// Headers the guard sets itself or that concern only the client's hop.
@@ -91,6 +105,9 @@ pub struct Head {
     pub content_length: usize,
     /// Whether the client waits for `100 Continue`.
     pub expects_continue: bool,
+    /// Whether the client would send another request on this connection (HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
+    pub keep_alive: bool,
 }
 
 /// Parses a request head (everything before the blank line) against the limits.
@@ -122,6 +139,8 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
     let mut headers = Vec::new();
     let mut content_length = None;
     let mut expects_continue = false;
+    let mut connection_close = false;
+    let mut connection_keep_alive = false;
     for line in lines {
         if headers.len() >= MAX_HEADERS {
             return Err(reject(
@@ -159,6 +178,12 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
             }
             "expect" if value.eq_ignore_ascii_case("100-continue") => expects_continue = true,
             "expect" => return Err(reject(417, "Expect: only 100-continue is understood")),
+            "connection" => {
+                for option in value.split(',').map(str::trim) {
+                    connection_close |= option.eq_ignore_ascii_case("close");
+                    connection_keep_alive |= option.eq_ignore_ascii_case("keep-alive");
+                }
+            }
             _ => {}
         }
         if !HOP_HEADERS.contains(&lower.as_str()) && !lower.eq_ignore_ascii_case(REMOTE_HEADER) {
@@ -179,6 +204,7 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
         headers,
         content_length,
         expects_continue,
+        keep_alive: !connection_close && (version == "HTTP/1.1" || connection_keep_alive),
     })
 }
 
@@ -190,15 +216,32 @@ enum Received {
     Gone,
 }
 
-fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Received, Rejection> {
+/// Reads one request. `buffer` holds what was read past the previous request on this
+/// connection and, on return, what was read past this one. With `idle`, the request must
+/// begin within that time (else the connection is done, quietly); its own deadline starts
+/// with its first byte.
+fn read_request(
+    stream: &mut TcpStream,
+    limits: &Limits,
+    buffer: &mut Vec<u8>,
+    idle: Option<Duration>,
+) -> Result<Received, Rejection> {
+    let mut chunk = [0u8; 4096];
+    if let Some(idle) = idle.filter(|_| buffer.is_empty()) {
+        if stream.set_read_timeout(Some(idle)).is_err() {
+            return Ok(Received::Gone);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return Ok(Received::Gone),
+            Ok(n) => buffer.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
     let deadline = Instant::now() + limits.request_timeout;
     let timed_out = || reject(408, "request: not received in time");
-    let mut buffer = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 4096];
 
     // The head, up to the blank line.
     let head_end = loop {
-        if let Some(at) = find_blank_line(&buffer) {
+        if let Some(at) = find_blank_line(buffer) {
             break at;
         }
         if buffer.len() > MAX_HEAD_BYTES {
@@ -226,8 +269,9 @@ fn read_request(stream: &mut TcpStream, limits: &Limits) -> Result<Received, Rej
     }
 
     // The body: what came with the head, then the rest, never past the declared length.
-    let mut body: Vec<u8> = buffer.get(head_end + 4..).unwrap_or_default().to_vec();
-    body.truncate(head.content_length);
+    // Bytes beyond it are the start of the client's next request.
+    let mut body = buffer.split_off((head_end + 4).min(buffer.len()));
+    *buffer = body.split_off(head.content_length.min(body.len()));
     while body.len() < head.content_length {
         if !wait_until(stream, deadline) {
             return Err(timed_out());
@@ -293,93 +337,169 @@ fn answer(stream: &mut TcpStream, rejection: &Rejection) {
     let _ = stream.flush();
 }
 
-/// Hands one bounded request to tiny_http and relays its response.
+/// Hands one bounded request to tiny_http and relays its response; returns whether the
+/// response kept the connection open.
+///
+/// The inner hop speaks HTTP/1.0: tiny_http then frames every response with Content-Length
+/// (never chunked), which is what lets the guard keep a client's connection open after it.
 fn forward(
     socket: &Path,
     remote: &SocketAddr,
     head: &Head,
     body: &[u8],
     client: &mut TcpStream,
-) -> io::Result<()> {
+    keep_alive: bool,
+) -> io::Result<bool> {
     let mut inner = UnixStream::connect(socket)?;
     inner.set_read_timeout(Some(Duration::from_secs(120)))?;
     inner.set_write_timeout(Some(IO_TIMEOUT))?;
 
-    let mut request = format!("{} {} HTTP/1.1\r\n", head.method, head.target);
+    let mut request = format!("{} {} HTTP/1.0\r\n", head.method, head.target);
     for (name, value) in &head.headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request.push_str(name);
+        request.push_str(": ");
+        request.push_str(value);
+        request.push_str("\r\n");
     }
     request.push_str(&format!(
         "{REMOTE_HEADER}: {remote}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     ));
-    inner.write_all(request.as_bytes())?;
-    inner.write_all(body)?;
-    inner.flush()?;
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    inner.write_all(&request)?;
 
     let mut response = Vec::new();
     inner
         .take(MAX_RESPONSE_BYTES as u64)
         .read_to_end(&mut response)?;
-    client.write_all(&close_response(&response))?;
-    client.flush()
+    let (relayed, kept) = relay_response(&response, head.method == "HEAD", keep_alive);
+    client.write_all(&relayed)?;
+    client.flush()?;
+    Ok(kept)
 }
 
-/// The response with `Connection: close` in its head (the guard serves one request per
-/// connection, and a client that thought otherwise would send its next request into a closed
-/// socket) and without tiny_http's Server header.
-fn close_response(response: &[u8]) -> Vec<u8> {
+/// The response as the client gets it: HTTP/1.1, without tiny_http's Server and connection
+/// headers, and `Connection: keep-alive` when `keep_alive` was asked and the response is
+/// framed by its Content-Length (or has no body), else `Connection: close`. Returns it and
+/// whether it keeps the connection.
+fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>, bool) {
     let Some(end) = find_blank_line(response) else {
-        return response.to_vec();
+        return (response.to_vec(), false);
     };
     let head = String::from_utf8_lossy(response.get(..end).unwrap_or_default());
+    let body = response.get(end + 4..).unwrap_or_default();
     let mut out = String::with_capacity(end + 32);
+    let mut framed = is_head;
     for (n, line) in head.split("\r\n").enumerate() {
-        let name = line.split(':').next().unwrap_or_default().trim();
-        let dropped =
-            name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("server");
-        if n > 0 && dropped {
+        if n == 0 {
+            let status = line.split_once(' ').map_or(line, |(_, status)| status);
+            out.push_str("HTTP/1.1 ");
+            out.push_str(status);
+            out.push_str("\r\n");
             continue;
         }
-        out.push_str(line);
-        out.push_str("\r\n");
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        let name = name.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            framed |= value.trim().parse::<usize>().ok() == Some(body.len());
+        }
+        let dropped = ["connection", "keep-alive", "server"]
+            .iter()
+            .any(|hop| name.eq_ignore_ascii_case(hop));
+        if !dropped {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
     }
-    out.push_str("Connection: close\r\n\r\n");
+    let kept = keep_alive && framed;
+    out.push_str(if kept {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
     let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(response.get(end + 4..).unwrap_or_default());
-    bytes
+    bytes.extend_from_slice(body);
+    (bytes, kept)
 }
 
-fn serve_connection(mut stream: TcpStream, remote: SocketAddr, socket: &Path, limits: &Limits) {
+/// Serves one client connection: its requests one after another, while both sides keep it.
+fn serve_connection(mut stream: TcpStream, remote: SocketAddr, pool: &Pool) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
 
-    match read_request(&mut stream, limits) {
-        Ok(Received::Request(head, body)) => {
-            if let Err(err) = forward(socket, &remote, &head, &body, &mut stream) {
-                warn!(
-                    "{} {}: relaying failed: {err} remote={remote}",
-                    head.method,
-                    // The query may hold an enrollment token; it stays out of the log.
-                    head.target.split('?').next().unwrap_or_default()
-                );
-                answer(
-                    &mut stream,
-                    &reject(502, "internal error; see the server log"),
-                );
+    let mut buffer = Vec::with_capacity(4096);
+    let mut served = 0;
+    let mut waiting: Option<Waiting<'_>> = None;
+    loop {
+        let idle = waiting.is_some().then_some(KEEP_ALIVE_IDLE);
+        let received = read_request(&mut stream, &pool.limits, &mut buffer, idle);
+        // Whatever came, this connection no longer waits.
+        drop(waiting.take());
+        match received {
+            Ok(Received::Request(head, body)) => {
+                served += 1;
+                // Kept open only while few connections wait so (see [`Waiting`]).
+                let wait = (head.keep_alive && served < MAX_REQUESTS_PER_CONNECTION)
+                    .then(|| Waiting::enter(pool))
+                    .flatten();
+                let socket = &pool.socket;
+                match forward(socket, &remote, &head, &body, &mut stream, wait.is_some()) {
+                    Ok(true) => waiting = wait,
+                    Ok(false) => break,
+                    Err(err) => {
+                        warn!(
+                            "{} {}: relaying failed: {err} remote={remote}",
+                            head.method,
+                            // The query may hold an enrollment token; it stays out of the log.
+                            head.target.split('?').next().unwrap_or_default()
+                        );
+                        answer(
+                            &mut stream,
+                            &reject(502, "internal error; see the server log"),
+                        );
+                        break;
+                    }
+                }
             }
-        }
-        Ok(Received::Gone) => debug!("connection closed before a request remote={remote}"),
-        Err(rejection) => {
-            warn!(
-                "request refused: {} {} remote={remote}",
-                rejection.status, rejection.reason
-            );
-            answer(&mut stream, &rejection);
+            Ok(Received::Gone) if served == 0 => {
+                debug!("connection closed before a request remote={remote}");
+                break;
+            }
+            Ok(Received::Gone) => break,
+            Err(rejection) => {
+                warn!(
+                    "request refused: {} {} remote={remote}",
+                    rejection.status, rejection.reason
+                );
+                answer(&mut stream, &rejection);
+                break;
+            }
         }
     }
     linger(&mut stream, LINGER);
+}
+
+/// A kept-alive connection waiting for its client's next request. At most half of
+/// `max_connections` wait at once, so idle clients cannot keep new ones out.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(pool: &'a Pool) -> Option<Waiting<'a>> {
+        let most = pool.limits.max_connections / 2;
+        if pool.waiting.fetch_add(1, Ordering::AcqRel) >= most {
+            pool.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Waiting(&pool.waiting))
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a connection thread drains what a client still sends after the answer.
@@ -406,7 +526,7 @@ fn linger(stream: &mut TcpStream, wait: Duration) {
     }
 }
 
-/// Decrements the live-connection count when a connection thread ends, however it ends.
+/// Decrements the live-connection count when a connection is done, however it ends.
 struct Slot(Arc<AtomicUsize>);
 
 impl Drop for Slot {
@@ -415,11 +535,110 @@ impl Drop for Slot {
     }
 }
 
+/// How long a connection thread with nothing to do waits for the next connection before it
+/// ends. Threads are reused rather than started per connection (starting one costs a clone,
+/// a stack mapping and its teardown, a few percent of an issuance's CPU time).
+const IDLE_THREAD: Duration = Duration::from_secs(30);
+
+/// An accepted client waiting for a connection thread.
+struct Job {
+    stream: TcpStream,
+    remote: SocketAddr,
+    slot: Slot,
+}
+
+/// What the acceptor and the connection threads share.
+#[derive(Default)]
+struct Queue {
+    /// Clients accepted and not yet taken by a thread.
+    waiting: VecDeque<Job>,
+    /// Threads waiting for a client.
+    idle: usize,
+}
+
+/// The connection threads: started on demand, reused, ended after [`IDLE_THREAD`] without
+/// work. A thread is started only when every thread is busy, and every busy thread holds a
+/// connection within `max_connections`, so there are never more threads than that.
+struct Pool {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    socket: PathBuf,
+    limits: Limits,
+    /// Kept-alive connections waiting for their next request.
+    waiting: AtomicUsize,
+}
+
+impl Pool {
+    /// Hands a client to an idle thread, or starts one when none is idle.
+    fn dispatch(self: &Arc<Pool>, job: Job) {
+        let remote = job.remote;
+        // The queue is only counted and pushed under its lock, nothing there can panic; a
+        // poisoned lock still holds consistent counts.
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.waiting.push_back(job);
+        if queue.idle >= queue.waiting.len() {
+            drop(queue);
+            self.ready.notify_one();
+            return;
+        }
+        drop(queue);
+
+        let pool = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("connection".into())
+            .stack_size(CONNECTION_STACK)
+            .spawn(move || pool.work());
+        if let Err(err) = spawned {
+            // The client stays queued for the next thread that is free or started.
+            warn!("cannot start a connection thread: {err} remote={remote}");
+        }
+    }
+
+    /// A connection thread: serves clients until none comes for [`IDLE_THREAD`].
+    fn work(&self) {
+        while let Some(job) = self.next() {
+            let Job {
+                stream,
+                remote,
+                slot,
+            } = job;
+            serve_connection(stream, remote, self);
+            drop(slot);
+        }
+    }
+
+    /// The next waiting client, or `None` when the thread should end.
+    fn next(&self) -> Option<Job> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(job) = queue.waiting.pop_front() {
+                return Some(job);
+            }
+            queue.idle += 1;
+            let (guard, timeout) = self
+                .ready
+                .wait_timeout(queue, IDLE_THREAD)
+                .unwrap_or_else(PoisonError::into_inner);
+            queue = guard;
+            queue.idle -= 1;
+            if timeout.timed_out() && queue.waiting.is_empty() {
+                return None;
+            }
+        }
+    }
+}
+
 /// Accepts clients on `listener` forever and relays their requests to tiny_http at `socket`.
 pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
     let live = Arc::new(AtomicUsize::new(0));
-    let socket = Arc::new(socket);
-    let limits = Arc::new(limits);
+    let max_connections = limits.max_connections;
+    let pool = Arc::new(Pool {
+        queue: Mutex::new(Queue::default()),
+        ready: Condvar::new(),
+        socket,
+        limits,
+        waiting: AtomicUsize::new(0),
+    });
     loop {
         let (mut stream, remote) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -430,30 +649,21 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
             }
         };
 
-        if live.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        if live.fetch_add(1, Ordering::AcqRel) >= max_connections {
             live.fetch_sub(1, Ordering::AcqRel);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            warn!(
-                "connection refused: {} connections open remote={remote}",
-                limits.max_connections
-            );
+            warn!("connection refused: {max_connections} connections open remote={remote}");
             answer(&mut stream, &reject(503, "server busy; try again shortly"));
             // Briefly: this runs on the acceptor, which must get back to accepting.
             linger(&mut stream, Duration::from_millis(50));
             continue;
         }
         let slot = Slot(Arc::clone(&live));
-        let (socket, limits) = (Arc::clone(&socket), Arc::clone(&limits));
-        let spawned = std::thread::Builder::new()
-            .name("connection".into())
-            .stack_size(CONNECTION_STACK)
-            .spawn(move || {
-                let _slot = slot;
-                serve_connection(stream, remote, &socket, &limits);
-            });
-        if let Err(err) = spawned {
-            warn!("cannot start a connection thread: {err} remote={remote}");
-        }
+        pool.dispatch(Job {
+            stream,
+            remote,
+            slot,
+        });
     }
 }
 
@@ -466,13 +676,27 @@ mod tests {
     }
 
     #[test]
-    fn responses_say_the_connection_closes() {
+    fn relayed_responses_say_what_becomes_of_the_connection() {
         let from_tiny_http =
-            b"HTTP/1.1 200 OK\r\nServer: tiny-http (Rust)\r\nContent-Length: 2\r\n\
-                               Connection: keep-alive\r\n\r\nok";
-        let relayed = close_response(from_tiny_http);
-        let expected = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-        assert_eq!(relayed, expected);
+            b"HTTP/1.0 200 OK\r\nServer: tiny-http (Rust)\r\nContent-Length: 2\r\n\
+                               Connection: close\r\n\r\nok";
+        let closed = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        let kept = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+        assert_eq!(
+            relay_response(from_tiny_http, false, false),
+            (closed.to_vec(), false)
+        );
+        assert_eq!(
+            relay_response(from_tiny_http, false, true),
+            (kept.to_vec(), true)
+        );
+        let unframed = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nok";
+        assert!(
+            !relay_response(unframed, false, true).1,
+            "a short body is not framed"
+        );
+        let head_answer = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
+        assert!(relay_response(head_answer, true, true).1);
     }
 
     #[test]
@@ -485,6 +709,7 @@ mod tests {
         assert_eq!(parsed.method, "POST");
         assert_eq!(parsed.target, "/ota/phase23");
         assert_eq!(parsed.content_length, 12);
+        assert!(parsed.keep_alive);
         assert_eq!(
             parsed.headers,
             vec![("Host".to_string(), "x".to_string())],
@@ -522,5 +747,15 @@ mod tests {
                 .unwrap()
                 .expects_continue
         );
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let keeps = |text: &str| head(text).unwrap().keep_alive;
+        assert!(keeps("GET / HTTP/1.1"));
+        assert!(!keeps("GET / HTTP/1.1\r\nConnection: close"));
+        assert!(!keeps("GET / HTTP/1.1\r\nConnection: TE, Close"));
+        assert!(!keeps("GET / HTTP/1.0"));
+        assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive"));
     }
 }

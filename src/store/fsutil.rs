@@ -2,15 +2,24 @@
 //!
 //! Every state file is written to a temporary file in the same folder, fsync'd, renamed over
 //! (or hard-linked to, when it must not exist yet) its final name, and the folder fsync'd, so
-//! a crash leaves either the old file or the new one, never a torn one.
+//! a crash leaves either the old file or the new one, never a torn one. A file that must not
+//! exist yet is written, where the file system allows, as an unnamed `O_TMPFILE` and linked
+//! into place: the same guarantees without creating and removing a temporary name.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// This process's id, read once (`std::process::id` is a system call each time).
+fn process_id() -> u32 {
+    static ID: OnceLock<u32> = OnceLock::new();
+    *ID.get_or_init(std::process::id)
+}
 
 fn temp_path(target: &Path) -> PathBuf {
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -18,7 +27,7 @@ fn temp_path(target: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}.tmp.{}.{n}", std::process::id()))
+    target.with_file_name(format!(".{name}.tmp.{}.{n}", process_id()))
 }
 
 fn write_temp(target: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
@@ -54,11 +63,84 @@ pub fn write_atomic(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// Creates `target` with `bytes` atomically, failing with `AlreadyExists` if it exists:
 /// the file is complete the moment its name appears, and no name is ever written twice.
 pub fn create_atomic(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    match create_unnamed(dir, target, bytes, mode) {
+        Ok(()) => return sync_dir(dir),
+        Err(Unnamed::Failed(err)) => return Err(err),
+        Err(Unnamed::Unsupported) => {}
+    }
+
     let temp = write_temp(target, bytes, mode)?;
     let linked = fs::hard_link(&temp, target);
     let _ = fs::remove_file(&temp);
     linked?;
-    sync_dir(target.parent().unwrap_or(Path::new(".")))
+    sync_dir(dir)
+}
+
+/// Why [`create_unnamed`] did not create the file.
+enum Unnamed {
+    /// No `O_TMPFILE` here (file system or kernel) or no `/proc` to link it through: use a
+    /// named temporary file instead.
+    Unsupported,
+    /// A real failure, `AlreadyExists` included.
+    Failed(io::Error),
+}
+
+/// Writes `bytes` to an unnamed file in `dir` (`O_TMPFILE`), fsyncs it and links it to
+/// `target` (`linkat`, which fails if `target` exists). The folder is the caller's to fsync.
+fn create_unnamed(dir: &Path, target: &Path, bytes: &[u8], mode: u32) -> Result<(), Unnamed> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+
+    let unsupported = |err: &io::Error| {
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL | libc::ENOENT)
+        )
+    };
+    let mut file = match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir)
+    {
+        Ok(file) => file,
+        Err(err) if unsupported(&err) => return Err(Unnamed::Unsupported),
+        Err(err) => return Err(Unnamed::Failed(err)),
+    };
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(Unnamed::Failed)?;
+
+    // Linking an unnamed file by descriptor needs CAP_DAC_READ_SEARCH; through its
+    // /proc/self/fd name it needs nothing.
+    let from = format!("/proc/self/fd/{}\0", file.as_raw_fd());
+    let mut to = target.as_os_str().as_bytes().to_vec();
+    if to.contains(&0) {
+        return Err(Unnamed::Failed(io::Error::from(
+            io::ErrorKind::InvalidInput,
+        )));
+    }
+    to.push(0);
+    // SAFETY: both paths are NUL-terminated and outlive the call; linkat reads nothing else.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr().cast(),
+            libc::AT_FDCWD,
+            to.as_ptr().cast(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    // No /proc: the unnamed file is dropped with its descriptor.
+    if err.raw_os_error() == Some(libc::ENOENT) && !Path::new("/proc/self/fd").exists() {
+        return Err(Unnamed::Unsupported);
+    }
+    Err(Unnamed::Failed(err))
 }
 
 /// Removes `target` if it is there, durably. Returns whether this call removed it, which
@@ -112,7 +194,7 @@ impl Drop for FileLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {
@@ -138,6 +220,27 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(&target).unwrap(), b"first");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_atomic_sets_the_mode_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("0a.json");
+        create_atomic(&target, b"record", 0o640).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"record");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode & !0o640,
+            0,
+            "no bit beyond the mode asked for: {mode:o}"
+        );
+        assert_eq!(fs::metadata(&target).unwrap().nlink(), 1);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let missing = dir.path().join("no-such-folder").join("x.json");
+        assert_eq!(
+            create_atomic(&missing, b"x", 0o644).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 
     #[test]
