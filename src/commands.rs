@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use serde_json::json;
 
 use crate::config::{self, Config};
@@ -302,6 +302,12 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
             (listener, listen)
         }
     };
+    let tls = match &ctx.derived.tls {
+        Some((cert, key)) => Some(Arc::new(
+            crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?,
+        )),
+        None => None,
+    };
     let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
     // The CRL exists before anyone asks (an MDM server or a relying party may fetch it
     // first), and a CRL past its nextUpdate is re-signed now rather than on first request.
@@ -311,39 +317,58 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         warn!("CRL: cannot sign it at start-up: {err}; GET /crl will try again");
     }
     let ctx = Arc::new(ctx);
+    let shutdown = Arc::new(crate::http::guard::Shutdown::default());
     start_sweeper(Arc::clone(&ctx));
-    start_signal_handler();
+    start_signal_handler(Arc::clone(&shutdown), tls.clone());
     if let Some(webhook) = webhook {
         crate::events::webhook::start(Arc::clone(&ctx.events), webhook)?;
     }
     info!(
-        "otad {} serving {} on {listen}",
+        "otad {} serving {} on {listen}{}",
         env!("CARGO_PKG_VERSION"),
-        ctx.config.server.url
+        ctx.config.server.url,
+        if tls.is_some() { " (TLS)" } else { "" }
     );
     if let Err(err) = systemd::notify("READY=1") {
         warn!("NOTIFY_SOCKET: cannot report readiness: {err}");
     }
-    crate::http::serve(ctx, listener)
+    crate::http::serve(ctx, listener, tls, shutdown)?;
+    info!("stopped");
+    Ok(())
 }
 
 /// Acts on SIGTERM, SIGINT and SIGHUP, which [`systemd::block_signals`] kept from every
-/// other thread.
-fn start_signal_handler() {
+/// other thread: a stop lets the requests in flight finish (the acceptor waits for them,
+/// bounded by `guard::DRAIN`); a second stop signal ends the process at once; SIGHUP reloads
+/// the TLS certificate and key.
+fn start_signal_handler(
+    shutdown: Arc<crate::http::guard::Shutdown>,
+    tls: Option<Arc<crate::tls::Tls>>,
+) {
     let spawned = std::thread::Builder::new()
         .name("signals".into())
-        .spawn(|| loop {
+        .spawn(move || loop {
             match systemd::wait_for_signal() {
+                Ok(systemd::Signal::Stop) if shutdown.is_stopping() => {
+                    warn!("a second stop signal: exiting without waiting");
+                    std::process::exit(1);
+                }
                 Ok(systemd::Signal::Stop) => {
-                    info!("stopping on a signal");
+                    info!("stopping on a signal: finishing the requests in flight");
                     let _ = systemd::notify("STOPPING=1");
-                    // TODO: finish the requests in flight first (bounded); today a stop
-                    // ends them as the default SIGTERM action did.
-                    std::process::exit(0);
+                    shutdown.begin();
                 }
                 Ok(systemd::Signal::Reload) => {
-                    // Logs go to stderr (journald): nothing to reopen.
-                    info!("SIGHUP: nothing to reload");
+                    let _ = systemd::notify("RELOADING=1");
+                    match &tls {
+                        Some(tls) => match tls.reload() {
+                            Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
+                            Err(err) => error!("SIGHUP: {err}; the previous certificate stays"),
+                        },
+                        // Logs go to stderr (journald): nothing to reopen.
+                        None => info!("SIGHUP: no TLS certificate to reload"),
+                    }
+                    let _ = systemd::notify("READY=1");
                 }
                 Err(err) => {
                     warn!("waiting for signals: {err}");

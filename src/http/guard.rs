@@ -14,13 +14,18 @@
 //! at most [`KEEP_ALIVE_IDLE`] for the next one, and at most half of `max_connections` may
 //! wait like that at once; the others are closed after their answer. Each request goes to
 //! tiny_http on a connection of its own.
+//!
+//! With `[tls]` set, the guard speaks TLS (rustls, [`crate::tls`]) on every client
+//! connection, handshake included in the request's deadline; tiny_http behind it sees plain
+//! HTTP. A [`Shutdown`] stops the acceptor and lets the connections in flight finish.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -64,6 +69,57 @@ const HOP_HEADERS: &[&str] = &[
     "upgrade",
     "proxy-connection",
 ];
+
+/// A client connection, plain or TLS: bytes both ways, and the socket beneath for timeouts.
+trait Conn: Read + Write {
+    /// The TCP socket the connection runs on.
+    fn socket(&self) -> &TcpStream;
+
+    /// Says goodbye at the protocol level before the socket closes (TLS close_notify).
+    fn close_notify(&mut self) {}
+}
+
+impl Conn for TcpStream {
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush();
+    }
+}
+
+/// Tells the acceptor to stop: no new connection is taken, the ones open finish their
+/// request (for at most [`DRAIN`]), kept-alive ones are closed after their next answer.
+#[derive(Debug, Default)]
+pub struct Shutdown {
+    stopping: AtomicBool,
+}
+
+impl Shutdown {
+    /// Asks the acceptor to stop; it notices within [`ACCEPT_POLL`].
+    pub fn begin(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether a stop was asked.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// How often the acceptor looks up from waiting for a client to see if it should stop.
+const ACCEPT_POLL: Duration = Duration::from_millis(250);
+
+/// Longest wait, on a stop, for the connections still open to finish.
+pub const DRAIN: Duration = Duration::from_secs(20);
 
 /// The guard's limits.
 #[derive(Debug, Clone)]
@@ -221,14 +277,14 @@ enum Received {
 /// begin within that time (else the connection is done, quietly); its own deadline starts
 /// with its first byte.
 fn read_request(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     limits: &Limits,
     buffer: &mut Vec<u8>,
     idle: Option<Duration>,
 ) -> Result<Received, Rejection> {
     let mut chunk = [0u8; 4096];
     if let Some(idle) = idle.filter(|_| buffer.is_empty()) {
-        if stream.set_read_timeout(Some(idle)).is_err() {
+        if stream.socket().set_read_timeout(Some(idle)).is_err() {
             return Ok(Received::Gone);
         }
         match stream.read(&mut chunk) {
@@ -250,7 +306,7 @@ fn read_request(
                 format!("request head: over {MAX_HEAD_BYTES} bytes"),
             ));
         }
-        if !wait_until(stream, deadline) {
+        if !wait_until(stream.socket(), deadline) {
             return Err(timed_out());
         }
         match stream.read(&mut chunk) {
@@ -273,7 +329,7 @@ fn read_request(
     let mut body = buffer.split_off((head_end + 4).min(buffer.len()));
     *buffer = body.split_off(head.content_length.min(body.len()));
     while body.len() < head.content_length {
-        if !wait_until(stream, deadline) {
+        if !wait_until(stream.socket(), deadline) {
             return Err(timed_out());
         }
         let want = (head.content_length - body.len()).min(chunk.len());
@@ -324,7 +380,7 @@ fn status_text(status: u16) -> &'static str {
 }
 
 /// Writes the guard's own refusal and closes.
-fn answer(stream: &mut TcpStream, rejection: &Rejection) {
+fn answer(stream: &mut impl Write, rejection: &Rejection) {
     let body = format!("{}\n", rejection.reason);
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
@@ -347,7 +403,7 @@ fn forward(
     remote: &SocketAddr,
     head: &Head,
     body: &[u8],
-    client: &mut TcpStream,
+    client: &mut impl Write,
     keep_alive: bool,
 ) -> io::Result<bool> {
     let mut inner = UnixStream::connect(socket)?;
@@ -423,29 +479,48 @@ fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>,
     (bytes, kept)
 }
 
-/// Serves one client connection: its requests one after another, while both sides keep it.
-fn serve_connection(mut stream: TcpStream, remote: SocketAddr, pool: &Pool) {
+/// Serves one client connection, in TLS when the pool has a certificate.
+fn serve_connection(stream: TcpStream, remote: SocketAddr, pool: &Pool) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_nodelay(true);
 
+    match &pool.tls {
+        None => {
+            let mut stream = stream;
+            serve_requests(&mut stream, remote, pool);
+        }
+        Some(tls) => match rustls::ServerConnection::new(tls.config()) {
+            Ok(connection) => {
+                // The handshake runs inside the first read, under that request's deadline.
+                let mut stream = rustls::StreamOwned::new(connection, stream);
+                serve_requests(&mut stream, remote, pool);
+            }
+            Err(err) => warn!("TLS: cannot start a connection: {err} remote={remote}"),
+        },
+    }
+}
+
+/// A connection's requests one after another, while both sides keep it.
+fn serve_requests(stream: &mut impl Conn, remote: SocketAddr, pool: &Pool) {
     let mut buffer = Vec::with_capacity(4096);
     let mut served = 0;
     let mut waiting: Option<Waiting<'_>> = None;
     loop {
         let idle = waiting.is_some().then_some(KEEP_ALIVE_IDLE);
-        let received = read_request(&mut stream, &pool.limits, &mut buffer, idle);
+        let received = read_request(stream, &pool.limits, &mut buffer, idle);
         // Whatever came, this connection no longer waits.
         drop(waiting.take());
         match received {
             Ok(Received::Request(head, body)) => {
                 served += 1;
                 // Kept open only while few connections wait so (see [`Waiting`]).
-                let wait = (head.keep_alive && served < MAX_REQUESTS_PER_CONNECTION)
-                    .then(|| Waiting::enter(pool))
-                    .flatten();
+                let keep = head.keep_alive
+                    && served < MAX_REQUESTS_PER_CONNECTION
+                    && !pool.shutdown.is_stopping();
+                let wait = keep.then(|| Waiting::enter(pool)).flatten();
                 let socket = &pool.socket;
-                match forward(socket, &remote, &head, &body, &mut stream, wait.is_some()) {
+                match forward(socket, &remote, &head, &body, stream, wait.is_some()) {
                     Ok(true) => waiting = wait,
                     Ok(false) => break,
                     Err(err) => {
@@ -455,10 +530,7 @@ fn serve_connection(mut stream: TcpStream, remote: SocketAddr, pool: &Pool) {
                             // The query may hold an enrollment token; it stays out of the log.
                             head.target.split('?').next().unwrap_or_default()
                         );
-                        answer(
-                            &mut stream,
-                            &reject(502, "internal error; see the server log"),
-                        );
+                        answer(stream, &reject(502, "internal error; see the server log"));
                         break;
                     }
                 }
@@ -473,12 +545,12 @@ fn serve_connection(mut stream: TcpStream, remote: SocketAddr, pool: &Pool) {
                     "request refused: {} {} remote={remote}",
                     rejection.status, rejection.reason
                 );
-                answer(&mut stream, &rejection);
+                answer(stream, &rejection);
                 break;
             }
         }
     }
-    linger(&mut stream, LINGER);
+    linger(stream, LINGER);
 }
 
 /// A kept-alive connection waiting for its client's next request. At most half of
@@ -512,14 +584,16 @@ const MAX_LINGER_BYTES: usize = 256 * 1024;
 /// answer before the client reads it (a 413 or 503 written while the client still sends).
 /// So the write side is shut first, and what the client still sends is read and dropped for
 /// at most `wait` or [`MAX_LINGER_BYTES`].
-fn linger(stream: &mut TcpStream, wait: Duration) {
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(wait));
+fn linger(stream: &mut impl Conn, wait: Duration) {
+    stream.close_notify();
+    let mut socket = stream.socket();
+    let _ = socket.shutdown(std::net::Shutdown::Write);
+    let _ = socket.set_read_timeout(Some(wait));
     let deadline = Instant::now() + wait;
     let mut sink = [0u8; 4096];
     let mut drained = 0;
     while drained < MAX_LINGER_BYTES && Instant::now() < deadline {
-        match stream.read(&mut sink) {
+        match socket.read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
         }
@@ -566,6 +640,10 @@ struct Pool {
     limits: Limits,
     /// Kept-alive connections waiting for their next request.
     waiting: AtomicUsize,
+    /// The TLS configuration, when otad speaks TLS itself.
+    tls: Option<Arc<crate::tls::Tls>>,
+    /// Set when the server is stopping.
+    shutdown: Arc<Shutdown>,
 }
 
 impl Pool {
@@ -628,8 +706,16 @@ impl Pool {
     }
 }
 
-/// Accepts clients on `listener` forever and relays their requests to tiny_http at `socket`.
-pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
+/// Accepts clients on `listener` and relays their requests to tiny_http at `socket`, in TLS
+/// with `tls`, until `shutdown` says stop; then waits up to [`DRAIN`] for the connections
+/// still open and returns.
+pub fn run(
+    listener: TcpListener,
+    socket: PathBuf,
+    limits: Limits,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: Arc<Shutdown>,
+) {
     let live = Arc::new(AtomicUsize::new(0));
     let max_connections = limits.max_connections;
     let pool = Arc::new(Pool {
@@ -638,8 +724,16 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
         socket,
         limits,
         waiting: AtomicUsize::new(0),
+        tls,
+        shutdown: Arc::clone(&shutdown),
     });
     loop {
+        if shutdown.is_stopping() {
+            break;
+        }
+        if !client_waiting(&listener, ACCEPT_POLL) {
+            continue;
+        }
         let (mut stream, remote) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -653,7 +747,11 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
             live.fetch_sub(1, Ordering::AcqRel);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             warn!("connection refused: {max_connections} connections open remote={remote}");
-            answer(&mut stream, &reject(503, "server busy; try again shortly"));
+            // A TLS client could not read a plain answer, and a handshake here would hold
+            // up the acceptor: it is just closed.
+            if pool.tls.is_none() {
+                answer(&mut stream, &reject(503, "server busy; try again shortly"));
+            }
             // Briefly: this runs on the acceptor, which must get back to accepting.
             linger(&mut stream, Duration::from_millis(50));
             continue;
@@ -665,6 +763,31 @@ pub fn run(listener: TcpListener, socket: PathBuf, limits: Limits) {
             slot,
         });
     }
+
+    let open = live.load(Ordering::Acquire);
+    log::info!("stopping: no new connections; {open} still open");
+    let deadline = Instant::now() + DRAIN;
+    while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = live.load(Ordering::Acquire);
+    if left > 0 {
+        warn!("stopping: {left} connections did not finish within {DRAIN:?}; cut off");
+    }
+}
+
+/// Waits up to `wait` for a client on `listener`; true when one can be accepted (or the
+/// wait failed and accept should say why).
+fn client_waiting(listener: &TcpListener, wait: Duration) -> bool {
+    let mut poll = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: poll(2) on one valid pollfd that lives across the call.
+    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+    ready != 0
 }
 
 #[cfg(test)]

@@ -598,7 +598,14 @@ fn private_socket_dir() -> Result<PathBuf, String> {
 
 /// Serves on `listener` until the process is stopped: the guard accepts and bounds requests,
 /// `http.workers` threads handle them.
-pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
+/// Serves on `listener` (in TLS with `tls`) until `shutdown` says stop and the connections
+/// in flight are done; then removes the private socket and returns.
+pub fn serve(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: Arc<guard::Shutdown>,
+) -> Result<(), String> {
     let dir = private_socket_dir()?;
     let socket = dir.join("http.sock");
     let inner = std::os::unix::net::UnixListener::bind(&socket)
@@ -607,8 +614,8 @@ pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
         .map_err(|err| format!("{}: cannot serve: {err}", socket.display()))?;
     let server = Arc::new(server);
 
+    // The workers wait on tiny_http for good; the acceptor is what ends the server.
     let workers = ctx.config.http.workers;
-    let mut handles = Vec::with_capacity(workers + 1);
     for n in 0..workers {
         let server = Arc::clone(&server);
         let ctx = Arc::clone(&ctx);
@@ -624,7 +631,7 @@ pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
                 }
             })
             .map_err(|err| format!("cannot start worker thread: {err}"))?;
-        handles.push(handle);
+        drop(handle);
     }
 
     let limits = guard::Limits {
@@ -632,13 +639,15 @@ pub fn serve(ctx: Arc<Context>, listener: TcpListener) -> Result<(), String> {
         max_body: ctx.config.http.max_body,
         request_timeout: ctx.derived.request_timeout,
     };
+    let inner_socket = socket.clone();
     let acceptor = std::thread::Builder::new()
         .name("guard".into())
-        .spawn(move || guard::run(listener, socket, limits))
+        .spawn(move || guard::run(listener, inner_socket, limits, tls, shutdown))
         .map_err(|err| format!("cannot start the acceptor thread: {err}"))?;
-    handles.push(acceptor);
-    for handle in handles {
-        let _ = handle.join();
+    let _ = acceptor.join();
+
+    if let Err(err) = std::fs::remove_file(&socket).and_then(|()| std::fs::remove_dir(&dir)) {
+        warn!("{}: cannot remove: {err}", dir.display());
     }
     Ok(())
 }

@@ -205,8 +205,30 @@ fn collect(dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
 }
 
 impl Drop for TestServer {
+    /// SIGTERM, as systemd stops it (otad then removes its private socket folder), and
+    /// SIGKILL if it is still there after a few seconds.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, Duration::from_secs(5));
     }
+}
+
+/// Stops an `otad serve` child: SIGTERM, then SIGKILL after `wait`. Returns its exit code
+/// when it exited on its own.
+pub fn stop(child: &mut Child, wait: Duration) -> Option<i32> {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
