@@ -367,14 +367,15 @@ pub fn retryable(err: &str) -> bool {
         "connection closed before the headers ended",
         "body truncated",
     ];
-    if TRANSPORT.iter().any(|phrase| err.contains(phrase)) {
-        return true;
-    }
-    // Every refusal reads "<step>: HTTP <status>: <reason>".
-    err.split(": HTTP ").skip(1).any(|rest| {
+    // Every answer read is "<step>: HTTP <status>: <reason>"; the first status decides, so
+    // that nothing in the server's reason can count.
+    if let Some((_, rest)) = err.split_once(": HTTP ") {
         let status: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        status.len() == 3 && status.starts_with('5')
-    })
+        if status.len() == 3 {
+            return status.starts_with('5');
+        }
+    }
+    TRANSPORT.iter().any(|phrase| err.contains(phrase))
 }
 
 #[cfg(test)]
