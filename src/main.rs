@@ -29,9 +29,10 @@ commands:
   token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
   user       add, remove and list the people who may log in to start an enrollment
   device     list the devices seen, show one; block, unblock and list blocked serials
+  fsck       check the state dir's files against each other; --repair fixes the safe things
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
-The admin commands (cert, request, token, user, device) take `--config FILE`, or
+The admin commands (cert, request, token, user, device, fsck) take `--config FILE`, or
 `--state DIR` for the otad.toml that `otad init` wrote in DIR.
 ";
 
@@ -176,6 +177,14 @@ fn run() -> Result<Outcome, Usage> {
         "check-config" => check_config(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
+        "fsck" => {
+            let args = state_as_config(parser.raw_args()?.collect());
+            match otad::fsck::run(args) {
+                otad::admin::Exit::Ok => Ok(Outcome::Done),
+                otad::admin::Exit::Failed(message) => Ok(fail(message)),
+                otad::admin::Exit::Usage(message) => Err(Usage(message)),
+            }
+        }
         "cert" | "request" | "token" | "user" | "device" => {
             let args = state_as_config(parser.raw_args()?.collect());
             let blocklist = matches!(
