@@ -31,8 +31,8 @@ use crate::events;
 use crate::gate::{tokens, users};
 use crate::pki::cert;
 use crate::store::{
-    self, blocked::BlockRecord, fsutil, CertRecord, ChallengeRecord, DeviceRecord, PendingRequest, Store,
-    StoreError,
+    self, blocked::BlockRecord, fsutil, CertRecord, ChallengeRecord, DeviceRecord, PendingRequest,
+    Store, StoreError,
 };
 
 /// The largest state file read; a bigger one is reported, not read.
@@ -271,10 +271,12 @@ pub fn repair_state(store: &Store) -> Result<(Report, Vec<String>), StoreError> 
         for finding in &before.findings {
             match &finding.repair {
                 Some(Repair::RemoveTemp(path)) => {
-                    if fsutil::remove_durably(path).map_err(|source| StoreError::Io {
-                        path: path.clone(),
-                        source,
-                    })? {
+                    let removed =
+                        fsutil::remove_durably(path).map_err(|source| StoreError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    if removed {
                         done.push(format!("{}: removed", finding.file));
                     }
                 }
@@ -292,11 +294,16 @@ pub fn repair_state(store: &Store) -> Result<(Report, Vec<String>), StoreError> 
         }
         if wanted.contains("challenges") {
             let removed = store.sweep_challenges(store::now())?;
-            done.push(format!("challenges: {removed} expired challenge(s) removed"));
+            done.push(format!(
+                "challenges: {removed} expired challenge(s) removed"
+            ));
         }
         if wanted.contains("serial") {
             let changed = rebuild_serial_index(store.root())?;
-            done.push(format!("{}: {changed} entr(ies) fixed", store::SERIAL_INDEX));
+            done.push(format!(
+                "{}: {changed} entr(ies) fixed",
+                store::SERIAL_INDEX
+            ));
         }
         if wanted.contains("transaction") {
             let changed = rebuild_transaction_index(store.root())?;
@@ -481,7 +488,10 @@ impl State<'_> {
                 report.add(
                     Severity::Problem,
                     &file,
-                    format!("records serial {}, not the one it is named by", record.serial),
+                    format!(
+                        "records serial {}, not the one it is named by",
+                        record.serial
+                    ),
                     "rename it to <serial>.json after checking which certificate it holds",
                 );
             }
@@ -551,16 +561,15 @@ impl State<'_> {
                         format!("certificate {serial} is not in certs/"),
                         "restore certs/ from a backup, or re-enroll the device",
                     ),
-                    Some(cert) if cert.udid.as_deref() != Some(device.udid.as_str()) => report
-                        .add(
-                            Severity::Problem,
-                            &file,
-                            format!(
-                                "certificate {serial} names UDID {}, not this device",
-                                cert.udid.as_deref().unwrap_or("(none)")
-                            ),
-                            "revoke the certificate (otad cert revoke) and re-enroll",
+                    Some(cert) if cert.udid.as_deref() != Some(device.udid.as_str()) => report.add(
+                        Severity::Problem,
+                        &file,
+                        format!(
+                            "certificate {serial} names UDID {}, not this device",
+                            cert.udid.as_deref().unwrap_or("(none)")
                         ),
+                        "revoke the certificate (otad cert revoke) and re-enroll",
+                    ),
                     Some(_) => {}
                 }
             }
@@ -773,7 +782,10 @@ impl State<'_> {
                 Ok(record) => report.add(
                     Severity::Problem,
                     &self.relative(&path),
-                    format!("records serial {}, not the one it is named by", record.serial),
+                    format!(
+                        "records serial {}, not the one it is named by",
+                        record.serial
+                    ),
                     "unblock and block the serial again (otad device block)",
                 ),
                 Err(why) => self.unreadable(report, &path, &why),
@@ -816,7 +828,11 @@ impl State<'_> {
             report.add(
                 Severity::Problem,
                 store::crl::CRL_FILE,
-                format!("missing, while {} says CRL {} was signed", path.display(), index.number),
+                format!(
+                    "missing, while {} says CRL {} was signed",
+                    path.display(),
+                    index.number
+                ),
                 "revoke any certificate again, or restart otad serve, to sign a new CRL",
             );
         }
@@ -940,8 +956,7 @@ fn rebuild_index(
             return Ok(0);
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(&dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
     }
     let mut changed = 0;
     for (name, content) in entries {
@@ -981,7 +996,9 @@ mod tests {
         let store = Store::create(&dir.path().join("state")).unwrap();
         let ca = crate::pki::ca::CertificateAuthority::create("fsck test CA", "otad", 30).unwrap();
         let pem = cert::der_to_pem(ca.certificate());
-        store.write_file("ca/ca.pem", pem.as_bytes(), 0o644).unwrap();
+        store
+            .write_file("ca/ca.pem", pem.as_bytes(), 0o644)
+            .unwrap();
         (dir, store)
     }
 
@@ -1011,7 +1028,9 @@ mod tests {
     #[test]
     fn a_device_naming_a_missing_certificate_is_a_problem() {
         let (_dir, store) = state();
-        store.save_device(&device("UDID-1", "C02ABC", &["0a"])).unwrap();
+        store
+            .save_device(&device("UDID-1", "C02ABC", &["0a"]))
+            .unwrap();
         let report = check(store.root());
         let found = problems(&report);
         assert!(
@@ -1035,8 +1054,12 @@ mod tests {
         let report = check(store.root());
         let found = problems(&report);
         assert_eq!(found.len(), 2, "{found:?}");
-        assert!(found.iter().any(|p| p.starts_with("devices/.UDID-2.json.tmp.0.7")));
-        assert!(found.iter().any(|p| p.starts_with("devices/by-serial/C02XYZ: missing")));
+        assert!(found
+            .iter()
+            .any(|p| p.starts_with("devices/.UDID-2.json.tmp.0.7")));
+        assert!(found
+            .iter()
+            .any(|p| p.starts_with("devices/by-serial/C02XYZ: missing")));
         assert_eq!(report.notes(), 1, "the dangling entry is a note");
         assert!(temp.exists(), "a check alone changes nothing");
 
@@ -1062,7 +1085,9 @@ mod tests {
             "id": &hash[..12], "uses": 1, "used": 2, "created": 0, "expires": 0,
         });
         let token_file = format!("tokens/{hash}.json");
-        store.write_file(&token_file, token.to_string().as_bytes(), 0o600).unwrap();
+        store
+            .write_file(&token_file, token.to_string().as_bytes(), 0o600)
+            .unwrap();
         std::fs::write(store.path("challenges/00.json"), b"not json").unwrap();
         store.save_device(&device("UDID-3", "C02QQQ", &[])).unwrap();
         std::fs::set_permissions(
@@ -1073,8 +1098,12 @@ mod tests {
 
         let found = problems(&check(store.root()));
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found.iter().any(|p| p.ends_with("2 uses spent of 1 allowed")));
-        assert!(found.iter().any(|p| p.starts_with("challenges/00.json: does not parse")));
+        assert!(found
+            .iter()
+            .any(|p| p.ends_with("2 uses spent of 1 allowed")));
+        assert!(found
+            .iter()
+            .any(|p| p.starts_with("challenges/00.json: does not parse")));
         assert!(found
             .iter()
             .any(|p| p.starts_with("devices/UDID-3.json: mode 0644")));

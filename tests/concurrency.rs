@@ -42,7 +42,12 @@ fn throwaway_certificate(key: &RsaPrivateKey) -> Vec<u8> {
 #[test]
 fn concurrent_pkcsreqs_get_distinct_recorded_serials() {
     let server = TestServer::start(|config| {
-        set_key(&config, "scep", "challenge", &format!("{STATIC_CHALLENGE:?}"))
+        set_key(
+            &config,
+            "scep",
+            "challenge",
+            &format!("{STATIC_CHALLENGE:?}"),
+        )
     });
     let scep_url = format!("{}/scep", server.url);
     let response = httpclient::get(&format!("{scep_url}?operation=GetCACert")).unwrap();
@@ -125,8 +130,17 @@ fn concurrent_pkcsreqs_get_distinct_recorded_serials() {
 
     let failures = failures.into_inner().unwrap();
     assert!(failures.is_empty(), "{failures:?}\n{}", server.log());
-    let serials: Vec<String> = serials.into_inner().unwrap().into_iter().flatten().collect();
-    assert_eq!(serials.len(), ISSUANCES, "every reply holds our certificate");
+    let serials: Vec<String> = serials
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        serials.len(),
+        ISSUANCES,
+        "every reply holds our certificate"
+    );
     let distinct: BTreeSet<&String> = serials.iter().collect();
     assert_eq!(distinct.len(), ISSUANCES, "serials are distinct");
     for serial in &serials {
@@ -194,8 +208,7 @@ fn cli_writes_during_enrollments_lose_nothing() {
                     let id = out.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
                     made.lock().unwrap().push(id.to_string());
                     if let Some(serial) = to_revoke.get(n / 2).filter(|_| n % 2 == 0) {
-                        let (code, _, err) =
-                            otad(&["cert", "revoke", "--config", config, serial]);
+                        let (code, _, err) = otad(&["cert", "revoke", "--config", config, serial]);
                         assert_eq!(code, 0, "cert revoke {serial}: {err}");
                     }
                 }
@@ -235,7 +248,10 @@ fn cli_writes_during_enrollments_lose_nothing() {
         .map(|r| r["serial"].as_str().unwrap())
         .collect();
     for serial in to_revoke.iter().take(TOKENS / 2) {
-        assert!(listed.contains(serial.as_str()), "revocation of {serial} lost");
+        assert!(
+            listed.contains(serial.as_str()),
+            "revocation of {serial} lost"
+        );
     }
     assert_eq!(listed.len(), TOKENS / 2);
     let (code, out, err) = otad(&["fsck", "--config", &config]);

@@ -59,9 +59,8 @@ fn crash_run(plan: &Plan) {
 
     // Each fleet has a token with room for every retry its devices may need.
     let uses = u32::try_from(plan.devices * 4).unwrap();
-    let tokens: Vec<(String, String)> = (0..plan.fleets)
-        .map(|_| new_token(&server, uses))
-        .collect();
+    let tokens: Vec<(String, String)> =
+        (0..plan.fleets).map(|_| new_token(&server, uses)).collect();
 
     let enrolled: Mutex<Vec<Enrolled>> = Mutex::new(Vec::new());
     let revoked: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -83,8 +82,10 @@ fn crash_run(plan: &Plan) {
                 };
                 let enrolled = &enrolled;
                 scope.spawn(move || {
-                    fleet::run(&options, &|done| enrolled.lock().unwrap().push(done.clone()))
-                        .expect("fleet runs")
+                    fleet::run(&options, &|done| {
+                        enrolled.lock().unwrap().push(done.clone())
+                    })
+                    .expect("fleet runs")
                 })
             })
             .collect();
@@ -101,12 +102,21 @@ fn crash_run(plan: &Plan) {
                     let done = enrolled.lock().unwrap();
                     let revoked = revoked.lock().unwrap();
                     (revoked.len() < plan.revocations)
-                        .then(|| done.get(revoked.len() * 3).map(|e| e.certificate_serial.clone()))
+                        .then(|| {
+                            done.get(revoked.len() * 3)
+                                .map(|e| e.certificate_serial.clone())
+                        })
                         .flatten()
                 };
                 if let Some(serial) = target {
                     let (code, _, err) = otad(&[
-                        "cert", "revoke", "--config", &config, &serial, "--reason", "superseded",
+                        "cert",
+                        "revoke",
+                        "--config",
+                        &config,
+                        &serial,
+                        "--reason",
+                        "superseded",
                     ]);
                     assert_eq!(code, 0, "cert revoke {serial}: {err}");
                     revoked.lock().unwrap().push(serial);
@@ -170,7 +180,10 @@ fn crash_run(plan: &Plan) {
     // no two certificates share a serial.
     let certs = json(&server, &["cert", "list"]);
     let certs = certs.as_array().unwrap();
-    let serials: BTreeSet<&str> = certs.iter().map(|c| c["serial"].as_str().unwrap()).collect();
+    let serials: BTreeSet<&str> = certs
+        .iter()
+        .map(|c| c["serial"].as_str().unwrap())
+        .collect();
     assert_eq!(serials.len(), certs.len(), "a serial is shared");
     let udids: BTreeSet<&str> = enrolled.iter().map(|e| e.udid.as_str()).collect();
     assert_eq!(udids.len(), enrolled.len(), "UDIDs are distinct");
@@ -180,11 +193,18 @@ fn crash_run(plan: &Plan) {
     let mut spent = 0;
     for (_, id) in &tokens {
         let token = token_json(&server, id);
-        let (used, allowed) = (token["used"].as_u64().unwrap(), token["uses"].as_u64().unwrap());
+        let (used, allowed) = (
+            token["used"].as_u64().unwrap(),
+            token["uses"].as_u64().unwrap(),
+        );
         assert!(used <= allowed, "token {id}: {used} of {allowed}");
         spent += used;
     }
-    assert!(spent >= enrolled.len() as u64, "{spent} uses for {} devices", enrolled.len());
+    assert!(
+        spent >= enrolled.len() as u64,
+        "{spent} uses for {} devices",
+        enrolled.len()
+    );
     assert!(
         certs.len() as u64 <= spent,
         "{} certificates for {spent} phase 2 answers",

@@ -327,8 +327,8 @@ fn enroll_once(shared: &Shared<'_>, device: &mut Device) -> Result<String, Strin
     record(shared, 1, started);
 
     // The key is made before the clock starts: the SCEP latency is the exchange.
-    let key = RsaPrivateKey::generate(scep.keysize)
-        .map_err(|err| format!("scep PKIOperation: {err}"))?;
+    let key =
+        RsaPrivateKey::generate(scep.keysize).map_err(|err| format!("scep PKIOperation: {err}"))?;
     let started = Instant::now();
     let certificate = device.enroll_scep_with_key(&scep, key)?;
     record(shared, 2, started);
@@ -393,7 +393,9 @@ mod tests {
         ));
         assert!(!retryable("phase 2: HTTP 403: token used up"));
         assert!(!retryable("phase 3: HTTP 400: HTTP 500 in the reason"));
-        assert!(!retryable("scep PKIOperation: CertRep FAILURE (badRequest)"));
+        assert!(!retryable(
+            "scep PKIOperation: CertRep FAILURE (badRequest)"
+        ));
     }
 
     #[test]

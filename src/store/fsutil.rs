@@ -160,7 +160,10 @@ mod tests {
     fn temp_names_are_recognised() {
         let temp = temp_path(Path::new("/state/devices/ABC.json"));
         let name = temp.file_name().unwrap().to_str().unwrap();
-        assert_eq!(parse_temp_name(name), Some(("ABC.json", std::process::id())));
+        assert_eq!(
+            parse_temp_name(name),
+            Some(("ABC.json", std::process::id()))
+        );
         assert_eq!(parse_temp_name("ABC.json"), None);
         assert_eq!(parse_temp_name(".ABC.json.tmp.x.1"), None);
         assert_eq!(parse_temp_name(".tmp.1.2"), None);
