@@ -554,7 +554,13 @@ impl State<'_> {
                 continue;
             }
             for serial in &device.certificates {
-                match certs.get(serial) {
+                // A certificate recorded after certs/ was read (the server runs) is read now.
+                let late = certs
+                    .get(serial)
+                    .is_none()
+                    .then(|| parse::<CertRecord>(&self.root.join(format!("certs/{serial}.json"))))
+                    .and_then(Result::ok);
+                match certs.get(serial).or(late.as_ref()) {
                     None => report.add(
                         Severity::Problem,
                         &file,
@@ -763,7 +769,16 @@ impl State<'_> {
         }
         for request in requests.values() {
             let name = store::transaction_index_name(&request.transaction_id);
-            if !indexed.contains(&name) {
+            // An entry written after the folder was read (the server runs) counts too.
+            let late = || {
+                read_bounded(&dir.join(&name)).is_ok_and(|id| {
+                    let id = String::from_utf8_lossy(&id).trim().to_string();
+                    requests
+                        .get(&id)
+                        .is_some_and(|r| r.transaction_id == request.transaction_id)
+                })
+            };
+            if !indexed.contains(&name) && !late() {
                 report.push(Finding {
                     severity: Severity::Problem,
                     file: format!("{}/{name}", store::TRANSACTION_INDEX_DIR),
@@ -1074,6 +1089,43 @@ mod tests {
             "UDID-2"
         );
         assert!(store.path("devices/UDID-2.json").exists());
+    }
+
+    #[test]
+    fn a_request_missing_from_the_transaction_index_is_found_and_reindexed() {
+        let (_dir, store) = state();
+        let request = PendingRequest {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            transaction_id: "TX-1".into(),
+            csr: String::new(),
+            subject: Vec::new(),
+            udid: None,
+            authorised_by: "static".into(),
+            requester: String::new(),
+            remote: "127.0.0.1".into(),
+            created: 1,
+            decision: store::Decision::Pending,
+        };
+        store.create_pending(&request).unwrap();
+        assert_eq!(check(store.root()).problems(), 0);
+
+        let entry = store
+            .path(store::TRANSACTION_INDEX_DIR)
+            .join(store::transaction_index_name("TX-1"));
+        std::fs::remove_file(&entry).unwrap();
+        let found = problems(&check(store.root()));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].ends_with(&format!("missing: request {} cannot be polled", request.id)));
+
+        let (after, _) = repair_state(&store).unwrap();
+        assert_eq!(after.problems(), 0);
+        assert_eq!(
+            store
+                .pending_for_transaction("TX-1", 2)
+                .unwrap()
+                .map(|r| r.id),
+            Some(request.id)
+        );
     }
 
     #[test]
