@@ -12,6 +12,7 @@ pub mod config;
 pub mod context;
 pub mod decide;
 pub mod events;
+pub mod fsck;
 pub mod gate;
 pub mod hook;
 pub mod http;

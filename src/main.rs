@@ -29,9 +29,10 @@ commands:
   token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
   user       add, remove and list the people who may log in to start an enrollment
   device     list the devices seen, show one; block, unblock and list blocked serials
+  fsck       check the state dir's files against each other; --repair fixes the safe things
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
-The admin commands (cert, request, token, user, device) take `--config FILE`, or
+The admin commands (cert, request, token, user, device, fsck) take `--config FILE`, or
 `--state DIR` for the otad.toml that `otad init` wrote in DIR.
 ";
 
@@ -94,9 +95,14 @@ is trusted.
 const SIMULATE_HELP: &str = "\
 usage: otad simulate --url URL --device-ca DIR [--udid U] [--serial S]
                      [--signed-attributes] [--leaf-only] [--token T] [--user NAME]
+       otad simulate --url URL --device-ca DIR --devices N [--concurrency C] [--retry]
+                     [--json] [--token T] [--user NAME]
 
 Acts as an Apple device against a running server: phase 1, phase 2, SCEP, phase 3, then
 decrypts the final profile and prints a summary. Exit 0 only if every phase succeeded.
+With --devices, runs a fleet of N devices (each its own UDID and serial), C at a time, and
+prints devices ok and failed (the first few reasons), devices per second and the p50 and p99
+latency of each step; exit 0 only if every device went through.
 On first use it creates a test device CA in DIR (device-ca.pem, device-ca.key); the server
 trusts it only if its config lists DIR/device-ca.pem in ota.extra_device_ca.
 
@@ -109,6 +115,13 @@ trusts it only if its config lists DIR/device-ca.pem in ota.extra_device_ca.
   --token T              present enrollment token T in phase 1 (as the enroll link does)
   --user NAME            log in to phase 1 as NAME (HTTP Basic); the password is the first
                          line of stdin
+  --devices N            simulate N devices (1 to 100000)
+  --concurrency C        with --devices: C devices at once, on threads (default 1, at most
+                         256)
+  --retry                with --devices: a device whose step fails with a connection error
+                         or a 5xx starts again from phase 1 after a short backoff (at most
+                         10 attempts)
+  --json                 with --devices: the summary as one JSON object
 ";
 
 enum Outcome {
@@ -164,6 +177,14 @@ fn run() -> Result<Outcome, Usage> {
         "check-config" => check_config(parser),
         "verify" => verify(parser),
         "simulate" => simulate(parser),
+        "fsck" => {
+            let args = state_as_config(parser.raw_args()?.collect());
+            match otad::fsck::run(args) {
+                otad::admin::Exit::Ok => Ok(Outcome::Done),
+                otad::admin::Exit::Failed(message) => Ok(fail(message)),
+                otad::admin::Exit::Usage(message) => Err(Usage(message)),
+            }
+        }
         "cert" | "request" | "token" | "user" | "device" => {
             let args = state_as_config(parser.raw_args()?.collect());
             let blocklist = matches!(
@@ -387,8 +408,13 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     let (mut udid, mut serial) = (None, None);
     let (mut signed_attributes, mut leaf_only) = (false, false);
     let (mut token, mut user) = (None, None);
+    let (mut devices, mut concurrency, mut retry, mut as_json) = (None, None, false, false);
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("devices") => devices = Some(parser.value()?.parse::<usize>()?),
+            Long("concurrency") => concurrency = Some(parser.value()?.parse::<usize>()?),
+            Long("retry") => retry = true,
+            Long("json") => as_json = true,
             Long("token") => token = Some(parser.value()?.string()?),
             Long("user") => user = Some(parser.value()?.string()?),
             Long("url") => url = Some(parser.value()?.string()?),
@@ -422,13 +448,46 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
         let password = password.trim_end_matches(['\n', '\r']).to_string();
         options.login = Some((user, password));
     }
-    Ok(match simulate::run(&options) {
+    let Some(devices) = devices else {
+        if concurrency.is_some() || retry || as_json {
+            return Err(Usage(
+                "--concurrency, --retry and --json need --devices".to_string(),
+            ));
+        }
+        return Ok(simulate_one(&options));
+    };
+    let fleet = simulate::fleet::FleetOptions {
+        device: options,
+        devices,
+        concurrency: concurrency.unwrap_or(1),
+        retry,
+    };
+    simulate::fleet::check_options(&fleet).map_err(Usage)?;
+    Ok(match simulate::fleet::run(&fleet, &|_| {}) {
+        Ok(summary) => {
+            if as_json {
+                println!("{}", summary.to_json());
+            } else {
+                print!("{summary}");
+            }
+            if summary.failed == 0 {
+                Outcome::Done
+            } else {
+                Outcome::Failed
+            }
+        }
+        Err(err) => fail(err),
+    })
+}
+
+fn simulate_one(options: &SimulateOptions) -> Outcome {
+    match simulate::run(options) {
         Ok(summary) => {
             print!("{summary}");
             Outcome::Done
         }
         Err(err) => fail(err),
-    })
+    }
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ use crate::pki::{cert, csr};
 use crate::scep::message::{self, FailInfo, MessageType, PkiStatus, RequestParams};
 use crate::store::fsutil;
 
+pub mod fleet;
+
 /// The device CA certificate's file in the `--device-ca` folder.
 pub const DEVICE_CA_CERT_FILE: &str = "device-ca.pem";
 /// The device CA key's file in the `--device-ca` folder (mode 0600).
@@ -291,6 +293,17 @@ impl Device {
 
         let device_key = RsaPrivateKey::generate(DEVICE_KEY_BITS)
             .map_err(|err| format!("device identity: {err}"))?;
+        Device::issued_by(&ca, device_key, options)
+    }
+
+    /// A device whose identity certificate `ca` issues now for `device_key`: what
+    /// [`Device::new`] does after loading the CA and making a key, for a fleet that loads the
+    /// CA once.
+    pub fn issued_by(
+        ca: &CertificateAuthority,
+        device_key: RsaPrivateKey,
+        options: &SimulateOptions,
+    ) -> Result<Device, String> {
         let subject = [(SubjectAttribute::CommonName, new_uuid())];
         let spki = device_key.public_key_spki_der();
         let request = IssueRequest {
@@ -410,12 +423,31 @@ impl Device {
             ));
         }
 
+        let key = RsaPrivateKey::generate(scep.keysize).map_err(|err| format!("{STEP}: {err}"))?;
+        self.enroll_scep_with_key(scep, key)
+    }
+
+    /// SCEP as [`Device::enroll_scep`] does it, with a key made beforehand (of the payload's
+    /// Keysize), so that a fleet can time the exchange apart from key generation.
+    pub fn enroll_scep_with_key(
+        &mut self,
+        scep: &ScepPayload,
+        key: RsaPrivateKey,
+    ) -> Result<Vec<u8>, String> {
+        const STEP: &str = "scep PKIOperation";
+        if key.bits() != scep.keysize {
+            return Err(format!(
+                "{STEP}: the key has {} bits, the payload asks for {}",
+                key.bits(),
+                scep.keysize
+            ));
+        }
+
         let caps = get_ca_caps(&scep.url)?;
         let digest = choose_digest(&caps);
         let cipher = choose_cipher(&caps);
         let authorities = get_ca_cert(&scep.url)?;
 
-        let key = RsaPrivateKey::generate(scep.keysize).map_err(|err| format!("{STEP}: {err}"))?;
         let common_name = scep.common_name().unwrap_or(&self.udid).to_string();
         let request = csr::build(&key, &common_name, Some(&scep.challenge))
             .map_err(|err| format!("{STEP}: certification request: {err}"))?;

@@ -30,6 +30,22 @@ fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.tmp.{}.{n}", process_id()))
 }
 
+/// Reads a temp file name as [`write_atomic`] and [`create_atomic`] make them
+/// (`.<target name>.tmp.<pid>.<counter>`): the target's name and the writer's pid, or `None`
+/// for any other name. A crash between writing the temp file and renaming (or linking and
+/// removing) it leaves one behind; `otad fsck` finds them with this.
+pub fn parse_temp_name(name: &str) -> Option<(&str, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (head, counter) = rest.rsplit_once('.')?;
+    let (head, pid) = head.rsplit_once('.')?;
+    let target = head.strip_suffix(".tmp")?;
+    let digits = |text: &str| !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if target.is_empty() || !digits(counter) || !digits(pid) {
+        return None;
+    }
+    Some((target, pid.parse().ok()?))
+}
+
 fn write_temp(target: &Path, bytes: &[u8], mode: u32) -> io::Result<PathBuf> {
     let temp = temp_path(target);
     let mut file = OpenOptions::new()
@@ -241,6 +257,19 @@ mod tests {
             create_atomic(&missing, b"x", 0o644).unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[test]
+    fn temp_names_are_recognised() {
+        let temp = temp_path(Path::new("/state/devices/ABC.json"));
+        let name = temp.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            parse_temp_name(name),
+            Some(("ABC.json", std::process::id()))
+        );
+        assert_eq!(parse_temp_name("ABC.json"), None);
+        assert_eq!(parse_temp_name(".ABC.json.tmp.x.1"), None);
+        assert_eq!(parse_temp_name(".tmp.1.2"), None);
     }
 
     #[test]

@@ -33,8 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
 pub use pending::{
-    new_pending_id, valid_pending_id, Decision, PendingRequest, EXPIRED_REASON,
-    MAX_PENDING_RECORDS, PENDING_RETENTION_SECONDS, PENDING_TTL_SECONDS,
+    new_pending_id, transaction_index_name, valid_pending_id, Decision, PendingRequest,
+    EXPIRED_REASON, MAX_PENDING_RECORDS, PENDING_RETENTION_SECONDS, PENDING_TTL_SECONDS,
+    TRANSACTION_INDEX_DIR,
 };
 
 /// The folders of a state dir, with their modes: keys, challenges and device records (which

@@ -143,6 +143,16 @@ pub fn valid_pending_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The transaction index folder, under the state dir (for `otad fsck`).
+pub const TRANSACTION_INDEX_DIR: &str = "pending/by-transaction";
+
+/// The name of a transactionID's entry in [`TRANSACTION_INDEX_DIR`]: the SHA-256 of the
+/// transactionID, hex.
+pub fn transaction_index_name(transaction_id: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, transaction_id.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl Store {
     fn pending_dir(&self) -> PathBuf {
         self.root.join(PENDING_FOLDER)
@@ -176,10 +186,8 @@ impl Store {
     /// `pending/by-transaction/<sha256 of the transactionID>`: the id of its newest request.
     /// Client strings never name files; their hash does.
     fn transaction_entry(&self, transaction_id: &str) -> PathBuf {
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, transaction_id.as_bytes());
-        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        self.transaction_index().join(hex)
+        self.transaction_index()
+            .join(transaction_index_name(transaction_id))
     }
 
     fn index_transaction(&self, transaction_id: &str, id: &str) -> Result<(), StoreError> {

@@ -31,6 +31,7 @@ pub fn fixture(relative: &str) -> Option<Vec<u8>> {
     }
 }
 
+pub mod cli;
 pub mod der;
 pub mod impostor;
 pub mod server;
