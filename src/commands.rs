@@ -302,6 +302,23 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
             (listener, listen)
         }
     };
+    // A server killed mid-write leaves temp files and maybe a stale index entry; the safe
+    // repairs of `otad fsck --repair` run before serving, and what they cannot fix is said.
+    match crate::fsck::repair_state(&ctx.store) {
+        Ok((report, repaired)) => {
+            for line in &repaired {
+                info!("start-up repair: {line}");
+            }
+            if report.problems() > 0 {
+                warn!(
+                    "state: {} problem(s) left; run `otad fsck --config {}` for the list",
+                    report.problems(),
+                    config_path.display()
+                );
+            }
+        }
+        Err(err) => warn!("state: the start-up check failed: {err}"),
+    }
     let tls = match &ctx.derived.tls {
         Some((cert, key)) => Some(Arc::new(
             crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?,

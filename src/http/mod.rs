@@ -579,9 +579,41 @@ impl Reply {
 }
 
 /// A folder only otad's user can enter, for the socket between the guard and tiny_http.
+/// Most entries of the temp folder looked at for stale socket folders.
+const MAX_TEMP_ENTRIES: usize = 10_000;
+
+/// Removes the socket folders of otad processes that ended without cleaning up (killed):
+/// `otad-<pid>` folders of this user whose process no longer exists.
+fn remove_stale_socket_dirs(temp: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    for entry in entries.filter_map(Result::ok).take(MAX_TEMP_ENTRIES) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("otad-"))
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let ours =
+            std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        let alive = std::path::Path::new("/proc").join(pid).exists();
+        if ours && !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn private_socket_dir() -> Result<PathBuf, String> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("otad-{}", std::process::id()));
+    let temp = std::env::temp_dir();
+    remove_stale_socket_dirs(&temp);
+    let dir = temp.join(format!("otad-{}", std::process::id()));
     // A folder left by an earlier process with the same pid is stale.
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new()
@@ -596,8 +628,6 @@ fn private_socket_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// Serves on `listener` until the process is stopped: the guard accepts and bounds requests,
-/// `http.workers` threads handle them.
 /// Serves on `listener` (in TLS with `tls`) until `shutdown` says stop and the connections
 /// in flight are done; then removes the private socket and returns.
 pub fn serve(
