@@ -319,6 +319,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         }
         Err(err) => warn!("state: the start-up check failed: {err}"),
     }
+    raise_open_file_limit(ctx.config.http.max_connections);
     let tls = match &ctx.derived.tls {
         Some((cert, key)) => Some(Arc::new(
             crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?,
@@ -352,6 +353,41 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     crate::http::serve(ctx, listener, tls, shutdown)?;
     info!("stopped");
     Ok(())
+}
+
+/// Each client connection takes a descriptor, and one more while its request is relayed: the
+/// soft limit (often 1,024) goes up to the hard one, and a hard limit too low for
+/// `http.max_connections` is said at start-up.
+fn raise_open_file_limit(max_connections: usize) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if read != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if limit.rlim_cur < needed {
+        warn!(
+            "open files: the limit is {}, but http.max_connections = {max_connections} may need \
+             {needed}; raise LimitNOFILE (systemd) or ulimit -n, or lower http.max_connections",
+            limit.rlim_cur
+        );
+    }
 }
 
 /// Acts on SIGTERM, SIGINT and SIGHUP, which [`systemd::block_signals`] kept from every

@@ -94,6 +94,9 @@ pub struct TlsConfig {
     pub key: String,
 }
 
+/// Default `http.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
 /// `[server]` keys.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,7 +117,7 @@ pub struct ServerConfig {
 pub struct HttpConfig {
     /// The address to listen on.
     pub listen: String,
-    /// Worker threads handling requests.
+    /// Worker threads handling requests; 0: two per CPU core.
     pub workers: usize,
     /// Largest accepted request body in bytes; a larger one gets 413.
     pub max_body: usize,
@@ -307,9 +310,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
-            workers: 4,
+            workers: 0,
             max_body: 64 * 1024,
-            max_connections: 256,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             request_timeout: "30s".into(),
             trusted_proxies: Vec::new(),
         }
@@ -414,6 +417,8 @@ pub struct Derived {
     pub scep_challenge_ttl: Duration,
     /// `http.request_timeout`.
     pub request_timeout: Duration,
+    /// `http.workers`, with 0 resolved to two per CPU core.
+    pub workers: usize,
     /// `scep.approval == "manual"`.
     pub manual_approval: bool,
     /// `scep.crl_validity`.
@@ -554,8 +559,11 @@ impl Config {
                     format!("{:?} is not an address:port ({err})", self.http.listen),
                 )
             })?;
-        if !(1..=256).contains(&self.http.workers) {
-            return Err(bad("http.workers", "must be between 1 and 256".into()));
+        if self.http.workers > 256 {
+            return Err(bad(
+                "http.workers",
+                "must be between 1 and 256, or 0 for two per CPU core".into(),
+            ));
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.http.max_body) {
             return Err(bad(
@@ -745,6 +753,12 @@ impl Config {
             ota_challenge_ttl,
             scep_challenge_ttl,
             request_timeout,
+            workers: match self.http.workers {
+                0 => std::thread::available_parallelism()
+                    .map_or(2, |n| n.get().saturating_mul(2))
+                    .min(256),
+                n => n,
+            },
             manual_approval,
             crl_validity,
             cert_validity_days,
@@ -1085,12 +1099,14 @@ identifier = "com.example.otad"
 [http]
 # The address and port to listen on. `otad serve --listen` overrides it.
 listen = "127.0.0.1:8080"
-# Worker threads handling requests.
-workers = 4
+# Worker threads handling requests (the crypto); 0: two per CPU core.
+workers = 0
 # The largest request body accepted, in bytes; larger ones get 413.
 max_body = 65536
-# Client connections handled at once; more are answered 503 at once.
-max_connections = 256
+# Client connections open at once, each on a thread of its own (about 20 KiB of memory
+# while it waits); more are answered 503 at once. High, so that clients that connect and
+# send nothing, or a byte a second, cannot keep a device out.
+max_connections = 4096
 # How long a client may take to send one whole request; a slower one gets 408.
 request_timeout = "30s"
 # Reverse proxies (IPs or CIDR networks, IPv4 or IPv6): from them X-Forwarded-For names the

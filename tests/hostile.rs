@@ -277,3 +277,76 @@ fn at_most_half_the_connections_are_kept_waiting() {
         "a kept connection is served again"
     );
 }
+
+/// Raises this process's open-file limit to its hard limit; returns the new soft limit.
+fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur as u64
+}
+
+#[test]
+fn a_thousand_idle_and_trickling_connections_do_not_keep_a_device_out() {
+    let available = raise_open_files();
+    if available < 1200 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: open-file hard limit {available} is too low for 1,000 connections"
+        );
+        eprintln!("SKIP: open-file limit {available} < 1,200");
+        return;
+    }
+    let server = TestServer::start(|config| set_key(&config, "http", "request_timeout", "\"20s\""));
+    let address = server.url.trim_start_matches("http://").to_string();
+
+    // 950 connect and say nothing; 50 send a request head a byte at a time.
+    let mut idle: Vec<TcpStream> = (0..950)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    let mut trickling: Vec<TcpStream> = (0..50)
+        .map(|_| TcpStream::connect(&address).unwrap())
+        .collect();
+    let head = b"POST /ota/phase23 HTTP/1.1\r\nHost: x\r\n";
+    for byte in head.iter().take(3) {
+        for stream in &mut trickling {
+            stream.write_all(&[*byte]).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    let started = Instant::now();
+    let summary = otad::simulate::run(&server.device_options()).unwrap();
+    assert_eq!(
+        summary.payload_types,
+        vec!["com.apple.security.scep", "com.apple.mdm"]
+    );
+    eprintln!(
+        "an enrollment beside 1,000 idle and trickling connections took {:?}",
+        started.elapsed()
+    );
+
+    // Every one of them was taken, none was refused with 503: they are still open.
+    for stream in idle.iter_mut().chain(trickling.iter_mut()).step_by(97) {
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 1];
+        let read = stream.read(&mut byte);
+        assert!(
+            matches!(&read, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+            "a held connection was answered or closed: {read:?}"
+        );
+    }
+    assert!(
+        !server.log().contains("connection refused"),
+        "{}",
+        server.log()
+    );
+}

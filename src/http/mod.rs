@@ -645,7 +645,7 @@ pub fn serve(
     let server = Arc::new(server);
 
     // The workers wait on tiny_http for good; the acceptor is what ends the server.
-    let workers = ctx.config.http.workers;
+    let workers = ctx.derived.workers;
     for n in 0..workers {
         let server = Arc::clone(&server);
         let ctx = Arc::clone(&ctx);
