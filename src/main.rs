@@ -187,16 +187,11 @@ fn run() -> Result<Outcome, Usage> {
         }
         "cert" | "request" | "token" | "user" | "device" => {
             let args = state_as_config(parser.raw_args()?.collect());
-            let blocklist = matches!(
-                args.first().and_then(|a| a.to_str()),
-                Some("block" | "unblock" | "blocked")
-            );
             let exit = match command.as_str() {
                 "cert" => otad::admin::cert::run(args.clone()),
                 "request" => otad::admin::request::run(args.clone()),
                 "token" => otad::admin::token::run(args.clone()),
                 "user" => otad::admin::user::run(args.clone()),
-                _ if blocklist => otad::admin::block::run(args.clone()),
                 _ => otad::admin::device::run(args.clone()),
             };
             record_admin(&command, &args, &exit);

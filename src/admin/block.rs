@@ -8,21 +8,12 @@
 use lexopt::prelude::*;
 use serde_json::json;
 
-use super::{Args, Exit};
+#[cfg(test)]
+use super::Args;
+use super::Exit;
 use crate::config::Config;
 use crate::store::blocked::{normalize_serial, BlockRecord, MAX_BLOCK_REASON_LEN, MAX_SERIAL_LEN};
 use crate::store::{self, Store};
-
-const HELP: &str = "\
-usage: otad device <subcommand> --config FILE ...
-
-subcommands:
-  block     refuse a device by serial number from now on
-  unblock   lift a block
-  blocked   list the blocked serial numbers
-
-`otad device <subcommand> --help` explains each. Safe while otad serve runs.
-";
 
 const BLOCK_HELP: &str = "\
 usage: otad device block --config FILE SERIAL [--reason R]
@@ -54,36 +45,12 @@ Lists the blocked serial numbers: serial, blocked at, reason.
 ";
 
 /// Runs `otad device` with its arguments.
-pub fn run(args: Args) -> Exit {
-    match dispatch(args) {
-        Ok(output) => {
-            super::emit(&output);
-            Exit::Ok
-        }
-        Err(exit) => exit,
-    }
-}
-
+#[cfg(test)]
 fn dispatch(args: Args) -> Result<String, Exit> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let subcommand = match parser.next().map_err(usage)? {
-        Some(Value(name)) => name.string().map_err(usage)?,
-        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
-        Some(other) => return Err(usage(other.unexpected())),
-    };
-    match subcommand.as_str() {
-        "block" => block(parser),
-        "unblock" => unblock(parser),
-        "blocked" => blocked(parser),
-        other => Err(Exit::Usage(format!(
-            "otad device: unknown subcommand {other:?}\n\n{HELP}"
-        ))),
-    }
+    super::device::dispatch(args)
 }
 
-fn usage(err: lexopt::Error) -> Exit {
-    Exit::Usage(err.to_string())
-}
+use super::usage;
 
 fn failed(err: impl std::fmt::Display) -> Exit {
     Exit::Failed(err.to_string())
@@ -151,7 +118,7 @@ fn serial(options: &Options) -> Result<String, Exit> {
     })
 }
 
-fn block(parser: lexopt::Parser) -> Result<String, Exit> {
+pub(super) fn block(parser: lexopt::Parser) -> Result<String, Exit> {
     let Some(options) = parse(parser, BLOCK_HELP, &["serial", "reason"])? else {
         return Ok(BLOCK_HELP.to_string());
     };
@@ -187,7 +154,7 @@ fn block(parser: lexopt::Parser) -> Result<String, Exit> {
     })
 }
 
-fn unblock(parser: lexopt::Parser) -> Result<String, Exit> {
+pub(super) fn unblock(parser: lexopt::Parser) -> Result<String, Exit> {
     let Some(options) = parse(parser, UNBLOCK_HELP, &["serial"])? else {
         return Ok(UNBLOCK_HELP.to_string());
     };
@@ -203,7 +170,7 @@ fn unblock(parser: lexopt::Parser) -> Result<String, Exit> {
     }
 }
 
-fn blocked(parser: lexopt::Parser) -> Result<String, Exit> {
+pub(super) fn blocked(parser: lexopt::Parser) -> Result<String, Exit> {
     let Some(options) = parse(parser, BLOCKED_HELP, &["json"])? else {
         return Ok(BLOCKED_HELP.to_string());
     };

@@ -84,37 +84,22 @@ name it as issuer. A certificate already recorded is skipped.
 
 /// Runs `otad cert` with its arguments.
 pub fn run(args: Args) -> Exit {
-    match dispatch(args) {
-        Ok(output) => {
-            super::emit(&output);
-            Exit::Ok
-        }
-        Err(exit) => exit,
-    }
+    super::run_subcommand("cert", HELP, SUBCOMMANDS, args)
 }
 
-/// Runs a subcommand and returns what it prints.
+const SUBCOMMANDS: &[(&str, super::Subcommand)] = &[
+    ("list", list),
+    ("show", show),
+    ("revoke", revoke),
+    ("import", import),
+];
+
+#[cfg(test)]
 fn dispatch(args: Args) -> Result<String, Exit> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let subcommand = match parser.next().map_err(usage)? {
-        Some(Value(name)) => name.string().map_err(usage)?,
-        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
-        Some(other) => return Err(usage(other.unexpected())),
-    };
-    match subcommand.as_str() {
-        "list" => list(parser),
-        "show" => show(parser),
-        "revoke" => revoke(parser),
-        "import" => import(parser),
-        other => Err(Exit::Usage(format!(
-            "otad cert: unknown subcommand {other:?}\n\n{HELP}"
-        ))),
-    }
+    super::dispatch("cert", HELP, SUBCOMMANDS, args)
 }
 
-fn usage(err: lexopt::Error) -> Exit {
-    Exit::Usage(err.to_string())
-}
+use super::usage;
 
 fn required<T>(value: Option<T>, what: &str, help: &str) -> Result<T, Exit> {
     value.ok_or_else(|| Exit::Usage(format!("{what} is required\n\n{help}")))

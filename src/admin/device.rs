@@ -48,34 +48,23 @@ device record as stored.
 
 /// Runs `otad device ...` with the arguments after `device`.
 pub fn run(args: Args) -> Exit {
-    match dispatch(args) {
-        Ok(output) => {
-            super::emit(&output);
-            Exit::Ok
-        }
-        Err(exit) => exit,
-    }
+    super::run_subcommand("device", HELP, SUBCOMMANDS, args)
 }
 
-fn dispatch(args: Args) -> Result<String, Exit> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let sub = match parser.next().map_err(usage)? {
-        Some(Value(sub)) => sub.string().map_err(usage)?,
-        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
-        Some(other) => return Err(usage(other.unexpected())),
-    };
-    match sub.as_str() {
-        "list" => list(parser),
-        "show" => show(parser),
-        other => Err(Exit::Usage(format!(
-            "device {other:?}: unknown; use list, show, block, unblock or blocked\n\n{HELP}"
-        ))),
-    }
+const SUBCOMMANDS: &[(&str, super::Subcommand)] = &[
+    ("list", list),
+    ("show", show),
+    ("block", super::block::block),
+    ("unblock", super::block::unblock),
+    ("blocked", super::block::blocked),
+];
+
+#[cfg(test)]
+pub(super) fn dispatch(args: Args) -> Result<String, Exit> {
+    super::dispatch("device", HELP, SUBCOMMANDS, args)
 }
 
-fn usage(err: lexopt::Error) -> Exit {
-    Exit::Usage(err.to_string())
-}
+use super::usage;
 
 fn open_state(config: Option<PathBuf>, help: &str) -> Result<Store, Exit> {
     let config = config.ok_or_else(|| Exit::Usage(format!("--config is required\n\n{help}")))?;

@@ -35,3 +35,49 @@ pub fn emit(output: &str) {
         .write_all(output.as_bytes())
         .and_then(|()| stdout.flush());
 }
+
+/// One subcommand: it gets the parser after its name and returns what it prints.
+pub type Subcommand = fn(lexopt::Parser) -> Result<String, Exit>;
+
+/// Runs the subcommand `args` names from `table`; `otad <command>` alone or `--help` prints
+/// `help`. What the subcommand returns is printed (exit 0), or its `Exit` is returned.
+pub fn run_subcommand(command: &str, help: &str, table: &[(&str, Subcommand)], args: Args) -> Exit {
+    match dispatch(command, help, table, args) {
+        Ok(output) => {
+            emit(&output);
+            Exit::Ok
+        }
+        Err(exit) => exit,
+    }
+}
+
+/// What [`run_subcommand`] prints, or how it ends; for tests.
+pub fn dispatch(
+    command: &str,
+    help: &str,
+    table: &[(&str, Subcommand)],
+    args: Args,
+) -> Result<String, Exit> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_args(args);
+    let name = match parser.next().map_err(usage)? {
+        Some(Value(name)) => name.string().map_err(usage)?,
+        Some(Long("help")) | Some(Short('h')) | None => return Ok(help.to_string()),
+        Some(other) => return Err(usage(other.unexpected())),
+    };
+    match table.iter().find(|(known, _)| *known == name) {
+        Some((_, subcommand)) => subcommand(parser),
+        None => {
+            let known: Vec<&str> = table.iter().map(|(known, _)| *known).collect();
+            Err(Exit::Usage(format!(
+                "otad {command}: unknown subcommand {name:?}; use {}\n\n{help}",
+                known.join(", ")
+            )))
+        }
+    }
+}
+
+/// A command line lexopt could not read: exit 2 with its message.
+pub fn usage(err: lexopt::Error) -> Exit {
+    Exit::Usage(err.to_string())
+}

@@ -82,36 +82,22 @@ started with it and have not reached phase 2 yet.
 
 /// Runs `otad token` with its arguments.
 pub fn run(args: Args) -> Exit {
-    match dispatch(args) {
-        Ok(output) => {
-            super::emit(&output);
-            Exit::Ok
-        }
-        Err(exit) => exit,
-    }
+    super::run_subcommand("token", HELP, SUBCOMMANDS, args)
 }
 
+const SUBCOMMANDS: &[(&str, super::Subcommand)] = &[
+    ("new", new),
+    ("list", list),
+    ("show", |parser| show_or_revoke(parser, false)),
+    ("revoke", |parser| show_or_revoke(parser, true)),
+];
+
+#[cfg(test)]
 fn dispatch(args: Args) -> Result<String, Exit> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let subcommand = match parser.next().map_err(usage)? {
-        Some(Value(name)) => name.string().map_err(usage)?,
-        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
-        Some(other) => return Err(usage(other.unexpected())),
-    };
-    match subcommand.as_str() {
-        "new" => new(parser),
-        "list" => list(parser),
-        "show" => show_or_revoke(parser, false),
-        "revoke" => show_or_revoke(parser, true),
-        other => Err(Exit::Usage(format!(
-            "otad token: unknown subcommand {other:?}\n\n{HELP}"
-        ))),
-    }
+    super::dispatch("token", HELP, SUBCOMMANDS, args)
 }
 
-fn usage(err: lexopt::Error) -> Exit {
-    Exit::Usage(err.to_string())
-}
+use super::usage;
 
 fn failed(err: impl std::fmt::Display) -> Exit {
     Exit::Failed(err.to_string())

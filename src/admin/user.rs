@@ -59,35 +59,13 @@ Lists the users: name and when they were added (never a password or hash).
 
 /// Runs `otad user` with its arguments.
 pub fn run(args: Args) -> Exit {
-    match dispatch(args) {
-        Ok(output) => {
-            super::emit(&output);
-            Exit::Ok
-        }
-        Err(exit) => exit,
-    }
+    super::run_subcommand("user", HELP, SUBCOMMANDS, args)
 }
 
-fn dispatch(args: Args) -> Result<String, Exit> {
-    let mut parser = lexopt::Parser::from_args(args);
-    let subcommand = match parser.next().map_err(usage)? {
-        Some(Value(name)) => name.string().map_err(usage)?,
-        Some(Long("help")) | Some(Short('h')) | None => return Ok(HELP.to_string()),
-        Some(other) => return Err(usage(other.unexpected())),
-    };
-    match subcommand.as_str() {
-        "add" => add(parser),
-        "remove" => remove(parser),
-        "list" => list(parser),
-        other => Err(Exit::Usage(format!(
-            "otad user: unknown subcommand {other:?}\n\n{HELP}"
-        ))),
-    }
-}
+const SUBCOMMANDS: &[(&str, super::Subcommand)] =
+    &[("add", add), ("remove", remove), ("list", list)];
 
-fn usage(err: lexopt::Error) -> Exit {
-    Exit::Usage(err.to_string())
-}
+use super::usage;
 
 fn failed(err: impl std::fmt::Display) -> Exit {
     Exit::Failed(err.to_string())
