@@ -25,10 +25,10 @@ const MAX_CHAIN: usize = 16;
 /// Why the TLS certificate or key cannot be used.
 #[derive(Debug)]
 pub enum TlsError {
-    /// A file cannot be read.
-    Read(PathBuf, io::Error),
+    /// A file cannot be read (the config key naming it, its path, why).
+    Read(&'static str, PathBuf, io::Error),
     /// A file is larger than any certificate chain or key.
-    TooLarge(PathBuf),
+    TooLarge(&'static str, PathBuf),
     /// The chain file holds no PEM certificate, or is not PEM.
     NoCertificate(PathBuf),
     /// The chain file holds more certificates than otad sends.
@@ -46,10 +46,12 @@ pub enum TlsError {
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TlsError::Read(path, err) => write!(f, "{}: cannot read: {err}", path.display()),
-            TlsError::TooLarge(path) => write!(
+            TlsError::Read(key, path, err) => {
+                write!(f, "{key} {}: cannot read: {err}", path.display())
+            }
+            TlsError::TooLarge(key, path) => write!(
                 f,
-                "{}: over {MAX_PEM_BYTES} bytes; is this a PEM certificate or key file?",
+                "{key} {}: over {MAX_PEM_BYTES} bytes; is this a PEM certificate or key file?",
                 path.display()
             ),
             TlsError::NoCertificate(path) => write!(
@@ -168,18 +170,18 @@ impl ResolvesServerCert for CurrentCertificate {
     }
 }
 
-fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     let size = fs::metadata(path)
-        .map_err(|err| TlsError::Read(path.to_path_buf(), err))?
+        .map_err(|err| TlsError::Read(key, path.to_path_buf(), err))?
         .len();
     if size > MAX_PEM_BYTES {
-        return Err(TlsError::TooLarge(path.to_path_buf()));
+        return Err(TlsError::TooLarge(key, path.to_path_buf()));
     }
-    fs::read(path).map_err(|err| TlsError::Read(path.to_path_buf(), err))
+    fs::read(path).map_err(|err| TlsError::Read(key, path.to_path_buf(), err))
 }
 
 fn read_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_pem = read_pem(cert_path)?;
+    let cert_pem = read_pem("tls.cert", cert_path)?;
     let mut chain = Vec::new();
     for cert in CertificateDer::pem_slice_iter(&cert_pem) {
         let cert = cert.map_err(|_| TlsError::NoCertificate(cert_path.to_path_buf()))?;
@@ -192,7 +194,7 @@ fn read_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
         return Err(TlsError::NoCertificate(cert_path.to_path_buf()));
     }
 
-    let key_pem = read_pem(key_path)?;
+    let key_pem = read_pem("tls.key", key_path)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|err| TlsError::NoKey(key_path.to_path_buf(), err.to_string()))?;
     let provider = aws_lc_rs::default_provider();
@@ -331,7 +333,7 @@ mod tests {
         let err = Tls::load(&missing, &key_path).unwrap_err();
         assert!(err
             .to_string()
-            .starts_with(&format!("{}: cannot read", missing.display())));
+            .starts_with(&format!("tls.cert {}: cannot read", missing.display())));
 
         let empty = dir.path().join("empty.crt");
         fs::write(&empty, "").unwrap();

@@ -105,7 +105,7 @@ fn every_kind_of_mistake_names_what_to_fix_and_fails() {
                 let t = set_key(&t, "tls", "cert", "\"/nonexistent/tls.pem\"");
                 set_key(&t, "tls", "key", "\"/nonexistent/tls.key\"")
             }),
-            "/nonexistent/tls.pem: cannot read",
+            "tls.cert /nonexistent/tls.pem: cannot read",
         ),
         (
             "missing template",
