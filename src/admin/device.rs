@@ -36,14 +36,21 @@ version, the user phase 1 admitted, the phase reached (identified, certified, en
 the current certificate's serial and when it was first and last seen. --json prints one
 JSON array of objects with those fields. A record that cannot be read is named on stderr
 and skipped.
+
+  --config FILE   the server's otad.toml (or --state DIR for DIR/otad.toml)
+  --json          one JSON array instead of the table
 ";
 
 const SHOW_HELP: &str = "\
 usage: otad device show --config FILE [--json] UDID|SERIAL
 
 Shows one device, found by UDID or by serial number (any case): what `list` shows, every
-attribute it reported, its certificates (oldest first) and its history. --json prints the
-device record as stored.
+attribute it reported, who phase 1 admitted (user, token), its certificates (oldest first)
+and its history. --json prints the device record as stored (times in unix seconds).
+
+  --config FILE   the server's otad.toml (or --state DIR for DIR/otad.toml)
+  --json          the stored record instead of the text
+  UDID|SERIAL     the device: its UDID (any case) or its serial number (any case)
 ";
 
 /// Runs `otad device ...` with the arguments after `device`.
@@ -92,6 +99,8 @@ pub fn summary_json(device: &DeviceRecord) -> serde_json::Value {
         "product": device.attributes.get("PRODUCT"),
         "version": device.attributes.get("VERSION"),
         "user": device.admission.user,
+        "token": device.admission.token,
+        "token_note": device.admission.token_note,
         "phase": phase_name(device.phase),
         "certificate": device.certificates.last(),
         "first_seen": store::rfc3339(device.first_seen),
@@ -218,6 +227,8 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
         "product",
         "version",
         "user",
+        "token",
+        "token_note",
         "phase",
         "certificate",
         "first_seen",
@@ -232,6 +243,12 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
     text.push_str("attributes:\n");
     for (name, value) in &device.attributes {
         text.push_str(&format!("  {}: {}\n", clean(name), clean(value)));
+    }
+    if !device.hook_variables.is_empty() {
+        text.push_str("hook variables (from hooks.phase2):\n");
+        for (name, value) in &device.hook_variables {
+            text.push_str(&format!("  {}: {}\n", clean(name), clean(value)));
+        }
     }
     text.push_str("certificates:\n");
     for serial in &device.certificates {
