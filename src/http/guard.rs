@@ -39,8 +39,12 @@ pub const REMOTE_HEADER: &str = "X-Otad-Remote";
 /// carry their message in the query, so this is generous.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Most headers in one request.
+/// Most headers in one request, as the client sends it.
 pub const MAX_HEADERS: usize = 64;
+
+/// Headers the guard adds to each request it hands on ([`REMOTE_HEADER`], Content-Length,
+/// Connection): the handlers allow [`MAX_HEADERS`] plus these.
+pub const ADDED_HEADERS: usize = 3;
 
 /// Largest body accepted on a route that takes none (everything but [`BODY_ROUTES`]): room
 /// for a stray form or a probe's few bytes, not for an upload.
