@@ -71,6 +71,13 @@ pub fn body_limit(method: &str, target: &str, max_body: usize) -> usize {
     }
 }
 
+/// Longest request method accepted (the longest registered one is far shorter).
+const MAX_METHOD_LEN: usize = 16;
+
+/// Longest the guard waits for tiny_http's answer to one request (an issuance with a
+/// decide hook included).
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Largest response relayed back from tiny_http (otad's own profiles are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -210,7 +217,10 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
         (Some(m), Some(t), Some(v), None) => (m, t, v),
         _ => return Err(reject(400, "request line: not `METHOD TARGET HTTP/1.1`")),
     };
-    if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    if method.is_empty()
+        || method.len() > MAX_METHOD_LEN
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+    {
         return Err(reject(400, "request line: bad method"));
     }
     if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
@@ -449,7 +459,7 @@ fn forward(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let mut inner = UnixStream::connect(socket)?;
-    inner.set_read_timeout(Some(Duration::from_secs(120)))?;
+    inner.set_read_timeout(Some(HANDLER_TIMEOUT))?;
     inner.set_write_timeout(Some(IO_TIMEOUT))?;
 
     let mut request = format!("{} {} HTTP/1.0\r\n", head.method, head.target);

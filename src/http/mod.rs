@@ -190,6 +190,9 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Vec<u8> {
     out
 }
 
+/// Most query parameters read from a request target; later ones are ignored.
+pub const MAX_QUERY_PARAMS: usize = 32;
+
 /// Splits a request target into its path and decoded query parameters. Query values are
 /// decoded without turning `+` into a space: SCEP clients put raw base64 in `message`.
 pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
@@ -197,7 +200,7 @@ pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
     let params = query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .take(32)
+        .take(MAX_QUERY_PARAMS)
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let key = String::from_utf8_lossy(&percent_decode(key, false)).into_owned();
