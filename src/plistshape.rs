@@ -75,6 +75,9 @@ mod tests {
         assert_eq!(check(ok, 2, 100), Ok(()));
         assert_eq!(check(ok, 1, 100), Err(ShapeError::TooDeep(1)));
         assert_eq!(check(ok, 2, 5), Err(ShapeError::TooManyTags(5)));
+        // `ok` has 11 tags, the self-closing `<array/>` one of them.
+        assert_eq!(check(ok, 2, 11), Ok(()));
+        assert_eq!(check(ok, 2, 10), Err(ShapeError::TooManyTags(10)));
         let deep = format!("{}{}", "<array>".repeat(100), "</array>".repeat(100));
         assert_eq!(
             check(deep.as_bytes(), 16, 1000),

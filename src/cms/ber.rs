@@ -714,6 +714,49 @@ mod tests {
     }
 
     #[test]
+    fn the_default_limits_hold_to_the_element() {
+        // Depth: `levels` indefinite SEQUENCEs around a NULL are `levels + 1` deep.
+        let nested = |levels: usize| {
+            let mut ber = [0x30, 0x80].repeat(levels);
+            ber.extend_from_slice(&[0x05, 0x00]);
+            ber.extend_from_slice(&[0x00, 0x00].repeat(levels));
+            ber
+        };
+        let depth = DEFAULT_LIMITS.max_depth;
+        assert!(normalize(&nested(depth - 1)).is_ok());
+        assert_eq!(normalize(&nested(depth)), Err(BerError::TooDeep));
+
+        // Elements: a SEQUENCE holding `n - 1` NULLs is `n` elements.
+        let elements = |n: usize| {
+            let mut ber = vec![0x30, 0x80];
+            ber.extend_from_slice(&[0x05, 0x00].repeat(n - 1));
+            ber.extend_from_slice(&[0x00, 0x00]);
+            ber
+        };
+        let most = DEFAULT_LIMITS.max_elements;
+        assert!(normalize(&elements(most)).is_ok());
+        assert_eq!(
+            normalize(&elements(most + 1)),
+            Err(BerError::TooManyElements)
+        );
+
+        // Size: one OCTET STRING with a 3-octet length, `total` octets in all.
+        let octets = |total: usize| {
+            let content = total - 5;
+            let mut ber = vec![0x04, 0x83];
+            ber.extend_from_slice(&u32::try_from(content).unwrap().to_be_bytes()[1..]);
+            ber.resize(total, 0xaa);
+            ber
+        };
+        let largest = DEFAULT_LIMITS.max_input;
+        assert_eq!(
+            normalize(&octets(largest)).map(|der| der.len()),
+            Ok(largest)
+        );
+        assert_eq!(normalize(&octets(largest + 1)), Err(BerError::TooLarge));
+    }
+
+    #[test]
     fn truncated_input_is_refused() {
         let ber = [0x30, 0x80, 0x24, 0x80, 0x04, 0x02, b'a', b'b', 0, 0, 0, 0];
         for end in 0..ber.len() {

@@ -1191,6 +1191,32 @@ mod tests {
             sign(CONTENT, &signer(0)?, &options),
             Err(CmsError::TooManyCertificates(17))
         ));
+
+        // Exactly MAX_CERTIFICATES: written, read back and verified, in each form.
+        let full = vec![certificate; MAX_CERTIFICATES];
+        assert_eq!(
+            parse_certs_only(&certs_only(&full)?)?.len(),
+            MAX_CERTIFICATES
+        );
+        let signed_data = ber::tlv_of(
+            tag::SEQUENCE,
+            &[
+                &VERSION_1,
+                &[tag::SET, 0x00],
+                &ber::tlv(tag::SEQUENCE, &ber::tlv(tag::OID, oid::ID_DATA.as_bytes())),
+                &ber::tlv(tag::CONTEXT_0, &full.concat()),
+                &[tag::SET, 0x00],
+            ],
+        );
+        let message = encode_content_info(&oid::ID_SIGNED_DATA, &signed_data);
+        assert_eq!(parse_certs_only(&message)?.len(), MAX_CERTIFICATES);
+        let extras = vec![certificate; MAX_CERTIFICATES - 1];
+        let options = SignOptions {
+            certificates: &extras,
+            ..plain_options(DigestAlgorithm::Sha256, false)
+        };
+        let signed = sign(CONTENT, &signer(0)?, &options)?;
+        assert_eq!(verify(&signed)?.certificates.len(), MAX_CERTIFICATES);
         Ok(())
     }
 

@@ -51,6 +51,9 @@ pub const MAX_FIELDS: usize = 32;
 pub const MAX_VALUE_CHARS: usize = 1024;
 /// Longest line read back from the log; a longer one is skipped as corrupt.
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// What ends a line whose fields did not all fit in [`MAX_LINE_BYTES`].
+const TRUNCATED: &str = ",\"truncated\":true";
+
 /// Rotated files kept beyond `events.keep` while the webhook has not delivered them; past
 /// that the oldest is deleted anyway and the loss logged with its count.
 pub const MAX_UNDELIVERED_FILES: u64 = 64;
@@ -134,11 +137,15 @@ impl Event {
         line.push_str(&Value::from(crate::store::rfc3339(at)).to_string());
         line.push_str(",\"kind\":");
         line.push_str(&Value::from(self.kind.as_str()).to_string());
+        // Fields past what a reader takes (MAX_LINE_BYTES, the newline not counted) are left
+        // out and the line says so, rather than the whole event being skipped as corrupt.
         for (name, value) in &self.fields {
-            line.push(',');
-            line.push_str(&Value::from(name.as_str()).to_string());
-            line.push(':');
-            line.push_str(&value.to_string());
+            let field = format!(",{}:{value}", Value::from(name.as_str()));
+            if line.len() + field.len() + TRUNCATED.len() + 1 > MAX_LINE_BYTES {
+                line.push_str(TRUNCATED);
+                break;
+            }
+            line.push_str(&field);
         }
         line.push_str("}\n");
         line.into_bytes()
@@ -801,6 +808,36 @@ mod tests {
             event.clone().field("f0", "again").get("f0"),
             Some(&Value::from("again"))
         );
+    }
+
+    #[test]
+    fn a_line_never_outgrows_what_a_reader_takes() {
+        // 32 fields of 1,024 control characters, each escaped to six bytes: ~200 KB.
+        let mut event = Event::new("big");
+        for n in 0..MAX_FIELDS {
+            event = event.field(&format!("f{n}"), "\u{1}".repeat(MAX_VALUE_CHARS));
+        }
+        let line = event.to_line(0);
+        assert!(line.len() <= MAX_LINE_BYTES + 1, "{}", line.len());
+        let parsed: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(parsed["truncated"], Value::Bool(true));
+        assert_eq!(parsed["kind"], "big");
+        let read = read_lines(&mut &line[..], 0, 1).unwrap();
+        assert_eq!(read[0].1.as_deref(), line.strip_suffix(b"\n"));
+
+        // A small event is whole, without the mark.
+        let small: Value =
+            serde_json::from_slice(&Event::new("s").field("a", 1).to_line(0)).unwrap();
+        assert_eq!(small.get("truncated"), None);
+
+        // The reader's edge: MAX_LINE_BYTES before the newline are read, one more skipped.
+        for (len, whole) in [(MAX_LINE_BYTES, true), (MAX_LINE_BYTES + 1, false)] {
+            let mut text = vec![b'x'; len];
+            text.push(b'\n');
+            let lines = read_lines(&mut &text[..], 0, 1).unwrap();
+            assert_eq!(lines[0].0, len as u64 + 1);
+            assert_eq!(lines[0].1.is_some(), whole, "{len}");
+        }
     }
 
     fn lines_of(path: &Path) -> Vec<Value> {

@@ -815,4 +815,41 @@ mod tests {
         assert!(create(&store, &new, 1).is_err());
         assert!(list(&store).unwrap().is_empty());
     }
+
+    #[test]
+    fn a_token_serves_exactly_its_uses() {
+        let (_dir, store) = store();
+        let (secret, record) = create(&store, &token(3), 100).unwrap();
+        for n in 0..3 {
+            let udid = format!("UDID-{n}");
+            precheck(&store, &record.id, device(&udid, None), 101).unwrap();
+            spend(
+                &store,
+                &record.id,
+                &format!("c{n}"),
+                device(&udid, None),
+                101,
+            )
+            .unwrap();
+        }
+        assert_eq!(show(&store, &record.id).unwrap().used, 3);
+        let fourth = spend(&store, &record.id, "c3", device("UDID-3", None), 101);
+        assert!(matches!(fourth, Err(TokenError::Refused(_))), "{fourth:?}");
+        assert!(precheck(&store, &record.id, device("UDID-3", None), 101).is_err());
+        assert!(matches!(
+            lookup(&store, &secret, 101),
+            Err(TokenError::Refused(_))
+        ));
+        assert_eq!(show(&store, &record.id).unwrap().used, 3, "nothing spent");
+
+        // The largest count a token may be made with, and its history kept to the last ones.
+        let (_, most) = create(&store, &token(MAX_USES), 100).unwrap();
+        for n in 0..=MAX_TOKEN_HISTORY {
+            spend(&store, &most.id, "c", device(&format!("U{n}"), None), 101).unwrap();
+        }
+        let after = show(&store, &most.id).unwrap();
+        assert_eq!(after.used as usize, MAX_TOKEN_HISTORY + 1);
+        assert_eq!(after.history.len(), MAX_TOKEN_HISTORY);
+        assert_eq!(after.history.first().map(|u| u.udid.as_str()), Some("U1"));
+    }
 }

@@ -356,4 +356,45 @@ mod tests {
         store.write_file(USERS_FILE, b"{", 0o600).unwrap();
         assert!(authenticate(&store, "eve", "x").is_err());
     }
+
+    #[test]
+    fn the_users_file_is_read_up_to_its_size_and_count() {
+        let (_dir, store) = store();
+        let sized = |len: u64| {
+            let mut text = br#"{"users":[]}"#.to_vec();
+            text.resize(usize::try_from(len).unwrap(), b' ');
+            text
+        };
+        store
+            .write_file(USERS_FILE, &sized(MAX_USERS_FILE_BYTES), 0o600)
+            .unwrap();
+        assert_eq!(load(&store).unwrap().len(), 0);
+        store
+            .write_file(USERS_FILE, &sized(MAX_USERS_FILE_BYTES + 1), 0o600)
+            .unwrap();
+        let err = load(&store).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("over {MAX_USERS_FILE_BYTES} bytes")),
+            "{err}"
+        );
+
+        let counted = |n: usize| {
+            let users: Vec<String> = (0..n)
+                .map(|i| format!(r#"{{"name":"u{i}","hash":"h","created":1}}"#))
+                .collect();
+            format!(r#"{{"users":[{}]}}"#, users.join(","))
+        };
+        store
+            .write_file(USERS_FILE, counted(MAX_USERS).as_bytes(), 0o600)
+            .unwrap();
+        assert_eq!(load(&store).unwrap().len(), MAX_USERS);
+        store
+            .write_file(USERS_FILE, counted(MAX_USERS + 1).as_bytes(), 0o600)
+            .unwrap();
+        let err = load(&store).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("more than {MAX_USERS} users")),
+            "{err}"
+        );
+    }
 }

@@ -39,8 +39,44 @@ pub const REMOTE_HEADER: &str = "X-Otad-Remote";
 /// carry their message in the query, so this is generous.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// Most headers in one request.
+/// Most headers in one request, as the client sends it.
 pub const MAX_HEADERS: usize = 64;
+
+/// Headers the guard adds to each request it hands on ([`REMOTE_HEADER`], Content-Length,
+/// Connection): the handlers allow [`MAX_HEADERS`] plus these.
+pub const ADDED_HEADERS: usize = 3;
+
+/// Largest body accepted on a route that takes none (everything but [`BODY_ROUTES`]): room
+/// for a stray form or a probe's few bytes, not for an upload.
+pub const MAX_BODY_ELSEWHERE: usize = 1024;
+
+/// The requests that carry a body, as (method, path): phases 2 and 3, DEP machine info and a
+/// SCEP PKIOperation POST (under each path SCEP clients use). They get `http.max_body`.
+pub const BODY_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/ota/phase23"),
+    ("POST", "/mdm/enroll"),
+    ("POST", "/scep"),
+    ("POST", "/scep/pkiclient.exe"),
+    ("POST", "/cgi-bin/pkiclient.exe"),
+];
+
+/// The largest body `method` on `target` may carry: `max_body` on [`BODY_ROUTES`] (the path
+/// compared as the router does, without the query), [`MAX_BODY_ELSEWHERE`] anywhere else.
+pub fn body_limit(method: &str, target: &str, max_body: usize) -> usize {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if BODY_ROUTES.contains(&(method, path)) {
+        max_body
+    } else {
+        MAX_BODY_ELSEWHERE.min(max_body)
+    }
+}
+
+/// Longest request method accepted (the longest registered one is far shorter).
+const MAX_METHOD_LEN: usize = 16;
+
+/// Longest the guard waits for tiny_http's answer to one request (an issuance with a
+/// decide hook included).
+const HANDLER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Largest response relayed back from tiny_http (otad's own profiles are a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -126,7 +162,8 @@ pub const DRAIN: Duration = Duration::from_secs(20);
 pub struct Limits {
     /// Client connections handled at once; beyond it a client gets 503 at once.
     pub max_connections: usize,
-    /// Largest request body.
+    /// Largest request body on [`BODY_ROUTES`] (`http.max_body`); elsewhere it is
+    /// [`MAX_BODY_ELSEWHERE`].
     pub max_body: usize,
     /// Deadline for receiving one whole request, head and body.
     pub request_timeout: Duration,
@@ -166,7 +203,8 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Parses a request head (everything before the blank line) against the limits.
+/// Parses a request head (everything before the blank line) against the limits; a declared
+/// body over [`body_limit`] for its route is refused here, before any of it is read.
 pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
     let text = std::str::from_utf8(head).map_err(|_| reject(400, "request head: not ASCII"))?;
     if !text.is_ascii() {
@@ -179,7 +217,10 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
         (Some(m), Some(t), Some(v), None) => (m, t, v),
         _ => return Err(reject(400, "request line: not `METHOD TARGET HTTP/1.1`")),
     };
-    if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    if method.is_empty()
+        || method.len() > MAX_METHOD_LEN
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+    {
         return Err(reject(400, "request line: bad method"));
     }
     if !target.starts_with('/') || target.bytes().any(|b| b.is_ascii_control()) {
@@ -197,8 +238,9 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
     let mut expects_continue = false;
     let mut connection_close = false;
     let mut connection_keep_alive = false;
-    for line in lines {
-        if headers.len() >= MAX_HEADERS {
+    // Every header line counts, the hop-by-hop ones the guard drops included.
+    for (count, line) in lines.enumerate() {
+        if count >= MAX_HEADERS {
             return Err(reject(
                 431,
                 format!("request: more than {MAX_HEADERS} headers"),
@@ -248,10 +290,11 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
     }
 
     let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
+    let limit = body_limit(method, target, max_body);
+    if content_length > limit {
         return Err(reject(
             413,
-            format!("request body: over the {max_body} bytes allowed"),
+            format!("request body: {content_length} bytes, over the {limit} this endpoint takes"),
         ));
     }
     Ok(Head {
@@ -298,9 +341,18 @@ fn read_request(
     // The head, up to the blank line.
     let head_end = loop {
         if let Some(at) = find_blank_line(buffer) {
+            // One read may bring more than the limit at once: the head is measured, not
+            // the reads.
+            if at > MAX_HEAD_BYTES {
+                return Err(reject(
+                    431,
+                    format!("request head: over {MAX_HEAD_BYTES} bytes"),
+                ));
+            }
             break at;
         }
-        if buffer.len() > MAX_HEAD_BYTES {
+        // Without the blank line in it, the head is at least all but its last 3 bytes.
+        if buffer.len() > MAX_HEAD_BYTES + 3 {
             return Err(reject(
                 431,
                 format!("request head: over {MAX_HEAD_BYTES} bytes"),
@@ -407,7 +459,7 @@ fn forward(
     keep_alive: bool,
 ) -> io::Result<bool> {
     let mut inner = UnixStream::connect(socket)?;
-    inner.set_read_timeout(Some(Duration::from_secs(120)))?;
+    inner.set_read_timeout(Some(HANDLER_TIMEOUT))?;
     inner.set_write_timeout(Some(IO_TIMEOUT))?;
 
     let mut request = format!("{} {} HTTP/1.0\r\n", head.method, head.target);
@@ -880,5 +932,160 @@ mod tests {
         assert!(!keeps("GET / HTTP/1.1\r\nConnection: TE, Close"));
         assert!(!keeps("GET / HTTP/1.0"));
         assert!(keeps("GET / HTTP/1.0\r\nConnection: Keep-Alive"));
+    }
+
+    #[test]
+    fn each_route_gets_its_body_limit_exactly() {
+        const MAX: usize = 65536;
+        let declared = |method: &str, target: &str, n: usize| {
+            parse_head(
+                format!("{method} {target} HTTP/1.1\r\nContent-Length: {n}").as_bytes(),
+                MAX,
+            )
+            .map(|head| head.content_length)
+            .map_err(|rejection| rejection.status)
+        };
+        let with_body = [
+            "/ota/phase23",
+            "/mdm/enroll",
+            "/scep",
+            "/scep?operation=PKIOperation",
+            "/scep/pkiclient.exe?operation=PKIOperation",
+            "/cgi-bin/pkiclient.exe",
+        ];
+        for target in with_body {
+            assert_eq!(declared("POST", target, MAX), Ok(MAX), "{target}");
+            assert_eq!(declared("POST", target, MAX + 1), Err(413), "{target}");
+        }
+        let without_body = [
+            ("GET", "/healthz"),
+            ("GET", "/ota/enroll?token=x"),
+            ("GET", "/scep?operation=GetCACert"),
+            ("GET", "/mdm/enroll"),
+            ("POST", "/healthz"),
+            ("POST", "/ota/enroll"),
+            ("PUT", "/ota/phase23"),
+            ("POST", "/ota/phase23/"),
+            ("POST", "/nowhere"),
+        ];
+        for (method, target) in without_body {
+            assert_eq!(
+                declared(method, target, MAX_BODY_ELSEWHERE),
+                Ok(MAX_BODY_ELSEWHERE),
+                "{method} {target}"
+            );
+            assert_eq!(
+                declared(method, target, MAX_BODY_ELSEWHERE + 1),
+                Err(413),
+                "{method} {target}"
+            );
+        }
+        assert_eq!(body_limit("POST", "/ota/phase23", 2048), 2048);
+        assert_eq!(body_limit("GET", "/", 1024), MAX_BODY_ELSEWHERE);
+    }
+
+    #[test]
+    fn head_size_and_header_count_at_their_edges() {
+        let status = |text: &str| head(text).map(|_| 200).unwrap_or_else(|r| r.status);
+        let headers = |n: usize| -> String {
+            let lines: String = (0..n).map(|i| format!("\r\nH{i}: v")).collect();
+            format!("GET / HTTP/1.1{lines}")
+        };
+        assert_eq!(status(&headers(MAX_HEADERS)), 200);
+        assert_eq!(status(&headers(MAX_HEADERS + 1)), 431);
+        // Hop-by-hop headers count too: the limit is on what the client sends.
+        let hop: String = (0..MAX_HEADERS)
+            .map(|_| "\r\nConnection: keep-alive")
+            .collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1{hop}\r\nX: y")), 431);
+    }
+
+    /// A connected loopback pair: (the guard's side, the client's side).
+    fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    fn limits(request_timeout: Duration) -> Limits {
+        Limits {
+            max_connections: 4,
+            max_body: 65536,
+            request_timeout,
+        }
+    }
+
+    fn read_one(stream: &mut TcpStream, limits: &Limits) -> Result<(Head, Vec<u8>), u16> {
+        let mut buffer = Vec::new();
+        match read_request(stream, limits, &mut buffer, None) {
+            Ok(Received::Request(head, body)) => Ok((head, body)),
+            Ok(Received::Gone) => Err(0),
+            Err(rejection) => Err(rejection.status),
+        }
+    }
+
+    #[test]
+    fn the_head_may_fill_max_head_bytes_and_no_more() {
+        // The head is the request line and headers, the blank line not counted.
+        let head_of = |len: usize| {
+            let start = "GET / HTTP/1.1\r\nX: ";
+            format!("{start}{}", "a".repeat(len - start.len()))
+        };
+        for (len, expected) in [(MAX_HEAD_BYTES, Ok(())), (MAX_HEAD_BYTES + 1, Err(431))] {
+            let (mut server, mut client) = socket_pair();
+            let request = format!("{}\r\n\r\n", head_of(len));
+            let writer = std::thread::spawn(move || {
+                let _ = client.write_all(request.as_bytes());
+                client
+            });
+            let got = read_one(&mut server, &limits(Duration::from_secs(5)));
+            assert_eq!(got.map(|_| ()), expected, "a head of {len} bytes");
+            drop(writer.join());
+        }
+    }
+
+    #[test]
+    fn a_request_slower_than_request_timeout_gets_408() {
+        let timeout = Duration::from_millis(300);
+
+        // Whole within the deadline: read.
+        let (mut server, mut client) = socket_pair();
+        client
+            .write_all(b"POST /ota/phase23 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+            .unwrap();
+        let (head, body) = read_one(&mut server, &limits(timeout)).unwrap();
+        assert_eq!((head.content_length, body), (3, b"abc".to_vec()));
+
+        // The head arrives, the body never does: 408 at the deadline, not at IO_TIMEOUT.
+        let (mut server, mut client) = socket_pair();
+        client
+            .write_all(b"POST /ota/phase23 HTTP/1.1\r\nContent-Length: 3\r\n\r\nab")
+            .unwrap();
+        let started = Instant::now();
+        assert_eq!(
+            read_one(&mut server, &limits(timeout)).map(|_| ()),
+            Err(408)
+        );
+        let waited = started.elapsed();
+        assert!(waited >= timeout && waited < timeout * 5, "{waited:?}");
+
+        // A head trickled a byte at a time past the deadline: 408 too.
+        let (mut server, client) = socket_pair();
+        let trickle = std::thread::spawn(move || {
+            let mut client = client;
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n".iter() {
+                if client.write_all(&[*byte]).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        assert_eq!(
+            read_one(&mut server, &limits(timeout)).map(|_| ()),
+            Err(408)
+        );
+        drop(server);
+        drop(trickle.join());
     }
 }

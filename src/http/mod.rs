@@ -143,7 +143,8 @@ pub struct Incoming<'a> {
     pub remote: String,
     /// The TCP peer ("ip:port"): the proxy itself, where there is one.
     pub peer: String,
-    /// The request headers, as tiny_http parsed them (at most `guard::MAX_HEADERS`).
+    /// The request headers, as tiny_http parsed them (at most `guard::MAX_HEADERS` and the
+    /// guard's `guard::ADDED_HEADERS`).
     pub headers: Vec<(String, String)>,
 }
 
@@ -189,6 +190,9 @@ pub fn percent_decode(text: &str, plus_is_space: bool) -> Vec<u8> {
     out
 }
 
+/// Most query parameters read from a request target; later ones are ignored.
+pub const MAX_QUERY_PARAMS: usize = 32;
+
 /// Splits a request target into its path and decoded query parameters. Query values are
 /// decoded without turning `+` into a space: SCEP clients put raw base64 in `message`.
 pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
@@ -196,7 +200,7 @@ pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
     let params = query
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .take(32)
+        .take(MAX_QUERY_PARAMS)
         .map(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let key = String::from_utf8_lossy(&percent_decode(key, false)).into_owned();
@@ -467,7 +471,7 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     let forwarded_for: Vec<&str> = request
         .headers()
         .iter()
-        .take(guard::MAX_HEADERS)
+        .take(guard::MAX_HEADERS + guard::ADDED_HEADERS)
         .filter(|h| h.field.equiv("X-Forwarded-For"))
         .map(|h| h.value.as_str())
         .collect();
@@ -478,7 +482,7 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
     let headers = request
         .headers()
         .iter()
-        .take(guard::MAX_HEADERS)
+        .take(guard::MAX_HEADERS + guard::ADDED_HEADERS)
         .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
         .collect();
     let incoming = Incoming {
@@ -490,7 +494,8 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         headers,
     };
 
-    let too_many_headers = request.headers().len() > guard::MAX_HEADERS;
+    // The guard refused more than MAX_HEADERS already; this holds if it ever did not.
+    let too_many_headers = request.headers().len() > guard::MAX_HEADERS + guard::ADDED_HEADERS;
     let declared = request.body_length();
     let limit = ctx.config.http.max_body;
     let reply = if too_many_headers {

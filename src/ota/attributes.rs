@@ -226,4 +226,88 @@ mod tests {
         let array = b"<?xml version=\"1.0\"?><plist version=\"1.0\"><array/></plist>";
         assert_eq!(parse(array), Err(AttributesError::NotADictionary));
     }
+
+    #[test]
+    fn every_limit_holds_to_the_unit() {
+        let udid = "<key>UDID</key><string>A</string>";
+        let refused = |what| Err(AttributesError::OverLimit(what));
+
+        // Size: whitespace between the elements pads the body to exactly `len` bytes.
+        let sized = |len: usize| {
+            let bare = plist(udid).len();
+            plist(&format!("{udid}{}", " ".repeat(len - bare)))
+        };
+        assert_eq!(sized(MAX_PLIST_BYTES).len(), MAX_PLIST_BYTES);
+        assert_eq!(parse(&sized(MAX_PLIST_BYTES)).unwrap().udid(), "A");
+        assert_eq!(
+            parse(&sized(MAX_PLIST_BYTES + 1)),
+            Err(AttributesError::TooLarge(MAX_PLIST_BYTES + 1))
+        );
+
+        // Depth: the top dictionary and `n - 1` arrays inside it.
+        let deep = |n: usize| {
+            plist(&format!(
+                "{udid}<key>D</key>{}{}",
+                "<array>".repeat(n - 1),
+                "</array>".repeat(n - 1)
+            ))
+        };
+        assert!(parse(&deep(MAX_DEPTH)).is_ok());
+        assert_eq!(parse(&deep(MAX_DEPTH + 1)), refused("nesting is too deep"));
+
+        // Count: the UDID and `n - 1` more.
+        let many = |n: usize| {
+            let more: String = (1..n)
+                .map(|i| format!("<key>K{i}</key><string>v</string>"))
+                .collect();
+            plist(&format!("{udid}{more}"))
+        };
+        assert_eq!(
+            parse(&many(MAX_ATTRIBUTES)).unwrap().values.len(),
+            MAX_ATTRIBUTES
+        );
+        assert_eq!(
+            parse(&many(MAX_ATTRIBUTES + 1)),
+            refused("too many attributes")
+        );
+
+        // Name and value lengths, in bytes.
+        let named = |n: usize| plist(&format!("{udid}<key>{}</key><true/>", "K".repeat(n)));
+        assert!(parse(&named(MAX_KEY_LEN)).is_ok());
+        assert_eq!(
+            parse(&named(MAX_KEY_LEN + 1)),
+            refused("an attribute name is too long")
+        );
+        let valued = |n: usize| {
+            plist(&format!(
+                "<key>UDID</key><string>{}</string>",
+                "\u{e9}".repeat(n / 2) + &"A".repeat(n % 2)
+            ))
+        };
+        assert_eq!(
+            parse(&valued(MAX_VALUE_LEN)).unwrap().udid().len(),
+            MAX_VALUE_LEN
+        );
+        assert_eq!(
+            parse(&valued(MAX_VALUE_LEN + 1)),
+            refused("an attribute value is too long")
+        );
+
+        // Tags, every `<` counted (the XML declaration too): `<true/>`s in an array make up
+        // the number.
+        let tagged = |n: usize| {
+            let with = |trues: usize| {
+                plist(&format!(
+                    "{udid}<key>L</key><array>{}</array>",
+                    "<true/>".repeat(trues)
+                ))
+            };
+            let fixed = with(0).iter().filter(|&&b| b == b'<').count();
+            with(n - fixed)
+        };
+        let tags = |body: &[u8]| body.iter().filter(|&&b| b == b'<').count();
+        assert_eq!(tags(&tagged(MAX_TAGS)), MAX_TAGS);
+        assert!(parse(&tagged(MAX_TAGS)).is_ok());
+        assert_eq!(parse(&tagged(MAX_TAGS + 1)), refused("too many elements"));
+    }
 }

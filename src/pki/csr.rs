@@ -555,4 +555,119 @@ mod tests {
             "1.2.3.4"
         );
     }
+
+    /// A DER TLV with a definite length in the fewest octets.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = content.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let octets: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|&b| b == 0)
+                .collect();
+            out.push(0x80 | octets.len() as u8);
+            out.extend_from_slice(&octets);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A request for an RSA key whose modulus has exactly `bits` bits, with a signature that
+    /// no key made: the key size is checked before the signature, so this shows the limit.
+    fn request_for_modulus_of(bits: usize) -> Vec<u8> {
+        let mut modulus = vec![0xffu8; bits.div_ceil(8)];
+        if let Some(first) = modulus.first_mut() {
+            *first = 1 << ((bits - 1) % 8);
+        }
+        if modulus.first().is_some_and(|b| b & 0x80 != 0) {
+            modulus.insert(0, 0);
+        }
+        let rsa_public_key = tlv(0x30, &[tlv(0x02, &modulus), tlv(0x02, &[1, 0, 1])].concat());
+        let rsa_encryption = b"\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01\x05\x00";
+        let spki = tlv(
+            0x30,
+            &[
+                &rsa_encryption[..],
+                &tlv(0x03, &[&[0u8][..], &rsa_public_key].concat()),
+            ]
+            .concat(),
+        );
+        let info = tlv(
+            0x30,
+            &[&b"\x02\x01\x00\x30\x00"[..], &spki, b"\xa0\x00"].concat(),
+        );
+        let sha256_with_rsa = b"\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0b\x05\x00";
+        let signature = tlv(0x03, &[0u8; 257]);
+        tlv(0x30, &[&info[..], sha256_with_rsa, &signature].concat())
+    }
+
+    #[test]
+    fn rsa_key_sizes_at_the_edges_of_csr_key_bits() {
+        for bits in [
+            *CSR_KEY_BITS.start() - 1,
+            768,
+            *CSR_KEY_BITS.end() + 1,
+            8192,
+        ] {
+            assert_eq!(
+                parse(&request_for_modulus_of(bits)),
+                Err(PkiError::CsrKeySizeRefused(bits)),
+                "{bits} bits"
+            );
+        }
+        // The edges themselves pass the size check and fail only on the made-up signature.
+        for bits in [*CSR_KEY_BITS.start(), *CSR_KEY_BITS.end()] {
+            let refusal = parse(&request_for_modulus_of(bits)).unwrap_err();
+            assert!(
+                !matches!(refusal, PkiError::CsrKeySizeRefused(_)),
+                "{bits} bits: {refusal:?}"
+            );
+        }
+
+        // A real RSA-4096 request is read (RSA-1024 is in openssl_1024_bit_sha1_request_parses).
+        let key = RsaPrivateKey::generate(4096).unwrap();
+        let request = parse(&build(&key, "big", Some("c")).unwrap()).unwrap();
+        assert_eq!(request.key_bits, 4096);
+    }
+
+    #[test]
+    fn a_request_of_exactly_max_csr_bytes_is_read() {
+        const PADDING: &[u64] = &[1, 3, 6, 1, 4, 1, 55555, 1];
+        let key = RsaPrivateKey::generate(2048).unwrap();
+        // A request with an attribute otad ignores, holding `pad` octets.
+        let padded = |pad: usize| {
+            let value = tlv(0x04, &vec![0x5a; pad]);
+            let mut params = rcgen::CertificateParams::default();
+            let mut name = rcgen::DistinguishedName::new();
+            name.push(rcgen::DnType::CommonName, "padded");
+            params.distinguished_name = name;
+            params
+                .serialize_request_with_attributes(
+                    &key.rcgen_key().unwrap(),
+                    vec![rcgen::Attribute {
+                        oid: PADDING,
+                        values: tlv(0x31, &value),
+                    }],
+                )
+                .unwrap()
+                .der()
+                .as_ref()
+                .to_vec()
+        };
+        let mut pad = MAX_CSR_BYTES / 2;
+        let mut der = padded(pad);
+        for _ in 0..4 {
+            pad = pad + MAX_CSR_BYTES - der.len();
+            der = padded(pad);
+        }
+        assert_eq!(der.len(), MAX_CSR_BYTES);
+        assert_eq!(parse(&der).unwrap().common_name.as_deref(), Some("padded"));
+        assert_eq!(
+            parse(&padded(pad + 1)),
+            Err(PkiError::CsrTooLarge(MAX_CSR_BYTES + 1))
+        );
+    }
 }
