@@ -42,7 +42,7 @@ struct TlsServer {
 }
 
 impl TlsServer {
-    fn start() -> (TlsServer, Vec<u8>) {
+    fn start(request_timeout: &str) -> (TlsServer, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -74,6 +74,12 @@ impl TlsServer {
             "tls",
             "key",
             &format!("{:?}", key.display().to_string()),
+        );
+        config = set_key(
+            &config,
+            "http",
+            "request_timeout",
+            &format!("{request_timeout:?}"),
         );
         std::fs::write(&config_path, config).unwrap();
 
@@ -181,7 +187,7 @@ fn s_client(port: u16, version: &str, ca: &Path) -> String {
 
 #[test]
 fn tls_1_2_and_1_3_a_reload_on_sighup_and_a_stop_that_finishes_in_flight_requests() {
-    let (mut server, first) = TlsServer::start();
+    let (mut server, first) = TlsServer::start("30s");
 
     // An independent client: openssl negotiates each version and verifies the chain.
     if Command::new("openssl").arg("version").output().is_ok() {
@@ -275,5 +281,37 @@ fn tls_1_2_and_1_3_a_reload_on_sighup_and_a_stop_that_finishes_in_flight_request
         !socket_dir.exists(),
         "{} is left behind",
         socket_dir.display()
+    );
+}
+
+#[test]
+fn a_handshake_dripped_a_byte_at_a_time_ends_at_the_request_deadline() {
+    let (server, _) = TlsServer::start("2s");
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    // A handshake record that announces 512 bytes, then one byte every 300 ms: each socket
+    // read on its own is quick, the record never completes.
+    stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(300));
+        if stream.write_all(&[0x01]).is_err() {
+            closed = true;
+            break;
+        }
+        stream.set_nonblocking(true).unwrap();
+        let mut byte = [0u8; 64];
+        let read = stream.read(&mut byte);
+        stream.set_nonblocking(false).unwrap();
+        let open = matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        if !open {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the server kept a dripping handshake open for 15 s");
+    eprintln!(
+        "a dripping handshake was closed after {:?}",
+        started.elapsed()
     );
 }

@@ -111,22 +111,67 @@ trait Conn: Read + Write {
     /// The TCP socket the connection runs on.
     fn socket(&self) -> &TcpStream;
 
+    /// Makes every read from now on fail once `deadline` has passed (`None`: no deadline
+    /// beyond the socket's own timeout).
+    fn set_deadline(&mut self, deadline: Option<Instant>);
+
     /// Says goodbye at the protocol level before the socket closes (TLS close_notify).
     fn close_notify(&mut self) {}
+}
+
+/// A TCP socket whose reads end at a deadline, however many a caller makes: rustls reads
+/// the socket in a loop until a whole record (or handshake message) is in, so a deadline
+/// checked only between the guard's own reads would let a client dripping a byte at a time
+/// hold the connection forever.
+struct TimedSocket {
+    socket: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for TimedSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "request deadline"));
+            }
+            self.socket.set_read_timeout(Some(left.min(IO_TIMEOUT)))?;
+        }
+        self.socket.read(buf)
+    }
+}
+
+impl Write for TimedSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.socket.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.socket.flush()
+    }
 }
 
 impl Conn for TcpStream {
     fn socket(&self) -> &TcpStream {
         self
     }
+
+    // Plain reads are the guard's own, each given the time left (see `wait_until`).
+    fn set_deadline(&mut self, _deadline: Option<Instant>) {}
 }
 
-impl Conn for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, TimedSocket> {
     fn socket(&self) -> &TcpStream {
-        &self.sock
+        &self.sock.socket
+    }
+
+    fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.sock.deadline = deadline;
     }
 
     fn close_notify(&mut self) {
+        // Whatever is left to say goes out without waiting for anything from the client.
+        self.sock.deadline = None;
         self.conn.send_close_notify();
         let _ = self.flush();
     }
@@ -327,6 +372,7 @@ fn read_request(
 ) -> Result<Received, Rejection> {
     let mut chunk = [0u8; 4096];
     if let Some(idle) = idle.filter(|_| buffer.is_empty()) {
+        stream.set_deadline(Some(Instant::now() + idle));
         if stream.socket().set_read_timeout(Some(idle)).is_err() {
             return Ok(Received::Gone);
         }
@@ -336,6 +382,8 @@ fn read_request(
         }
     }
     let deadline = Instant::now() + limits.request_timeout;
+    // For TLS this bounds the handshake too: it happens inside the first read.
+    stream.set_deadline(Some(deadline));
     let timed_out = || reject(408, "request: not received in time");
 
     // The head, up to the blank line.
@@ -545,7 +593,11 @@ fn serve_connection(stream: TcpStream, remote: SocketAddr, pool: &Pool) {
         Some(tls) => match rustls::ServerConnection::new(tls.config()) {
             Ok(connection) => {
                 // The handshake runs inside the first read, under that request's deadline.
-                let mut stream = rustls::StreamOwned::new(connection, stream);
+                let socket = TimedSocket {
+                    socket: stream,
+                    deadline: None,
+                };
+                let mut stream = rustls::StreamOwned::new(connection, socket);
                 serve_requests(&mut stream, remote, pool);
             }
             Err(err) => warn!("TLS: cannot start a connection: {err} remote={remote}"),
