@@ -109,12 +109,15 @@ impl Context {
 
         let mut device_anchors = vec![TrustAnchor::apple_device_ca()];
         for path in &derived.extra_device_ca {
-            let pem = std::fs::read_to_string(path).map_err(|err| {
-                format!(
-                    "ota.extra_device_ca: {}: cannot read: {err}",
-                    path.display()
-                )
-            })?;
+            let pem =
+                crate::store::fsutil::read_bounded(path, crate::pki::cert::MAX_PEM_BYTES as u64)
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .map_err(|err| {
+                        format!(
+                            "ota.extra_device_ca: {}: cannot read: {err}",
+                            path.display()
+                        )
+                    })?;
             let der = cert::pem_to_der(&pem)
                 .map_err(|err| format!("ota.extra_device_ca: {}: {err}", path.display()))?;
             let anchor = TrustAnchor::from_der(&path.display().to_string(), &der)
@@ -169,10 +172,13 @@ fn check_program(key: &str, program: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Largest `profile.template` read.
+const MAX_TEMPLATE_BYTES: u64 = 1024 * 1024;
+
 /// Reads a `.mobileconfig` template: an unsigned plist dictionary with a PayloadContent array,
 /// whose `${NAME}` variables are built in or in `declared` (`hooks.variables`).
 fn load_template(path: &Path, declared: &[String]) -> Result<plist::Dictionary, String> {
-    let bytes = std::fs::read(path)
+    let bytes = crate::store::fsutil::read_bounded(path, MAX_TEMPLATE_BYTES)
         .map_err(|err| format!("profile.template: {}: cannot read: {err}", path.display()))?;
     let value = plist::Value::from_reader(std::io::Cursor::new(bytes))
         .map_err(|err| format!("profile.template: {}: not a plist: {err}", path.display()))?;

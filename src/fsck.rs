@@ -17,7 +17,6 @@
 //! write in flight can then show as a note, never as a problem.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -343,15 +342,7 @@ struct State<'a> {
 
 /// A file read within [`MAX_FILE_BYTES`], or why not.
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|err| err.to_string())?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|err| err.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("over {MAX_FILE_BYTES} bytes"));
-    }
-    Ok(bytes)
+    fsutil::read_bounded(path, MAX_FILE_BYTES).map_err(|err| err.to_string())
 }
 
 fn parse<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
@@ -966,6 +957,13 @@ fn rebuild_index(
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, source }
     };
+    // Files are written and removed here: never through a symlink out of the state dir.
+    if std::fs::symlink_metadata(&dir).is_ok_and(|meta| !meta.is_dir()) {
+        return Err(io(&dir)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a folder of the state dir (a symlink?); move it away and repair again",
+        )));
+    }
     if !dir.is_dir() {
         if entries.is_empty() {
             return Ok(0);
@@ -976,7 +974,7 @@ fn rebuild_index(
     let mut changed = 0;
     for (name, content) in entries {
         let path = dir.join(name);
-        let current = std::fs::read(&path)
+        let current = fsutil::read_bounded(&path, 4096)
             .ok()
             .map(|b| String::from_utf8_lossy(&b).trim().to_string());
         if current.as_deref() == Some(content.as_str()) || keep(name, current.as_deref()) {
@@ -1054,6 +1052,25 @@ mod tests {
                 .any(|p| p == "devices/UDID-1.json: certificate 0a is not in certs/"),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn a_repair_never_goes_through_a_symlinked_folder() {
+        let (_dir, store) = state();
+        store.save_device(&device("UDID-3", "C02SYM", &[])).unwrap();
+        let victim = tempfile::tempdir().unwrap();
+        std::fs::write(victim.path().join("important.txt"), b"precious").unwrap();
+        let index = store.path("devices/by-serial");
+        std::fs::remove_dir_all(&index).unwrap();
+        std::os::unix::fs::symlink(victim.path(), &index).unwrap();
+
+        let err = repair_state(&store).unwrap_err();
+        assert!(err.to_string().contains("a symlink?"), "{err}");
+        assert_eq!(
+            std::fs::read(victim.path().join("important.txt")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(std::fs::read_dir(victim.path()).unwrap().count(), 1);
     }
 
     #[test]

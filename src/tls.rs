@@ -4,7 +4,6 @@
 //! the one it started with.
 
 use std::fmt;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -171,13 +170,14 @@ impl ResolvesServerCert for CurrentCertificate {
 }
 
 fn read_pem(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    let size = fs::metadata(path)
-        .map_err(|err| TlsError::Read(key, path.to_path_buf(), err))?
-        .len();
-    if size > MAX_PEM_BYTES {
-        return Err(TlsError::TooLarge(key, path.to_path_buf()));
-    }
-    fs::read(path).map_err(|err| TlsError::Read(key, path.to_path_buf(), err))
+    // Regular files only: a FIFO would hang the reload and /dev/zero would never end.
+    crate::store::fsutil::read_bounded(path, MAX_PEM_BYTES).map_err(|err| {
+        if err.kind() == std::io::ErrorKind::InvalidData {
+            TlsError::TooLarge(key, path.to_path_buf())
+        } else {
+            TlsError::Read(key, path.to_path_buf(), err)
+        }
+    })
 }
 
 fn read_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
@@ -214,6 +214,7 @@ fn read_certified_key(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey,
 mod tests {
     use super::*;
     use rustls::pki_types::ServerName;
+    use std::fs;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
 

@@ -116,7 +116,7 @@ pub fn signature(key: &aws_lc_rs::hmac::Key, body: &[u8]) -> String {
 fn read_key(path: &Path) -> Result<aws_lc_rs::hmac::Key, String> {
     use std::io::Read;
     let shown = path.display();
-    let file = std::fs::File::open(path)
+    let file = crate::store::fsutil::open_regular(path)
         .map_err(|err| format!("events.webhook_secret_file: {shown}: cannot read: {err}"))?;
     let mut text = String::new();
     file.take(MAX_SECRET_BYTES)

@@ -35,7 +35,8 @@ pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads a text file (a certificate, key or password), within [`MAX_IMPORT_FILE_BYTES`].
 pub fn read_text_file(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
+    let file =
+        crate::store::fsutil::open_regular(path).map_err(|err| format!("cannot read: {err}"))?;
     let mut text = String::new();
     std::io::Read::take(file, MAX_IMPORT_FILE_BYTES + 1)
         .read_to_string(&mut text)

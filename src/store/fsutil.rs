@@ -7,7 +7,7 @@
 //! into place: the same guarantees without creating and removing a temporary name.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,9 +172,49 @@ pub fn remove_durably(target: &Path) -> io::Result<bool> {
     }
 }
 
-/// Reads a file, `None` if it does not exist.
+/// Largest state file read (a CRL of many entries is the largest otad writes).
+pub const MAX_STATE_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Opens a file to read only if it is a regular file, not a symlink: a FIFO would block
+/// the reader for good and a device (`/dev/zero`) never ends, and a symlink could lead a
+/// state file out of the state dir.
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a regular file of at most `max` bytes (see [`open_regular`]).
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("over {max} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Whether `path` is a folder itself, not a symlink to one.
+pub fn is_real_dir(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| meta.is_dir())
+}
+
+/// Reads a state file, `None` if it does not exist (regular files only, bounded).
 pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    match fs::read(path) {
+    match read_bounded(path, MAX_STATE_FILE_BYTES) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err),
@@ -211,6 +251,35 @@ impl Drop for FileLock {
 mod tests {
     use super::*;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn only_regular_files_are_read_and_within_their_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("record.json");
+        fs::write(&file, b"0123456789").unwrap();
+        assert_eq!(read_bounded(&file, 10).unwrap(), b"0123456789");
+        assert_eq!(
+            read_bounded(&file, 9).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+
+        // A FIFO would block a reader for good; it is refused at once.
+        let fifo = dir.path().join("fifo.json");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        assert_eq!(
+            read_bounded(&fifo, 10).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        // A device never ends; a symlink might lead out of the state dir.
+        assert!(read_bounded(Path::new("/dev/zero"), 10).is_err());
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert!(read_bounded(&link, 10).is_err());
+        assert!(!is_real_dir(&link));
+        assert!(is_real_dir(dir.path()));
+    }
 
     #[test]
     fn atomic_write_replaces_and_sets_mode() {

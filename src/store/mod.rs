@@ -416,7 +416,7 @@ impl Store {
     /// Reads a file under the state dir.
     pub fn read_file(&self, relative: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.root.join(relative);
-        std::fs::read(&path).map_err(io_err(&path))
+        fsutil::read_bounded(&path, fsutil::MAX_STATE_FILE_BYTES).map_err(io_err(&path))
     }
 
     fn read_json<T: for<'de> Deserialize<'de>>(
@@ -478,6 +478,13 @@ impl Store {
     /// Removes expired challenges; returns how many. Unparsable files are left for an admin.
     pub fn sweep_challenges(&self, now: i64) -> Result<usize, StoreError> {
         let dir = self.root.join("challenges");
+        // Files are removed here: only in the state's own folder, never through a symlink.
+        if !fsutil::is_real_dir(&dir) {
+            return Err(io_err(&dir)(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a folder of the state dir (a symlink?)",
+            )));
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
             let path = entry.map_err(io_err(&dir))?.path();
