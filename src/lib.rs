@@ -10,6 +10,8 @@ pub mod cms;
 pub mod commands;
 pub mod config;
 pub mod context;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hook;
 pub mod http;
 pub mod httpclient;
