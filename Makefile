@@ -64,7 +64,7 @@ fuzz-cmin:
 	fuzz/drop-fixtures.sh fuzz/work/$(TARGET_FUZZ)
 	rm -rf fuzz/corpus/$(TARGET_FUZZ) && cp -r fuzz/work/$(TARGET_FUZZ) fuzz/corpus/$(TARGET_FUZZ)
 	@echo "fuzz/corpus/$(TARGET_FUZZ): $$(ls fuzz/corpus/$(TARGET_FUZZ) | wc -l) inputs," \
-		"$$(du -sk fuzz/corpus/$(TARGET_FUZZ) | cut -f1) KiB"
+		"$$(cat fuzz/corpus/$(TARGET_FUZZ)/* | wc -c) bytes"
 
 # The offline RustSec database beside the checkout (../shared/advisory-db), and the crates
 # the crypto policy keeps out: `rsa` (RUSTSEC-2023-0071), any OpenSSL binding, rustls before
