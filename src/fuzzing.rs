@@ -173,9 +173,37 @@ fn pki_message(body: &[u8]) {
 }
 
 /// Target `phase_plist`: the signed content of a phase 2/3 body, shape check and parser.
+/// What the shape check lets through must not nest deeper, once parsed, than it allowed.
 pub fn phase_plist(data: &[u8]) {
-    let _ = plistshape::check(data, attributes::MAX_DEPTH, attributes::MAX_TAGS);
+    let shape = plistshape::check(data, attributes::MAX_DEPTH, attributes::MAX_TAGS);
     let _ = attributes::parse(data);
+    if shape.is_ok() && data.len() <= attributes::MAX_PLIST_BYTES {
+        if let Ok(value) = plist::Value::from_reader_xml(data) {
+            let depth = plist_depth(&value);
+            assert!(
+                depth <= attributes::MAX_DEPTH,
+                "the shape check passed a plist nested {depth} deep"
+            );
+        }
+    }
+}
+
+/// How deep collections nest in `value` (a lone dictionary or array is 1, a string 0).
+fn plist_depth(value: &plist::Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0usize)];
+    while let Some((value, depth)) = pending.pop() {
+        match value {
+            plist::Value::Array(items) => pending.extend(items.iter().map(|v| (v, depth + 1))),
+            plist::Value::Dictionary(dict) => pending.extend(dict.values().map(|v| (v, depth + 1))),
+            _ => {}
+        }
+        deepest = deepest.max(match value {
+            plist::Value::Array(_) | plist::Value::Dictionary(_) => depth + 1,
+            _ => depth,
+        });
+    }
+    deepest
 }
 
 /// Target `config`: configuration text parsed and validated (nothing is read from disk).
