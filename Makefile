@@ -49,18 +49,20 @@ fuzz-replay:
 TARGET_FUZZ = $(if $(filter command line environment,$(origin TARGET)),$(TARGET),ber)
 TIME        ?= 600
 FUZZ_FIXTURES = $(if $(filter ber signed scep_message,$(TARGET_FUZZ)),$(wildcard $(abspath $(FIXTURES))/ota))
+FUZZ_DICT = $(if $(wildcard fuzz/dicts/$(TARGET_FUZZ).dict),-dict=dicts/$(TARGET_FUZZ).dict)
 fuzz:
 	@test -d fuzz/seeds/$(TARGET_FUZZ) || fuzz/seed.sh
 	mkdir -p fuzz/work/$(TARGET_FUZZ) fuzz/corpus/$(TARGET_FUZZ)
 	cd fuzz && nice -n 19 cargo +nightly fuzz run $(TARGET_FUZZ) work/$(TARGET_FUZZ) \
-		corpus/$(TARGET_FUZZ) seeds/$(TARGET_FUZZ) $(FUZZ_FIXTURES) -- \
+		corpus/$(TARGET_FUZZ) seeds/$(TARGET_FUZZ) $(FUZZ_FIXTURES) -- $(FUZZ_DICT) \
 		-max_total_time=$(TIME) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
 
 fuzz-cmin:
 	mkdir -p fuzz/work/$(TARGET_FUZZ)
 	cp fuzz/corpus/$(TARGET_FUZZ)/* fuzz/seeds/$(TARGET_FUZZ)/* fuzz/work/$(TARGET_FUZZ)/ \
 		2>/dev/null || true
-	cd fuzz && nice -n 19 cargo +nightly fuzz cmin $(TARGET_FUZZ) work/$(TARGET_FUZZ)
+	cd fuzz && nice -n 19 cargo +nightly fuzz cmin $(TARGET_FUZZ) work/$(TARGET_FUZZ) -- \
+		-use_counters=0
 	fuzz/drop-fixtures.sh fuzz/work/$(TARGET_FUZZ)
 	rm -rf fuzz/corpus/$(TARGET_FUZZ) && cp -r fuzz/work/$(TARGET_FUZZ) fuzz/corpus/$(TARGET_FUZZ)
 	@echo "fuzz/corpus/$(TARGET_FUZZ): $$(ls fuzz/corpus/$(TARGET_FUZZ) | wc -l) inputs," \
