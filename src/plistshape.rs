@@ -120,9 +120,8 @@ mod tests {
             "<string><![CDATA[> </array></array></array></array>]]></string>",
             "<?pi > </array></array></array></array> ?>",
         ] {
-            let xml = format!(
-                "<plist><dict><key>a</key><array>{hidden}{inner}</array></dict></plist>"
-            );
+            let xml =
+                format!("<plist><dict><key>a</key><array>{hidden}{inner}</array></dict></plist>");
             assert_eq!(
                 check(xml.as_bytes(), 4, 1024),
                 Err(ShapeError::TooDeep(4)),
@@ -131,6 +130,10 @@ mod tests {
         }
         let commented = b"<?xml version=\"1.0\"?><!-- <dict> --><plist><dict></dict></plist>";
         assert_eq!(check(commented, 1, 100), Ok(()), "a comment opens nothing");
-        assert_eq!(check(b"<plist><!-- <array>", 1, 100), Ok(()), "unterminated");
+        assert_eq!(
+            check(b"<plist><!-- <array>", 1, 100),
+            Ok(()),
+            "unterminated"
+        );
     }
 }
