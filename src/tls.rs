@@ -279,14 +279,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (cert_path, key_path, first) = write_pair(dir.path(), "server");
         let tls = Tls::load(&cert_path, &key_path).unwrap();
-        assert_eq!(handshake(&tls, std::slice::from_ref(&first)).unwrap(), first);
+        assert_eq!(
+            handshake(&tls, std::slice::from_ref(&first)).unwrap(),
+            first
+        );
 
         let (new_cert, new_key, second) = write_pair(dir.path(), "next");
         fs::rename(&new_cert, &cert_path).unwrap();
         fs::rename(&new_key, &key_path).unwrap();
         tls.reload().unwrap();
         assert_eq!(tls.chain(), vec![second.clone()]);
-        assert_eq!(handshake(&tls, std::slice::from_ref(&second)).unwrap(), second);
+        assert_eq!(
+            handshake(&tls, std::slice::from_ref(&second)).unwrap(),
+            second
+        );
         assert!(
             handshake(&tls, &[first]).is_err(),
             "the old certificate is gone"
@@ -303,7 +309,10 @@ mod tests {
         let err = tls.reload().unwrap_err();
         assert!(matches!(err, TlsError::NoKey(_, _)), "{err}");
         assert_eq!(tls.chain(), vec![first.clone()]);
-        assert_eq!(handshake(&tls, std::slice::from_ref(&first)).unwrap(), first);
+        assert_eq!(
+            handshake(&tls, std::slice::from_ref(&first)).unwrap(),
+            first
+        );
     }
 
     #[test]
