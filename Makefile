@@ -14,7 +14,8 @@ GNU      := x86_64-unknown-linux-gnu
 MUSL     := x86_64-unknown-linux-musl
 FIXTURES := $(or $(OTAD_FIXTURES),../shared/fixtures)
 
-.PHONY: all build run test lint audit check-units static musl install clean
+.PHONY: all build run test lint audit check-units static musl install clean fuzz fuzz-cmin \
+	fuzz-replay
 
 all: build
 
@@ -35,6 +36,37 @@ test: lint
 	@test -d $(FIXTURES) || echo "WARNING: no real-device fixtures at $(FIXTURES):" \
 		"the tests that need them will pass as SKIP (set OTAD_FIXTURES=DIR)"
 	$(CARGO) test --locked
+
+# Replays the committed fuzz corpus and regressions (and the fixtures, when present) through
+# otad::fuzzing on the stable toolchain: no nightly, no cargo-fuzz.
+fuzz-replay:
+	$(CARGO) test --locked --test fuzz_replay
+
+# Fuzzing needs nightly and cargo-fuzz (`cargo install --locked cargo-fuzz`). `make fuzz
+# TARGET=ber TIME=600` fuzzes one target at low priority: new inputs go to fuzz/work/TARGET,
+# the committed corpus, the seeds (fuzz/seed.sh, made on first use) and the fixtures are read.
+# `make fuzz-cmin TARGET=ber` then minimises all of it into fuzz/corpus/TARGET.
+TARGET_FUZZ = $(if $(filter command line environment,$(origin TARGET)),$(TARGET),ber)
+TIME        ?= 600
+FUZZ_FIXTURES = $(if $(filter ber signed scep_message,$(TARGET_FUZZ)),$(wildcard $(abspath $(FIXTURES))/ota))
+FUZZ_DICT = $(if $(wildcard fuzz/dicts/$(TARGET_FUZZ).dict),-dict=dicts/$(TARGET_FUZZ).dict)
+fuzz:
+	@test -d fuzz/seeds/$(TARGET_FUZZ) || fuzz/seed.sh
+	mkdir -p fuzz/work/$(TARGET_FUZZ) fuzz/corpus/$(TARGET_FUZZ)
+	cd fuzz && nice -n 19 cargo +nightly fuzz run $(TARGET_FUZZ) work/$(TARGET_FUZZ) \
+		corpus/$(TARGET_FUZZ) seeds/$(TARGET_FUZZ) $(FUZZ_FIXTURES) -- $(FUZZ_DICT) \
+		-max_total_time=$(TIME) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
+
+fuzz-cmin:
+	mkdir -p fuzz/work/$(TARGET_FUZZ)
+	cp fuzz/corpus/$(TARGET_FUZZ)/* fuzz/seeds/$(TARGET_FUZZ)/* fuzz/work/$(TARGET_FUZZ)/ \
+		2>/dev/null || true
+	cd fuzz && nice -n 19 cargo +nightly fuzz cmin $(TARGET_FUZZ) work/$(TARGET_FUZZ) -- \
+		-use_counters=0
+	fuzz/drop-fixtures.sh fuzz/work/$(TARGET_FUZZ)
+	rm -rf fuzz/corpus/$(TARGET_FUZZ) && cp -r fuzz/work/$(TARGET_FUZZ) fuzz/corpus/$(TARGET_FUZZ)
+	@echo "fuzz/corpus/$(TARGET_FUZZ): $$(ls fuzz/corpus/$(TARGET_FUZZ) | wc -l) inputs," \
+		"$$(cat fuzz/corpus/$(TARGET_FUZZ)/* | wc -c) bytes"
 
 # The offline RustSec database beside the checkout (../shared/advisory-db), and the crates
 # the crypto policy keeps out: `rsa` (RUSTSEC-2023-0071), any OpenSSL binding, rustls before

@@ -13,6 +13,8 @@ pub mod context;
 pub mod decide;
 pub mod events;
 pub mod fsck;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gate;
 pub mod hook;
 pub mod http;

@@ -36,6 +36,12 @@ pub fn check(xml: &[u8], max_depth: usize, max_tags: usize) -> Result<(), ShapeE
             return Err(ShapeError::TooManyTags(max_tags));
         }
         let after = rest.get(open + 1..).unwrap_or_default();
+        if let Some(end) = unparsed_end(after) {
+            // A comment, CDATA section or processing instruction: a `>` inside it ends
+            // nothing, and a `</array>` inside it closes nothing.
+            rest = after.get(end..).unwrap_or_default();
+            continue;
+        }
         let close = after.iter().position(|&b| b == b'>').unwrap_or(after.len());
         let tag = after.get(..close).unwrap_or_default();
         let (closing, name) = match tag.strip_prefix(b"/") {
@@ -64,6 +70,21 @@ pub fn check(xml: &[u8], max_depth: usize, max_tags: usize) -> Result<(), ShapeE
     Ok(())
 }
 
+/// Markup whose text the XML parser does not read as tags: how it opens and closes.
+const UNPARSED: &[(&[u8], &[u8])] = &[(b"!--", b"-->"), (b"![CDATA[", b"]]>"), (b"?", b"?>")];
+
+/// If `after` (what follows a `<`) opens a comment, CDATA section or processing instruction,
+/// where it ends (past its closing delimiter, or the end of the input if it has none).
+fn unparsed_end(after: &[u8]) -> Option<usize> {
+    let (open, close) = UNPARSED.iter().find(|(open, _)| after.starts_with(open))?;
+    let body = after.get(open.len()..).unwrap_or_default();
+    let end = body
+        .windows(close.len())
+        .position(|window| window == *close)
+        .map_or(after.len(), |at| open.len() + at + close.len());
+    Some(end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +108,35 @@ mod tests {
             check(b"<dict", 1, 10),
             Ok(()),
             "an unterminated tag is the parser's to refuse"
+        );
+    }
+
+    /// Found by the `phase_plist` fuzz target's depth property
+    /// (fuzz/regressions/phase_plist/): a `>` in a comment ended the "tag" early, so the
+    /// `</array>`s after it counted as closings, and a plist nested 6 deep passed a depth
+    /// limit of 4. The same held for CDATA sections and processing instructions.
+    #[test]
+    fn closings_inside_comments_cdata_and_instructions_close_nothing() {
+        let inner = "<array><array><array><array></array></array></array></array>";
+        for hidden in [
+            "<!-- > </array></array></array></array> -->",
+            "<string><![CDATA[> </array></array></array></array>]]></string>",
+            "<?pi > </array></array></array></array> ?>",
+        ] {
+            let xml =
+                format!("<plist><dict><key>a</key><array>{hidden}{inner}</array></dict></plist>");
+            assert_eq!(
+                check(xml.as_bytes(), 4, 1024),
+                Err(ShapeError::TooDeep(4)),
+                "{hidden}"
+            );
+        }
+        let commented = b"<?xml version=\"1.0\"?><!-- <dict> --><plist><dict></dict></plist>";
+        assert_eq!(check(commented, 1, 100), Ok(()), "a comment opens nothing");
+        assert_eq!(
+            check(b"<plist><!-- <array>", 1, 100),
+            Ok(()),
+            "unterminated"
         );
     }
 }
