@@ -620,6 +620,16 @@ pub fn effective_settings(config: &Config) -> Result<String, String> {
 }
 
 fn without_userinfo(url: &str) -> String {
+    // A query often carries a key (`?token=`); it is not shown either.
+    let (url, query) = match url.split_once('?') {
+        Some((base, _)) => (base, "?(query not shown)"),
+        None => (url, ""),
+    };
+    let masked = without_credentials(url);
+    format!("{masked}{query}")
+}
+
+fn without_credentials(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

@@ -239,9 +239,11 @@ pub fn render(report: &Report, repaired: &[String], as_json: bool) -> String {
             Severity::Problem => "problem",
             Severity::Note => "note",
         };
+        // File names come from the state dir, where anyone who could write there may have
+        // put a newline or an escape sequence.
         out.push_str(&format!(
             "{label}: {}: {} ({})\n",
-            f.file,
+            crate::logger::one_line(&f.file, 300),
             crate::logger::one_line(&f.problem, 300),
             f.action
         ));

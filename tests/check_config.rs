@@ -50,7 +50,7 @@ fn a_good_config_prints_every_key_with_the_secrets_masked() {
             &text,
             "events",
             "webhook",
-            "\"https://hook:pa55@hooks.example.com/otad\"",
+            "\"https://hook:pa55@hooks.example.com/otad?key=s3cr3tkey\"",
         )
     });
     let (code, stdout, stderr) = check(&config);
@@ -66,11 +66,18 @@ fn a_good_config_prints_every_key_with_the_secrets_masked() {
         stdout.contains("request_timeout = \"30s\""),
         "defaults are filled in"
     );
-    for secret in ["static-phase1-secret", "static-scep-secret", "pa55"] {
+    for secret in [
+        "static-phase1-secret",
+        "static-scep-secret",
+        "pa55",
+        "s3cr3tkey",
+    ] {
         assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
     }
     assert!(stdout.contains("challenge = \"(set, not shown)\""));
-    assert!(stdout.contains("https://(credentials not shown)@hooks.example.com/otad"));
+    assert!(
+        stdout.contains("https://(credentials not shown)@hooks.example.com/otad?(query not shown)")
+    );
     let reparsed: toml::Table = toml::from_str(&stdout).unwrap();
     assert!(reparsed.contains_key("policy"));
 }

@@ -96,7 +96,10 @@ impl std::error::Error for GateError {}
 
 /// The peer's IP address, from the guard's "ip:port".
 pub fn peer_ip(remote: &str) -> Option<IpAddr> {
-    remote.parse::<SocketAddr>().ok().map(|addr| addr.ip())
+    remote
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|addr| addr.ip().to_canonical())
 }
 
 /// Decides who phase 1 admits. See the module doc for the rules.

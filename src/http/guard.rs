@@ -305,9 +305,12 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
         let lower = name.to_ascii_lowercase();
         match lower.as_str() {
             "content-length" => {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| reject(400, "Content-Length: not a number"))?;
+                // Digits only (RFC 9110 section 8.6): Rust's parser would also take "+3",
+                // which a proxy in front may read otherwise.
+                let n: usize = Some(value)
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| reject(400, "Content-Length: not a number"))?;
                 if content_length.is_some_and(|m| m != n) {
                     return Err(reject(400, "Content-Length: given twice, differently"));
                 }
@@ -959,6 +962,11 @@ mod tests {
             status("GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6"),
             400
         );
+        // Digits only: a proxy in front might read "+3" or "3 " otherwise than otad.
+        for odd in ["+3", "-0", "0x3", "3 3", ""] {
+            let text = format!("POST /scep HTTP/1.1\r\nContent-Length: {odd}");
+            assert_eq!(status(&text), 400, "{odd:?}");
+        }
         assert_eq!(status("GET / HTTP/1.1\r\nTransfer-Encoding: chunked"), 411);
         assert_eq!(status("GET / HTTP/2.0"), 505);
         assert_eq!(status("GET /\u{7f} HTTP/1.1"), 400);

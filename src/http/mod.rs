@@ -435,6 +435,8 @@ pub fn client_address(
             // A proxy writes addresses; anything else ends what can be believed.
             break;
         };
+        // ::ffff:192.0.2.1 is 192.0.2.1, for the trust check and for what is logged.
+        let ip = ip.to_canonical();
         client = Some(ip);
         if !any_contains(trusted, &ip) {
             break;
@@ -698,7 +700,7 @@ mod tests {
             crate::gate::cidr::Cidr::parse("::1/128").unwrap(),
         ];
         let proxy = "10.1.2.3:40000";
-        let cases: [(&str, &[&str], &str); 9] = [
+        let cases: [(&str, &[&str], &str); 10] = [
             (proxy, &["203.0.113.9"], "203.0.113.9"),
             // What the client itself wrote on the left proves nothing.
             (proxy, &["6.6.6.6, 203.0.113.9"], "203.0.113.9"),
@@ -711,6 +713,8 @@ mod tests {
             (proxy, &["6.6.6.6, junk, 10.9.9.9"], "10.9.9.9"),
             ("[::1]:5000", &["2001:db8::7"], "2001:db8::7"),
             ("192.0.2.1:5000", &["203.0.113.9"], "192.0.2.1:5000"),
+            // The proxy written as an IPv4-mapped address is still the proxy.
+            (proxy, &["203.0.113.9, ::ffff:10.9.9.9"], "203.0.113.9"),
         ];
         for (peer, header, expected) in cases {
             assert_eq!(
