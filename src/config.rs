@@ -154,6 +154,9 @@ pub struct OtaConfig {
     /// Refuse phase 1 without an authenticated person (users file, `auth.command` or a
     /// trusted proxy's user header).
     pub require_user: bool,
+    /// Most challenges alive at once; past it phase 1 answers 503 (a download flood cannot
+    /// fill the disk).
+    pub max_live_challenges: usize,
 }
 
 /// `[auth]` keys: how phase 1 checks the person enrolling.
@@ -334,6 +337,7 @@ impl Default for OtaConfig {
             display_name: "Device Enrollment".into(),
             require_token: false,
             require_user: false,
+            max_live_challenges: 100_000,
         }
     }
 }
@@ -559,6 +563,12 @@ impl Config {
                     format!("{:?} is not an address:port ({err})", self.http.listen),
                 )
             })?;
+        if self.ota.max_live_challenges == 0 {
+            return Err(bad(
+                "ota.max_live_challenges",
+                "must be at least 1 (100000 by default)".into(),
+            ));
+        }
         if self.http.workers > 256 {
             return Err(bad(
                 "http.workers",
@@ -1146,6 +1156,9 @@ require_token = false
 # against the users file (otad user add) or auth.command, or a trusted proxy's user header.
 # Credentials given while this is off are still checked. Needs challenge = "".
 require_user = false
+# Most enrollments waiting for their device at once (each phase 1 download leaves a
+# challenge for challenge_ttl); past it phase 1 answers 503 until some are used or expire.
+max_live_challenges = 100000
 
 [scep]
 # A static challenge for SCEP clients that do not come through OTA (scepclient, servers).

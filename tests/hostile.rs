@@ -350,3 +350,35 @@ fn a_thousand_idle_and_trickling_connections_do_not_keep_a_device_out() {
         server.log()
     );
 }
+
+#[test]
+fn a_flood_of_phase_1_downloads_is_capped_and_the_cap_frees_as_devices_answer() {
+    let server = TestServer::start(|config| set_key(&config, "ota", "max_live_challenges", "3"));
+    let enroll = format!("{}/ota/enroll", server.url);
+    let mut device = otad::simulate::Device::new(&server.device_options()).unwrap();
+    let first = device.phase1(&server.url).unwrap();
+    for _ in 0..2 {
+        assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+    }
+    let refused = otad::httpclient::get(&enroll).unwrap();
+    assert_eq!(refused.status, 503);
+    assert!(String::from_utf8_lossy(&refused.body).contains("try again later"));
+    assert!(refused
+        .headers
+        .iter()
+        .any(|(name, value)| name.eq_ignore_ascii_case("retry-after") && value == "60"));
+    assert_eq!(
+        std::fs::read_dir(server.state_file("challenges"))
+            .unwrap()
+            .count(),
+        3,
+        "a refused download leaves nothing"
+    );
+
+    // Answering phase 1's challenge frees its place, but phase 2 hands out a SCEP one;
+    // enrolling for the certificate uses that up, and a download fits again.
+    let scep = device.phase2(&first).unwrap();
+    assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 503);
+    device.enroll_scep(&scep).unwrap();
+    assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+}

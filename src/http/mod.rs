@@ -115,11 +115,16 @@ impl From<OtaError> for Refusal {
             | OtaError::Challenge(_)
             | OtaError::Refused(_)
             | OtaError::Denied(_) => 403,
+            OtaError::Busy(_) => 503,
             OtaError::Internal(_) => 500,
             #[allow(unreachable_patterns)]
             _ => 500,
         };
-        Refusal::new(status, err.to_string())
+        let mut refusal = Refusal::new(status, err.to_string());
+        if status == 503 {
+            refusal.headers.push(("Retry-After", "60".to_string()));
+        }
+        refusal
     }
 }
 
@@ -348,7 +353,7 @@ pub fn route(
         "/metrics" => match method {
             "GET" => {
                 let gauges = crate::metrics::Gauges {
-                    challenges_live: ctx.store.count_challenges().unwrap_or(0),
+                    challenges_live: ctx.store.live_challenges(),
                 };
                 Ok(Reply::ok(
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -520,7 +525,8 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         .map(|refusal| refusal.headers.clone())
         .unwrap_or_default();
     let reply = reply.unwrap_or_else(|refusal| {
-        if refusal.status >= 500 {
+        // 503 is a state the client should hear about ("try again later"), not a fault.
+        if refusal.status >= 500 && refusal.status != 503 {
             error!("{method} {path}: {} remote={remote}", refusal.reason);
             Reply::ok(
                 "text/plain",

@@ -48,6 +48,8 @@ pub enum OtaError {
     /// The blocklist, the device policy or a decision hook refused the device (403); the
     /// text is the reason, for the admin and the client alike.
     Denied(String),
+    /// Too much is in progress to take more now: try again later (503).
+    Busy(String),
     /// Something on our side failed; the detail goes to the log, not the client (500).
     Internal(String),
 }
@@ -60,6 +62,7 @@ impl fmt::Display for OtaError {
             | OtaError::Challenge(why)
             | OtaError::Refused(why)
             | OtaError::Denied(why)
+            | OtaError::Busy(why)
             | OtaError::Internal(why) => f.write_str(why),
         }
     }
@@ -77,6 +80,7 @@ impl OtaError {
             OtaError::Challenge(why) => OtaError::Challenge(add(why)),
             OtaError::Refused(why) => OtaError::Refused(add(why)),
             OtaError::Denied(why) => OtaError::Denied(add(why)),
+            OtaError::Busy(why) => OtaError::Busy(add(why)),
             OtaError::Internal(why) => OtaError::Internal(add(why)),
         }
     }
@@ -91,6 +95,7 @@ impl OtaError {
             OtaError::Challenge(_) => "challenge",
             OtaError::Refused(_) => "refused",
             OtaError::Denied(_) => "denied",
+            OtaError::Busy(_) => "busy",
             OtaError::Internal(_) => "internal",
         }
     }
@@ -230,6 +235,7 @@ fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<
 /// static `ota.challenge`). The challenge carries `admission`, who phase 1 let in, to phase 2.
 pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>, OtaError> {
     let challenge = if ctx.config.ota.challenge.is_empty() {
+        check_challenge_room(ctx)?;
         let challenge = new_challenge();
         let record = ChallengeRecord {
             purpose: ChallengePurpose::Phase2,
@@ -266,6 +272,19 @@ fn token_refusal(err: tokens::TokenError) -> OtaError {
         tokens::TokenError::Store(err) => OtaError::Internal(format!("enrollment tokens: {err}")),
         other => OtaError::Refused(other.to_string()),
     }
+}
+
+/// Anyone may download the Profile Service payload, and each download leaves a challenge file
+/// for `ota.challenge_ttl`: past `ota.max_live_challenges`, phase 1 answers 503 until some
+/// are used or expire, so a flood of downloads cannot fill the disk.
+fn check_challenge_room(ctx: &Context) -> Result<(), OtaError> {
+    let live = ctx.store.live_challenges();
+    if live >= ctx.config.ota.max_live_challenges {
+        return Err(OtaError::Busy(format!(
+            "{live} enrollments are waiting for their device; try again later"
+        )));
+    }
+    Ok(())
 }
 
 fn ttl_secs(ttl: std::time::Duration) -> i64 {
@@ -723,6 +742,7 @@ pub fn mdm_profile(
 /// The plain enrollment profile for `/mdm/enroll`: a fresh one-time SCEP challenge not bound
 /// to any device (the caller proved nothing), signed.
 pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
+    check_challenge_room(ctx)?;
     let challenge = new_challenge();
     let subject = vec![("O".to_string(), ctx.config.server.organization.clone())];
     let record = ChallengeRecord {

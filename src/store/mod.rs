@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -344,6 +345,9 @@ pub fn rfc3339(unix: i64) -> String {
 pub struct Store {
     root: PathBuf,
     in_process: Mutex<()>,
+    /// Live challenges as this process counts them: the folder is counted on first use,
+    /// then kept up by puts, takes and sweeps (the sweep recounts).
+    live_challenges: std::sync::OnceLock<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -370,6 +374,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             in_process: Mutex::new(()),
+            live_challenges: std::sync::OnceLock::new(),
         })
     }
 
@@ -446,7 +451,20 @@ impl Store {
             .root
             .join("challenges")
             .join(challenge_file_name(value));
-        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
+        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))?;
+        self.challenge_counter().fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn challenge_counter(&self) -> &std::sync::atomic::AtomicUsize {
+        self.live_challenges.get_or_init(|| {
+            std::sync::atomic::AtomicUsize::new(self.count_challenges().unwrap_or(0))
+        })
+    }
+
+    /// Live challenges, as counted (no folder listing after the first call).
+    pub fn live_challenges(&self) -> usize {
+        self.challenge_counter().load(Ordering::Acquire)
     }
 
     /// Takes a challenge handed out for `purpose`: whoever removes its file owns it, so two
@@ -469,6 +487,8 @@ impl Store {
             return Ok(None);
         }
         if remove_durably(&path).map_err(io_err(&path))? {
+            let counter = self.challenge_counter();
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
             Ok(Some(record))
         } else {
             Ok(None)
@@ -496,6 +516,9 @@ impl Store {
                     removed += 1;
                 }
             }
+        }
+        if let Ok(live) = self.count_challenges() {
+            self.challenge_counter().store(live, Ordering::Release);
         }
         Ok(removed)
     }
