@@ -87,7 +87,7 @@ pub struct Context {
     /// The events log (`events.jsonl`): `ctx.events.record(Event::new(...))`.
     pub events: std::sync::Arc<crate::events::EventLog>,
     /// The counters behind `GET /metrics`.
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Context {
@@ -144,7 +144,7 @@ impl Context {
         ));
         Ok(Context {
             events,
-            metrics: crate::metrics::Metrics::default(),
+            metrics: std::sync::Arc::default(),
             config,
             derived,
             store,

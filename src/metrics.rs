@@ -16,8 +16,10 @@ const LATENCY_BUCKETS: [f64; 11] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
-/// The routes requests are counted under; anything else is "other".
-pub const ROUTES: [&str; 9] = [
+/// The routes requests are counted under; anything else is "other", and what the guard
+/// refuses before a request reaches a route (503 at the connection cap, 408, 413, 431) is
+/// "guard".
+pub const ROUTES: [&str; 10] = [
     "/ota/enroll",
     "/ota/phase23",
     "/scep",
@@ -27,6 +29,7 @@ pub const ROUTES: [&str; 9] = [
     "/healthz",
     "/metrics",
     "other",
+    "guard",
 ];
 
 /// The route label for a request path.
@@ -84,6 +87,11 @@ impl Metrics {
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.latency_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a request the guard refused itself, with the status it answered.
+    pub fn guard_refusal(&self, status: u16) {
+        bump(&self.requests, ("guard", status));
     }
 
     /// Counts the outcome of a phase: `phase` is "1", "2", "3" or "dep"; `outcome` is "ok" or

@@ -75,6 +75,14 @@ fn metrics_count_an_enrollment_and_parse_as_prometheus_text() {
     otad::simulate::run(&server.device_options()).unwrap();
     let refused = httpclient::post(&format!("{}/ota/phase23", server.url), "x", b"junk").unwrap();
     assert_eq!(refused.status, 400);
+    // Refused by the guard before any route: counted too.
+    let mut raw = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    use std::io::{Read as _, Write as _};
+    raw.write_all(b"POST /scep HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = raw.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     let text = metrics(&server);
     for (series, value) in [
@@ -95,6 +103,7 @@ fn metrics_count_an_enrollment_and_parse_as_prometheus_text() {
             1.0,
         ),
         ("otad_requests_total{route=\"/scep\",status=\"200\"}", 0.0),
+        ("otad_requests_total{route=\"guard\",status=\"413\"}", 1.0),
     ] {
         let got = sample(&text, series);
         if value == 0.0 {

@@ -652,6 +652,7 @@ fn serve_requests(stream: &mut impl Conn, remote: SocketAddr, pool: &Pool) {
                     "request refused: {} {} remote={remote}",
                     rejection.status, rejection.reason
                 );
+                pool.metrics.guard_refusal(rejection.status);
                 answer(stream, &rejection);
                 break;
             }
@@ -751,6 +752,8 @@ struct Pool {
     tls: Option<Arc<crate::tls::Tls>>,
     /// Set when the server is stopping.
     shutdown: Arc<Shutdown>,
+    /// Where the guard's own refusals are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Pool {
@@ -822,6 +825,7 @@ pub fn run(
     limits: Limits,
     tls: Option<Arc<crate::tls::Tls>>,
     shutdown: Arc<Shutdown>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let live = Arc::new(AtomicUsize::new(0));
     let max_connections = limits.max_connections;
@@ -833,6 +837,7 @@ pub fn run(
         waiting: AtomicUsize::new(0),
         tls,
         shutdown: Arc::clone(&shutdown),
+        metrics,
     });
     loop {
         if shutdown.is_stopping() {
@@ -854,6 +859,7 @@ pub fn run(
             live.fetch_sub(1, Ordering::AcqRel);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             warn!("connection refused: {max_connections} connections open remote={remote}");
+            pool.metrics.guard_refusal(503);
             // A TLS client could not read a plain answer, and a handshake here would hold
             // up the acceptor: it is just closed.
             if pool.tls.is_none() {

@@ -685,7 +685,10 @@ pub fn serve(
     let inner_socket = socket.clone();
     let acceptor = std::thread::Builder::new()
         .name("guard".into())
-        .spawn(move || guard::run(listener, inner_socket, limits, tls, shutdown))
+        .spawn({
+            let metrics = Arc::clone(&ctx.metrics);
+            move || guard::run(listener, inner_socket, limits, tls, shutdown, metrics)
+        })
         .map_err(|err| format!("cannot start the acceptor thread: {err}"))?;
     let _ = acceptor.join();
 
