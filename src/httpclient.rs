@@ -97,9 +97,10 @@ impl fmt::Display for HttpError {
             HttpError::InvalidHeader => {
                 f.write_str("request: a header name or value is empty or has control characters")
             }
-            HttpError::TlsNotSupported => {
-                f.write_str("url: https is not supported yet; use an http:// URL")
-            }
+            HttpError::TlsNotSupported => f.write_str(
+                "url: https needs a certificate to check the server with \
+                     (otad simulate --ca-file FILE)",
+            ),
             HttpError::UnsupportedScheme(scheme) => {
                 write!(f, "url: scheme {scheme:?} is not supported (use http://)")
             }
@@ -213,6 +214,64 @@ pub struct RequestOptions {
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// User-Agent.
     pub user_agent: &'static str,
+}
+
+/// Most CA certificates read from one PEM file.
+const MAX_CA_CERTIFICATES: usize = 256;
+
+/// A rustls client config on aws-lc-rs, trusting the certificates of the PEM file `ca_file`
+/// (named `key` in errors, a config key or a flag) or else the system's roots.
+pub fn tls_config(
+    key: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let shown = path.display();
+            let pem = crate::store::fsutil::read_bounded(path, 4 * 1024 * 1024)
+                .map_err(|err| format!("{key} {shown}: cannot read: {err}"))?;
+            let certificates = CertificateDer::pem_slice_iter(&pem)
+                .take(MAX_CA_CERTIFICATES)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| format!("{key} {shown}: not PEM: {err}"))?;
+            for certificate in certificates {
+                roots
+                    .add(certificate)
+                    .map_err(|err| format!("{key} {shown}: {err}"))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for err in &found.errors {
+                log::warn!("system root certificates: {err}");
+            }
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "no root certificate to check the server with; give {key} a PEM file"
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| format!("TLS: {err}"))
+        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// The TLS client config [`get`] and [`post`] use for `https://` URLs (the simulator's).
+static REQUEST_TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
+
+/// Lets [`get`] and [`post`] speak TLS, checking servers with `config`; false when a config
+/// was set already (the first one stays).
+pub fn enable_tls(config: std::sync::Arc<rustls::ClientConfig>) -> bool {
+    REQUEST_TLS.set(config).is_ok()
 }
 
 /// `POST url` with a body, extra headers, timeouts and (for `https://`) TLS.
@@ -331,6 +390,7 @@ impl Target {
 
 /// Splits an `http://` URL. Control characters and spaces are refused so that nothing from the
 /// URL can break out of the request line or the Host header.
+#[cfg(test)]
 fn parse_url(url: &str) -> Result<Target, HttpError> {
     parse_url_for(url, false)
 }
@@ -353,7 +413,6 @@ fn parse_url_for(url: &str, https_ok: bool) -> Result<Target, HttpError> {
     let tls = match scheme.to_ascii_lowercase().as_str() {
         "http" => false,
         "https" if https_ok => true,
-        // TODO: TLS for the simulator too; only `post_with` (the webhook) has a TLS config.
         "https" => return Err(HttpError::TlsNotSupported),
         _ => return Err(HttpError::UnsupportedScheme(scheme.to_string())),
     };
@@ -428,7 +487,8 @@ fn request(
     body: Option<(&str, &[u8])>,
     headers: &[(&str, &str)],
 ) -> Result<HttpResponse, HttpError> {
-    let target = parse_url(url)?;
+    let tls = REQUEST_TLS.get();
+    let target = parse_url_for(url, tls.is_some())?;
     if let Some((content_type, _)) = body {
         if content_type.chars().any(|c| c.is_control()) {
             return Err(HttpError::InvalidContentType);
@@ -474,6 +534,18 @@ fn request(
     // One buffer, one write: small requests leave in one segment.
     let mut message = head.into_bytes();
     message.extend_from_slice(payload);
+    if let (Some(config), true) = (tls, target.tls) {
+        let name = rustls::pki_types::ServerName::try_from(target.connect_host.clone())
+            .map_err(|_| HttpError::InvalidUrl("not a valid TLS server name"))?;
+        let connection = rustls::ClientConnection::new(std::sync::Arc::clone(config), name)
+            .map_err(|err| HttpError::Send(io::Error::other(err)))?;
+        let mut stream = rustls::StreamOwned::new(connection, stream);
+        stream
+            .write_all(&message)
+            .and_then(|()| stream.flush())
+            .map_err(HttpError::Send)?;
+        return read_response(&mut BufReader::new(stream));
+    }
     let mut writer = &stream;
     writer
         .write_all(&message)
@@ -988,7 +1060,8 @@ mod tests {
         ));
         assert_eq!(
             HttpError::TlsNotSupported.to_string(),
-            "url: https is not supported yet; use an http:// URL"
+            "url: https needs a certificate to check the server with \
+             (otad simulate --ca-file FILE)"
         );
         assert!(matches!(
             parse_url("ftp://x/"),

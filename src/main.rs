@@ -95,6 +95,7 @@ is trusted.
 const SIMULATE_HELP: &str = "\
 usage: otad simulate --url URL --device-ca DIR [--udid U] [--serial S]
                      [--signed-attributes] [--leaf-only] [--token T] [--user NAME]
+                     [--ca-file FILE]
        otad simulate --url URL --device-ca DIR --devices N [--concurrency C] [--retry]
                      [--json] [--token T] [--user NAME]
 
@@ -122,6 +123,8 @@ trusts it only if its config lists DIR/device-ca.pem in ota.extra_device_ca.
                          or a 5xx starts again from phase 1 after a short backoff (at most
                          10 attempts)
   --json                 with --devices: the summary as one JSON object
+  --ca-file FILE         for an https:// URL: the PEM certificate(s) to check the server
+                         with (without it, the system's root certificates)
 ";
 
 enum Outcome {
@@ -404,8 +407,10 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     let (mut signed_attributes, mut leaf_only) = (false, false);
     let (mut token, mut user) = (None, None);
     let (mut devices, mut concurrency, mut retry, mut as_json) = (None, None, false, false);
+    let mut ca_file: Option<PathBuf> = None;
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("ca-file") => ca_file = Some(PathBuf::from(parser.value()?)),
             Long("devices") => devices = Some(parser.value()?.parse::<usize>()?),
             Long("concurrency") => concurrency = Some(parser.value()?.parse::<usize>()?),
             Long("retry") => retry = true,
@@ -425,8 +430,17 @@ fn simulate(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
             other => return Err(other.unexpected().into()),
         }
     }
+    let url = required(url, "--url", SIMULATE_HELP)?;
+    if url.starts_with("https://") || ca_file.is_some() {
+        match otad::httpclient::tls_config("--ca-file", ca_file.as_deref()) {
+            Ok(config) => {
+                otad::httpclient::enable_tls(std::sync::Arc::new(config));
+            }
+            Err(err) => return Ok(fail(err)),
+        }
+    }
     let mut options = SimulateOptions {
-        url: required(url, "--url", SIMULATE_HELP)?,
+        url,
         device_ca_dir: required(device_ca_dir, "--device-ca", SIMULATE_HELP)?,
         udid,
         serial,

@@ -1,6 +1,7 @@
-//! otad speaking TLS itself: TLS 1.2 and 1.3 as `openssl s_client` sees them, the
-//! certificate reloaded on SIGHUP without dropping an open connection, and a SIGTERM that
-//! lets the request in flight finish before the process exits.
+//! otad speaking TLS itself: TLS 1.2 and 1.3 as `openssl s_client` sees them, a whole
+//! enrollment over https (`otad simulate --ca-file`), the certificate reloaded on SIGHUP
+//! without dropping an open connection, a SIGTERM that lets the request in flight finish, and
+//! a handshake dripped a byte at a time cut off at the request deadline.
 
 mod common;
 
@@ -80,6 +81,14 @@ impl TlsServer {
             "http",
             "request_timeout",
             &format!("{request_timeout:?}"),
+        );
+        let device_ca = root.join("device-ca");
+        otad::simulate::load_or_create_device_ca(&device_ca).unwrap();
+        config = set_key(
+            &config,
+            "ota",
+            "extra_device_ca",
+            &format!("[{:?}]", device_ca.join("device-ca.pem")),
         );
         std::fs::write(&config_path, config).unwrap();
 
@@ -314,4 +323,45 @@ fn a_handshake_dripped_a_byte_at_a_time_ends_at_the_request_deadline() {
         "a dripping handshake was closed after {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_whole_enrollment_over_https_with_the_simulator() {
+    let (server, _) = TlsServer::start("30s");
+    let output = Command::new(otad_bin())
+        .args([
+            "simulate",
+            "--url",
+            &format!("https://127.0.0.1:{}", server.port),
+        ])
+        .arg("--ca-file")
+        .arg(&server.cert)
+        .arg("--device-ca")
+        .arg(server.dir.join("device-ca"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+    assert!(stdout.contains("com.apple.mdm"), "{stdout}");
+    assert!(server.log().contains("phase 3: udid="), "{}", server.log());
+
+    // Without the certificate to check the server with, nothing is sent.
+    let untrusting = Command::new(otad_bin())
+        .args([
+            "simulate",
+            "--url",
+            &format!("https://127.0.0.1:{}", server.port),
+        ])
+        .arg("--ca-file")
+        .arg(server.dir.join("state/ca/ca.pem"))
+        .arg("--device-ca")
+        .arg(server.dir.join("device-ca"))
+        .output()
+        .unwrap();
+    assert_eq!(untrusting.status.code(), Some(1));
 }

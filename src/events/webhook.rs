@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{debug, error, info, warn};
+use log::{error, info, warn};
 
 use super::{read_cursor, read_lines, write_cursor, Cursor, EventLog, EventSettings};
 use crate::httpclient::{self, RequestOptions};
@@ -40,8 +40,6 @@ const BATCH_LINES: usize = 64;
 const MAX_SECRET_BYTES: u64 = 4096;
 /// Shortest HMAC key accepted.
 const MIN_SECRET_BYTES: usize = 16;
-/// Most PEM certificates read from `events.webhook_ca`.
-const MAX_CA_CERTIFICATES: usize = 256;
 
 /// Header carrying the HMAC of the body.
 pub const SIGNATURE_HEADER: &str = "X-Otad-Signature";
@@ -67,7 +65,10 @@ impl Webhook {
             Some(path) => Some(read_key(path)?),
         };
         let tls = if url.to_ascii_lowercase().starts_with("https://") {
-            Some(Arc::new(tls_config(settings.webhook_ca.as_deref())?))
+            Some(Arc::new(crate::httpclient::tls_config(
+                "events.webhook_ca",
+                settings.webhook_ca.as_deref(),
+            )?))
         } else {
             None
         };
@@ -133,49 +134,6 @@ fn read_key(path: &Path) -> Result<aws_lc_rs::hmac::Key, String> {
         aws_lc_rs::hmac::HMAC_SHA256,
         secret.as_bytes(),
     ))
-}
-
-/// A rustls client config on aws-lc-rs, trusting `ca_file` or else the system's roots.
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::CertificateDer;
-
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let shown = path.display();
-            let certificates = CertificateDer::pem_file_iter(path)
-                .map_err(|err| format!("events.webhook_ca: {shown}: cannot read: {err}"))?
-                .take(MAX_CA_CERTIFICATES)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|err| format!("events.webhook_ca: {shown}: not PEM: {err}"))?;
-            for certificate in certificates {
-                roots
-                    .add(certificate)
-                    .map_err(|err| format!("events.webhook_ca: {shown}: {err}"))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for err in &found.errors {
-                warn!("events.webhook: system root certificates: {err}");
-            }
-            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-            debug!("events.webhook: {added} system root certificates");
-        }
-    }
-    if roots.is_empty() {
-        return Err(
-            "events.webhook: no root certificate to check the server with; set events.webhook_ca \
-             to a PEM file"
-                .into(),
-        );
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("events.webhook: TLS: {err}"))
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Starts the worker thread that follows `log` into `webhook`.
