@@ -19,17 +19,17 @@ otad: Apple over-the-air enrollment server with its own SCEP CA
 usage: otad <command> [options]
 
 commands:
-  init       create a state dir: config, CA, RA and profile-signing identity
-  serve      run the server
+  init          create a state dir: config, CA, RA and profile-signing identity
+  serve         run the server
   check-config  check a config and everything it names, print the effective settings
-  verify     check captured phase 2/3 request bodies, one JSON line per file
-  simulate   walk a whole enrollment against a running server as a test device
-  cert       list, revoke and import issued certificates
-  request    list, approve and deny SCEP requests waiting for approval
-  token      make, list, show and revoke enrollment tokens (the link that starts enrollment)
-  user       add, remove and list the people who may log in to start an enrollment
-  device     list the devices seen, show one; block, unblock and list blocked serials
-  fsck       check the state dir's files against each other; --repair fixes the safe things
+  verify        check captured phase 2/3 request bodies, one JSON line per file
+  simulate      walk a whole enrollment against a running server as a test device
+  cert          list, revoke and import issued certificates
+  request       list, approve and deny SCEP requests waiting for approval
+  token         make, list, show and revoke enrollment tokens (the link that starts enrollment)
+  user          add, remove and list the people who may log in to start an enrollment
+  device        list the devices seen, show one; block, unblock and list blocked serials
+  fsck          check the state dir's files against each other; --repair fixes the safe things
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 The admin commands (cert, request, token, user, device, fsck) take `--config FILE`, or
