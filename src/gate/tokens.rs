@@ -610,9 +610,7 @@ mod tests {
     use std::sync::Arc;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state")).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     fn token(uses: u32) -> NewToken {

@@ -664,9 +664,7 @@ mod tests {
     }
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state")).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     #[test]

@@ -378,6 +378,14 @@ impl Store {
         })
     }
 
+    /// A new, empty state dir in a temp folder, for tests (the folder goes with the handle).
+    #[cfg(test)]
+    pub(crate) fn temporary() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::create(&dir.path().join("state")).expect("state dir");
+        (dir, store)
+    }
+
     /// The state dir.
     pub fn root(&self) -> &Path {
         &self.root
@@ -701,9 +709,7 @@ mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state")).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     fn challenge(purpose: ChallengePurpose) -> ChallengeRecord {

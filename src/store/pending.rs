@@ -371,9 +371,7 @@ mod tests {
     use super::*;
 
     fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("state")).unwrap();
-        (dir, store)
+        Store::temporary()
     }
 
     fn request(id: &str, transaction_id: &str, created: i64) -> PendingRequest {
