@@ -6,34 +6,14 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 
 use base64::Engine;
-use common::server::{otad_bin, set_key, TestServer};
+use common::server::{set_key, TestServer};
 use otad::httpclient;
 use otad::simulate::Device;
 
-/// Runs the `otad` binary; returns (exit code, stdout, stderr).
-fn otad(args: &[&str], stdin: &str) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(otad_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run otad");
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).unwrap();
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
+use common::cli::otad_with_stdin as otad;
 
 /// `otad token new` on the server's live state dir; returns (secret, id, url).
 fn new_token(server: &TestServer, extra: &[&str]) -> (String, String, String) {

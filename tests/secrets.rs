@@ -5,35 +5,16 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use common::server::{otad_bin, set_key, TestServer};
+use common::server::{set_key, TestServer};
 use otad::httpclient;
 use otad::simulate::Device;
 
 fn otad(args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(otad_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let (code, stdout, stderr) = common::cli::otad_with_stdin(args, stdin);
+    assert_eq!(code, 0, "{args:?}: {stderr}");
+    stdout
 }
 
 /// Every file under `dir`, with its bytes.

@@ -2,16 +2,30 @@
 
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use super::server::{otad_bin, TestServer};
 
 /// Runs `otad ARGS`; returns (exit code, stdout, stderr).
 pub fn otad(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(otad_bin())
+    otad_with_stdin(args, "")
+}
+
+/// Runs `otad ARGS` with `stdin` as its standard input (a password, say); returns (exit
+/// code, stdout, stderr).
+pub fn otad_with_stdin(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(otad_bin())
         .args(args)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run otad");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    let output = child.wait_with_output().expect("wait for otad");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
