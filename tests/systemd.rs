@@ -7,7 +7,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{otad_bin, set_key, stop};
+use common::server::{free_port, init_state, otad_bin, set_key, stop};
 
 #[test]
 fn a_passed_socket_is_served_and_readiness_and_stopping_are_reported() {
@@ -25,21 +25,10 @@ fn a_passed_socket_is_served_and_readiness_and_stopping_are_reported() {
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let init = Command::new(otad_bin())
-        .args(["init", "--state"])
-        .arg(&state)
-        .args(["--url", &url])
-        .output()
-        .unwrap();
-    assert!(init.status.success());
     // http.listen names another port: the passed socket must win.
-    let config = state.join("otad.toml");
+    let config = init_state(&state, &url);
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, set_key(&text, "http", "listen", "\"127.0.0.1:1\"")).unwrap();
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{otad_bin, set_key, stop};
+use common::server::{free_port, init_state, otad_bin, set_key, stop};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 /// A self-signed certificate for `localhost` and 127.0.0.1; (cert PEM path, key path, DER).
@@ -46,20 +46,10 @@ impl TlsServer {
     fn start(request_timeout: &str) -> (TlsServer, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let state = root.join("state");
         let url = format!("https://127.0.0.1:{port}");
-        let init = Command::new(otad_bin())
-            .args(["init", "--state"])
-            .arg(&state)
-            .args(["--url", &url])
-            .output()
-            .unwrap();
-        assert!(init.status.success());
+        init_state(&state, &url);
         let (cert, key, der) = certificate(&root, "tls");
         let config_path = state.join("otad.toml");
         let mut config = std::fs::read_to_string(&config_path).unwrap();

@@ -51,9 +51,26 @@ pub fn set_key(config: &str, section: &str, key: &str, value: &str) -> String {
     out.join("\n") + "\n"
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local addr").port()
+}
+
+/// `otad init --state STATE --url URL`; returns the config it wrote (STATE/otad.toml).
+pub fn init_state(state: &Path, url: &str) -> PathBuf {
+    let init = Command::new(otad_bin())
+        .args(["init", "--state"])
+        .arg(state)
+        .args(["--url", url, "--organization", "Test Org"])
+        .output()
+        .expect("run otad init");
+    assert!(
+        init.status.success(),
+        "otad init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    state.join("otad.toml")
 }
 
 impl TestServer {
@@ -65,20 +82,8 @@ impl TestServer {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
 
-        let init = Command::new(otad_bin())
-            .args(["init", "--state"])
-            .arg(&state)
-            .args(["--url", &url, "--organization", "Test Org"])
-            .output()
-            .expect("run otad init");
-        assert!(
-            init.status.success(),
-            "otad init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-
+        let config_path = init_state(&state, &url);
         otad::simulate::load_or_create_device_ca(&device_ca_dir).expect("device CA");
-        let config_path = state.join("otad.toml");
         let mut config = std::fs::read_to_string(&config_path).expect("read config");
         let device_ca = device_ca_dir.join("device-ca.pem");
         config = set_key(&config, "http", "listen", &format!("\"127.0.0.1:{port}\""));
