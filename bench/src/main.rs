@@ -12,6 +12,8 @@
 //! signatures a thread) and the only network traffic is to the URL given, which `scep.sh`
 //! keeps on loopback.
 
+mod phases;
+
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -31,6 +33,8 @@ const MAX_REQUESTS: usize = 10_000;
 const MAX_CONCURRENCY: usize = 256;
 /// Most signatures one thread makes for the crypto bound.
 const MAX_SIGNATURES: usize = 100_000;
+/// Most devices `phases --curve` enrolls.
+const MAX_CURVE_DEVICES: usize = 100_000;
 /// Most threads for the crypto bound.
 const MAX_THREADS: usize = 64;
 /// Requests sent before the clock starts, to fault in both sides' code and files.
@@ -41,6 +45,8 @@ const THROWAWAY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 /// What the driver was asked to do.
 enum Command {
     Load(LoadOptions),
+    Phases(phases::PhasesOptions),
+    DeviceCa(std::path::PathBuf),
     Rsa {
         signatures: usize,
         threads: Vec<usize>,
@@ -63,12 +69,17 @@ struct LoadOptions {
 const USAGE: &str = "usage:
   otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
                   [--server-pid PID] [--connections close|reuse]
+  otad-bench phases --url OTAD_URL --device-ca DIR --state DIR --server-pid PID
+                    --requests N --concurrency 1,8,64 [--curve 1000,10000 --curve-concurrency 8]
+  otad-bench device-ca --dir DIR
   otad-bench rsa --signatures N --threads 1,2";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = parse(&args).and_then(|command| match command {
         Command::Load(options) => load(&options),
+        Command::Phases(options) => phases::phases(&options),
+        Command::DeviceCa(dir) => otad::simulate::load_or_create_device_ca(&dir).map(|_| ()),
         Command::Rsa {
             signatures,
             threads,
@@ -126,6 +137,25 @@ fn parse(args: &[String]) -> Result<Command, String> {
                 }
             },
         })),
+        "phases" => Ok(Command::Phases(phases::PhasesOptions {
+            url: take("url")?,
+            device_ca_dir: take("device-ca")?.into(),
+            state_dir: take("state")?.into(),
+            requests: count(&take("requests")?, MAX_REQUESTS, "--requests")?,
+            levels: list(&take("concurrency")?, MAX_CONCURRENCY, "--concurrency")?,
+            server_pid: take("server-pid")?
+                .parse()
+                .map_err(|_| "--server-pid: not a process id".to_string())?,
+            curve: match flags.get("curve") {
+                Some(curve) => list(curve, MAX_CURVE_DEVICES, "--curve")?,
+                None => Vec::new(),
+            },
+            curve_concurrency: match flags.get("curve-concurrency") {
+                Some(c) => count(c, MAX_CONCURRENCY, "--curve-concurrency")?,
+                None => 8,
+            },
+        })),
+        "device-ca" => Ok(Command::DeviceCa(take("dir")?.into())),
         "rsa" => Ok(Command::Rsa {
             signatures: count(&take("signatures")?, MAX_SIGNATURES, "--signatures")?,
             threads: list(&take("threads")?, MAX_THREADS, "--threads")?,
@@ -233,7 +263,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
 /// User plus system CPU time a process has used so far, its ended threads included
 /// (`/proc/PID/stat` fields 14 and 15, in clock ticks: 10 ms on Linux, so a level should run
 /// for seconds of CPU time to be read to a few percent).
-fn process_cpu(pid: u32) -> Result<Duration, String> {
+pub(crate) fn process_cpu(pid: u32) -> Result<Duration, String> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).map_err(|err| format!("{path}: {err}"))?;
     // The command name (field 2) is in parentheses and may hold spaces; count after it.
@@ -258,14 +288,14 @@ const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 /// CPU time the calling thread has used so far, to the nanosecond
 /// (`/proc/thread-self/schedstat`, field 1).
-fn thread_cpu() -> Option<Duration> {
+pub(crate) fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let nanos = stat.split_whitespace().next()?.parse::<u64>().ok()?;
     Some(Duration::from_nanos(nanos))
 }
 
 /// The `p`th percentile (nearest rank) of sorted latencies, in milliseconds.
-fn percentile(sorted: &[Duration], p: usize) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: usize) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -276,7 +306,7 @@ fn percentile(sorted: &[Duration], p: usize) -> f64 {
 }
 
 /// GetCACert, read the way `otad simulate` reads it.
-fn get_ca_cert(scep_url: &str) -> Result<Authorities, String> {
+pub(crate) fn get_ca_cert(scep_url: &str) -> Result<Authorities, String> {
     let url = format!("{scep_url}?operation=GetCACert");
     let response = httpclient::get(&url).map_err(|err| format!("GET {url}: {err}"))?;
     if response.status != 200 {
@@ -293,7 +323,7 @@ fn get_ca_cert(scep_url: &str) -> Result<Authorities, String> {
 }
 
 /// The self-signed certificate a PKCSReq is signed with (RFC 8894 §2.3).
-fn throwaway_certificate(key: &RsaPrivateKey) -> Result<Vec<u8>, String> {
+pub(crate) fn throwaway_certificate(key: &RsaPrivateKey) -> Result<Vec<u8>, String> {
     let now = time::OffsetDateTime::now_utc();
     let mut params = rcgen::CertificateParams::default();
     let mut name = rcgen::DistinguishedName::new();
@@ -344,17 +374,49 @@ fn prepare(
 }
 
 /// One reply as received, and how long it took.
-struct Reply {
-    result: Result<Vec<u8>, String>,
-    latency: Duration,
+pub(crate) struct Reply {
+    pub result: Result<Vec<u8>, String>,
+    pub latency: Duration,
 }
 
-/// Posts every request from `concurrency` threads, each taking the next unsent one; returns
-/// the replies in request order, the wall time of the whole level and the CPU time the
-/// posting threads used.
+/// Posts every PKCSReq as [`send_all`] does.
 fn run(
     url: &str,
     requests: &[Prepared],
+    concurrency: usize,
+    reuse: bool,
+) -> (Vec<Reply>, Duration, Duration) {
+    let bodies: Vec<&[u8]> = requests
+        .iter()
+        .map(|request| request.body.as_slice())
+        .collect();
+    let target = Target {
+        method: "POST",
+        url,
+        content_type: PKI_MESSAGE,
+    };
+    send_all(&target, &bodies, concurrency, reuse)
+}
+
+/// The media type of a SCEP pkiMessage.
+const PKI_MESSAGE: &str = "application/x-pki-message";
+
+/// Where and how [`send_all`] sends its requests.
+pub(crate) struct Target<'a> {
+    /// "GET" (the bodies are ignored) or "POST".
+    pub method: &'a str,
+    /// An http:// URL.
+    pub url: &'a str,
+    /// The Content-Type of a POST.
+    pub content_type: &'a str,
+}
+
+/// Sends one request per body from `concurrency` threads, each taking the next unsent one;
+/// returns the replies in request order, the wall time of the whole level and the CPU time
+/// the sending threads used.
+pub(crate) fn send_all(
+    target: &Target<'_>,
+    requests: &[&[u8]],
     concurrency: usize,
     reuse: bool,
 ) -> (Vec<Reply>, Duration, Duration) {
@@ -378,9 +440,9 @@ fn run(
                     };
                     let sent = Instant::now();
                     let result = if reuse {
-                        post_reusing(&mut connection, url, &request.body)
+                        send_reusing(&mut connection, target, request)
                     } else {
-                        post(url, &request.body)
+                        send(target, request)
                     };
                     let reply = Reply {
                         result,
@@ -414,10 +476,14 @@ fn run(
     (replies, elapsed, cpu.into_inner().unwrap_or_default())
 }
 
-/// POSTs one pkiMessage to the PKIOperation `url`; the body of a 200 answer.
-fn post(url: &str, body: &[u8]) -> Result<Vec<u8>, String> {
-    let response = httpclient::post(url, "application/x-pki-message", body)
-        .map_err(|err| format!("POST: {err}"))?;
+/// One request on a connection of its own; the body of a 200 answer.
+fn send(target: &Target<'_>, body: &[u8]) -> Result<Vec<u8>, String> {
+    let response = if target.method == "GET" {
+        httpclient::get(target.url)
+    } else {
+        httpclient::post(target.url, target.content_type, body)
+    }
+    .map_err(|err| format!("{}: {err}", target.method))?;
     if response.status != 200 {
         return Err(format!("status {}", response.status));
     }
@@ -431,24 +497,34 @@ const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 /// Socket timeout of the keep-alive client.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// POSTs one pkiMessage over `connection`, opening one when there is none and keeping it
+/// Sends one request over `connection`, opening one when there is none and keeping it
 /// when the server does (HTTP/1.1 keep-alive, Content-Length framing only). A kept
 /// connection the server has closed meanwhile is replaced once, when nothing of a response
 /// had arrived on it.
-fn post_reusing(
+fn send_reusing(
     connection: &mut Option<std::net::TcpStream>,
-    url: &str,
+    target: &Target<'_>,
     body: &[u8],
 ) -> Result<Vec<u8>, String> {
-    let rest = url.strip_prefix("http://").ok_or("url: not http://")?;
-    let (authority, target) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut request = format!(
-        "POST {target} HTTP/1.1\r\nHost: {authority}\r\n\
-         Content-Type: application/x-pki-message\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(body);
+    let rest = target
+        .url
+        .strip_prefix("http://")
+        .ok_or("url: not http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut request = if target.method == "GET" {
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n").into_bytes()
+    } else {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\n\
+             Content-Type: {}\r\nContent-Length: {}\r\n\r\n",
+            target.content_type,
+            body.len()
+        )
+        .into_bytes()
+    };
+    if target.method != "GET" {
+        request.extend_from_slice(body);
+    }
 
     let reused = connection.is_some();
     match exchange(connection, authority, &request) {

@@ -302,6 +302,14 @@ pub fn normalize_device_serial(serial: &str) -> Option<String> {
 }
 
 /// The indexable serial number a device record reports, if any.
+/// Whether the serial index entry at `entry` exists and names `udid`.
+fn index_names(entry: &Path, udid: &str) -> bool {
+    read_optional(entry)
+        .ok()
+        .flatten()
+        .is_some_and(|named| String::from_utf8_lossy(&named).trim() == udid)
+}
+
 fn device_serial(device: &DeviceRecord) -> Option<String> {
     device
         .attributes
@@ -574,9 +582,13 @@ impl Store {
                 create_dir(&dir, 0o700)?;
                 fsutil::sync_dir(&self.root.join("devices")).map_err(io_err(&dir))?;
             }
+            // Written only when it does not name this device yet: a record saved at every
+            // step would otherwise rewrite the same entry durably each time.
             let entry = dir.join(serial);
-            write_atomic(&entry, format!("{}\n", device.udid).as_bytes(), 0o600)
-                .map_err(io_err(&entry))?;
+            if !index_names(&entry, &device.udid) {
+                write_atomic(&entry, format!("{}\n", device.udid).as_bytes(), 0o600)
+                    .map_err(io_err(&entry))?;
+            }
         }
         write_atomic(&path, &Self::to_json(device), 0o600).map_err(io_err(&path))?;
 
@@ -584,11 +596,7 @@ impl Store {
         // entry still names it (another device may have taken that serial since).
         if let Some(old) = previous.filter(|old| Some(old) != serial.as_ref()) {
             let entry = self.root.join(SERIAL_INDEX).join(&old);
-            let names_it = read_optional(&entry)
-                .ok()
-                .flatten()
-                .is_some_and(|udid| String::from_utf8_lossy(&udid).trim() == device.udid);
-            if names_it {
+            if index_names(&entry, &device.udid) {
                 remove_durably(&entry).map_err(io_err(&entry))?;
             }
         }
@@ -942,6 +950,45 @@ mod tests {
         assert_eq!(store.device_by_serial("STALE1").unwrap(), None);
         // The index folder is no record: listing devices ignores it.
         assert_eq!(store.devices().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn an_index_entry_is_rewritten_only_when_it_names_another_device() {
+        use std::os::unix::fs::MetadataExt;
+        let (_dir, store) = store();
+        let entry = store.path(SERIAL_INDEX).join("F2LXK0AAHG7F");
+        let inode = || std::fs::metadata(&entry).unwrap().ino();
+
+        store
+            .save_device(&device("UDID-A", "F2LXK0AAHG7F"))
+            .unwrap();
+        let first = inode();
+        let mut later = device("UDID-A", "F2LXK0AAHG7F");
+        later.phase = DevicePhase::Enrolled;
+        store.save_device(&later).unwrap();
+        assert_eq!(
+            inode(),
+            first,
+            "an entry naming the device is left as it is"
+        );
+        assert_eq!(
+            store.device(&later.udid).unwrap().unwrap().phase,
+            DevicePhase::Enrolled
+        );
+
+        // Another device took the serial; the first one reporting it again takes it back.
+        std::fs::write(&entry, "UDID-B\n").unwrap();
+        store.save_device(&later).unwrap();
+        assert_ne!(inode(), first);
+        assert_eq!(std::fs::read_to_string(&entry).unwrap(), "UDID-A\n");
+        assert_eq!(
+            store
+                .device_by_serial("F2LXK0AAHG7F")
+                .unwrap()
+                .unwrap()
+                .udid,
+            "UDID-A"
+        );
     }
 
     #[test]

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The whole OTA enrollment, stage by stage: phase 1, phase 2, SCEP PKCSReq and phase 3 against
+# otad's release build, each beside its RSA-2048 bound, then otad's memory, the state size per
+# 1,000 devices and the cost as the inventory grows. Loopback only; bounded counts; nothing is
+# asserted. See bench/README.md.
+#
+#   bench/phases.sh                         # 500 devices a level at concurrency 1, 8, 64
+#   REQUESTS=100 LEVELS=1,8 CURVE= bench/phases.sh
+#   CURVE=1000,2000,5000,10000 bench/phases.sh   # grow to 10,000 devices afterwards
+#   KEEP_WORK=1 bench/phases.sh             # keep the state and log
+#
+# Needs a Rust toolchain and python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+REQUESTS=${REQUESTS:-500}
+LEVELS=${LEVELS:-1,8,64}
+CURVE=${CURVE-1000,2000,5000,10000}
+CURVE_CONCURRENCY=${CURVE_CONCURRENCY:-8}
+SIGNATURES=${SIGNATURES:-5000}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OTAD=${OTAD:-$TARGET/release/otad}
+DRIVER=$TARGET/release/otad-bench
+
+echo "bench: building otad and otad-bench (release)" >&2
+cargo build --release --locked --bin otad
+cargo build --release --manifest-path bench/Cargo.toml --target-dir "$TARGET"
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/otad-phases.XXXXXX")
+OTAD_PID=
+cleanup() {
+    if [[ -n $OTAD_PID ]]; then
+        kill "$OTAD_PID" 2>/dev/null || true
+        wait "$OTAD_PID" 2>/dev/null || true
+    fi
+    if [[ -n "${KEEP_WORK:-}" ]]; then
+        echo "bench: kept $WORK (state and log)" >&2
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
+URL="http://127.0.0.1:$PORT"
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# A fresh state that trusts a simulated device CA (what `otad simulate` uses), everything
+# else at its defaults: one-time challenges, the MDM profile in phase 3, events logged.
+"$DRIVER" device-ca --dir "$WORK/device-ca"
+"$OTAD" init --state "$WORK/otad" --url "$URL" >/dev/null
+python3 - "$WORK/otad/otad.toml" "$PORT" "$WORK/device-ca/device-ca.pem" <<'EOF'
+import sys
+path, port, device_ca = sys.argv[1:]
+section, lines = None, []
+for line in open(path).read().splitlines():
+    if line.startswith("["):
+        section = line.strip("[]")
+    if section == "http" and line.startswith("listen ="):
+        line = f'listen = "127.0.0.1:{port}"'
+    if section == "ota" and line.startswith("extra_device_ca ="):
+        line = f'extra_device_ca = ["{device_ca}"]'
+    lines.append(line)
+open(path, "w").write("\n".join(lines) + "\n")
+EOF
+"$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
+OTAD_PID=$!
+for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
+# Idle RSS is read by the driver before its first request, after a second of rest.
+sleep 1
+
+echo "bench: $REQUESTS devices a level at concurrency $LEVELS; curve to ${CURVE:-none}" >&2
+"$DRIVER" phases --url "$URL" --device-ca "$WORK/device-ca" --state "$WORK/otad" \
+    --server-pid "$OTAD_PID" --requests "$REQUESTS" --concurrency "$LEVELS" \
+    ${CURVE:+--curve "$CURVE" --curve-concurrency "$CURVE_CONCURRENCY"} |
+    tee -a "$RESULTS"
+grep -E ' WARN ' "$WORK/otad.log" | sed -E 's/remote=[^ ]*//' | cut -c 1-160 |
+    sort | uniq -c | sort -rn | head -5 | sed 's|^|bench: otad.log:|' >&2 || true
+
+# The crypto bound, after the load (the server idle): RSA-2048 signatures on 1 and 2 threads.
+echo "bench: RSA-2048 signatures, $SIGNATURES per thread" >&2
+"$DRIVER" rsa --signatures "$SIGNATURES" --threads 1,2 | tee -a "$RESULTS"
+
+python3 bench/phases_summary.py "$RESULTS" "$(df -T "$WORK" | awk 'NR == 2 { print $2 }')" \
+    "$LOAD_BEFORE"
