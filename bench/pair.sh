@@ -46,20 +46,8 @@ start() {
     port=$(free_port)
     "$otad" init --state "$dir/otad" --url "http://127.0.0.1:$port" >/dev/null
     # http.listen and scep.challenge, as scep.sh sets them.
-    python3 - "$dir/otad/otad.toml" "$port" "$CHALLENGE" <<'EOF'
-import sys
-path, port, challenge = sys.argv[1:]
-section, lines = None, []
-for line in open(path).read().splitlines():
-    if line.startswith("["):
-        section = line.strip("[]")
-    if section == "http" and line.startswith("listen ="):
-        line = f'listen = "127.0.0.1:{port}"'
-    if section == "scep" and line.startswith("challenge ="):
-        line = f'challenge = "{challenge}"'
-    lines.append(line)
-open(path, "w").write("\n".join(lines) + "\n")
-EOF
+    python3 bench/configure.py "$dir/otad/otad.toml" "http.listen=\"127.0.0.1:$port\"" \
+        "scep.challenge=\"$CHALLENGE\""
     "$otad" serve --config "$dir/otad/otad.toml" 2>"$dir/otad.log" &
     echo "$! $port"
 }

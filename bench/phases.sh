@@ -53,20 +53,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # else at its defaults: one-time challenges, the MDM profile in phase 3, events logged.
 "$DRIVER" device-ca --dir "$WORK/device-ca"
 "$OTAD" init --state "$WORK/otad" --url "$URL" >/dev/null
-python3 - "$WORK/otad/otad.toml" "$PORT" "$WORK/device-ca/device-ca.pem" <<'EOF'
-import sys
-path, port, device_ca = sys.argv[1:]
-section, lines = None, []
-for line in open(path).read().splitlines():
-    if line.startswith("["):
-        section = line.strip("[]")
-    if section == "http" and line.startswith("listen ="):
-        line = f'listen = "127.0.0.1:{port}"'
-    if section == "ota" and line.startswith("extra_device_ca ="):
-        line = f'extra_device_ca = ["{device_ca}"]'
-    lines.append(line)
-open(path, "w").write("\n".join(lines) + "\n")
-EOF
+python3 bench/configure.py "$WORK/otad/otad.toml" "http.listen=\"127.0.0.1:$PORT\"" \
+    "ota.extra_device_ca=[\"$WORK/device-ca/device-ca.pem\"]"
 "$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
 OTAD_PID=$!
 for _ in $(seq 100); do

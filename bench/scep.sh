@@ -86,20 +86,8 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 # otad: a fresh state (RSA-2048 CA and RA from `otad init`), the static SCEP challenge.
 OTAD_PORT=$(free_port)
 "$OTAD" init --state "$WORK/otad" --url "http://127.0.0.1:$OTAD_PORT" >/dev/null
-python3 - "$WORK/otad/otad.toml" "$OTAD_PORT" "$CHALLENGE" <<'EOF'
-import re, sys
-path, port, challenge = sys.argv[1:]
-section, lines = None, []
-for line in open(path).read().splitlines():
-    if line.startswith("["):
-        section = line.strip("[]")
-    if section == "http" and line.startswith("listen ="):
-        line = f'listen = "127.0.0.1:{port}"'
-    if section == "scep" and line.startswith("challenge ="):
-        line = f'challenge = "{challenge}"'
-    lines.append(line)
-open(path, "w").write("\n".join(lines) + "\n")
-EOF
+python3 bench/configure.py "$WORK/otad/otad.toml" "http.listen=\"127.0.0.1:$OTAD_PORT\"" \
+    "scep.challenge=\"$CHALLENGE\""
 "$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
 OTAD_PID=$!
 PIDS+=("$OTAD_PID")

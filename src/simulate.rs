@@ -122,6 +122,24 @@ pub struct SimulateOptions {
     pub login: Option<(String, String)>,
 }
 
+impl SimulateOptions {
+    /// A device of otad at `url` with the device CA in `device_ca_dir`, everything else as a
+    /// Mac does it: random UDID and serial, no signed attributes, the whole chain, no token
+    /// and no login.
+    pub fn new(url: impl Into<String>, device_ca_dir: impl Into<PathBuf>) -> SimulateOptions {
+        SimulateOptions {
+            url: url.into(),
+            device_ca_dir: device_ca_dir.into(),
+            udid: None,
+            serial: None,
+            signed_attributes: false,
+            leaf_only: false,
+            token: None,
+            login: None,
+        }
+    }
+}
+
 /// The certificate and key a device got from SCEP, which sign its phase 3 body.
 #[derive(Debug)]
 pub struct ScepIdentity {
@@ -1095,16 +1113,7 @@ mod tests {
     use std::thread::JoinHandle;
 
     fn options(dir: &Path) -> SimulateOptions {
-        SimulateOptions {
-            url: "http://127.0.0.1:9".into(),
-            device_ca_dir: dir.to_path_buf(),
-            udid: None,
-            serial: None,
-            signed_attributes: false,
-            leaf_only: false,
-            token: None,
-            login: None,
-        }
+        SimulateOptions::new("http://127.0.0.1:9", dir)
     }
 
     fn brand() -> Branding {

@@ -439,16 +439,8 @@ fn a_micromdm_scep_depot_is_imported_and_its_certificates_recorded_and_revoked()
     let config = state.join("otad.toml");
 
     // A device enrolls through all three phases under the imported CA.
-    let options = otad::simulate::SimulateOptions {
-        url: served.url.clone(),
-        device_ca_dir: served.device_ca_dir.clone(),
-        udid: None,
-        serial: None,
-        signed_attributes: false,
-        leaf_only: false,
-        token: None,
-        login: None,
-    };
+    let options =
+        otad::simulate::SimulateOptions::new(served.url.clone(), served.device_ca_dir.clone());
     let summary = otad::simulate::run(&options).unwrap_or_else(|err| {
         panic!(
             "{err}\n{}",

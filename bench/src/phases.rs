@@ -92,16 +92,7 @@ pub fn phases(options: &PhasesOptions) -> Result<(), String> {
         device_key: device_key.to_pkcs8_der().to_vec(),
         scep_key: scep_key.to_pkcs8_der().to_vec(),
         scep_throwaway,
-        simulate: SimulateOptions {
-            url: options.url.clone(),
-            device_ca_dir: options.device_ca_dir.clone(),
-            udid: None,
-            serial: None,
-            signed_attributes: false,
-            leaf_only: false,
-            token: None,
-            login: None,
-        },
+        simulate: SimulateOptions::new(options.url.clone(), options.device_ca_dir.clone()),
         url: options.url.clone(),
         server_pid: options.server_pid,
     };

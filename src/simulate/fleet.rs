@@ -416,16 +416,7 @@ mod tests {
 
     #[test]
     fn options_are_bounded() {
-        let device = SimulateOptions {
-            url: "http://127.0.0.1:1".into(),
-            device_ca_dir: "/nonexistent".into(),
-            udid: None,
-            serial: None,
-            signed_attributes: false,
-            leaf_only: false,
-            token: None,
-            login: None,
-        };
+        let device = SimulateOptions::new("http://127.0.0.1:1", "/nonexistent");
         let mut options = FleetOptions {
             device,
             devices: 0,

@@ -148,16 +148,7 @@ impl TestServer {
 
     /// Options for a simulated device trusted by this server.
     pub fn device_options(&self) -> otad::simulate::SimulateOptions {
-        otad::simulate::SimulateOptions {
-            url: self.url.clone(),
-            device_ca_dir: self.device_ca_dir.clone(),
-            udid: None,
-            serial: None,
-            signed_attributes: false,
-            leaf_only: false,
-            token: None,
-            login: None,
-        }
+        otad::simulate::SimulateOptions::new(self.url.clone(), self.device_ca_dir.clone())
     }
 
     /// A file under the state dir.
