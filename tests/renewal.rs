@@ -413,6 +413,63 @@ fn renewal_of_a_device_certificate_gives_the_device_the_new_serial() {
 }
 
 #[test]
+fn a_blocked_device_renews_nothing() {
+    let server = TestServer::start(|config| config);
+    let scep = Scep::new(&server);
+    let mut options = server.device_options();
+    options.serial = Some("C02RENEWBLK".into());
+    let device = Device::new(&options).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    let payload = device.phase2(&phase1).unwrap();
+    let cn = payload.common_name().unwrap().to_string();
+    let (key, _, _, reply) = pkcs_req(&scep, &cn, &payload.challenge);
+    let old = Identity {
+        key: key.key,
+        certificate: issued(&reply),
+    };
+    let new_key = RsaPrivateKey::generate(2048).unwrap();
+    let request = csr::build(&new_key, "x", None).unwrap();
+    let renewed = issued(&scep.send(MessageType::RenewalReq, "before-block", &request, &old));
+
+    let config = server.config_path();
+    let config = config.to_str().unwrap();
+    let (code, _, err) = common::cli::otad(&[
+        "device",
+        "block",
+        "--config",
+        config,
+        "C02RENEWBLK",
+        "--reason",
+        "stolen",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let certs = count_files(&server, "certs");
+
+    // Neither the current certificate nor the one it was renewed as renews any more, and a
+    // repeat of the renewal already made is not answered with its certificate either.
+    let current = Identity {
+        key: new_key,
+        certificate: renewed,
+    };
+    for (label, signer) in [("blocked-old", &old), ("blocked-new", &current)] {
+        let reply = scep.send(MessageType::RenewalReq, label, &request, signer);
+        assert_eq!(reply.status, PkiStatus::Failure, "{label}");
+        assert_eq!(failure(&reply), FailInfo::BadRequest, "{label}");
+        assert!(reply.certificates.is_empty(), "{label}");
+    }
+    assert_eq!(
+        count_files(&server, "certs"),
+        certs,
+        "no certificate issued"
+    );
+    let log = server.log();
+    assert!(
+        log.contains("C02RENEWBLK: blocked by admin (stolen) (failInfo BadRequest)"),
+        "{log}"
+    );
+}
+
+#[test]
 fn get_cert_answers_a_known_serial_and_refuses_an_unknown_one() {
     let server = static_challenge_server("auto");
     let scep = Scep::new(&server);

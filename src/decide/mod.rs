@@ -47,7 +47,8 @@ pub fn check_policy(ctx: &Context, asking: &Asking<'_>) -> Result<(), OtaError> 
         // serial padded, with a NUL or in full-width letters would slip past all of them.
         if crate::store::normalize_device_serial(serial).is_none() {
             return Err(OtaError::Denied(format!(
-                "{step}: device {udid}: SERIAL {:?} is not a serial number (1 to {} ASCII                  letters and digits)",
+                "{step}: device {udid}: SERIAL {:?} is not a serial number (1 to {} ASCII \
+                 letters and digits)",
                 crate::logger::one_line(serial, 40),
                 crate::store::MAX_DEVICE_SERIAL_LEN
             )));
@@ -98,8 +99,12 @@ pub fn check_scep(ctx: &Context, udid: &str) -> Result<(), String> {
     };
     match ctx.store.blocked(serial).map_err(lookup)? {
         Some(block) => Err(format!(
-            "device {udid} serial {}: blocked by admin",
-            block.serial
+            "device {udid} serial {}: blocked by admin{}",
+            block.serial,
+            block
+                .reason
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default()
         )),
         None => Ok(()),
     }

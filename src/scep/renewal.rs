@@ -53,6 +53,10 @@ pub(crate) fn renewal_req(
         }
         Err(SignerCheck::Internal(why)) => return Err(ScepError::Internal(why)),
     };
+    // A blocked device renews nothing, not even a repeat of a renewal already made.
+    if let Err(reason) = check_device(ctx, &old) {
+        return refuse(ctx, to, FailInfo::BadRequest, &reason, remote);
+    }
 
     let decrypted = match open_envelope(ctx, to, message, remote) {
         Ok(decrypted) => decrypted,
@@ -111,6 +115,10 @@ pub(crate) fn renewal_req(
         if current.revoked.is_some() {
             return Ok(Renewed::Revoked);
         }
+        // So does a block committed meanwhile.
+        if let Err(reason) = check_device(ctx, &current) {
+            return Ok(Renewed::Blocked(reason));
+        }
         if let Some(successor) = current.superseded_by.clone() {
             return Ok(Renewed::Already(successor));
         }
@@ -141,6 +149,9 @@ pub(crate) fn renewal_req(
             let reason = format!("signer certificate {}: revoked", old.serial);
             return refuse(ctx, to, FailInfo::BadMessageCheck, &reason, remote);
         }
+        Renewed::Blocked(reason) => {
+            return refuse(ctx, to, FailInfo::BadRequest, &reason, remote);
+        }
         Renewed::Already(successor) => {
             let cipher = decrypted.cipher;
             return renewed_again(ctx, to, &old, &successor, &request, cipher, signer, remote);
@@ -154,6 +165,16 @@ pub(crate) fn renewal_req(
     let degenerate =
         signed::certs_only(&[&issued]).map_err(|err| ScepError::Internal(err.to_string()))?;
     succeed(ctx, to, &degenerate, decrypted.cipher, signer)
+}
+
+/// The blocklist for the device a certificate is bound to (`otad device block`), as at
+/// PKCSReq: `Err` with the reason when the device is blocked.
+fn check_device(ctx: &Context, record: &CertRecord) -> Result<(), String> {
+    match record.udid.as_deref() {
+        Some(udid) => crate::decide::check_scep(ctx, udid)
+            .map_err(|why| format!("signer certificate {}: {why}", record.serial)),
+        None => Ok(()),
+    }
 }
 
 /// The signer's certificate record, if the signer may renew: our CA key signed it, we
@@ -265,6 +286,8 @@ enum Renewed {
     New(Vec<u8>, CertRecord),
     /// The certificate was renewed already, as this serial.
     Already(String),
+    /// The device was blocked meanwhile (the reason).
+    Blocked(String),
     /// The certificate was revoked meanwhile.
     Revoked,
     /// The CA cannot write the old subject again.
