@@ -17,6 +17,20 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_KEY_LEN: usize = 64;
 /// Longest attribute value.
 pub const MAX_VALUE_LEN: usize = 1024;
+/// The attributes otad reads, decides on or records by name: each must be a plist string
+/// when sent (an integer UDID or SERIAL would otherwise become one by accident).
+pub const STRING_ATTRIBUTES: [&str; 10] = [
+    "UDID",
+    "SERIAL",
+    "PRODUCT",
+    "VERSION",
+    "IMEI",
+    "MEID",
+    "ICCID",
+    "DEVICE_NAME",
+    "MAC_ADDRESS_EN0",
+    "CHALLENGE",
+];
 /// Deepest nesting of arrays and dictionaries accepted (the top dictionary counts as 1).
 pub const MAX_DEPTH: usize = 4;
 /// Most XML tags in one attribute plist.
@@ -38,6 +52,10 @@ pub enum AttributesError {
     OverLimit(&'static str),
     /// The UDID attribute is absent.
     MissingUdid,
+    /// An attribute is given twice (which one would count is the parser's choice).
+    Duplicate(String),
+    /// One of the [`STRING_ATTRIBUTES`] is not a string.
+    NotAString(&'static str),
 }
 
 impl fmt::Display for AttributesError {
@@ -58,6 +76,12 @@ impl fmt::Display for AttributesError {
             }
             AttributesError::OverLimit(what) => write!(f, "device attributes: {what}"),
             AttributesError::MissingUdid => f.write_str("device attributes: no UDID"),
+            AttributesError::Duplicate(key) => {
+                write!(f, "device attributes: {key:?} is given twice")
+            }
+            AttributesError::NotAString(key) => {
+                write!(f, "device attributes: {key} is not a string")
+            }
         }
     }
 }
@@ -128,6 +152,12 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
     let plist::Value::Dictionary(dict) = value else {
         return Err(AttributesError::NotADictionary);
     };
+    if let Some(key) = duplicate_key(content)? {
+        return Err(AttributesError::Duplicate(crate::logger::one_line(
+            &key,
+            MAX_KEY_LEN,
+        )));
+    }
     if dict.len() > MAX_ATTRIBUTES {
         return Err(AttributesError::OverLimit("too many attributes"));
     }
@@ -136,6 +166,11 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
     for (key, value) in dict {
         if key.len() > MAX_KEY_LEN {
             return Err(AttributesError::OverLimit("an attribute name is too long"));
+        }
+        if let Some(name) = STRING_ATTRIBUTES.iter().find(|name| **name == key) {
+            if !matches!(value, plist::Value::String(_)) {
+                return Err(AttributesError::NotAString(name));
+            }
         }
         let text = match value {
             plist::Value::String(s) => s,
@@ -155,6 +190,48 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
         return Err(AttributesError::MissingUdid);
     }
     Ok(attributes)
+}
+
+/// The first key the top dictionary holds twice, if any (the plist crate's `Value` keeps the
+/// last silently): the dictionary read again through serde, which hands over every entry in
+/// order, values skipped unbuilt. The caller has bounded the size and the nesting.
+fn duplicate_key(content: &[u8]) -> Result<Option<String>, AttributesError> {
+    plist::from_reader_xml::<_, FirstDuplicate>(Cursor::new(content))
+        .map(|found| found.0)
+        .map_err(|err| AttributesError::Malformed(err.to_string()))
+}
+
+/// What [`duplicate_key`] finds.
+struct FirstDuplicate(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for FirstDuplicate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = FirstDuplicate;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a dictionary")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<FirstDuplicate, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(key.clone()) {
+                        return Ok(FirstDuplicate(Some(key)));
+                    }
+                }
+                Ok(FirstDuplicate(None))
+            }
+        }
+
+        deserializer.deserialize_map(Keys)
+    }
 }
 
 #[cfg(test)]
@@ -182,6 +259,64 @@ mod tests {
         assert_eq!(attributes.challenge(), Some("c"));
         assert!(!attributes.values.contains_key("List"));
         assert!(!attributes.recordable().contains_key("CHALLENGE"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_wherever_it_is() {
+        for body in [
+            "<key>UDID</key><string>A</string><key>UDID</key><string>B</string>",
+            "<key>SERIAL</key><string>S1</string><key>UDID</key><string>A</string>\
+             <key>SERIAL</key><string>S2</string>",
+            "<key>UDID</key><string>A</string><key>CHALLENGE</key><string>c</string>\
+             <key>X</key><array><string>CHALLENGE</string></array>\
+             <key>CHALLENGE</key><string>d</string>",
+        ] {
+            let key = parse(&plist(body)).expect_err(body);
+            assert!(
+                matches!(key, AttributesError::Duplicate(_)),
+                "{body}: {key:?}"
+            );
+        }
+        assert_eq!(
+            parse(&plist(
+                "<key>UDID</key><string>A</string><key>SERIAL</key><string>S1</string>\
+                 <key>SERIAL</key><string>S2</string>"
+            )),
+            Err(AttributesError::Duplicate("SERIAL".into()))
+        );
+
+        // The same name inside a nested dictionary, or as a value, is no duplicate.
+        let nested = plist(
+            "<key>UDID</key><string>A</string><key>D</key><dict><key>UDID</key>\
+             <string>B</string></dict><key>N</key><string>UDID</string>",
+        );
+        assert_eq!(parse(&nested).unwrap().udid(), "A");
+    }
+
+    #[test]
+    fn the_attributes_otad_reads_must_be_strings() {
+        for (key, value) in [
+            ("UDID", "<integer>123456789</integer>"),
+            ("UDID", "<data>AAAA</data>"),
+            ("SERIAL", "<integer>-1</integer>"),
+            ("CHALLENGE", "<integer>5</integer>"),
+            ("PRODUCT", "<true/>"),
+            ("IMEI", "<array/>"),
+        ] {
+            let udid = if key == "UDID" {
+                String::new()
+            } else {
+                "<key>UDID</key><string>A</string>".to_string()
+            };
+            let body = plist(&format!("{udid}<key>{key}</key>{value}"));
+            assert_eq!(
+                parse(&body),
+                Err(AttributesError::NotAString(
+                    STRING_ATTRIBUTES.iter().find(|k| **k == key).unwrap()
+                )),
+                "{key} {value}"
+            );
+        }
     }
 
     #[test]
