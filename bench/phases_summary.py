@@ -44,6 +44,7 @@ def main(results, filesystem, load_average):
         ops = PRIVATE_OPERATIONS[row["stage"]]
         bound = two / ops if two and ops else 0
         share = f"{100 * row['per_second'] / bound:.0f}%" if bound else "n/a"
+        bound_text = f"{bound:.0f}" if bound else "n/a"
         # Fair queueing: a request waits for the C - 1 ahead of it, so p99 should stay
         # within 1.5 x C / throughput.
         limit = 1.5 * row["concurrency"] / row["per_second"] * 1000 if row["per_second"] else 0
@@ -51,7 +52,7 @@ def main(results, filesystem, load_average):
                      if rsa_cpu_ms and ops else "n/a")
         print(f"| {row['stage']} | {row['concurrency']} | {row['per_second']:.0f} "
               f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {limit:.1f} "
-              f"| {row['failures']}/{row['requests']} | {bound:.0f} | {share} "
+              f"| {row['failures']}/{row['requests']} | {bound_text} | {share} "
               f"| {row['server_cpu_ms_per_request']:.3f} | {cpu_ratio} "
               f"| {row['driver_cpu_ms_per_request']:.3f} |")
 
