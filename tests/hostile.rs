@@ -1,6 +1,6 @@
 //! Hostile clients against a running server: absurd declared lengths, header floods, stalled
-//! uploads, protocol oddities. Each gets its status from the guard, and a normal enrollment
-//! still goes through meanwhile.
+//! uploads, protocol oddities (bare-LF heads, HTTP/0.9 request lines, HEAD). Each gets its
+//! status from the guard, and a normal enrollment still goes through meanwhile.
 
 mod common;
 
@@ -381,4 +381,271 @@ fn a_flood_of_phase_1_downloads_is_capped_and_the_cap_frees_as_devices_answer() 
     assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 503);
     device.enroll_scep(&scep).unwrap();
     assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+}
+
+#[test]
+fn bare_lf_heads_and_http_0_9_request_lines_are_refused_at_once() {
+    let server = TestServer::start(|config| config);
+    let address = server.url.trim_start_matches("http://").to_string();
+    // The tester's reproductions, sent as `printf … | nc` sends them: the client's side stays
+    // open, so only the server's answer ends the exchange.
+    let cases: [(&[u8], &str); 3] = [
+        (b"GET /healthz HTTP/1.1\nHost: x\n\n", "bare LF"),
+        (b"GET /healthz\r\n", "HTTP/0.9"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\n", "bare LF"),
+    ];
+    for (request, reason) in cases {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = Instant::now();
+        stream.write_all(request).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let waited = started.elapsed();
+        let response = String::from_utf8_lossy(&response).to_string();
+        let shown = String::from_utf8_lossy(request).to_string();
+        assert!(
+            response.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{shown:?} -> {response:?}"
+        );
+        assert!(response.contains(reason), "{shown:?} -> {response:?}");
+        assert!(response.contains("Connection: close\r\n"), "{response:?}");
+        // IO_TIMEOUT is 10 s and http.request_timeout 30 s: an answer this early is the
+        // guard's own, and the connection closed right after it.
+        assert!(waited < Duration::from_secs(3), "{shown:?}: {waited:?}");
+        assert!(alive(&server));
+    }
+    let log = server.log();
+    for reason in [
+        "request refused: 400 request head: a line ends in a bare LF",
+        "request refused: 400 request line: no HTTP version",
+    ] {
+        assert!(
+            log.lines()
+                .any(|line| line.contains(reason) && line.contains("remote=127.0.0.1:")),
+            "no warn line {reason:?} with the remote address:\n{log}"
+        );
+    }
+}
+
+/// Reads one response head from a kept-alive connection: its status line and headers.
+fn read_head(stream: &mut TcpStream) -> (String, Vec<(String, String)>) {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => bytes.push(byte[0]),
+            other => panic!("response head cut off: {other:?} after {bytes:?}"),
+        }
+    }
+    let head = String::from_utf8(bytes).unwrap();
+    let mut lines = head.trim_end().split("\r\n");
+    let status = lines.next().unwrap().to_string();
+    let headers = lines
+        .map(|line| {
+            let (name, value) = line.split_once(':').unwrap();
+            (name.to_ascii_lowercase(), value.trim().to_string())
+        })
+        .collect();
+    (status, headers)
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Sends `method target` on a kept-alive connection and reads the answer: status line,
+/// headers and (for all but HEAD) the body its Content-Length gives.
+fn ask(
+    stream: &mut TcpStream,
+    method: &str,
+    target: &str,
+) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let request = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let (status, headers) = read_head(stream);
+    let mut body = Vec::new();
+    if method != "HEAD" {
+        body.resize(
+            header(&headers, "content-length").unwrap().parse().unwrap(),
+            0,
+        );
+        stream.read_exact(&mut body).unwrap();
+    }
+    assert_eq!(
+        header(&headers, "connection"),
+        Some("keep-alive"),
+        "{method} {target}: {status}"
+    );
+    (status, headers, body)
+}
+
+#[test]
+fn head_is_answered_as_get_without_a_body_on_every_get_route() {
+    let server = TestServer::start(|config| set_key(&config, "mdm", "plain_enroll", "true"));
+
+    // HEAD then GET on one connection: had HEAD sent a body, the GET's answer would not parse.
+    let mut stream = connect(&server);
+    let read_only = [
+        "/ca",
+        "/crl",
+        "/healthz",
+        "/scep?operation=GetCACaps",
+        "/scep?operation=GetCACert",
+        "/scep/pkiclient.exe?operation=GetCACert",
+        "/scep?operation=GetNextCACert",
+    ];
+    for target in read_only {
+        let (head_status, head_headers, _) = ask(&mut stream, "HEAD", target);
+        let (get_status, get_headers, body) = ask(&mut stream, "GET", target);
+        assert_eq!(head_status, get_status, "{target}");
+        for name in ["content-type", "content-length"] {
+            assert_eq!(
+                header(&head_headers, name),
+                header(&get_headers, name),
+                "HEAD {target}: {name}"
+            );
+        }
+        assert_eq!(
+            header(&head_headers, "content-length"),
+            Some(body.len().to_string().as_str()),
+            "HEAD {target} gives the GET body's length"
+        );
+    }
+    // The metrics change between two looks; their kind does not.
+    let (status, headers, _) = ask(&mut stream, "HEAD", "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert!(header(&headers, "content-length").is_some_and(|n| n != "0"));
+
+    // The enrollment profiles: the same status and type, no length, no challenge left behind.
+    let before = server.snapshot();
+    for (target, file) in [
+        ("/ota/enroll", "enroll.mobileconfig"),
+        ("/mdm/enroll", "enrollment.mobileconfig"),
+    ] {
+        let (status, headers, _) = ask(&mut stream, "HEAD", target);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{target}");
+        assert_eq!(
+            header(&headers, "content-type"),
+            Some("application/x-apple-aspen-config"),
+            "{target}"
+        );
+        assert_eq!(
+            header(&headers, "content-disposition"),
+            Some(format!("attachment; filename=\"{file}\"").as_str())
+        );
+        assert_eq!(header(&headers, "content-length"), None, "{target}");
+        assert_eq!(header(&headers, "x-otad-length-unknown"), None, "{target}");
+    }
+    assert!(server.snapshot() == before, "a HEAD changed the state dir");
+    let (_, _, metrics) = ask(&mut stream, "GET", "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        !metrics.contains("otad_phase_total{phase=\"1\""),
+        "a HEAD counted as phase 1:\n{metrics}"
+    );
+    // What HEAD spared: a GET leaves a challenge.
+    let (status, _, body) = ask(&mut stream, "GET", "/ota/enroll");
+    assert_eq!(
+        (status.as_str(), body.is_empty()),
+        ("HTTP/1.1 200 OK", false)
+    );
+    assert!(
+        server.snapshot() != before,
+        "GET /ota/enroll stored its challenge"
+    );
+
+    // Refused where GET is: 404 with plain enrollment off, and `Allow` names HEAD beside GET.
+    let (status, _, _) = ask(&mut stream, "HEAD", "/nowhere");
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    for (method, target, allow) in [
+        ("POST", "/ca", "GET, HEAD"),
+        ("DELETE", "/metrics", "GET, HEAD"),
+        ("PUT", "/scep?operation=GetCACaps", "GET, HEAD, POST"),
+        ("HEAD", "/ota/phase23", "POST"),
+    ] {
+        let (status, headers, _) = ask(&mut stream, method, target);
+        assert_eq!(
+            status, "HTTP/1.1 405 Method Not Allowed",
+            "{method} {target}"
+        );
+        assert_eq!(header(&headers, "allow"), Some(allow), "{method} {target}");
+    }
+    let server = TestServer::start(|config| config);
+    let mut stream = connect(&server);
+    let (status, _, _) = ask(&mut stream, "HEAD", "/mdm/enroll");
+    assert_eq!(status, "HTTP/1.1 404 Not Found", "plain enrollment is off");
+}
+
+#[test]
+fn head_of_a_pki_operation_by_get_issues_nothing() {
+    use base64::Engine;
+    use otad::scep::message::{self, MessageType, RequestParams};
+
+    let server = TestServer::start(|config| {
+        set_key(&config, "scep", "challenge", "\"head-static-challenge\"")
+    });
+    let ca_cert =
+        otad::httpclient::get(&format!("{}/scep?operation=GetCACert", server.url)).unwrap();
+    let certs = otad::cms::signed::parse_certs_only(&ca_cert.body).unwrap();
+    let ra = &certs[0];
+
+    // A PKCSReq that GET would answer with a certificate.
+    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
+    let csr = otad::pki::csr::build(&key, "head-client", Some("head-static-challenge")).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "head-client");
+    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
+    let request = message::build_request(
+        &csr,
+        &RequestParams {
+            message_type: MessageType::PkcsReq,
+            transaction_id: "head-transaction",
+            sender_nonce: message::new_nonce(),
+            digest: otad::cms::DigestAlgorithm::Sha256,
+            cipher: otad::cms::ContentCipher::Aes128Cbc,
+            recipient: ra,
+            signer_certificate: self_signed.der(),
+            signer_key: key.signing(),
+        },
+    )
+    .unwrap();
+    let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&request);
+    let target = format!("/scep?operation=PKIOperation&message={encoded}");
+
+    let before = server.snapshot();
+    let mut stream = connect(&server);
+    let (status, headers, _) = ask(&mut stream, "HEAD", &target);
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(header(&headers, "allow"), Some("GET, POST"));
+    assert!(
+        server.snapshot() == before,
+        "HEAD of a PKIOperation changed the state dir"
+    );
+
+    // The same message by GET is issued: HEAD left it nothing to trip over.
+    let (status, headers, body) = ask(&mut stream, "GET", &target);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("application/x-pki-message")
+    );
+    let reply =
+        message::parse_reply(&body, &[ra.as_slice()], self_signed.der(), key.decrypting()).unwrap();
+    assert_eq!(reply.status, message::PkiStatus::Success);
+    assert!(
+        server.snapshot() != before,
+        "GET issued and recorded a certificate"
+    );
 }

@@ -35,6 +35,13 @@ use log::{debug, warn};
 /// any copy a client sends, so the handlers can believe it.
 pub const REMOTE_HEADER: &str = "X-Otad-Remote";
 
+/// The response header by which a handler says that its answer to HEAD has no length to
+/// give: what GET answers there is made afresh for each request (a profile signed around a
+/// new challenge), so the HEAD answer omits Content-Length, as RFC 9110 section 9.3.2 allows
+/// for a field known only while making the content. The guard drops the header, and with it
+/// the `Content-Length: 0` tiny_http writes for the empty body, before the client sees them.
+pub const UNKNOWN_LENGTH_HEADER: &str = "X-Otad-Length-Unknown";
+
 /// Largest request head (request line and headers) accepted, in bytes. SCEP GET requests
 /// carry their message in the query, so this is generous.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -248,18 +255,20 @@ pub struct Head {
     pub keep_alive: bool,
 }
 
-/// Parses a request head (everything before the blank line) against the limits; a declared
-/// body over [`body_limit`] for its route is refused here, before any of it is read.
-pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
-    let text = std::str::from_utf8(head).map_err(|_| reject(400, "request head: not ASCII"))?;
-    if !text.is_ascii() {
-        return Err(reject(400, "request head: not ASCII"));
-    }
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
+/// Splits and checks a request line (without its CRLF) into method, target and version.
+/// A line of only a method and a target is HTTP/0.9, which has no headers and no status line
+/// in its answer: it is refused as soon as the line ends, not left waiting for a blank line
+/// that never comes.
+fn parse_request_line(line: &str) -> Result<(&str, &str, &str), Rejection> {
+    let mut parts = line.split(' ');
     let (method, target, version) = match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(m), Some(t), Some(v), None) => (m, t, v),
+        (Some(_), Some(t), None, None) if t.starts_with('/') => {
+            return Err(reject(
+                400,
+                "request line: no HTTP version (HTTP/0.9 is not spoken here; send HTTP/1.1)",
+            ))
+        }
         _ => return Err(reject(400, "request line: not `METHOD TARGET HTTP/1.1`")),
     };
     if method.is_empty()
@@ -277,6 +286,67 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
             "request line: only HTTP/1.0 and HTTP/1.1 are spoken here",
         ));
     }
+    Ok((method, target, version))
+}
+
+/// What has been checked of a request head while it arrives, so that a head that can never
+/// be served is refused at once instead of holding its connection until the deadline: a line
+/// ended by a bare LF (otad reads only CRLF-ended heads, and a client that sends LF alone
+/// never sends the CRLF CRLF the guard waits for), a bare CR (RFC 9112 section 2.2), and a
+/// bad request line (HTTP/0.9).
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes of the head looked at so far.
+    scanned: usize,
+    /// Whether the request line has ended (and was checked).
+    request_line_ended: bool,
+}
+
+impl HeadScan {
+    /// Looks at the bytes of `head` (all received so far, up to the blank line at most) that
+    /// were not looked at before.
+    fn advance(&mut self, head: &[u8]) -> Result<(), Rejection> {
+        for (at, byte) in head.iter().enumerate().skip(self.scanned) {
+            // A CR as the last byte received is judged when the byte after it comes.
+            let cr = at.checked_sub(1).filter(|&cr| head.get(cr) == Some(&b'\r'));
+            match (*byte, cr) {
+                (b'\n', None) => {
+                    return Err(reject(
+                        400,
+                        "request head: a line ends in a bare LF; end every line with CRLF",
+                    ))
+                }
+                (b'\n', Some(cr)) if !self.request_line_ended => {
+                    self.request_line_ended = true;
+                    let line = std::str::from_utf8(head.get(..cr).unwrap_or_default())
+                        .ok()
+                        .filter(|line| line.is_ascii())
+                        .ok_or_else(|| reject(400, "request head: not ASCII"))?;
+                    parse_request_line(line)?;
+                }
+                (b'\n', Some(_)) | (_, None) => {}
+                (_, Some(_)) => {
+                    return Err(reject(
+                        400,
+                        "request head: a bare CR; end every line with CRLF",
+                    ))
+                }
+            }
+        }
+        self.scanned = self.scanned.max(head.len());
+        Ok(())
+    }
+}
+
+/// Parses a request head (everything before the blank line) against the limits; a declared
+/// body over [`body_limit`] for its route is refused here, before any of it is read.
+pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
+    let text = std::str::from_utf8(head).map_err(|_| reject(400, "request head: not ASCII"))?;
+    if !text.is_ascii() {
+        return Err(reject(400, "request head: not ASCII"));
+    }
+    let mut lines = text.split("\r\n");
+    let (method, target, version) = parse_request_line(lines.next().unwrap_or_default())?;
 
     let mut headers = Vec::new();
     let mut content_length = None;
@@ -389,9 +459,11 @@ fn read_request(
     stream.set_deadline(Some(deadline));
     let timed_out = || reject(408, "request: not received in time");
 
-    // The head, up to the blank line.
+    // The head, up to the blank line, each byte looked at once (a head trickled a byte at
+    // a time is not searched from its start on every read).
+    let mut scan = HeadScan::default();
     let head_end = loop {
-        if let Some(at) = find_blank_line(buffer) {
+        if let Some(at) = find_blank_line_from(buffer, scan.scanned.saturating_sub(3)) {
             // One read may bring more than the limit at once: the head is measured, not
             // the reads.
             if at > MAX_HEAD_BYTES {
@@ -400,6 +472,8 @@ fn read_request(
                     format!("request head: over {MAX_HEAD_BYTES} bytes"),
                 ));
             }
+            // What follows the blank line is the body, which may hold any byte.
+            scan.advance(buffer.get(..at + 4).unwrap_or_default())?;
             break at;
         }
         // Without the blank line in it, the head is at least all but its last 3 bytes.
@@ -409,6 +483,7 @@ fn read_request(
                 format!("request head: over {MAX_HEAD_BYTES} bytes"),
             ));
         }
+        scan.advance(buffer)?;
         if !wait_until(stream.socket(), deadline) {
             return Err(timed_out());
         }
@@ -457,7 +532,16 @@ fn wait_until(stream: &TcpStream, deadline: Instant) -> bool {
 }
 
 fn find_blank_line(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(4).position(|w| w == b"\r\n\r\n")
+    find_blank_line_from(buffer, 0)
+}
+
+/// Where the first CRLF CRLF at or after `from` in `buffer` starts.
+fn find_blank_line_from(buffer: &[u8], from: usize) -> Option<usize> {
+    buffer
+        .get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + from)
 }
 
 fn is_timeout(err: &io::Error) -> bool {
@@ -540,8 +624,9 @@ fn forward(
 
 /// The response as the client gets it: HTTP/1.1, without tiny_http's Server and connection
 /// headers, and `Connection: keep-alive` when `keep_alive` was asked and the response is
-/// framed by its Content-Length (or has no body), else `Connection: close`. Returns it and
-/// whether it keeps the connection.
+/// framed by its Content-Length (or has no body), else `Connection: close`; a HEAD answer
+/// marked with [`UNKNOWN_LENGTH_HEADER`] loses that header and its Content-Length. Returns it
+/// and whether it keeps the connection.
 fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>, bool) {
     let Some(end) = find_blank_line(response) else {
         return (response.to_vec(), false);
@@ -550,6 +635,11 @@ fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>,
     let body = response.get(end + 4..).unwrap_or_default();
     let mut out = String::with_capacity(end + 32);
     let mut framed = is_head;
+    let length_unknown = is_head
+        && head.split("\r\n").skip(1).any(|line| {
+            let name = line.split_once(':').map_or(line, |(name, _)| name);
+            name.trim().eq_ignore_ascii_case(UNKNOWN_LENGTH_HEADER)
+        });
     for (n, line) in head.split("\r\n").enumerate() {
         if n == 0 {
             let status = line.split_once(' ').map_or(line, |(_, status)| status);
@@ -560,12 +650,14 @@ fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>,
         }
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
         let name = name.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+        let is_length = name.eq_ignore_ascii_case("content-length");
+        if is_length {
             framed |= value.trim().parse::<usize>().ok() == Some(body.len());
         }
-        let dropped = ["connection", "keep-alive", "server"]
-            .iter()
-            .any(|hop| name.eq_ignore_ascii_case(hop));
+        let dropped = (is_length && length_unknown)
+            || ["connection", "keep-alive", "server", UNKNOWN_LENGTH_HEADER]
+                .iter()
+                .any(|hop| name.eq_ignore_ascii_case(hop));
         if !dropped {
             out.push_str(line);
             out.push_str("\r\n");
@@ -936,6 +1028,94 @@ mod tests {
     }
 
     #[test]
+    fn a_head_answer_with_no_length_to_give_loses_its_content_length() {
+        let from_tiny_http =
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/x-apple-aspen-config\r\n\
+                               x-otad-length-unknown: 1\r\nContent-Length: 0\r\n\r\n";
+        let relayed = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-apple-aspen-config\r\n\
+                        Connection: keep-alive\r\n\r\n";
+        assert_eq!(
+            relay_response(from_tiny_http, true, true),
+            (relayed.to_vec(), true),
+            "a HEAD answer is framed without a length"
+        );
+        // The mark never reaches a client; on anything but HEAD the length stays.
+        let get = b"HTTP/1.0 200 OK\r\nX-Otad-Length-Unknown: 1\r\nContent-Length: 2\r\n\r\nok";
+        let relayed = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        assert_eq!(relay_response(get, false, false), (relayed.to_vec(), false));
+        // An unmarked HEAD answer keeps the GET body's length.
+        let head = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
+        let relayed = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
+        assert_eq!(relay_response(head, true, false), (relayed.to_vec(), false));
+    }
+
+    /// Scans `parts` one after another, as reads bring them; the first refusal's status.
+    fn scan(parts: &[&str]) -> Result<(), (u16, String)> {
+        let mut scan = HeadScan::default();
+        let mut received = Vec::new();
+        for part in parts {
+            received.extend_from_slice(part.as_bytes());
+            scan.advance(&received).map_err(|r| (r.status, r.reason))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bare_lf_or_cr_anywhere_in_the_head_is_refused_as_soon_as_it_arrives() {
+        let bare_lf = |parts: &[&str]| {
+            let (status, reason) = scan(parts).unwrap_err();
+            assert_eq!(status, 400, "{parts:?}");
+            assert!(reason.contains("bare LF"), "{parts:?}: {reason}");
+        };
+        bare_lf(&["GET /healthz HTTP/1.1\nHost: x\n\n"]);
+        bare_lf(&["\n"]);
+        bare_lf(&["GET /healthz HTTP/1.1\n"]);
+        bare_lf(&["GET / HTTP/1.1\r\nHost: x\nX: y\r\n"]);
+        bare_lf(&["GET / HTTP/1.1\r\nHost: x\r\n", "\n"]);
+        // A CR must be followed by its LF, which may come in the next read.
+        for parts in [
+            &["GET / HTTP/1.1\r\nHost: x\r\n\r", "\r\n"][..],
+            &["GET / HTTP/1.1\rHost: x"],
+            &["GET / HTTP/1.1\r", "X"],
+        ] {
+            let (status, reason) = scan(parts).unwrap_err();
+            assert_eq!(status, 400, "{parts:?}");
+            assert!(reason.contains("bare CR"), "{parts:?}: {reason}");
+        }
+        assert_eq!(scan(&["GET / HTTP/1.1\r"]), Ok(()));
+        // A CRLF split between two reads is one line end.
+        assert_eq!(
+            scan(&["GET / HTTP/1.1\r", "\nHost: x\r", "\n\r", "\n"]),
+            Ok(())
+        );
+        // A head still arriving with nothing wrong yet waits for more.
+        assert_eq!(scan(&["GET /healthz HTTP/1.1\r\nHost: x\r\n"]), Ok(()));
+        assert_eq!(scan(&["GET /healthz"]), Ok(()));
+        assert_eq!(scan(&[""]), Ok(()));
+    }
+
+    #[test]
+    fn a_request_line_is_checked_as_soon_as_it_ends() {
+        let (status, reason) = scan(&["GET /healthz\r\n"]).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(reason.contains("HTTP/0.9"), "{reason}");
+        assert_eq!(scan(&["GET /healthz", "\r", "\n"]).unwrap_err().0, 400);
+        assert_eq!(scan(&["GET / HTTP/2.0\r\n"]).unwrap_err().0, 505);
+        assert_eq!(scan(&["get / HTTP/1.1\r\n"]).unwrap_err().0, 400);
+        assert_eq!(scan(&["GET /\u{e4} HTTP/1.1\r\n"]).unwrap_err().0, 400);
+        assert_eq!(scan(&["GET\r\n"]).unwrap_err().0, 400);
+        // Only the first line is a request line: headers with spaces are not one.
+        assert_eq!(
+            scan(&["GET / HTTP/1.0\r\n", "User-Agent: a b c\r\n\r\n"]),
+            Ok(())
+        );
+        // The whole head says the same (a 0.9 line followed by a blank line).
+        let whole = head("GET /healthz").unwrap_err();
+        assert_eq!(whole.status, 400);
+        assert!(whole.reason.contains("HTTP/0.9"), "{}", whole.reason);
+    }
+
+    #[test]
     fn a_plain_request_head() {
         let parsed = head(
             "POST /ota/phase23 HTTP/1.1\r\nHost: x\r\nContent-Length: 12\r\n\
@@ -1109,6 +1289,48 @@ mod tests {
             assert_eq!(got.map(|_| ()), expected, "a head of {len} bytes");
             drop(writer.join());
         }
+    }
+
+    #[test]
+    fn bare_lf_and_http_0_9_heads_are_answered_at_once_not_at_the_deadline() {
+        let timeout = Duration::from_secs(5);
+        let tester_found: [&[u8]; 3] = [
+            b"GET /healthz HTTP/1.1\nHost: x\n\n",
+            b"GET /healthz\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\n",
+        ];
+        for request in tester_found {
+            // The client sends its bytes and waits, its side open.
+            let (mut server, mut client) = socket_pair();
+            client.write_all(request).unwrap();
+            let started = Instant::now();
+            let got = read_one(&mut server, &limits(timeout)).map(|_| ());
+            let waited = started.elapsed();
+            assert_eq!(got, Err(400), "{:?}", String::from_utf8_lossy(request));
+            assert!(waited < Duration::from_secs(1), "{waited:?}");
+            drop(client);
+        }
+
+        // A body may hold LF alone, and a request pipelined after it is left for the next read.
+        let (mut server, mut client) = socket_pair();
+        client
+            .write_all(b"POST /ota/phase23 HTTP/1.1\r\nContent-Length: 3\r\n\r\na\nbGET /\n")
+            .unwrap();
+        let mut buffer = Vec::new();
+        match read_request(&mut server, &limits(timeout), &mut buffer, None) {
+            Ok(Received::Request(head, body)) => {
+                assert_eq!((head.content_length, body), (3, b"a\nb".to_vec()));
+            }
+            Ok(Received::Gone) => panic!("gone"),
+            Err(rejection) => panic!("{rejection:?}"),
+        }
+        assert_eq!(buffer, b"GET /\n");
+        let next = read_request(&mut server, &limits(timeout), &mut buffer, None);
+        assert_eq!(
+            next.err().map(|r| r.status),
+            Some(400),
+            "its bare LF is its own"
+        );
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// A file name for Content-Disposition, for profiles Safari should offer to install.
     pub attachment: Option<&'static str>,
+    /// An answer to HEAD sent without Content-Length (see [`guard::UNKNOWN_LENGTH_HEADER`]):
+    /// GET makes its body for each request alone and mints state doing so.
+    pub length_unknown: bool,
 }
 
 impl Reply {
@@ -43,6 +46,7 @@ impl Reply {
             content_type,
             body,
             attachment: None,
+            length_unknown: false,
         }
     }
 
@@ -53,6 +57,17 @@ impl Reply {
             content_type: PROFILE_CONTENT_TYPE,
             body,
             attachment: Some(file),
+            length_unknown: false,
+        }
+    }
+
+    /// HEAD where GET would hand out a profile made for that request alone (around a new
+    /// challenge): the profile's Content-Type and file name, no body and no length, and
+    /// nothing minted.
+    pub fn profile_head(file: &'static str) -> Reply {
+        Reply {
+            length_unknown: true,
+            ..Reply::profile(Vec::new(), file)
         }
     }
 }
@@ -247,7 +262,7 @@ pub fn route(
     let method = incoming.method;
     match incoming.path {
         "/ota/enroll" => match method {
-            "GET" => {
+            "GET" | "HEAD" => {
                 let proxy_header = &ctx.config.auth.proxy_user_header;
                 let request = crate::gate::Phase1Request {
                     remote: &incoming.remote,
@@ -258,8 +273,14 @@ pub fn route(
                         .then(|| incoming.header(proxy_header))
                         .flatten(),
                 };
+                // HEAD passes the same gate (it counts failed logins as GET does), then
+                // stops short of the challenge a GET would mint for its profile.
                 let admission = crate::gate::admit(ctx, &request, now())
                     .map_err(|err| Refusal::from_gate(err, &ctx.config.auth.realm))?;
+                if method == "HEAD" {
+                    ota::phase1_head(ctx)?;
+                    return Ok(Reply::profile_head("enroll.mobileconfig"));
+                }
                 let signed = ota::phase1(ctx, &admission, now())?;
                 info!(
                     "phase 1: profile service handed out user={} token={} remote={}",
@@ -280,7 +301,7 @@ pub fn route(
                 ctx.events.record(event);
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
-            _ => Err(method_not_allowed("GET")),
+            _ => Err(method_not_allowed("GET, HEAD")),
         },
         "/ota/phase23" => match method {
             "POST" => {
@@ -296,6 +317,11 @@ pub fn route(
             _ => Err(method_not_allowed("POST")),
         },
         "/mdm/enroll" => match method {
+            "HEAD" if ctx.config.mdm.plain_enroll => {
+                // As for phase 1: GET mints a SCEP challenge for its profile; HEAD does not.
+                ota::plain_enrollment_head(ctx)?;
+                Ok(Reply::profile_head("enrollment.mobileconfig"))
+            }
             "GET" if ctx.config.mdm.plain_enroll => {
                 let signed = ota::plain_enrollment(ctx, now())?;
                 info!(
@@ -306,7 +332,7 @@ pub fn route(
                     .record(crate::events::Event::new("plain-enroll").remote(&incoming.remote));
                 Ok(Reply::profile(signed, "enrollment.mobileconfig"))
             }
-            "GET" => Err(Refusal::new(
+            "GET" | "HEAD" => Err(Refusal::new(
                 404,
                 "/mdm/enroll: off (set mdm.plain_enroll = true to serve it)",
             )),
@@ -319,10 +345,20 @@ pub fn route(
                 404,
                 "POST /mdm/enroll: off (set mdm.dep_enroll = true to answer DEP machine info)",
             )),
-            _ => Err(method_not_allowed("GET, POST")),
+            _ => Err(method_not_allowed("GET, HEAD, POST")),
         },
         "/scep" | "/scep/pkiclient.exe" | "/cgi-bin/pkiclient.exe" => match method {
-            "GET" | "POST" => {
+            // A PKIOperation by GET is not safe: it issues, polls or revokes. Its HEAD could
+            // only be answered by doing that, so it is refused; the other operations are
+            // read-only and HEAD gets what GET gets, without the body.
+            "HEAD" if incoming.param("operation") == Some("PKIOperation") => {
+                let mut refusal = method_not_allowed("GET, POST");
+                refusal.reason = "HEAD: a PKIOperation is answered only by doing it; \
+                                  send it by GET or POST"
+                    .into();
+                Err(refusal)
+            }
+            "GET" | "HEAD" | "POST" => {
                 let body = if method == "POST" {
                     Some(body()?)
                 } else {
@@ -331,27 +367,31 @@ pub fn route(
                 let reply = scep::handle(ctx, incoming, body.as_deref())?;
                 Ok(Reply::ok(reply.content_type, reply.body))
             }
-            _ => Err(method_not_allowed("GET, POST")),
+            _ => Err(method_not_allowed("GET, HEAD, POST")),
         },
         "/ca" => match method {
-            "GET" => Ok(Reply::ok(
+            "GET" | "HEAD" => Ok(Reply::ok(
                 "application/x-x509-ca-cert",
                 ctx.ca.certificate().to_vec(),
             )),
-            _ => Err(method_not_allowed("GET")),
+            _ => Err(method_not_allowed("GET, HEAD")),
         },
         "/crl" => match method {
-            "GET" => crate::pki::crl::current(&ctx.store, &ctx.ca, ctx.derived.crl_validity, now())
-                .map(|der| Reply::ok(crate::pki::crl::CONTENT_TYPE, der))
-                .map_err(|err| Refusal::new(500, err.to_string())),
-            _ => Err(method_not_allowed("GET")),
+            // HEAD as GET: a stale CRL is re-signed for it too, so that the length it gives
+            // is that of the CRL the next GET gets.
+            "GET" | "HEAD" => {
+                crate::pki::crl::current(&ctx.store, &ctx.ca, ctx.derived.crl_validity, now())
+                    .map(|der| Reply::ok(crate::pki::crl::CONTENT_TYPE, der))
+                    .map_err(|err| Refusal::new(500, err.to_string()))
+            }
+            _ => Err(method_not_allowed("GET, HEAD")),
         },
         "/healthz" => match method {
             "GET" | "HEAD" => health(ctx).map(|()| Reply::ok("text/plain", b"ok\n".to_vec())),
-            _ => Err(method_not_allowed("GET")),
+            _ => Err(method_not_allowed("GET, HEAD")),
         },
         "/metrics" => match method {
-            "GET" => {
+            "GET" | "HEAD" => {
                 let gauges = crate::metrics::Gauges {
                     challenges_live: ctx.store.live_challenges(),
                 };
@@ -360,7 +400,7 @@ pub fn route(
                     ctx.metrics.render(&gauges).into_bytes(),
                 ))
             }
-            _ => Err(method_not_allowed("GET")),
+            _ => Err(method_not_allowed("GET, HEAD")),
         },
         path => Err(Refusal::new(
             404,
@@ -571,6 +611,11 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
             response.add_header(h);
         }
     }
+    if reply.length_unknown {
+        if let Some(h) = header(guard::UNKNOWN_LENGTH_HEADER, "1") {
+            response.add_header(h);
+        }
+    }
     if let Some(file) = reply.attachment {
         if let Some(h) = header(
             "Content-Disposition",
@@ -756,6 +801,169 @@ mod tests {
             read_body(&mut &big[..], Some(10), 9).unwrap_err().status,
             413
         );
+    }
+
+    /// A request as the router sees it, from the guard's loopback client.
+    fn incoming<'a>(method: &'a str, target: &'a str) -> Incoming<'a> {
+        let (path, query) = split_target(target);
+        Incoming {
+            method,
+            path,
+            query,
+            remote: "127.0.0.1:5000".into(),
+            peer: "127.0.0.1:5000".into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Routes `method target` with no body.
+    fn answer(ctx: &Context, method: &str, target: &str) -> Result<Reply, Refusal> {
+        route(ctx, &incoming(method, target), &mut || Ok(Vec::new()))
+    }
+
+    /// A server context on a fresh state dir, as `otad init` makes it.
+    fn context() -> (tempfile::TempDir, Context) {
+        let (dir, config) = crate::commands::test_state();
+        (dir, Context::load(&config).unwrap())
+    }
+
+    #[test]
+    fn head_gets_what_get_gets_on_every_read_only_route() {
+        let (_dir, ctx) = context();
+        let targets = [
+            "/ca",
+            "/crl",
+            "/healthz",
+            "/scep?operation=GetCACaps",
+            "/scep?operation=GetCACert",
+            "/cgi-bin/pkiclient.exe?operation=GetCACert",
+            "/scep?operation=GetNextCACert",
+            "/scep?operation=Nonsense",
+            "/mdm/enroll",
+            "/nowhere",
+        ];
+        for target in targets {
+            let outcome = |method| match answer(&ctx, method, target) {
+                Ok(reply) => (reply.status, reply.content_type, reply.body, false),
+                Err(refusal) => (refusal.status, "", refusal.reason.into_bytes(), true),
+            };
+            let (get, head) = (outcome("GET"), outcome("HEAD"));
+            assert_eq!(head, get, "HEAD {target}");
+        }
+        // tiny_http leaves the body out of a HEAD answer; the router only says what it is.
+        let ca = answer(&ctx, "HEAD", "/ca").unwrap();
+        assert_eq!(ca.body, ctx.ca.certificate());
+        assert!(
+            !ca.length_unknown,
+            "its Content-Length is the certificate's"
+        );
+
+        // /metrics counts requests between two looks; the kind of answer is the same.
+        let metrics = answer(&ctx, "HEAD", "/metrics").unwrap();
+        assert_eq!(metrics.status, 200);
+        assert_eq!(
+            metrics.content_type,
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        assert!(!metrics.length_unknown);
+    }
+
+    #[test]
+    fn head_of_an_enrollment_profile_mints_no_challenge() {
+        let (_dir, mut ctx) = context();
+        ctx.config.mdm.plain_enroll = true;
+        for (target, file) in [
+            ("/ota/enroll", "enroll.mobileconfig"),
+            ("/mdm/enroll", "enrollment.mobileconfig"),
+        ] {
+            let reply = answer(&ctx, "HEAD", target).unwrap();
+            assert_eq!(reply.status, 200, "{target}");
+            assert_eq!(reply.content_type, PROFILE_CONTENT_TYPE, "{target}");
+            assert_eq!(reply.attachment, Some(file), "{target}");
+            assert!(reply.body.is_empty(), "{target}");
+            assert!(reply.length_unknown, "{target}: no length to give");
+            assert_eq!(
+                ctx.store.live_challenges(),
+                0,
+                "HEAD {target} left a challenge"
+            );
+        }
+        // GET does mint one, which is what HEAD must not do.
+        let reply = answer(&ctx, "GET", "/ota/enroll").unwrap();
+        assert!(!reply.body.is_empty() && !reply.length_unknown);
+        assert_eq!(ctx.store.live_challenges(), 1);
+    }
+
+    #[test]
+    fn head_of_phase_1_is_refused_where_get_would_be() {
+        let (_dir, mut ctx) = context();
+        ctx.config.ota.require_token = true;
+        let status =
+            |ctx: &Context, method| answer(ctx, method, "/ota/enroll").err().map(|r| r.status);
+        assert_eq!(status(&ctx, "GET"), Some(403));
+        assert_eq!(status(&ctx, "HEAD"), Some(403));
+
+        // At `ota.max_live_challenges`, GET would be 503; so is HEAD, and it frees nothing.
+        ctx.config.ota.require_token = false;
+        ctx.config.ota.max_live_challenges = 1;
+        ctx.config.mdm.plain_enroll = true;
+        assert_eq!(status(&ctx, "GET"), None);
+        for target in ["/ota/enroll", "/mdm/enroll"] {
+            for method in ["GET", "HEAD"] {
+                let refused = answer(&ctx, method, target).err().map(|r| r.status);
+                assert_eq!(refused, Some(503), "{method} {target}");
+            }
+        }
+        assert_eq!(ctx.store.live_challenges(), 1);
+
+        // A static challenge mints nothing, so there is no room to check.
+        ctx.config.ota.challenge = "static".into();
+        assert_eq!(status(&ctx, "HEAD"), None);
+    }
+
+    #[test]
+    fn head_of_a_pki_operation_is_refused_and_does_nothing() {
+        let (_dir, ctx) = context();
+        let before = ctx.store.live_challenges();
+        for path in ["/scep", "/scep/pkiclient.exe", "/cgi-bin/pkiclient.exe"] {
+            let target = format!("{path}?operation=PKIOperation&message=MIIB");
+            let refusal = answer(&ctx, "HEAD", &target).err().unwrap();
+            assert_eq!(refusal.status, 405, "{target}");
+            assert_eq!(refusal.allow, Some("GET, POST"), "{target}");
+            assert!(
+                refusal.reason.contains("PKIOperation"),
+                "{}",
+                refusal.reason
+            );
+            // GET reads the message (and refuses this one as unreadable).
+            let get = answer(&ctx, "GET", &target).err().unwrap();
+            assert_eq!(get.status, 400, "{target}");
+        }
+        assert_eq!(ctx.store.live_challenges(), before);
+    }
+
+    #[test]
+    fn allow_lists_head_wherever_get_is_allowed() {
+        let (_dir, ctx) = context();
+        let cases = [
+            ("POST", "/ca", "GET, HEAD"),
+            ("PUT", "/crl", "GET, HEAD"),
+            ("POST", "/healthz", "GET, HEAD"),
+            ("DELETE", "/metrics", "GET, HEAD"),
+            ("POST", "/ota/enroll", "GET, HEAD"),
+            ("PUT", "/mdm/enroll", "GET, HEAD, POST"),
+            ("PUT", "/scep?operation=GetCACaps", "GET, HEAD, POST"),
+            ("HEAD", "/ota/phase23", "POST"),
+            ("GET", "/ota/phase23", "POST"),
+        ];
+        for (method, target, allow) in cases {
+            let refusal = answer(&ctx, method, target).err().unwrap();
+            assert_eq!(
+                (refusal.status, refusal.allow),
+                (405, Some(allow)),
+                "{method} {target}"
+            );
+        }
     }
 
     #[test]

@@ -266,6 +266,23 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
     sign_profile(ctx, &payload)
 }
 
+/// Phase 1 for HEAD: what [`phase1`] would refuse before minting its challenge (no room for
+/// another live challenge), checked without minting one or changing anything.
+pub fn phase1_head(ctx: &Context) -> Result<(), OtaError> {
+    // TODO: a token holding its cap of live challenges makes GET 403 (reserve_challenge);
+    // HEAD does not look, since only gate::tokens reads that cap, under its lock.
+    if ctx.config.ota.challenge.is_empty() {
+        check_challenge_room(ctx)?;
+    }
+    Ok(())
+}
+
+/// `HEAD /mdm/enroll`: what [`plain_enrollment`] would refuse before minting its challenge,
+/// checked without minting one.
+pub fn plain_enrollment_head(ctx: &Context) -> Result<(), OtaError> {
+    check_challenge_room(ctx)
+}
+
 /// A token refusal as the client sees it (403), or our own failure (500).
 fn token_refusal(err: tokens::TokenError) -> OtaError {
     match err {
