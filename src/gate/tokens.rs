@@ -497,10 +497,7 @@ pub fn reserve_challenge(
         record.live_challenges.retain(|live| live.expires > now);
         let cap = live_challenge_cap(record.uses_left());
         if record.live_challenges.len() >= cap {
-            return Err(TokenError::Refused(format!(
-                "enrollment token {id}: {cap} enrollments started with it are still waiting \
-                 for their device; finish one or try again later"
-            )));
+            return Err(no_room(id, cap));
         }
         record.live_challenges.push(LiveChallenge {
             challenge: sha256_hex(challenge),
@@ -509,6 +506,30 @@ pub fn reserve_challenge(
         write_record(store, &hash, &record)?;
         Ok(())
     })
+}
+
+/// What [`reserve_challenge`] would refuse (the token not usable, or holding its cap of live
+/// challenges), read without the lock and without writing: for `HEAD /ota/enroll`.
+pub fn check_room(store: &Store, id: &str, now: i64) -> Result<(), TokenError> {
+    let record = show(store, id)?;
+    record.check_usable(now).map_err(TokenError::Refused)?;
+    let live = record
+        .live_challenges
+        .iter()
+        .filter(|live| live.expires > now)
+        .count();
+    let cap = live_challenge_cap(record.uses_left());
+    if live >= cap {
+        return Err(no_room(id, cap));
+    }
+    Ok(())
+}
+
+fn no_room(id: &str, cap: usize) -> TokenError {
+    TokenError::Refused(format!(
+        "enrollment token {id}: {cap} enrollments started with it are still waiting for \
+         their device; finish one or try again later"
+    ))
 }
 
 /// Phase 2, before policy and hooks run and without the lock: whether the token `id` would
@@ -764,12 +785,21 @@ mod tests {
         let cap = live_challenge_cap(1);
         assert_eq!(cap, 1 + LIVE_CHALLENGE_SLACK);
         for n in 0..cap {
+            // What HEAD asks, read-only, agrees with what the reservation then does.
+            check_room(&store, &record.id, 101).unwrap();
             reserve_challenge(&store, &record.id, &format!("c{n}"), 500, 101).unwrap();
         }
         let err = reserve_challenge(&store, &record.id, "more", 500, 101).unwrap_err();
         assert!(err.to_string().contains("still waiting"), "{err}");
+        let head = check_room(&store, &record.id, 101).unwrap_err();
+        assert_eq!(head.to_string(), err.to_string());
         // Expired ones free their place.
+        check_room(&store, &record.id, 500).unwrap();
         reserve_challenge(&store, &record.id, "later", 900, 500).unwrap();
+        assert!(matches!(
+            check_room(&store, "000000000000", 500),
+            Err(TokenError::NotFound(_))
+        ));
         assert_eq!(live_challenge_cap(1_000_000), MAX_LIVE_CHALLENGES);
     }
 

@@ -278,7 +278,7 @@ pub fn route(
                 let admission = crate::gate::admit(ctx, &request, now())
                     .map_err(|err| Refusal::from_gate(err, &ctx.config.auth.realm))?;
                 if method == "HEAD" {
-                    ota::phase1_head(ctx)?;
+                    ota::phase1_head(ctx, &admission, now())?;
                     return Ok(Reply::profile_head("enroll.mobileconfig"));
                 }
                 let signed = ota::phase1(ctx, &admission, now())?;

@@ -267,12 +267,14 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
 }
 
 /// Phase 1 for HEAD: what [`phase1`] would refuse before minting its challenge (no room for
-/// another live challenge), checked without minting one or changing anything.
-pub fn phase1_head(ctx: &Context) -> Result<(), OtaError> {
-    // TODO: a token holding its cap of live challenges makes GET 403 (reserve_challenge);
-    // HEAD does not look, since only gate::tokens reads that cap, under its lock.
+/// another live challenge, on the server or on the token), checked without minting one or
+/// changing anything.
+pub fn phase1_head(ctx: &Context, admission: &Admission, now: i64) -> Result<(), OtaError> {
     if ctx.config.ota.challenge.is_empty() {
         check_challenge_room(ctx)?;
+        if let Some(id) = &admission.token {
+            tokens::check_room(&ctx.store, id, now).map_err(token_refusal)?;
+        }
     }
     Ok(())
 }
