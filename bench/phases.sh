@@ -71,7 +71,7 @@ echo "bench: $REQUESTS devices a level at concurrency $LEVELS; curve to ${CURVE:
     --server-pid "$OTAD_PID" --requests "$REQUESTS" --concurrency "$LEVELS" \
     ${CURVE:+--curve "$CURVE" --curve-concurrency "$CURVE_CONCURRENCY"} |
     tee -a "$RESULTS"
-grep -E ' WARN ' "$WORK/otad.log" | sed -E 's/remote=[^ ]*//' | cut -c 1-160 |
+grep -E ' WARN ' "$WORK/otad.log" | sed -E 's/^[^ ]* //; s/remote=[^ ]*//' | cut -c 1-160 |
     sort | uniq -c | sort -rn | head -5 | sed 's|^|bench: otad.log:|' >&2 || true
 
 # The crypto bound, after the load (the server idle): RSA-2048 signatures on 1 and 2 threads.

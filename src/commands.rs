@@ -174,7 +174,14 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
             revoked: &[],
         },
     )
-    .map_err(|err| format!("{cert_flag}: cannot sign CRLs with it: {err}"))?;
+    .map_err(|err| match err {
+        crl::CrlError::NotACrlSigner => format!(
+            "{cert_flag}: its keyUsage lacks cRLSign, so otad cannot sign CRLs with it; \
+             re-issue the CA certificate (same key) with keyUsage cRLSign, or leave out \
+             --ca-cert and --ca-key to let otad init create a new CA"
+        ),
+        other => format!("{cert_flag}: cannot sign CRLs with it: {other}"),
+    })?;
     Ok(ca)
 }
 
@@ -262,26 +269,8 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     crate::logger::init(derived.log_level, derived.log_format);
     let ctx = Context::from_config(config, derived)?;
 
-    if ctx.device_anchors.len() > 1 {
-        for anchor in ctx.device_anchors.iter().skip(1) {
-            warn!(
-                "ota.extra_device_ca: trusting {} like Apple's device CA: anything it signs can \
-                 enroll (meant for testing)",
-                anchor.name
-            );
-        }
-    }
-    for key in ctx.config.mdm_placeholders() {
-        warn!(
-            "{key}: not set (empty, or the placeholder `otad init` wrote); \
-             set it to your MDM server's value"
-        );
-    }
-    if !ctx.config.scep.ra {
-        warn!("scep.ra = false: the CA key also decrypts SCEP requests and signs CertReps");
-    }
-    if !ctx.config.ota.challenge.is_empty() {
-        warn!("ota.challenge: one static challenge for every device; replays are not refused");
+    for warning in config_warnings(&ctx) {
+        warn!("{warning}");
     }
 
     let (listener, listen) = match passed {
@@ -353,6 +342,39 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     crate::http::serve(ctx, listener, tls, shutdown)?;
     info!("stopped");
     Ok(())
+}
+
+/// What an admin should know about a config that loads: settings that are allowed but weaken
+/// enrollment or are left unfinished. `otad serve` logs each at start-up and `otad
+/// check-config` prints each, so both say the same.
+pub fn config_warnings(ctx: &Context) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for anchor in ctx.device_anchors.iter().skip(1) {
+        warnings.push(format!(
+            "ota.extra_device_ca: trusting {} like Apple's device CA: anything it signs can \
+             enroll (meant for testing)",
+            anchor.name
+        ));
+    }
+    for key in ctx.config.mdm_placeholders() {
+        warnings.push(format!(
+            "{key}: not set (empty, or the placeholder `otad init` wrote); \
+             set it to your MDM server's value"
+        ));
+    }
+    if !ctx.config.scep.ra {
+        warnings.push(
+            "scep.ra = false: the CA key also decrypts SCEP requests and signs CertReps".into(),
+        );
+    }
+    if !ctx.config.ota.challenge.is_empty() {
+        warnings.push(
+            "ota.challenge: one static challenge for every device, so a captured phase 2 \
+             answer can be replayed; leave it empty for a fresh single-use one per download"
+                .into(),
+        );
+    }
+    warnings
 }
 
 /// Each client connection takes a descriptor, and one more while its request is relayed: the
@@ -575,20 +597,32 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, String> {
         })
 }
 
-/// A fresh state made by `otad init`, for unit tests of the admin commands.
 /// Keys whose values are secrets: `check-config` prints them masked.
 const SECRET_KEYS: [(&str, &str); 2] = [("ota", "challenge"), ("scep", "challenge")];
 
+/// What `otad check-config` found in a config that passed.
+#[derive(Debug)]
+pub struct CheckedConfig {
+    /// The effective settings as TOML, secrets masked.
+    pub settings: String,
+    /// What `otad serve` would warn about at start-up ([`config_warnings`]).
+    pub warnings: Vec<String>,
+}
+
 /// What `otad check-config` does: everything `serve` checks before it listens (the config,
 /// the state dir, the CA, RA and signer keys, the template, the hooks, the TLS pair), then
-/// the effective settings as TOML with secrets masked. Nothing is written.
-pub fn check_config(config_path: &Path) -> Result<String, String> {
+/// the effective settings as TOML with secrets masked, and the start-up warnings. Nothing
+/// is written.
+pub fn check_config(config_path: &Path) -> Result<CheckedConfig, String> {
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
     if let Some((cert, key)) = &derived.tls {
         crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?;
     }
     let ctx = Context::from_config(config, derived)?;
-    effective_settings(&ctx.config)
+    Ok(CheckedConfig {
+        settings: effective_settings(&ctx.config)?,
+        warnings: config_warnings(&ctx),
+    })
 }
 
 /// The configuration as otad reads it, every key with its value, secrets masked.
@@ -643,6 +677,7 @@ fn without_credentials(url: &str) -> String {
     }
 }
 
+/// A fresh state made by `otad init`, for unit tests of the admin commands.
 #[cfg(test)]
 pub(crate) fn test_state() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -515,11 +515,13 @@ impl Config {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let resolve = |p: &Path| {
+        // `.` components go (state_dir = "." would print as /etc/otad/./crl.der); `..` stays
+        // as written and symlinks are not followed, so the path is the one the admin wrote.
+        let resolve = |p: &Path| -> PathBuf {
             if p.is_absolute() {
-                p.to_path_buf()
+                p.components().collect()
             } else {
-                base.join(p)
+                base.join(p).components().collect()
             }
         };
 
@@ -1281,7 +1283,8 @@ mod tests {
         let text = template("https://otad.example.com", "Example");
         let (config, derived) = Config::parse(&text, Path::new("/etc/otad/otad.toml")).unwrap();
         assert_eq!(config.server.url, "https://otad.example.com");
-        assert_eq!(derived.state_dir, PathBuf::from("/etc/otad/."));
+        // Compared as text: Path's == already ignores a `.` component.
+        assert_eq!(derived.state_dir.as_os_str(), "/etc/otad");
         assert_eq!(derived.ota_challenge_ttl, Duration::from_secs(3600));
         assert_eq!(derived.cert_validity_days, 365);
         assert_eq!(derived.profile_cipher, ProfileCipher::Des3);
@@ -1364,6 +1367,27 @@ mod tests {
         assert!(hook.is_absolute(), "{}", hook.display());
         assert_eq!(hook, dir.path().join("hooks/p2.sh"));
         assert!(derived.state_dir.is_absolute());
+    }
+
+    #[test]
+    fn derived_paths_drop_dot_components_and_keep_dot_dot_as_written() {
+        let config = Path::new("/srv/otad/./conf/otad.toml");
+        let cases = [
+            (".", "/srv/otad/conf"),
+            ("./state/.", "/srv/otad/conf/state"),
+            ("../state", "/srv/otad/conf/../state"),
+            ("/var/lib/otad/./", "/var/lib/otad"),
+            ("/var/./lib/../otad", "/var/lib/../otad"),
+        ];
+        for (state_dir, expected) in cases {
+            let text = format!("[server]\nstate_dir = {state_dir:?}\n");
+            let (_, derived) = Config::parse(&text, config).unwrap();
+            assert_eq!(derived.state_dir.as_os_str(), expected, "{state_dir}");
+        }
+        let text = "[hooks]\nphase2 = \"./hooks/./p2.sh\"\n";
+        let (_, derived) = Config::parse(text, Path::new("/etc/otad/otad.toml")).unwrap();
+        let hook = derived.hooks.phase2.unwrap();
+        assert_eq!(hook.as_os_str(), "/etc/otad/hooks/p2.sh");
     }
 
     #[test]

@@ -44,18 +44,35 @@ pub const MAX_FINDINGS: usize = 10_000;
 pub const MAX_FILES_PER_FOLDER: usize = 1_000_000;
 
 const HELP: &str = "\
-usage: otad fsck --config FILE [--repair] [--json]
+usage: otad fsck (--config FILE | --state DIR) [--repair] [--json]
 
 Checks the state dir and reports each problem on a line: the file, what is wrong, and what
 --repair would do or what to do by hand. Changes nothing without --repair. Exit 0 if no
-problem was found (notes, such as expired challenges, do not count), 1 if one was.
+problem was found (notes do not count), 1 if one was. Safe while otad serve runs.
 
-Checks: every state file parses; no two certificates share a serial and none has the CA's;
-each device's certificates exist and name it; devices/by-serial and pending/by-transaction
-point at records that exist; temp files left by interrupted writes; expired challenges;
-token uses; modes of keys and device records (0600). Safe while otad serve runs.
+Checks:
+  - temp files left by interrupted writes (one whose writer still runs is a note)
+  - ca/: the CA certificate reads; ca.key, ra.key and signer.key are mode 0600
+  - certs/: each record parses, is named by its serial, and its PEM holds a certificate
+    with that serial; no two records share a serial; none has the CA's own serial
+  - a revoked certificate the CRL (crl.json) does not list; crl.der missing once a CRL
+    was signed; crl.json parses
+  - devices/: each record parses, is mode 0600 and is named by its UDID; each of its
+    certificates is in certs/ and names it; a certificate issued to a device but not on
+    its record (a note)
+  - devices/by-serial: a device's serial missing; an entry pointing at no device that
+    reports the serial (a note)
+  - challenges/: each parses; expired ones (a note)
+  - tokens/: each parses, is mode 0600 and is named by its id; no more uses spent than
+    allowed
+  - pending/: each request parses and is named by its id; pending/by-transaction: a
+    request that cannot be polled; an entry pointing at no request (a note)
+  - blocked/: each parses and is named by its serial
+  - users.json: mode 0600, and it loads
+  - events.cursor and events.gen (the webhook's place in the events log) read
 
-  --config FILE   the otad.toml of the state (or --state DIR)
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --repair        under the state lock: remove leftover temp files and expired challenges,
                   rebuild devices/by-serial and pending/by-transaction from the records;
                   never removes a certificate or device record. Then checks again.
@@ -171,7 +188,7 @@ pub fn run(args: Args) -> Exit {
         }
     }
     let Some(config) = config else {
-        return Exit::Usage(format!("--config is required\n\n{HELP}"));
+        return Exit::Usage(format!("{}\n\n{HELP}", crate::admin::STATE_REQUIRED));
     };
     let (_, derived) = match Config::load(&config) {
         Ok(loaded) => loaded,
@@ -1178,5 +1195,34 @@ mod tests {
         assert!(found
             .iter()
             .any(|p| p.starts_with("devices/UDID-3.json: mode 0644")));
+    }
+
+    #[test]
+    fn help_lists_every_kind_of_check_fsck_makes() {
+        // One phrase for each check in `check` (and in `State::ca`, `certs`, `devices`).
+        for phrase in [
+            "temp files",
+            "ca.key, ra.key and signer.key are mode 0600",
+            "no two records share a serial",
+            "the CA's own serial",
+            "A revoked certificate the CRL (crl.json) does not list",
+            "crl.der missing",
+            "devices/: each record parses, is mode 0600",
+            "not on\n    its record",
+            "devices/by-serial",
+            "expired ones",
+            "tokens/: each parses, is mode 0600",
+            "no more uses spent than\n    allowed",
+            "pending/by-transaction",
+            "blocked/",
+            "users.json: mode 0600",
+            "events.cursor and events.gen",
+            "--state DIR",
+        ] {
+            assert!(
+                HELP.to_lowercase().contains(&phrase.to_lowercase()),
+                "{phrase:?} not in the help"
+            );
+        }
     }
 }

@@ -33,7 +33,8 @@ commands:
 
 `otad <command> --help` explains each command's options; `otad --version` prints the version.
 The admin commands (cert, request, token, user, device, fsck) take `--config FILE`, or
-`--state DIR` for the otad.toml that `otad init` wrote in DIR.
+`--state DIR` for the otad.toml that `otad init` wrote in DIR; serve, check-config and
+verify take the config file itself (DIR/otad.toml).
 ";
 
 const INIT_HELP: &str = "\
@@ -64,7 +65,9 @@ The key is stored unencrypted in DIR/ca/ca.key (mode 0600).
 const SERVE_HELP: &str = "\
 usage: otad serve --config FILE [--listen ADDR]
 
-Serves the enrollment endpoints until stopped. Logs go to stderr.
+Serves the enrollment endpoints until stopped. Logs go to stderr. Unlike the admin
+commands, serve takes no --state DIR: give --config DIR/otad.toml, the config otad init
+wrote in the state dir.
 
   --config FILE   the otad.toml to use
   --listen ADDR   address:port to listen on, overriding http.listen
@@ -78,7 +81,10 @@ every key (an unknown key, a wrong type or a bad value is an error naming the ke
 line), the state dir, the CA, RA and profile-signer certificates and keys, the profile
 template and its variables, the hook programs, the TLS certificate and key. Then prints the
 effective settings (every key, defaults filled in) as TOML on stdout, with the static
-challenges and any webhook credentials masked. Exit 0 if all is well, 1 if not.
+challenges and any webhook credentials masked, and on stderr the warnings otad serve would
+log at start-up (a static ota.challenge, a test device CA trusted, MDM keys left unset,
+scep.ra = false), each as `otad: warning: ...`. Exit 0 if all is well (warnings or not), 1
+if not. FILE is the state's otad.toml (DIR/otad.toml for the state dir otad init made).
 ";
 
 const VERIFY_HELP: &str = "\
@@ -208,8 +214,8 @@ fn run() -> Result<Outcome, Usage> {
     }
 }
 
-/// `--state DIR` is `--config DIR/otad.toml` (where `otad init` writes the config) for the
-/// commands that take only `--config`; `token` and `user` read both themselves.
+/// `--state DIR` is `--config DIR/otad.toml` (where `otad init` writes the config) for every
+/// admin command, so each parses `--config` alone (`token` and `user` read both anyway).
 fn state_as_config(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::with_capacity(args.len());
     let mut items = args.into_iter();
@@ -249,6 +255,20 @@ fn record_admin(command: &str, args: &[std::ffi::OsString], exit: &otad::admin::
         }
         otad::admin::Exit::Usage(_) => {}
     }
+}
+
+/// `--state DIR` given to a command that takes a config file: the usage error says which
+/// file to give instead.
+fn state_not_taken(command: &str, takes: &str, parser: &mut lexopt::Parser, help: &str) -> Usage {
+    let instead = match parser.value() {
+        Ok(dir) if !dir.to_string_lossy().starts_with('-') => {
+            format!(": {}", PathBuf::from(dir).join("otad.toml").display())
+        }
+        _ => String::new(),
+    };
+    Usage(format!(
+        "{command} takes {takes} (the state's otad.toml{instead}), not --state DIR\n\n{help}"
+    ))
 }
 
 fn required<T>(value: Option<T>, flag: &str, help: &str) -> Result<T, Usage> {
@@ -325,6 +345,10 @@ fn serve(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
         match arg {
             Long("config") => config = Some(PathBuf::from(parser.value()?)),
             Long("listen") => listen = Some(parser.value()?.string()?),
+            Long("state") => {
+                let takes = "--config FILE";
+                return Err(state_not_taken("serve", takes, &mut parser, SERVE_HELP));
+            }
             Long("help") | Short('h') => {
                 print!("{SERVE_HELP}");
                 return Ok(Outcome::Done);
@@ -347,14 +371,21 @@ fn check_config(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
                 print!("{CHECK_CONFIG_HELP}");
                 return Ok(Outcome::Done);
             }
+            Long("state") => {
+                let (takes, help) = ("the config FILE", CHECK_CONFIG_HELP);
+                return Err(state_not_taken("check-config", takes, &mut parser, help));
+            }
             Value(file) if config.is_none() => config = Some(PathBuf::from(file)),
             other => return Err(other.unexpected().into()),
         }
     }
     let config = required(config, "FILE", CHECK_CONFIG_HELP)?;
     Ok(match commands::check_config(&config) {
-        Ok(settings) => {
-            print!("{settings}");
+        Ok(checked) => {
+            print!("{}", checked.settings);
+            for warning in &checked.warnings {
+                eprintln!("otad: warning: {warning}");
+            }
             eprintln!("otad: {}: ok", config.display());
             Outcome::Done
         }
@@ -371,6 +402,10 @@ fn verify(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config") => options.config = Some(PathBuf::from(parser.value()?)),
+            Long("state") => {
+                let takes = "--config FILE";
+                return Err(state_not_taken("verify", takes, &mut parser, VERIFY_HELP));
+            }
             Long("at") => {
                 let text = parser.value()?.string()?;
                 options.at = Some(commands::parse_rfc3339(&text).map_err(Usage)?);

@@ -153,3 +153,71 @@ fn every_kind_of_mistake_names_what_to_fix_and_fails() {
         "an unreadable key names its file: {stderr}"
     );
 }
+
+#[test]
+fn what_serve_warns_about_at_start_up_check_config_prints_as_warnings_and_still_passes() {
+    let (_dir, config) = state();
+    let ca = config.parent().unwrap().join("ca/ca.pem");
+    edited(&config, |text| {
+        let text = set_key(&text, "ota", "challenge", "\"static-phase1-secret\"");
+        let text = set_key(&text, "scep", "ra", "false");
+        set_key(&text, "ota", "extra_device_ca", &format!("[{ca:?}]"))
+    });
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, 0, "warnings do not fail the check: {stderr}");
+    assert!(stdout.contains("[server]"), "the settings are printed too");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("otad: warning: "))
+        .collect();
+    let starts = [
+        "ota.extra_device_ca: trusting ",
+        "mdm.server_url: not set",
+        "mdm.topic: not set",
+        "scep.ra = false: ",
+        "ota.challenge: one static challenge for every device, so a captured phase 2 answer \
+         can be replayed",
+    ];
+    assert_eq!(warnings.len(), starts.len(), "{stderr}");
+    for (warning, start) in warnings.iter().zip(starts) {
+        assert!(warning.starts_with(start), "{warning:?} is not {start:?}");
+    }
+    assert!(
+        !stderr.contains("static-phase1-secret"),
+        "the challenge itself is never printed"
+    );
+    assert!(stderr.ends_with(": ok\n"), "{stderr}");
+
+    // A finished config: no warning at all.
+    let (_dir, config) = state();
+    edited(&config, |text| {
+        let text = set_key(
+            &text,
+            "mdm",
+            "server_url",
+            "\"https://mdm.example.com/mdm\"",
+        );
+        set_key(&text, "mdm", "topic", "\"com.apple.mgmt.External.0123\"")
+    });
+    let (code, _, stderr) = check(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn check_config_given_a_state_dir_names_the_config_file_to_give_instead() {
+    let (_dir, config) = state();
+    let state_dir = config.parent().unwrap();
+    let output = Command::new(otad_bin())
+        .args(["check-config", "--state"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected = format!(
+        "otad: check-config takes the config FILE (the state's otad.toml: {}), not --state DIR",
+        config.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}

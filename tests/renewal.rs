@@ -560,7 +560,9 @@ fn manual_approval_queues_then_approve_and_deny_decide_what_polls_see() {
     assert_eq!(requests[0]["subject"], "CN=waiting-client, O=Test Org");
     assert_eq!(requests[0]["authorised_by"], "static");
     let listing = text(&otad_request(&server, &["list"]));
-    assert!(listing.starts_with(&format!("{id}  pending")), "{listing}");
+    assert!(listing.starts_with("ID  "), "a header row first: {listing}");
+    let row = listing.lines().nth(1).unwrap_or_default();
+    assert!(row.starts_with(&format!("{id}  pending")), "{listing}");
 
     // A PKCSReq with a wrong challenge is refused at once and queues nothing.
     let (_, _, _, refused) = pkcs_req(&scep, "wrong", "not-the-challenge");

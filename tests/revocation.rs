@@ -679,3 +679,28 @@ fn a_leaf_certificate_is_not_taken_as_a_ca() {
         text(&output)
     );
 }
+
+#[test]
+fn a_ca_without_crl_sign_is_refused_in_one_sentence_that_says_what_to_do() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    openssl_line(work, "genrsa -out ca.key 2048");
+    openssl_line(
+        work,
+        "req -x509 -new -key ca.key -subj /CN=No-CRL-CA -days 30 \
+         -addext basicConstraints=critical,CA:TRUE \
+         -addext keyUsage=critical,keyCertSign -out ca.pem",
+    );
+    let output = init_with_key(work, "state", "ca.key", &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr,
+        "otad: --ca-cert ca.pem: its keyUsage lacks cRLSign, so otad cannot sign CRLs with \
+         it; re-issue the CA certificate (same key) with keyUsage cRLSign, or leave out \
+         --ca-cert and --ca-key to let otad init create a new CA\n"
+    );
+}

@@ -16,7 +16,7 @@ use crate::store::blocked::{normalize_serial, BlockRecord, MAX_BLOCK_REASON_LEN,
 use crate::store::{self, Store};
 
 const BLOCK_HELP: &str = "\
-usage: otad device block --config FILE SERIAL [--reason R]
+usage: otad device block (--config FILE | --state DIR) SERIAL [--reason R]
 
 Refuses the device with this serial number in phase 2, phase 3, DEP enrollment and SCEP
 from its next request on (403 \"blocked by admin\"), before any policy rule. A certificate
@@ -24,23 +24,26 @@ it already holds stays valid: revoke it with otad cert revoke. Blocking a blocke
 replaces the reason.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --reason R      why, shown in the refusal and the log (at most 200 characters)
 ";
 
 const UNBLOCK_HELP: &str = "\
-usage: otad device unblock --config FILE SERIAL
+usage: otad device unblock (--config FILE | --state DIR) SERIAL
 
 Lifts the block on a serial number. Exit 1 if it was not blocked.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
 ";
 
 const BLOCKED_HELP: &str = "\
-usage: otad device blocked --config FILE [--json]
+usage: otad device blocked (--config FILE | --state DIR) [--json]
 
 Lists the blocked serial numbers: serial, blocked at, reason.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --json          one JSON array instead of a table
 ";
 
@@ -89,7 +92,7 @@ fn parse(mut parser: lexopt::Parser, help: &str, takes: &[&str]) -> Result<Optio
         }
     }
     if options.config.is_none() {
-        return Err(Exit::Usage(format!("--config is required\n\n{help}")));
+        return Err(Exit::Usage(format!("{}\n\n{help}", super::STATE_REQUIRED)));
     }
     if takes.contains(&"serial") && options.serial.is_none() {
         return Err(Exit::Usage(format!("SERIAL is required\n\n{help}")));
@@ -276,5 +279,16 @@ mod tests {
         assert!(dispatch(args(&[])).unwrap().contains("usage: otad device"));
         let help = dispatch(args(&["block", "--help"])).unwrap();
         assert!(help.starts_with("usage: otad device block"), "{help}");
+        for sub in ["block", "unblock", "blocked"] {
+            let help = dispatch(args(&[sub, "--help"])).unwrap();
+            assert!(
+                help.contains("--config FILE") && help.contains("--state DIR"),
+                "{help}"
+            );
+        }
+        let Err(Exit::Usage(missing)) = dispatch(args(&["blocked"])) else {
+            panic!("blocked without a state is a usage error");
+        };
+        assert!(missing.starts_with("--config FILE or --state DIR is required"));
     }
 }

@@ -28,7 +28,7 @@ pub const IMPORTED: &str = "imported";
 pub const MAX_IMPORT_CERTIFICATES: usize = 1024;
 
 const HELP: &str = "\
-usage: otad cert <subcommand> --config FILE ...
+usage: otad cert <subcommand> (--config FILE | --state DIR) ...
 
 subcommands:
   list      every certificate the CA issued, with its status
@@ -36,48 +36,54 @@ subcommands:
   revoke    revoke a certificate and re-sign the CRL
   import    record certificates an earlier CA (imported with otad init --ca-cert) issued
 
-`otad cert <subcommand> --help` explains each. Safe while otad serve runs.
+Every subcommand takes --config FILE (the state's otad.toml) or --state DIR (the state dir
+otad init made, holding otad.toml). `otad cert <subcommand> --help` explains each. Safe
+while otad serve runs.
 ";
 
 const LIST_HELP: &str = "\
-usage: otad cert list --config FILE [--json]
+usage: otad cert list (--config FILE | --state DIR) [--json]
 
 Lists every certificate the CA issued: serial, status (valid, revoked, expired or
 superseded: a newer certificate was issued to the same device), issued, not after, UDID
 and subject.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --json          one JSON array instead of a table
 ";
 
 const SHOW_HELP: &str = "\
-usage: otad cert show --config FILE SERIAL
+usage: otad cert show (--config FILE | --state DIR) SERIAL
 
 Prints one certificate's record and its PEM. SERIAL is hex as `otad cert list` prints it
 (case, colons and leading zeros do not matter).
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
 ";
 
 const REVOKE_HELP: &str = "\
-usage: otad cert revoke --config FILE SERIAL [--reason R]
+usage: otad cert revoke (--config FILE | --state DIR) SERIAL [--reason R]
 
 Revokes a certificate: phase 3 and renewal refuse it from now on, and the CRL (GET /crl,
 SCEP GetCRL, state/crl.der) is re-signed with a higher CRL number, listing it.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --reason R      unspecified (default), keyCompromise, affiliationChanged, superseded or
                   cessationOfOperation
 ";
 
 const IMPORT_HELP: &str = "\
-usage: otad cert import --config FILE CERT.pem... [--udid U]
+usage: otad cert import (--config FILE | --state DIR) CERT.pem... [--udid U]
 
 Records certificates issued by the CA key this state uses (a CA imported with otad init
 --ca-cert), so that they can renew and be revoked. Each must verify under the CA's key and
 name it as issuer. A certificate already recorded is skipped.
 
   --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   --udid U        the device the certificate belongs to (one certificate only); phase 3 and
                   renewal then accept it for that device
 ";
@@ -219,6 +225,28 @@ pub fn statuses(records: &[CertRecord], now: i64) -> Vec<CertStatus> {
         .collect()
 }
 
+/// A certificate's status in a few words, from its record: "revoked 2024-05-01T10:00:00Z,
+/// reason keyCompromise", "superseded by 0c1d", "expired 2024-05-01T10:00:00Z", "valid
+/// until 2025-05-01T10:00:00Z".
+pub fn status_text(record: &CertRecord, status: CertStatus) -> String {
+    match status {
+        CertStatus::Revoked => format!(
+            "revoked {}, reason {}",
+            record.revoked.map(store::rfc3339).unwrap_or_default(),
+            record
+                .revocation_reason
+                .as_deref()
+                .unwrap_or(RevocationReason::Unspecified.name())
+        ),
+        CertStatus::Superseded => match &record.superseded_by {
+            Some(next) => format!("superseded by {next}"),
+            None => "superseded by a newer certificate of the same device".to_string(),
+        },
+        CertStatus::Expired => format!("expired {}", store::rfc3339(record.not_after)),
+        CertStatus::Valid => format!("valid until {}", store::rfc3339(record.not_after)),
+    }
+}
+
 fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
     let (mut config, mut as_json) = (None, false);
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -229,7 +257,7 @@ fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
             other => return Err(usage(other.unexpected())),
         }
     }
-    let config = required(config, "--config", LIST_HELP)?;
+    let config = super::config_required(config, LIST_HELP)?;
     let (_, store) = open_state(&config)?;
 
     let mut records = certs_warning_skipped(&store)?;
@@ -246,22 +274,33 @@ fn list(mut parser: lexopt::Parser) -> Result<String, Exit> {
         return Ok(text);
     }
 
+    Ok(list_text(&records, &statuses))
+}
+
+/// The table `list` prints: a header row, then one row a certificate. The serial and UDID
+/// columns are as wide as the longest shown (an imported CA's serials may have 40 digits).
+fn list_text(records: &[CertRecord], statuses: &[CertStatus]) -> String {
+    let udid = |record: &CertRecord| record.udid.as_deref().unwrap_or("-").to_string();
+    let serial_width = super::column_width("SERIAL", records.iter().map(|r| r.serial.as_str()));
+    let udids: Vec<String> = records.iter().map(udid).collect();
+    let udid_width = super::column_width("UDID", udids.iter().map(String::as_str));
+
     let mut text = format!(
-        "{:<32}  {:<10}  {:<20}  {:<20}  {:<36}  SUBJECT\n",
+        "{:<serial_width$}  {:<10}  {:<20}  {:<20}  {:<udid_width$}  SUBJECT\n",
         "SERIAL", "STATUS", "ISSUED", "NOT AFTER", "UDID"
     );
-    for (record, status) in records.iter().zip(&statuses) {
+    for ((record, status), udid) in records.iter().zip(statuses).zip(&udids) {
         text.push_str(&format!(
-            "{:<32}  {:<10}  {:<20}  {:<20}  {:<36}  {}\n",
+            "{:<serial_width$}  {:<10}  {:<20}  {:<20}  {:<udid_width$}  {}\n",
             record.serial,
             status.name(),
             crate::store::rfc3339(record.issued_at),
             crate::store::rfc3339(record.not_after),
-            record.udid.as_deref().unwrap_or("-"),
+            udid,
             record.subject
         ));
     }
-    Ok(text)
+    text
 }
 
 fn record_json(record: &CertRecord, status: CertStatus) -> serde_json::Value {
@@ -285,7 +324,7 @@ fn config_and_serial(
     serial: Option<String>,
     help: &str,
 ) -> Result<(PathBuf, String), Exit> {
-    let config = required(config, "--config", help)?;
+    let config = super::config_required(config, help)?;
     let serial = required(serial, "SERIAL", help)?;
     let serial = normalize_serial(&serial).map_err(Exit::Usage)?;
     Ok((config, serial))
@@ -413,7 +452,7 @@ fn import(mut parser: lexopt::Parser) -> Result<String, Exit> {
             other => return Err(usage(other.unexpected())),
         }
     }
-    let config = required(config, "--config", IMPORT_HELP)?;
+    let config = super::config_required(config, IMPORT_HELP)?;
     if paths.is_empty() {
         return Err(Exit::Usage(format!(
             "CERT.pem is required\n\n{IMPORT_HELP}"
@@ -757,6 +796,62 @@ mod tests {
     }
 
     #[test]
+    fn status_text_says_when_and_why() {
+        let mut revoked = record("01", Some(UDID), 10);
+        revoked.revoked = Some(86_400);
+        revoked.revocation_reason = Some("keyCompromise".into());
+        assert_eq!(
+            status_text(&revoked, CertStatus::Revoked),
+            "revoked 1970-01-02T00:00:00Z, reason keyCompromise"
+        );
+        revoked.revocation_reason = None;
+        assert_eq!(
+            status_text(&revoked, CertStatus::Revoked),
+            "revoked 1970-01-02T00:00:00Z, reason unspecified"
+        );
+        let mut renewed = record("02", Some(UDID), 10);
+        renewed.superseded_by = Some("03".into());
+        assert_eq!(
+            status_text(&renewed, CertStatus::Superseded),
+            "superseded by 03"
+        );
+        let valid = record("04", None, 10);
+        assert_eq!(
+            status_text(&valid, CertStatus::Valid),
+            "valid until 1970-01-01T00:33:20Z"
+        );
+        assert_eq!(
+            status_text(&valid, CertStatus::Expired),
+            "expired 1970-01-01T00:33:20Z"
+        );
+    }
+
+    #[test]
+    fn list_columns_stay_in_line_with_40_digit_serials() {
+        let long = "7a3f0c1d2e3f405162738495a6b7c8d9e0f1a2b3";
+        let records = [
+            record("0a1b", Some(UDID), 10),
+            record(long, None, 11),
+            record("0c", Some("0123456789abcdef0123456789abcdef01234567"), 12),
+        ];
+        let statuses = statuses(&records, 100);
+        let text = list_text(&records, &statuses);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with(&format!("SERIAL{}  STATUS", " ".repeat(34))));
+        // Every column after the serial starts at the same place on every line.
+        for column in ["STATUS", "ISSUED", "NOT AFTER", "UDID", "SUBJECT"] {
+            let at = lines[0].find(column).unwrap();
+            for line in &lines[1..] {
+                let before = line.get(..at).unwrap();
+                assert!(before.ends_with("  "), "{column} in {line:?}\n{text}");
+                assert_ne!(line.get(at..at + 1), Some(" "), "{column} in {line:?}");
+            }
+        }
+        assert!(lines[2].starts_with(&format!("{long}  valid")), "{text}");
+    }
+
+    #[test]
     fn help_and_usage_errors() {
         assert!(cli(&[]).unwrap().contains("subcommands:"));
         for sub in ["list", "show", "revoke", "import"] {
@@ -765,7 +860,20 @@ mod tests {
                 .starts_with("usage: otad cert"));
         }
         assert!(matches!(cli(&["nope"]), Err(Exit::Usage(_))));
-        assert!(matches!(cli(&["list"]), Err(Exit::Usage(m)) if m.contains("--config")));
+        assert!(matches!(
+            cli(&["list"]),
+            Err(Exit::Usage(m)) if m.starts_with("--config FILE or --state DIR is required")
+        ));
+        let mut helps = vec![cli(&["--help"]).unwrap()];
+        for sub in ["list", "show", "revoke", "import"] {
+            helps.push(cli(&[sub, "--help"]).unwrap());
+        }
+        for help in helps {
+            assert!(
+                help.contains("--config FILE") && help.contains("--state DIR"),
+                "{help}"
+            );
+        }
         assert!(matches!(
             cli(&["revoke", "--config", "x.toml"]),
             Err(Exit::Usage(m)) if m.contains("SERIAL")

@@ -29,9 +29,9 @@ pub const APPROVED_BY: &str = "approved";
 const APPROVAL_REMOTE: &str = "otad request approve";
 
 const HELP: &str = "\
-usage: otad request list --config FILE [--json]
-       otad request approve --config FILE ID
-       otad request deny --config FILE ID [--reason R]
+usage: otad request list (--config FILE | --state DIR) [--json]
+       otad request approve (--config FILE | --state DIR) ID
+       otad request deny (--config FILE | --state DIR) ID [--reason R]
 
 With scep.approval = \"manual\", a SCEP enrollment request (PKCSReq) that passes every check,
 its challenge included, waits here for an admin, and the client polls until it is decided.
@@ -41,36 +41,41 @@ A request nobody decides within 7 days is denied.
   approve   issue the certificate now; the client gets it on its next poll
   deny      refuse the request; the client gets FAILURE on its next poll
 
-`otad request <subcommand> --help` explains each.
+Every subcommand takes --config FILE (the state's otad.toml) or --state DIR (the state dir
+otad init made, holding otad.toml). `otad request <subcommand> --help` explains each.
 ";
 
 const LIST_HELP: &str = "\
-usage: otad request list --config FILE [--json]
+usage: otad request list (--config FILE | --state DIR) [--json]
 
-Lists every request kept, oldest first: id, status (pending, approved, denied), when it came,
-the subject it will get, the device it is bound to, what authorised it, and for a decided
-one the certificate serial or the reason. Decided requests are kept 30 days.
+Lists every request kept, oldest first, under a header row: id, status (pending, approved,
+denied), when it came, the device it is bound to, what authorised it, the subject it will
+get, and the outcome: expires=TIME for a pending one, serial=SERIAL for an approved one,
+reason=\"...\" for a denied one. Decided requests are kept 30 days.
 
-  --config FILE   the otad.toml of the server
-  --json          one JSON array of objects instead of text lines
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
+  --json          one JSON array of objects instead of the table
 ";
 
 const APPROVE_HELP: &str = "\
-usage: otad request approve --config FILE ID
+usage: otad request approve (--config FILE | --state DIR) ID
 
 Issues the certificate for pending request ID now and records it; the client receives it on
 its next poll. Safe while otad serve runs.
 
-  --config FILE   the otad.toml of the server
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   ID              the request's id, as `otad request list` shows it
 ";
 
 const DENY_HELP: &str = "\
-usage: otad request deny --config FILE ID [--reason R]
+usage: otad request deny (--config FILE | --state DIR) ID [--reason R]
 
 Denies pending request ID; the client gets a CertRep FAILURE (badRequest) on its next poll.
 
-  --config FILE   the otad.toml of the server
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
   ID              the request's id, as `otad request list` shows it
   --reason R      why, for the record and the server log (at most 200 characters)
 ";
@@ -245,7 +250,7 @@ pub fn parse(args: Args) -> Result<Command, String> {
         }
     }
 
-    let config = config.ok_or_else(|| format!("--config is required\n\n{help}"))?;
+    let config = config.ok_or_else(|| format!("{}\n\n{help}", super::STATE_REQUIRED))?;
     if subcommand == "list" {
         return Ok(Command::List { config, json });
     }
@@ -435,40 +440,48 @@ fn status_name(decision: &Decision) -> &'static str {
     }
 }
 
-/// One line a request: id, status, created, subject, then what applies.
+/// The table `list` prints: a header row, then one row a request (id, status, created,
+/// device, what authorised it, subject, outcome), the text columns as wide as their longest
+/// value and what a client sent escaped.
 fn list_text(requests: &[PendingRequest]) -> String {
     if requests.is_empty() {
         return "no requests\n".into();
     }
-    let mut out = String::new();
-    for request in requests {
-        let mut line = format!(
-            "{}  {:<8}  {}  {}",
+    let one_line = |text: &str| crate::logger::one_line(text, usize::MAX);
+    let rows: Vec<[String; 3]> = requests
+        .iter()
+        .map(|request| {
+            [
+                request.udid.as_deref().map_or("-".to_string(), one_line),
+                one_line(&request.authorised_by),
+                one_line(&subject_text(&request.subject)),
+            ]
+        })
+        .collect();
+    let width = |header: &str, column: usize| {
+        let values = rows.iter().filter_map(|row| row.get(column));
+        super::column_width(header, values.map(String::as_str))
+    };
+    let id = super::column_width("ID", requests.iter().map(|r| r.id.as_str()));
+    let (udid, by, subject) = (width("UDID", 0), width("BY", 1), width("SUBJECT", 2));
+
+    let mut out = format!(
+        "{:<id$}  {:<8}  {:<20}  {:<udid$}  {:<by$}  {:<subject$}  OUTCOME\n",
+        "ID", "STATUS", "CREATED", "UDID", "BY", "SUBJECT"
+    );
+    for (request, [c_udid, c_by, c_subject]) in requests.iter().zip(&rows) {
+        let outcome = match &request.decision {
+            Decision::Pending => format!("expires={}", crate::store::rfc3339(request.expires())),
+            Decision::Approved { serial, .. } => format!("serial={serial}"),
+            Decision::Denied { reason, .. } => format!("reason={:?}", one_line(reason)),
+        };
+        out.push_str(&format!(
+            "{:<id$}  {:<8}  {:<20}  {c_udid:<udid$}  {c_by:<by$}  {c_subject:<subject$}  \
+             {outcome}\n",
             request.id,
             status_name(&request.decision),
             crate::store::rfc3339(request.created),
-            crate::logger::one_line(&subject_text(&request.subject), usize::MAX),
-        );
-        if let Some(udid) = &request.udid {
-            line.push_str(&format!("  udid={udid}"));
-        }
-        line.push_str(&format!(
-            "  by={}",
-            crate::logger::one_line(&request.authorised_by, usize::MAX)
         ));
-        match &request.decision {
-            Decision::Pending => line.push_str(&format!(
-                "  expires={}",
-                crate::store::rfc3339(request.expires())
-            )),
-            Decision::Approved { serial, .. } => line.push_str(&format!("  serial={serial}")),
-            Decision::Denied { reason, .. } => line.push_str(&format!(
-                "  reason={:?}",
-                crate::logger::one_line(reason, usize::MAX)
-            )),
-        }
-        out.push_str(&line);
-        out.push('\n');
     }
     out
 }
@@ -577,7 +590,16 @@ mod tests {
         let err = parse(args(&["revoke"])).unwrap_err();
         assert!(err.contains("unknown subcommand \"revoke\""), "{err}");
         let err = parse(args(&["approve", ID])).unwrap_err();
-        assert!(err.starts_with("--config is required"), "{err}");
+        assert!(
+            err.starts_with("--config FILE or --state DIR is required"),
+            "{err}"
+        );
+        for help in [HELP, LIST_HELP, APPROVE_HELP, DENY_HELP] {
+            assert!(
+                help.contains("--config FILE") && help.contains("--state DIR"),
+                "{help}"
+            );
+        }
         let err = parse(args(&["approve", "--config", "c"])).unwrap_err();
         assert!(err.starts_with("ID is required"), "{err}");
         let err = parse(args(&["approve", "--config", "c", "../etc"])).unwrap_err();
@@ -615,15 +637,42 @@ mod tests {
         assert_eq!(
             text,
             format!(
-                "{ID}  pending   1970-01-01T00:00:00Z  CN=dev\\u{{1b}}[31m, O=Org  udid=UDID-1  \
-                 by=ota  expires=1970-01-08T00:00:00Z\n"
+                "ID{}  STATUS    CREATED               UDID    BY   SUBJECT{}  OUTCOME\n\
+                 {ID}  pending   1970-01-01T00:00:00Z  UDID-1  ota  CN=dev\\u{{1b}}[31m, O=Org  \
+                 expires=1970-01-08T00:00:00Z\n",
+                " ".repeat(30),
+                " ".repeat(16),
             )
         );
         let denied = request(Decision::Denied {
             decided_at: 60,
             reason: "no".into(),
         });
-        assert!(list_text(std::slice::from_ref(&denied)).contains("denied    1970"));
+        let mut approved = request(Decision::Approved {
+            decided_at: 60,
+            serial: "0a1b".into(),
+            certificate: String::new(),
+        });
+        approved.udid = None;
+        approved.authorised_by = "static".into();
+        approved.subject = vec![("CN".into(), "a-much-longer-subject-than-the-other".into())];
+        let both = list_text(&[denied.clone(), approved]);
+        let lines: Vec<&str> = both.lines().collect();
+        assert_eq!(lines.len(), 3, "{both}");
+        assert!(lines[1].contains("denied    1970"), "{both}");
+        assert!(lines[1].ends_with("  reason=\"no\""), "{both}");
+        assert!(
+            lines[2].contains("  -       static  CN=a-much-longer"),
+            "{both}"
+        );
+        assert!(lines[2].ends_with("  serial=0a1b"), "{both}");
+        for column in ["STATUS", "CREATED", "UDID", "BY", "SUBJECT", "OUTCOME"] {
+            let at = lines[0].find(column).unwrap();
+            for line in &lines[1..] {
+                assert!(line.get(..at).unwrap().ends_with("  "), "{column}: {both}");
+                assert_ne!(line.get(at..at + 1), Some(" "), "{column}: {both}");
+            }
+        }
         let json: serde_json::Value = serde_json::from_str(&list_json(&[denied])).unwrap();
         assert_eq!(json[0]["status"], "denied");
         assert_eq!(json[0]["reason"], "no");

@@ -20,29 +20,30 @@ pub const DEFAULT_LIFETIME: &str = "7d";
 pub const MAX_LIFETIME_SECS: u64 = 366 * 86_400;
 
 const HELP: &str = "\
-usage: otad token new --state DIR [--uses N] [--expires DUR] [--serial S | --udid U]
-                      [--note TEXT]
-       otad token list --state DIR [--json]
-       otad token show --state DIR ID
-       otad token revoke --state DIR ID
+usage: otad token new (--config FILE | --state DIR) [--uses N] [--expires DUR]
+                      [--serial S | --udid U] [--note TEXT]
+       otad token list (--config FILE | --state DIR) [--json]
+       otad token show (--config FILE | --state DIR) ID
+       otad token revoke (--config FILE | --state DIR) ID
 
 An enrollment token is a secret in the enroll link (<server.url>/ota/enroll?token=...). With
 ota.require_token = true, phase 1 needs one; a use is spent when the device answers in
 phase 2, so opening the link twice costs nothing. Only the token's SHA-256 is stored: the
 secret is shown once, by `new`. ID is the token's public id (12 hex digits).
 
-Every subcommand takes --state DIR (the state dir, holding otad.toml) or --config FILE.
-`otad token <subcommand> --help` explains each.
+Every subcommand takes --config FILE (the state's otad.toml) or --state DIR (the state dir
+otad init made, holding otad.toml). `otad token <subcommand> --help` explains each.
 ";
 
 const NEW_HELP: &str = "\
-usage: otad token new --state DIR [--uses N] [--expires DUR] [--serial S | --udid U]
-                      [--note TEXT]
+usage: otad token new (--config FILE | --state DIR) [--uses N] [--expires DUR]
+                      [--serial S | --udid U] [--note TEXT]
 
-Makes a token and prints it with its enroll link (server.url from DIR/otad.toml). The
-secret is shown only now.
+Makes a token and prints it with its enroll link (server.url from the config). The secret
+is shown only now.
 
-  --state DIR      the state dir (or --config FILE: its otad.toml)
+  --config FILE    the otad.toml of the state
+  --state DIR      the state dir (its otad.toml)
   --uses N         how many devices may enroll with it (default 1)
   --expires DUR    how long it is valid, with a unit: 90m, 12h, 7d (default 7d, at most
                    366d)
@@ -52,32 +53,35 @@ secret is shown only now.
 ";
 
 const LIST_HELP: &str = "\
-usage: otad token list --state DIR [--json]
+usage: otad token list (--config FILE | --state DIR) [--json]
 
 Lists every token, oldest first: id, status (active, used-up, expired, revoked), uses
 spent of allowed, expiry, scope, note.
 
-  --state DIR   the state dir (or --config FILE)
-  --json        one JSON array of objects, with each token's uses
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
+  --json          one JSON array of objects, with each token's uses
 ";
 
 const SHOW_HELP: &str = "\
-usage: otad token show --state DIR ID
+usage: otad token show (--config FILE | --state DIR) ID
 
 Shows one token and every use of it (when, which device, from where).
 
-  --state DIR   the state dir (or --config FILE)
-  ID            the token's id, as `otad token list` shows it
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
+  ID              the token's id, as `otad token list` shows it
 ";
 
 const REVOKE_HELP: &str = "\
-usage: otad token revoke --state DIR ID
+usage: otad token revoke (--config FILE | --state DIR) ID
 
 Revokes a token: phase 1 refuses it from now on, and so does phase 2 for enrollments that
 started with it and have not reached phase 2 yet.
 
-  --state DIR   the state dir (or --config FILE)
-  ID            the token's id, as `otad token list` shows it
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
+  ID              the token's id, as `otad token list` shows it
 ";
 
 /// Runs `otad token` with its arguments.
@@ -123,7 +127,9 @@ impl StateArg {
                     "give --state or --config, not both\n\n{help}"
                 )))
             }
-            (None, None) => return Err(Exit::Usage(format!("--state is required\n\n{help}"))),
+            (None, None) => {
+                return Err(Exit::Usage(format!("{}\n\n{help}", super::STATE_REQUIRED)))
+            }
         };
         let (config, derived) = Config::load(&config_path).map_err(failed)?;
         let store = Store::open(&derived.state_dir).map_err(failed)?;

@@ -16,45 +16,48 @@ use crate::gate::users::{self, MAX_PASSWORD_BYTES};
 use crate::store::{now, rfc3339};
 
 const HELP: &str = "\
-usage: otad user add --state DIR NAME [--password-stdin] [--replace]
-       otad user remove --state DIR NAME
-       otad user list --state DIR [--json]
+usage: otad user add (--config FILE | --state DIR) NAME [--password-stdin] [--replace]
+       otad user remove (--config FILE | --state DIR) NAME
+       otad user list (--config FILE | --state DIR) [--json]
 
 The people who may start an enrollment with ota.require_user = true: phase 1 asks for a
-name and password (HTTP Basic) and checks them against DIR/users.json, which holds an
-Argon2id hash of each password, never the password.
+name and password (HTTP Basic) and checks them against users.json in the state dir, which
+holds an Argon2id hash of each password, never the password.
 
-Every subcommand takes --state DIR (or --config FILE). `otad user <subcommand> --help`
-explains each.
+Every subcommand takes --config FILE (the state's otad.toml) or --state DIR (the state dir
+otad init made, holding otad.toml). `otad user <subcommand> --help` explains each.
 ";
 
 const ADD_HELP: &str = "\
-usage: otad user add --state DIR NAME [--password-stdin] [--replace]
+usage: otad user add (--config FILE | --state DIR) NAME [--password-stdin] [--replace]
 
 Adds NAME (1 to 64 of A-Z a-z 0-9 . _ @ + -). The password (at least 8 characters) is asked
 twice on the terminal without echo; with --password-stdin, or when stdin is not a
 terminal, it is the first line of stdin. Never give a password as an argument.
 
-  --state DIR         the state dir (or --config FILE)
+  --config FILE       the otad.toml of the state
+  --state DIR         the state dir (its otad.toml)
   --password-stdin    read the password from stdin
   --replace           set a new password for an existing NAME
 ";
 
 const REMOVE_HELP: &str = "\
-usage: otad user remove --state DIR NAME
+usage: otad user remove (--config FILE | --state DIR) NAME
 
 Removes NAME: their next phase 1 login is refused. Devices they enrolled keep their record.
 
-  --state DIR   the state dir (or --config FILE)
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
 ";
 
 const LIST_HELP: &str = "\
-usage: otad user list --state DIR [--json]
+usage: otad user list (--config FILE | --state DIR) [--json]
 
 Lists the users: name and when they were added (never a password or hash).
 
-  --state DIR   the state dir (or --config FILE)
-  --json        one JSON array of objects
+  --config FILE   the otad.toml of the state
+  --state DIR     the state dir (its otad.toml)
+  --json          one JSON array of objects
 ";
 
 /// Runs `otad user` with its arguments.

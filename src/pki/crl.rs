@@ -158,7 +158,7 @@ impl fmt::Display for CrlError {
             Self::Store(err) => write!(f, "crl: {err}"),
             Self::NotACrlSigner => write!(
                 f,
-                "ca certificate: keyUsage lacks cRLSign, so it may not sign crls"
+                "ca certificate: keyUsage lacks cRLSign, so it may not sign CRLs"
             ),
             Self::BuildFailed(why) => write!(f, "crl: build failed ({why})"),
             Self::IssuerNameMismatch => {

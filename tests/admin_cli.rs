@@ -1,0 +1,147 @@
+//! The admin commands' command lines, run as the binary: every help text names both ways to
+//! find the state (`--config FILE | --state DIR`), giving neither is a usage error saying
+//! so, `serve --state` says which file to give instead, and the paths printed hold no `/./`
+//! (the template's `state_dir = "."`).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use common::cli::otad;
+use common::server::init_state;
+
+/// Every admin command with its subcommands (`fsck` has none).
+const COMMANDS: [(&str, &[&str]); 6] = [
+    ("cert", &["list", "show", "revoke", "import"]),
+    ("request", &["list", "approve", "deny"]),
+    ("token", &["new", "list", "show", "revoke"]),
+    ("user", &["add", "remove", "list"]),
+    ("device", &["list", "show", "block", "unblock", "blocked"]),
+    ("fsck", &[]),
+];
+
+#[test]
+fn every_admin_help_names_config_file_and_state_dir() {
+    let mut checked = 0;
+    for (command, subcommands) in COMMANDS {
+        let mut lines = vec![vec![command, "--help"]];
+        lines.extend(subcommands.iter().map(|sub| vec![command, sub, "--help"]));
+        for line in lines {
+            let (code, out, err) = otad(&line);
+            assert_eq!(code, 0, "{line:?}: {err}");
+            assert!(out.starts_with("usage: otad "), "{line:?}: {out}");
+            assert!(
+                out.contains("--config FILE") && out.contains("--state DIR"),
+                "{line:?} does not name both:\n{out}"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 25);
+}
+
+#[test]
+fn an_admin_command_without_config_or_state_says_both_are_possible() {
+    let id = "0123456789abcdef0123456789abcdef";
+    let lines: [&[&str]; 20] = [
+        &["cert", "list"],
+        &["cert", "show", "0a"],
+        &["cert", "revoke", "0a"],
+        &["cert", "import", "old.pem"],
+        &["request", "list"],
+        &["request", "approve", id],
+        &["request", "deny", id],
+        &["token", "new"],
+        &["token", "list"],
+        &["token", "show", "0123456789ab"],
+        &["token", "revoke", "0123456789ab"],
+        &["user", "add", "ada"],
+        &["user", "remove", "ada"],
+        &["user", "list"],
+        &["device", "list"],
+        &["device", "show", "C02XK0AA"],
+        &["device", "block", "C02XK0AA"],
+        &["device", "unblock", "C02XK0AA"],
+        &["device", "blocked"],
+        &["fsck"],
+    ];
+    for line in lines {
+        let (code, _, err) = otad(line);
+        assert_eq!(code, 2, "{line:?}: {err}");
+        assert!(
+            err.starts_with("otad: --config FILE or --state DIR is required\n"),
+            "{line:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn serve_given_a_state_dir_says_to_give_its_config() {
+    let (code, out, err) = otad(&["serve", "--state", "/var/lib/otad"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.starts_with(
+            "otad: serve takes --config FILE (the state's otad.toml: /var/lib/otad/otad.toml), \
+             not --state DIR\n"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = otad(&["serve", "--state"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("otad: serve takes --config FILE (the state's otad.toml), not --state"),
+        "{err}"
+    );
+}
+
+#[test]
+fn paths_printed_from_the_state_dir_have_no_dot_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = init_state(&state, "http://127.0.0.1:9");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("state_dir = \".\""),
+        "the template's state_dir"
+    );
+
+    let key = state.join("ca/ca.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, out, err) = otad(&["fsck", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        err,
+        format!("otad: {}: 1 problem(s) found\n", state.display())
+    );
+    assert!(
+        out.contains(&format!("chmod 600 {}", key.display())),
+        "{out}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let store = otad::store::Store::open(&state).unwrap();
+    let now = otad::store::now();
+    store
+        .create_cert(&otad::store::CertRecord {
+            serial: "0a1b".into(),
+            udid: None,
+            subject: "CN=static-client".into(),
+            issued_at: now,
+            not_after: now + 86_400,
+            revoked: None,
+            revocation_reason: None,
+            authorised_by: "static".into(),
+            superseded_by: None,
+            pem: String::new(),
+        })
+        .unwrap();
+    let state_arg = state.to_str().unwrap();
+
+    let (code, out, err) = otad(&["cert", "revoke", "--state", state_arg, "0a1b"]);
+    assert_eq!(code, 0, "{err}");
+    let crl = state.join("crl.der");
+    assert!(
+        out.ends_with(&format!("signed CRL number 1 ({})\n", crl.display())),
+        "{out}"
+    );
+}
