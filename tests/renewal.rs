@@ -470,6 +470,68 @@ fn a_blocked_device_renews_nothing() {
 }
 
 #[test]
+fn the_static_challenge_mints_no_certificate_for_an_ota_devices_udid() {
+    let server = static_challenge_server("auto");
+    let scep = Scep::new(&server);
+    let mut options = server.device_options();
+    options.udid = Some("00008030-00AA11BB22CC33DD".into());
+    let device = Device::new(&options).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    device.phase2(&phase1).unwrap();
+    let certs = count_files(&server, "certs");
+
+    let (_, _, _, reply) = pkcs_req(&scep, "00008030-00AA11BB22CC33DD", STATIC_CHALLENGE);
+    assert_eq!(failure(&reply), FailInfo::BadRequest);
+    assert_eq!(count_files(&server, "certs"), certs, "nothing issued");
+    assert!(
+        server
+            .log()
+            .contains("is the UDID of a device enrolled over the air"),
+        "{}",
+        server.log()
+    );
+
+    // Any other CN, a UDID-shaped one of no known device included, is served as before.
+    for cn in ["laptop-1", "00008030-00AA11BB22CC33DE"] {
+        let (_, _, _, reply) = pkcs_req(&scep, cn, STATIC_CHALLENGE);
+        assert_eq!(reply.status, PkiStatus::Success, "{cn}");
+    }
+}
+
+#[test]
+fn an_approved_request_is_not_delivered_once_its_device_is_blocked() {
+    let server = TestServer::start(|config| set_key(&config, "scep", "approval", "\"manual\""));
+    let scep = Scep::new(&server);
+    let mut options = server.device_options();
+    options.serial = Some("C02APPRBLK".into());
+    let device = Device::new(&options).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    let payload = device.phase2(&phase1).unwrap();
+    let cn = payload.common_name().unwrap().to_string();
+    let (identity, request, transaction_id, reply) = pkcs_req(&scep, &cn, &payload.challenge);
+    assert_eq!(reply.status, PkiStatus::Pending);
+    let id = listed(&server)[0]["id"].as_str().unwrap().to_string();
+    let approved = otad_request(&server, &["approve", &id]);
+    assert!(approved.status.success(), "{}", text(&approved));
+
+    let config = server.config_path();
+    let config = config.to_str().unwrap();
+    let (code, _, err) = common::cli::otad(&["device", "block", "--config", config, "C02APPRBLK"]);
+    assert_eq!(code, 0, "{err}");
+    let polled = scep.poll(&transaction_id, &request, &identity);
+    assert_eq!(failure(&polled), FailInfo::BadRequest);
+    assert!(polled.certificates.is_empty());
+
+    // Unblocked, the next poll gets the certificate that was approved.
+    let (code, _, err) =
+        common::cli::otad(&["device", "unblock", "--config", config, "C02APPRBLK"]);
+    assert_eq!(code, 0, "{err}");
+    let polled = scep.poll(&transaction_id, &request, &identity);
+    assert_eq!(polled.status, PkiStatus::Success);
+    assert_eq!(polled.certificates.len(), 1);
+}
+
+#[test]
 fn get_cert_answers_a_known_serial_and_refuses_an_unknown_one() {
     let server = static_challenge_server("auto");
     let scep = Scep::new(&server);

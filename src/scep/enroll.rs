@@ -129,6 +129,21 @@ pub(crate) fn authorise(
             .filter(|cn| !cn.is_empty() && cn.len() <= MAX_COMMON_NAME)
             .filter(|cn| cn.chars().all(|c| !c.is_control()))
             .ok_or("CSR needs a CN of 1 to 64 printable characters")?;
+        // An OTA device's identity (CN = its UDID) comes from OTA enrollment only: under the
+        // static challenge anyone holding it could mint a blocked device's certificate, or
+        // keep one renewing that no block would ever stop.
+        if crate::store::valid_udid(cn) {
+            let known = ctx
+                .store
+                .device(cn)
+                .map_err(|err| format!("device lookup failed: {err}"))?;
+            if known.is_some() {
+                return Err(format!(
+                    "CN {cn} is the UDID of a device enrolled over the air: its certificates \
+                     come from OTA enrollment only"
+                ));
+            }
+        }
         return Ok(Authorisation {
             subject: static_subject(ctx, cn),
             udid: None,

@@ -236,6 +236,13 @@ fn answer(
             serial,
             ..
         } => {
+            // Approved before the device was blocked: not delivered now.
+            if let Some(udid) = record.udid.as_deref() {
+                if let Err(why) = crate::decide::check_scep(ctx, udid) {
+                    let reason = format!("request {}: {why}", record.id);
+                    return refuse(ctx, to, FailInfo::BadRequest, &reason, remote);
+                }
+            }
             let internal =
                 |err: String| ScepError::Internal(format!("request {}: {err}", record.id));
             let issued = cert::pem_to_der(certificate).map_err(|err| internal(err.to_string()))?;
