@@ -430,6 +430,58 @@ fn bare_lf_heads_and_http_0_9_request_lines_are_refused_at_once() {
     }
 }
 
+#[test]
+fn empty_lines_before_a_request_are_skipped_and_refusals_of_head_carry_no_body() {
+    let server = TestServer::start(|config| config);
+    let address = server.url.trim_start_matches("http://").to_string();
+    let exchange = |request: &[u8]| {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).to_string()
+    };
+
+    // RFC 9112 section 2.2: a stray CRLF before the request line, or after a body on a
+    // kept-alive connection, is skipped.
+    let answered = exchange(b"\r\nGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(answered.starts_with("HTTP/1.1 200 "), "{answered:?}");
+    let answered = exchange(
+        b"POST /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n\r\n\
+          GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let statuses: Vec<&str> = answered
+        .lines()
+        .filter(|line| line.starts_with("HTTP/1.1 "))
+        .collect();
+    assert_eq!(statuses.len(), 2, "{answered:?}");
+    assert!(statuses[0].starts_with("HTTP/1.1 405 "), "{answered:?}");
+    assert!(statuses[1].starts_with("HTTP/1.1 200 "), "{answered:?}");
+    // A few of them, not without end.
+    let many = format!(
+        "{}GET /healthz HTTP/1.1\r\n\r\n",
+        "\r\n".repeat(otad::http::guard::MAX_EMPTY_LINES_BEFORE_REQUEST + 1)
+    );
+    assert!(exchange(many.as_bytes()).starts_with("HTTP/1.1 400 "));
+
+    // The guard's own refusal of a HEAD: the head of the answer and nothing after it.
+    let refused = exchange(b"HEAD /healthz HTTP/1.1\r\nContent-Length: 5000\r\n\r\n");
+    assert!(refused.starts_with("HTTP/1.1 413 "), "{refused:?}");
+    assert!(
+        refused.ends_with("\r\n\r\n"),
+        "no body after the head: {refused:?}"
+    );
+    let refused = exchange(b"GET /healthz HTTP/1.1\r\nContent-Length: 5000\r\n\r\n");
+    assert!(
+        refused.starts_with("HTTP/1.1 413 ") && !refused.ends_with("\r\n\r\n"),
+        "a GET's refusal keeps its reason: {refused:?}"
+    );
+    assert!(alive(&server));
+}
+
 /// Reads one response head from a kept-alive connection: its status line and headers.
 fn read_head(stream: &mut TcpStream) -> (String, Vec<(String, String)>) {
     let mut bytes = Vec::new();

@@ -78,6 +78,9 @@ pub fn body_limit(method: &str, target: &str, max_body: usize) -> usize {
     }
 }
 
+/// Most empty lines (CRLF) skipped before a request line; one more is a malformed request.
+pub const MAX_EMPTY_LINES_BEFORE_REQUEST: usize = 4;
+
 /// Longest request method accepted (the longest registered one is far shorter).
 const MAX_METHOD_LEN: usize = 16;
 
@@ -462,7 +465,15 @@ fn read_request(
     // The head, up to the blank line, each byte looked at once (a head trickled a byte at
     // a time is not searched from its start on every read).
     let mut scan = HeadScan::default();
+    let mut empty_lines = 0;
     let head_end = loop {
+        // RFC 9112 section 2.2: empty lines before the request line (a client's stray CRLF
+        // after its last body, say) are skipped, a few of them.
+        while empty_lines < MAX_EMPTY_LINES_BEFORE_REQUEST && buffer.starts_with(b"\r\n") {
+            buffer.drain(..2);
+            empty_lines += 1;
+            scan = HeadScan::default();
+        }
         if let Some(at) = find_blank_line_from(buffer, scan.scanned.saturating_sub(3)) {
             // One read may bring more than the limit at once: the head is measured, not
             // the reads.
@@ -568,13 +579,20 @@ fn status_text(status: u16) -> &'static str {
 
 /// Writes the guard's own refusal and closes.
 fn answer(stream: &mut impl Write, rejection: &Rejection) {
+    answer_request(stream, rejection, false);
+}
+
+/// [`answer`] to a request that may be a HEAD, whose answer has the headers and no body
+/// (RFC 9110 section 9.3.2).
+fn answer_request(stream: &mut impl Write, rejection: &Rejection, is_head: bool) {
     let body = format!("{}\n", rejection.reason);
     let response = format!(
         "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
+         Connection: close\r\n\r\n{}",
         rejection.status,
         status_text(rejection.status),
-        body.len()
+        body.len(),
+        if is_head { "" } else { body.as_str() }
     );
     let _ = stream.write_all(response.as_bytes());
     let _ = stream.flush();
@@ -729,7 +747,8 @@ fn serve_requests(stream: &mut impl Conn, remote: SocketAddr, pool: &Pool) {
                             // The query may hold an enrollment token; it stays out of the log.
                             head.target.split('?').next().unwrap_or_default()
                         );
-                        answer(stream, &reject(502, "internal error; see the server log"));
+                        let failed = reject(502, "internal error; see the server log");
+                        answer_request(stream, &failed, head.method == "HEAD");
                         break;
                     }
                 }
@@ -745,7 +764,8 @@ fn serve_requests(stream: &mut impl Conn, remote: SocketAddr, pool: &Pool) {
                     rejection.status, rejection.reason
                 );
                 pool.metrics.guard_refusal(rejection.status);
-                answer(stream, &rejection);
+                // What was read of the refused request is still in the buffer.
+                answer_request(stream, &rejection, buffer.starts_with(b"HEAD "));
                 break;
             }
         }
