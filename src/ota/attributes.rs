@@ -139,6 +139,18 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
         return Err(AttributesError::NotXml);
     }
 
+    // Apple writes neither; the plist reader drops what they hold without a word (a CDATA
+    // key reads as "", an entity declared inside the DOCTYPE expands to nothing).
+    for (construct, what) in [
+        (&b"<![CDATA["[..], "a CDATA section"),
+        (&b"<!ENTITY"[..], "an entity declaration"),
+    ] {
+        if head.windows(construct.len()).any(|w| w == construct) {
+            return Err(AttributesError::Malformed(format!(
+                "{what} is not accepted"
+            )));
+        }
+    }
     crate::plistshape::check(head, MAX_DEPTH, MAX_TAGS).map_err(|err| match err {
         crate::plistshape::ShapeError::TooDeep(_) => {
             AttributesError::OverLimit("nesting is too deep")
@@ -291,6 +303,21 @@ mod tests {
              <string>B</string></dict><key>N</key><string>UDID</string>",
         );
         assert_eq!(parse(&nested).unwrap().udid(), "A");
+    }
+
+    #[test]
+    fn cdata_and_entity_declarations_are_refused_not_dropped() {
+        let cdata = plist("<key><![CDATA[UDID]]></key><string>B</string>");
+        let entity = "<?xml version=\"1.0\"?><!DOCTYPE plist [<!ENTITY u \"UDID\">]>\
+                      <plist version=\"1.0\"><dict><key>&u;</key><string>B</string></dict>\
+                      </plist>";
+        for body in [cdata, entity.as_bytes().to_vec()] {
+            let err = parse(&body).unwrap_err();
+            assert!(
+                matches!(&err, AttributesError::Malformed(why) if why.ends_with("not accepted")),
+                "{err:?}"
+            );
+        }
     }
 
     #[test]
