@@ -362,7 +362,7 @@ fn aes_profiles_and_a_configured_template() {
 #[test]
 fn pkioperation_by_get_with_base64_in_the_query() {
     use base64::Engine;
-    use otad::scep::message::{self, MessageType, PkiStatus, RequestParams};
+    use otad::scep::message::{self, PkiStatus};
 
     let server = TestServer::start(|config| {
         common::server::set_key(&config, "scep", "challenge", "\"get-static-challenge\"")
@@ -391,28 +391,8 @@ fn pkioperation_by_get_with_base64_in_the_query() {
     assert_eq!(certs.len(), 2, "the RA and the CA");
     let ra = &certs[0];
 
-    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
-    let csr = otad::pki::csr::build(&key, "get-client", Some("get-static-challenge")).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "get-client");
-    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
-    let nonce = message::new_nonce();
-    let request = message::build_request(
-        &csr,
-        &RequestParams {
-            message_type: MessageType::PkcsReq,
-            transaction_id: "get-transaction",
-            sender_nonce: nonce,
-            digest: otad::cms::DigestAlgorithm::Sha256,
-            cipher: otad::cms::ContentCipher::Aes128Cbc,
-            recipient: ra,
-            signer_certificate: self_signed.der(),
-            signer_key: key.signing(),
-        },
-    )
-    .unwrap();
+    let (requester, request, nonce) =
+        common::scep::pkcs_req(ra, "get-client", "get-static-challenge", "get-transaction");
     // Raw base64 with its + and /, and without padding, as some clients send it.
     let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&request);
     let url = format!(
@@ -433,8 +413,8 @@ fn pkioperation_by_get_with_base64_in_the_query() {
     let reply = message::parse_reply(
         &response.body,
         &[ra.as_slice()],
-        self_signed.der(),
-        key.decrypting(),
+        &requester.certificate,
+        requester.key.decrypting(),
     )
     .unwrap();
     assert_eq!(reply.status, PkiStatus::Success);
@@ -443,13 +423,13 @@ fn pkioperation_by_get_with_base64_in_the_query() {
     assert_eq!(reply.certificates.len(), 1, "only the issued certificate");
     assert_eq!(
         otad::pki::cert::spki_der(&reply.certificates[0]).unwrap(),
-        key.public_key_spki_der()
+        requester.key.public_key_spki_der()
     );
 }
 
 #[test]
 fn a_challenge_offered_for_the_wrong_purpose_is_not_spent() {
-    use otad::scep::message::{self, MessageType, RequestParams};
+    use otad::scep::message;
 
     let server = TestServer::start(|config| config);
     let device = Device::new(&server.device_options()).unwrap();
@@ -462,34 +442,15 @@ fn a_challenge_offered_for_the_wrong_purpose_is_not_spent() {
             .body,
     )
     .unwrap();
-    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
-    let csr = otad::pki::csr::build(&key, "x", Some(&phase1.challenge)).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "x");
-    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
-    let request = message::build_request(
-        &csr,
-        &RequestParams {
-            message_type: MessageType::PkcsReq,
-            transaction_id: "wrong-purpose",
-            sender_nonce: message::new_nonce(),
-            digest: otad::cms::DigestAlgorithm::Sha256,
-            cipher: otad::cms::ContentCipher::Aes128Cbc,
-            recipient: &certs[0],
-            signer_certificate: self_signed.der(),
-            signer_key: key.signing(),
-        },
-    )
-    .unwrap();
+    let (requester, request, _) =
+        common::scep::pkcs_req(&certs[0], "x", &phase1.challenge, "wrong-purpose");
     let url = format!("{}/scep?operation=PKIOperation", server.url);
     let response = httpclient::post(&url, "application/x-pki-message", &request).unwrap();
     let reply = message::parse_reply(
         &response.body,
         &[certs[0].as_slice()],
-        self_signed.der(),
-        key.decrypting(),
+        &requester.certificate,
+        requester.key.decrypting(),
     )
     .unwrap();
     assert_eq!(reply.status, message::PkiStatus::Failure);

@@ -641,7 +641,7 @@ fn head_is_answered_as_get_without_a_body_on_every_get_route() {
 #[test]
 fn head_of_a_pki_operation_by_get_issues_nothing() {
     use base64::Engine;
-    use otad::scep::message::{self, MessageType, RequestParams};
+    use otad::scep::message;
 
     let server = TestServer::start(|config| {
         set_key(&config, "scep", "challenge", "\"head-static-challenge\"")
@@ -652,27 +652,12 @@ fn head_of_a_pki_operation_by_get_issues_nothing() {
     let ra = &certs[0];
 
     // A PKCSReq that GET would answer with a certificate.
-    let key = otad::pki::keys::RsaPrivateKey::generate(2048).unwrap();
-    let csr = otad::pki::csr::build(&key, "head-client", Some("head-static-challenge")).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "head-client");
-    let self_signed = params.self_signed(&key.rcgen_key().unwrap()).unwrap();
-    let request = message::build_request(
-        &csr,
-        &RequestParams {
-            message_type: MessageType::PkcsReq,
-            transaction_id: "head-transaction",
-            sender_nonce: message::new_nonce(),
-            digest: otad::cms::DigestAlgorithm::Sha256,
-            cipher: otad::cms::ContentCipher::Aes128Cbc,
-            recipient: ra,
-            signer_certificate: self_signed.der(),
-            signer_key: key.signing(),
-        },
-    )
-    .unwrap();
+    let (requester, request, _) = common::scep::pkcs_req(
+        ra,
+        "head-client",
+        "head-static-challenge",
+        "head-transaction",
+    );
     let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&request);
     let target = format!("/scep?operation=PKIOperation&message={encoded}");
 
@@ -693,8 +678,13 @@ fn head_of_a_pki_operation_by_get_issues_nothing() {
         header(&headers, "content-type"),
         Some("application/x-pki-message")
     );
-    let reply =
-        message::parse_reply(&body, &[ra.as_slice()], self_signed.der(), key.decrypting()).unwrap();
+    let reply = message::parse_reply(
+        &body,
+        &[ra.as_slice()],
+        &requester.certificate,
+        requester.key.decrypting(),
+    )
+    .unwrap();
     assert_eq!(reply.status, message::PkiStatus::Success);
     assert!(
         server.snapshot() != before,

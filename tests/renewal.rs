@@ -22,7 +22,7 @@ use otad::pki::ca::{random_serial, CertificateAuthority, IssueRequest, KeyUsageP
 use otad::pki::keys::RsaPrivateKey;
 use otad::pki::{cert, csr};
 use otad::scep::message::{self, FailInfo, MessageType, ParsedReply, PkiStatus, RequestParams};
-use otad::simulate::Device;
+use otad::simulate::{Device, SimulateOptions};
 
 const STATIC_CHALLENGE: &str = "renewal-static-challenge";
 
@@ -200,6 +200,20 @@ fn pkcs_req(scep: &Scep, cn: &str, challenge: &str) -> (Identity, Vec<u8>, Strin
     let transaction_id = format!("T-{}", serial(&identity.certificate));
     let reply = scep.send(MessageType::PkcsReq, &transaction_id, &request, &identity);
     (identity, request, transaction_id, reply)
+}
+
+/// A simulated device through phases 1 and 2, then a PKCSReq with the challenge phase 2
+/// handed out: the identity it got (the throwaway key and the issued certificate).
+fn certified_over_the_air(server: &TestServer, scep: &Scep, options: &SimulateOptions) -> Identity {
+    let device = Device::new(options).unwrap();
+    let phase1 = device.phase1(&server.url).unwrap();
+    let payload = device.phase2(&phase1).unwrap();
+    let cn = payload.common_name().unwrap().to_string();
+    let (key, _, _, reply) = pkcs_req(scep, &cn, &payload.challenge);
+    Identity {
+        key: key.key,
+        certificate: issued(&reply),
+    }
 }
 
 fn static_challenge_server(approval: &str) -> TestServer {
@@ -381,16 +395,7 @@ fn renewal_of_a_device_certificate_gives_the_device_the_new_serial() {
     let scep = Scep::new(&server);
     let mut options = server.device_options();
     options.udid = Some("00008030-001A35E12345802E".into());
-    let device = Device::new(&options).unwrap();
-    let phase1 = device.phase1(&server.url).unwrap();
-    let payload = device.phase2(&phase1).unwrap();
-
-    let cn = payload.common_name().unwrap().to_string();
-    let (key, _, _, reply) = pkcs_req(&scep, &cn, &payload.challenge);
-    let old = Identity {
-        key: key.key,
-        certificate: issued(&reply),
-    };
+    let old = certified_over_the_air(&server, &scep, &options);
     let request = csr::build(&RsaPrivateKey::generate(2048).unwrap(), "x", None).unwrap();
     let renewed = issued(&scep.send(MessageType::RenewalReq, "device-renewal", &request, &old));
     assert_eq!(
@@ -418,15 +423,7 @@ fn a_blocked_device_renews_nothing() {
     let scep = Scep::new(&server);
     let mut options = server.device_options();
     options.serial = Some("C02RENEWBLK".into());
-    let device = Device::new(&options).unwrap();
-    let phase1 = device.phase1(&server.url).unwrap();
-    let payload = device.phase2(&phase1).unwrap();
-    let cn = payload.common_name().unwrap().to_string();
-    let (key, _, _, reply) = pkcs_req(&scep, &cn, &payload.challenge);
-    let old = Identity {
-        key: key.key,
-        certificate: issued(&reply),
-    };
+    let old = certified_over_the_air(&server, &scep, &options);
     let new_key = RsaPrivateKey::generate(2048).unwrap();
     let request = csr::build(&new_key, "x", None).unwrap();
     let renewed = issued(&scep.send(MessageType::RenewalReq, "before-block", &request, &old));

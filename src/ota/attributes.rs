@@ -17,20 +17,17 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_KEY_LEN: usize = 64;
 /// Longest attribute value.
 pub const MAX_VALUE_LEN: usize = 1024;
-/// The attributes otad reads, decides on or records by name: each must be a plist string
-/// when sent (an integer UDID or SERIAL would otherwise become one by accident).
-pub const STRING_ATTRIBUTES: [&str; 10] = [
-    "UDID",
-    "SERIAL",
-    "PRODUCT",
-    "VERSION",
-    "IMEI",
-    "MEID",
-    "ICCID",
-    "DEVICE_NAME",
-    "MAC_ADDRESS_EN0",
-    "CHALLENGE",
-];
+/// The attributes otad reads, decides on or records by name, which must be plist strings
+/// when sent (an integer UDID or SERIAL would otherwise become one by accident): the ones
+/// phase 1 asks for by default, and the challenge.
+fn string_attribute(key: &str) -> Option<&'static str> {
+    crate::config::DEFAULT_DEVICE_ATTRIBUTES
+        .iter()
+        .chain(&["CHALLENGE"])
+        .find(|name| **name == key)
+        .copied()
+}
+
 /// Deepest nesting of arrays and dictionaries accepted (the top dictionary counts as 1).
 pub const MAX_DEPTH: usize = 4;
 /// Most XML tags in one attribute plist.
@@ -54,7 +51,7 @@ pub enum AttributesError {
     MissingUdid,
     /// An attribute is given twice (which one would count is the parser's choice).
     Duplicate(String),
-    /// One of the [`STRING_ATTRIBUTES`] is not a string.
+    /// An attribute otad reads by name (UDID, SERIAL, CHALLENGE, ...) is not a string.
     NotAString(&'static str),
 }
 
@@ -179,7 +176,7 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
         if key.len() > MAX_KEY_LEN {
             return Err(AttributesError::OverLimit("an attribute name is too long"));
         }
-        if let Some(name) = STRING_ATTRIBUTES.iter().find(|name| **name == key) {
+        if let Some(name) = string_attribute(&key) {
             if !matches!(value, plist::Value::String(_)) {
                 return Err(AttributesError::NotAString(name));
             }
@@ -338,9 +335,7 @@ mod tests {
             let body = plist(&format!("{udid}<key>{key}</key>{value}"));
             assert_eq!(
                 parse(&body),
-                Err(AttributesError::NotAString(
-                    STRING_ATTRIBUTES.iter().find(|k| **k == key).unwrap()
-                )),
+                Err(AttributesError::NotAString(string_attribute(key).unwrap())),
                 "{key} {value}"
             );
         }

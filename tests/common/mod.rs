@@ -34,5 +34,6 @@ pub fn fixture(relative: &str) -> Option<Vec<u8>> {
 pub mod cli;
 pub mod der;
 pub mod impostor;
+pub mod scep;
 pub mod server;
 pub mod tools;
