@@ -488,6 +488,9 @@ fn the_static_challenge_mints_no_certificate_for_an_ota_devices_udid() {
         server.log()
     );
 
+    let (_, _, _, reply) = pkcs_req(&scep, "00008030-00aa11bb22cc33dd", STATIC_CHALLENGE);
+    assert_eq!(failure(&reply), FailInfo::BadRequest, "in another case too");
+
     // Any other CN, a UDID-shaped one of no known device included, is served as before.
     for cn in ["laptop-1", "00008030-00AA11BB22CC33DE"] {
         let (_, _, _, reply) = pkcs_req(&scep, cn, STATIC_CHALLENGE);

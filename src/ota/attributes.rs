@@ -17,6 +17,11 @@ pub const MAX_ATTRIBUTES: usize = 64;
 pub const MAX_KEY_LEN: usize = 64;
 /// Longest attribute value.
 pub const MAX_VALUE_LEN: usize = 1024;
+/// Deepest nesting of arrays and dictionaries accepted (the top dictionary counts as 1).
+pub const MAX_DEPTH: usize = 4;
+/// Most XML tags in one attribute plist.
+pub const MAX_TAGS: usize = 1024;
+
 /// The attributes otad reads, decides on or records by name, which must be plist strings
 /// when sent (an integer UDID or SERIAL would otherwise become one by accident): the ones
 /// phase 1 asks for by default, and the challenge.
@@ -27,11 +32,6 @@ fn string_attribute(key: &str) -> Option<&'static str> {
         .find(|name| **name == key)
         .copied()
 }
-
-/// Deepest nesting of arrays and dictionaries accepted (the top dictionary counts as 1).
-pub const MAX_DEPTH: usize = 4;
-/// Most XML tags in one attribute plist.
-pub const MAX_TAGS: usize = 1024;
 
 /// Why the attribute plist was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -133,11 +133,20 @@ pub(crate) fn authorise(
         // static challenge anyone holding it could mint a blocked device's certificate, or
         // keep one renewing that no block would ever stop.
         if crate::store::valid_udid(cn) {
-            let known = ctx
-                .store
-                .device(cn)
-                .map_err(|err| format!("device lookup failed: {err}"))?;
-            if known.is_some() {
+            // In any case: a UDID spelled in another case is still that device to a reader.
+            let mut known = false;
+            for spelling in [
+                cn.to_string(),
+                cn.to_ascii_uppercase(),
+                cn.to_ascii_lowercase(),
+            ] {
+                let found = ctx
+                    .store
+                    .device(&spelling)
+                    .map_err(|err| format!("device lookup failed: {err}"))?;
+                known |= found.is_some();
+            }
+            if known {
                 return Err(format!(
                     "CN {cn} is the UDID of a device enrolled over the air: its certificates \
                      come from OTA enrollment only"
