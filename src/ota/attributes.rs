@@ -156,23 +156,20 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
             AttributesError::OverLimit("too many elements")
         }
     })?;
-    let value = plist::Value::from_reader_xml(Cursor::new(content))
-        .map_err(|err| AttributesError::Malformed(err.to_string()))?;
-    let plist::Value::Dictionary(dict) = value else {
-        return Err(AttributesError::NotADictionary);
-    };
-    if let Some(key) = duplicate_key(content)? {
+    let entries = top_entries(content)?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some((key, _)) = entries.iter().find(|(key, _)| !seen.insert(key.as_str())) {
         return Err(AttributesError::Duplicate(crate::logger::one_line(
-            &key,
+            key,
             MAX_KEY_LEN,
         )));
     }
-    if dict.len() > MAX_ATTRIBUTES {
+    if entries.len() > MAX_ATTRIBUTES {
         return Err(AttributesError::OverLimit("too many attributes"));
     }
 
     let mut values = BTreeMap::new();
-    for (key, value) in dict {
+    for (key, value) in entries {
         if key.len() > MAX_KEY_LEN {
             return Err(AttributesError::OverLimit("an attribute name is too long"));
         }
@@ -201,24 +198,29 @@ pub fn parse(content: &[u8]) -> Result<DeviceAttributes, AttributesError> {
     Ok(attributes)
 }
 
-/// The first key the top dictionary holds twice, if any (the plist crate's `Value` keeps the
-/// last silently): the dictionary read again through serde, which hands over every entry in
-/// order, values skipped unbuilt. The caller has bounded the size and the nesting.
-fn duplicate_key(content: &[u8]) -> Result<Option<String>, AttributesError> {
-    plist::from_reader_xml::<_, FirstDuplicate>(Cursor::new(content))
-        .map(|found| found.0)
-        .map_err(|err| AttributesError::Malformed(err.to_string()))
+/// The top dictionary's entries in the order sent, a key given twice kept twice (the plist
+/// crate's `Value` would keep the last silently). One parse; only a plist that does not read
+/// as a dictionary is parsed again, to say why. The caller has bounded size and nesting.
+fn top_entries(content: &[u8]) -> Result<Vec<(String, plist::Value)>, AttributesError> {
+    match plist::from_reader_xml::<_, Entries>(Cursor::new(content)) {
+        Ok(entries) => Ok(entries.0),
+        Err(err) => Err(match plist::Value::from_reader_xml(Cursor::new(content)) {
+            Err(why) => AttributesError::Malformed(why.to_string()),
+            Ok(plist::Value::Dictionary(_)) => AttributesError::Malformed(err.to_string()),
+            Ok(_) => AttributesError::NotADictionary,
+        }),
+    }
 }
 
-/// What [`duplicate_key`] finds.
-struct FirstDuplicate(Option<String>);
+/// What [`top_entries`] reads.
+struct Entries(Vec<(String, plist::Value)>);
 
-impl<'de> serde::Deserialize<'de> for FirstDuplicate {
+impl<'de> serde::Deserialize<'de> for Entries {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Keys;
+        struct Visitor;
 
-        impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = FirstDuplicate;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Entries;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a dictionary")
@@ -227,19 +229,16 @@ impl<'de> serde::Deserialize<'de> for FirstDuplicate {
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> Result<FirstDuplicate, A::Error> {
-                let mut seen = std::collections::HashSet::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    if !seen.insert(key.clone()) {
-                        return Ok(FirstDuplicate(Some(key)));
-                    }
+            ) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, plist::Value>()? {
+                    entries.push(entry);
                 }
-                Ok(FirstDuplicate(None))
+                Ok(Entries(entries))
             }
         }
 
-        deserializer.deserialize_map(Keys)
+        deserializer.deserialize_map(Visitor)
     }
 }
 
