@@ -11,6 +11,7 @@
 # Build the driver first: cargo build --release --manifest-path bench/Cargo.toml
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 ROOT=$PWD
 
 if [[ $# -ne 2 ]]; then
@@ -35,11 +36,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
 # Starts `$1` on a fresh state in `$2`; prints "PID PORT".
 start() {
     local otad=$1 dir=$2 port
@@ -62,10 +58,7 @@ for round in $(seq "$ROUNDS"); do
         PIDS+=("${pid[$side]}")
     done
     for side in A B; do
-        for _ in $(seq 100); do
-            (exec 3<>"/dev/tcp/127.0.0.1/${port[$side]}") 2>/dev/null && break
-            sleep 0.1
-        done
+        wait_port "${port[$side]}"
     done
 
     perf_pids=()

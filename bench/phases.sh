@@ -13,6 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 REQUESTS=${REQUESTS:-500}
 LEVELS=${LEVELS:-1,8,64}
@@ -42,8 +43,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
+PORT=$(free_port)
 URL="http://127.0.0.1:$PORT"
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
@@ -57,12 +57,7 @@ python3 bench/configure.py "$WORK/otad/otad.toml" "http.listen=\"127.0.0.1:$PORT
     "ota.extra_device_ca=[\"$WORK/device-ca/device-ca.pem\"]"
 "$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
 OTAD_PID=$!
-for _ in $(seq 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        break
-    fi
-    sleep 0.1
-done
+wait_port "$PORT"
 # Idle RSS is read by the driver before its first request, after a second of rest.
 sleep 1
 

@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+source bench/lib.sh
 
 # 500 a level: server CPU is read from /proc in 10 ms ticks, so a level needs about a second
 # of CPU time to give CPU per issuance to about 2%.
@@ -61,23 +62,6 @@ cleanup() {
     fi
 }
 trap cleanup EXIT
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-# Waits until something accepts connections on 127.0.0.1:$1.
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "bench: nothing listens on 127.0.0.1:$1" >&2
-    return 1
-}
 
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
