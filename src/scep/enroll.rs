@@ -134,15 +134,18 @@ pub(crate) fn authorise(
         // keep one renewing that no block would ever stop.
         if crate::store::valid_udid(cn) {
             // In any case: a UDID spelled in another case is still that device to a reader.
-            let mut known = false;
-            for spelling in [
+            let mut spellings = vec![
                 cn.to_string(),
                 cn.to_ascii_uppercase(),
                 cn.to_ascii_lowercase(),
-            ] {
+            ];
+            spellings.sort();
+            spellings.dedup();
+            let mut known = false;
+            for spelling in &spellings {
                 let found = ctx
                     .store
-                    .device(&spelling)
+                    .device(spelling)
                     .map_err(|err| format!("device lookup failed: {err}"))?;
                 known |= found.is_some();
             }
