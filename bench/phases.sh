@@ -8,6 +8,7 @@
 #   REQUESTS=100 LEVELS=1,8 CURVE= bench/phases.sh
 #   CURVE=1000,2000,5000,10000 bench/phases.sh   # grow to 10,000 devices afterwards
 #   KEEP_WORK=1 bench/phases.sh             # keep the state and log
+#   CONFIGURE='http.workers=16' bench/phases.sh   # other settings (bench/configure.py)
 #
 # Needs a Rust toolchain and python3.
 set -euo pipefail
@@ -54,7 +55,7 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 "$DRIVER" device-ca --dir "$WORK/device-ca"
 "$OTAD" init --state "$WORK/otad" --url "$URL" >/dev/null
 python3 bench/configure.py "$WORK/otad/otad.toml" "http.listen=\"127.0.0.1:$PORT\"" \
-    "ota.extra_device_ca=[\"$WORK/device-ca/device-ca.pem\"]"
+    "ota.extra_device_ca=[\"$WORK/device-ca/device-ca.pem\"]" ${CONFIGURE:-}
 "$OTAD" serve --config "$WORK/otad/otad.toml" 2>"$WORK/otad.log" &
 OTAD_PID=$!
 wait_port "$PORT"

@@ -16,6 +16,17 @@ PRIVATE_OPERATIONS = {"caps": 0, "phase1": 1, "phase2": 1, "scep": 3, "phase3": 
 STAGES = ["caps", "phase1", "phase2", "scep", "phase3"]
 
 
+def ceiling(ops, two, caps):
+    """The share of its bound a stage could reach if it did nothing but HTTP (the caps stage
+    at the same concurrency: server and driver CPU per request, on the same cores) and its
+    private-key operations (each 2 / two core-seconds, as the bound counts them)."""
+    if not ops or not two or not caps:
+        return None
+    http_ms = caps["server_cpu_ms_per_request"] + caps["driver_cpu_ms_per_request"]
+    rsa_ms = ops * 2000 / two
+    return rsa_ms / (rsa_ms + http_ms)
+
+
 def main(results, filesystem, load_average):
     rows = [json.loads(line) for line in open(results) if line.strip()]
     rsa = {r["threads"]: r for r in rows if "threads" in r}
@@ -37,13 +48,17 @@ def main(results, filesystem, load_average):
           f"{rsa.get(1, {}).get('per_second', 0):.0f}, 2 threads {two:.0f}; one costs "
           f"{rsa_cpu_ms * 1000:.1f} us of CPU")
     print()
+    caps = {r["concurrency"]: r for r in levels if r["stage"] == "caps"}
     print("| stage | concurrency | per s | p50 ms | p99 ms | p99 limit ms | failures "
-          "| bound per s | % of bound | server CPU ms | CPU / RSA ops | driver CPU ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| bound per s | % of bound | HTTP+RSA ceiling | server CPU ms | CPU / RSA ops "
+          "| driver CPU ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in sorted(levels, key=lambda r: (STAGES.index(r["stage"]), r["concurrency"])):
         ops = PRIVATE_OPERATIONS[row["stage"]]
         bound = two / ops if two and ops else 0
         share = f"{100 * row['per_second'] / bound:.0f}%" if bound else "n/a"
+        top = ceiling(ops, two, caps.get(row["concurrency"]))
+        top = f"{100 * top:.0f}%" if top else "n/a"
         bound_text = f"{bound:.0f}" if bound else "n/a"
         # Fair queueing: a request waits for the C - 1 ahead of it, so p99 should stay
         # within 1.5 x C / throughput.
@@ -52,9 +67,13 @@ def main(results, filesystem, load_average):
                      if rsa_cpu_ms and ops else "n/a")
         print(f"| {row['stage']} | {row['concurrency']} | {row['per_second']:.0f} "
               f"| {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {limit:.1f} "
-              f"| {row['failures']}/{row['requests']} | {bound_text} | {share} "
+              f"| {row['failures']}/{row['requests']} | {bound_text} | {share} | {top} "
               f"| {row['server_cpu_ms_per_request']:.3f} | {cpu_ratio} "
               f"| {row['driver_cpu_ms_per_request']:.3f} |")
+    print()
+    print("HTTP+RSA ceiling: the share of its bound a stage would reach if it cost nothing but "
+          "HTTP (the caps row: server and driver CPU per request, which share the cores) and "
+          "its RSA-2048 private-key operations.")
 
     if memory:
         print()

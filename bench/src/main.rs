@@ -5,7 +5,10 @@
 //! challenge, SHA-256, AES-128), then posts them at each concurrency level and prints one JSON
 //! line per level: throughput, p50 and p99 latency, failures. Replies are checked after the
 //! clock stops (verified, decrypted, one certificate for our key), so the driver spends no
-//! CPU on them while the server is being timed. `rsa` measures RSA-2048 signatures per second
+//! CPU on them while the server is being timed. Before each level, [`CAPS_PER_REQUEST`] times
+//! as many GetCACaps (no crypto, no state) give the cost of HTTP alone at that concurrency,
+//! the floor under every request: with the RSA bound it gives the ceiling a server could
+//! reach if it did nothing but HTTP and its private-key operations. `rsa` measures RSA-2048 signatures per second
 //! with aws-lc-rs on 1..=N threads, the private-key operation a PKCSReq needs three of.
 //!
 //! Counts are bounded (at most [`MAX_REQUESTS`] requests a level, [`MAX_SIGNATURES`]
@@ -39,6 +42,9 @@ const MAX_CURVE_DEVICES: usize = 100_000;
 const MAX_THREADS: usize = 64;
 /// Requests sent before the clock starts, to fault in both sides' code and files.
 const WARMUP_REQUESTS: usize = 8;
+/// GetCACaps sent per PKCSReq of a level to measure HTTP alone: each costs a tenth of a
+/// millisecond or less, and the server's CPU is read in 10 ms ticks.
+pub(crate) const CAPS_PER_REQUEST: usize = 10;
 /// Validity of the throwaway certificate that signs the PKCSReqs.
 const THROWAWAY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -222,7 +228,15 @@ fn load(options: &LoadOptions) -> Result<(), String> {
         ));
     }
 
+    let caps_url = format!("{}?operation=GetCACaps", options.scep_url);
+    let caps_target = Target {
+        method: "GET",
+        url: &caps_url,
+        content_type: "",
+    };
     for (&concurrency, requests) in options.levels.iter().zip(&levels) {
+        http_floor(options, &caps_target, requests.len(), concurrency)?;
+
         let server_before = options.server_pid.map(process_cpu).transpose()?;
         let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency, options.reuse);
         let server_cpu = match (options.server_pid, server_before) {
@@ -257,6 +271,47 @@ fn load(options: &LoadOptions) -> Result<(), String> {
             if options.reuse { "reuse" } else { "close" },
         );
     }
+    Ok(())
+}
+
+/// Times `CAPS_PER_REQUEST * requests` GetCACaps at `concurrency` and prints their JSON line
+/// (`"stage": "caps"`): what HTTP alone costs the server and the driver.
+fn http_floor(
+    options: &LoadOptions,
+    target: &Target<'_>,
+    requests: usize,
+    concurrency: usize,
+) -> Result<(), String> {
+    let bodies: Vec<&[u8]> = vec![&[]; requests * CAPS_PER_REQUEST];
+    let server_before = options.server_pid.map(process_cpu).transpose()?;
+    let (replies, elapsed, driver_cpu) = send_all(target, &bodies, concurrency, options.reuse);
+    let server_cpu = match (options.server_pid, server_before) {
+        (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
+        _ => None,
+    };
+
+    let failures = replies
+        .iter()
+        .filter(|reply| {
+            !reply
+                .result
+                .as_ref()
+                .is_ok_and(|body| body.windows(5).any(|word| word == b"SHA-2"))
+        })
+        .count();
+    let per_request = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / bodies.len().max(1) as f64;
+    let server_cpu_ms =
+        server_cpu.map_or("null".to_string(), |cpu| format!("{:.4}", per_request(cpu)));
+    println!(
+        "{{\"server\": \"{}\", \"stage\": \"caps\", \"concurrency\": {concurrency}, \
+         \"requests\": {}, \"failures\": {failures}, \"per_second\": {:.1}, \
+         \"server_cpu_ms_per_request\": {server_cpu_ms}, \
+         \"driver_cpu_ms_per_request\": {:.4}}}",
+        options.label,
+        bodies.len(),
+        bodies.len() as f64 / elapsed.as_secs_f64(),
+        per_request(driver_cpu),
+    );
     Ok(())
 }
 
