@@ -128,6 +128,39 @@ fn a_token_is_required_spent_in_phase_2_and_used_up() {
 }
 
 #[test]
+fn a_token_is_refused_while_the_phase_1_challenge_is_static() {
+    let server = TestServer::start(|c| set_key(&c, "ota", "challenge", "\"static-secret\""));
+
+    // token new still makes the token, and warns on stderr that phase 1 will refuse it.
+    let state = server.state.to_str().unwrap();
+    let (code, out, err) = otad(&["token", "new", "--state", state], "");
+    assert_eq!(code, 0, "token new: {err}");
+    assert!(
+        err.contains("refused while ota.challenge is static"),
+        "{err}"
+    );
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+
+    // Phase 1 with it: 403 and why, so no device enrolls on a token whose uses never count;
+    // without it the static challenge is handed out as before.
+    let with_token = httpclient::get(&format!("{}/ota/enroll?token={secret}", server.url)).unwrap();
+    assert_eq!(with_token.status, 403);
+    assert!(
+        body(&with_token).contains("set ota.challenge = \"\" to use tokens"),
+        "{}",
+        body(&with_token)
+    );
+    let mut plain = device(&server, None);
+    let phase1 = plain.phase1(&server.url).unwrap();
+    assert_eq!(phase1.challenge, "static-secret");
+    plain.phase2(&phase1).unwrap();
+}
+
+#[test]
 fn expired_and_revoked_tokens_are_refused_in_both_phases() {
     let server = TestServer::start(|c| c);
     let mut early = device(&server, None);

@@ -205,6 +205,12 @@ fn new(mut parser: lexopt::Parser) -> Result<String, Exit> {
         text.push_str(&format!("note: {}\n", record.note));
     }
     eprintln!("otad token: the token is shown only now; otad keeps only its hash");
+    if !config.ota.challenge.is_empty() {
+        eprintln!(
+            "otad token: warning: {}",
+            crate::gate::STATIC_CHALLENGE_TOKEN
+        );
+    }
     Ok(text)
 }
 

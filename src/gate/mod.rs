@@ -102,6 +102,12 @@ pub fn peer_ip(remote: &str) -> Option<IpAddr> {
         .map(|addr| addr.ip().to_canonical())
 }
 
+/// Phase 1's refusal of a token while `ota.challenge` is static; `otad token new` warns with
+/// the same words.
+pub const STATIC_CHALLENGE_TOKEN: &str = "phase 1: enrollment tokens are refused while \
+     ota.challenge is static (their uses could not be counted); set ota.challenge = \"\" to \
+     use tokens, or open the enroll link without ?token=";
+
 /// Decides who phase 1 admits. See the module doc for the rules.
 pub fn admit(ctx: &Context, request: &Phase1Request<'_>, now: i64) -> Result<Admission, GateError> {
     let user = authenticate(ctx, request)?;
@@ -111,9 +117,12 @@ pub fn admit(ctx: &Context, request: &Phase1Request<'_>, now: i64) -> Result<Adm
         ));
     }
 
-    // TODO: with a static ota.challenge a token given (not required) is checked here but
-    // never spent, since there is no challenge record to carry it to phase 2; refusing it
-    // outright may be the clearer answer.
+    // A static challenge leaves no challenge record to carry a token to phase 2, where its
+    // use would be spent: a token there could never be used up, so it is refused.
+    if request.token.is_some() && !ctx.config.ota.challenge.is_empty() {
+        return Err(GateError::Forbidden(STATIC_CHALLENGE_TOKEN.into()));
+    }
+
     let token = match request.token {
         Some(secret) => Some(
             tokens::lookup(&ctx.store, secret, now).map_err(|err| match err {
