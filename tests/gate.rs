@@ -154,7 +154,7 @@ fn a_token_is_refused_while_the_phase_1_challenge_is_static() {
         "{}",
         body(&with_token)
     );
-    let mut plain = device(&server, None);
+    let plain = device(&server, None);
     let phase1 = plain.phase1(&server.url).unwrap();
     assert_eq!(phase1.challenge, "static-secret");
     plain.phase2(&phase1).unwrap();
