@@ -191,6 +191,25 @@ fn refusals_are_recorded_with_their_reason() {
     assert_eq!(refusals[1]["status"], 405);
 }
 
+#[test]
+fn a_flood_of_refusals_from_one_client_writes_a_bounded_number_of_lines() {
+    let server = TestServer::start(|config| config);
+    for _ in 0..60 {
+        let refused = httpclient::get(&format!("{}/ota/phase23", server.url)).unwrap();
+        assert_eq!(refused.status, 405);
+    }
+
+    // The client's share of the minute, one by one; the rest counted for the summary that
+    // follows the minute (the unit tests of events::throttle cover it).
+    let events = events(&server);
+    let refusals = events.iter().filter(|e| e["kind"] == "refusal").count();
+    assert_eq!(refusals, otad::events::throttle::PER_CLIENT as usize);
+    assert!(
+        server.log().matches("WARN").count() >= 60,
+        "each is still a warn line"
+    );
+}
+
 fn hook_config(config: String, port: u16) -> String {
     set_key(
         &config,

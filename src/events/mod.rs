@@ -20,6 +20,7 @@
 //! The log has its own lock, not the state lock, so an event may be recorded from inside a
 //! [`crate::store::Store::transaction`]; the state lock is never taken while this one is held.
 
+pub mod throttle;
 pub mod webhook;
 
 use std::fs::{File, OpenOptions};
@@ -320,6 +321,8 @@ pub struct EventLog {
     in_process: Mutex<()>,
     /// Bumped after every append, for the webhook worker to wake up.
     appended: Arc<(Mutex<u64>, Condvar)>,
+    /// How many refusals go into the log one by one.
+    refusals: throttle::RefusalThrottle,
 }
 
 impl EventLog {
@@ -332,6 +335,7 @@ impl EventLog {
             followed: settings.webhook.is_some(),
             in_process: Mutex::new(()),
             appended: Arc::new((Mutex::new(0), Condvar::new())),
+            refusals: throttle::RefusalThrottle::default(),
         }
     }
 
@@ -343,6 +347,43 @@ impl EventLog {
     /// Records `event` now. A failure is logged at error with the whole line and otherwise
     /// ignored: see the module documentation for why.
     pub fn record(&self, event: Event) {
+        self.record_suppressed();
+        self.write_or_log(event);
+    }
+
+    /// Records a refusal of a request from `remote` (the guard's "ip:port", or an address),
+    /// one by one within the bounds of [`throttle`]; past them it is only counted, for the
+    /// `refusals-suppressed` event that follows its window.
+    pub fn record_refusal(&self, event: Event, remote: &str) {
+        let client = crate::gate::peer_ip(remote).or_else(|| remote.parse().ok());
+        self.record_suppressed();
+        if self.refusals.admit(client, std::time::Instant::now()) {
+            self.write_or_log(event);
+        }
+    }
+
+    /// The `refusals-suppressed` event of a window that has ended, if it suppressed any.
+    fn record_suppressed(&self) {
+        let Some(suppressed) = self.refusals.take_suppressed(std::time::Instant::now()) else {
+            return;
+        };
+        self.write_or_log(
+            Event::new("refusals-suppressed")
+                .field("refusals", suppressed.refusals)
+                .field("clients", suppressed.clients)
+                .field("window_seconds", suppressed.window_seconds)
+                .reason(&format!(
+                    "{} refusals in {} s were not logged one by one (more than {} from one \
+                     address or {} in all); each is a warn line in the server's log",
+                    suppressed.refusals,
+                    suppressed.window_seconds,
+                    throttle::PER_CLIENT,
+                    throttle::PER_WINDOW
+                )),
+        );
+    }
+
+    fn write_or_log(&self, event: Event) {
         let at = crate::store::now();
         if let Err(err) = self.append(&event, at) {
             let line = event.to_line(at);
@@ -767,6 +808,40 @@ mod tests {
             webhook: webhook.then(|| "http://127.0.0.1:9/".to_string()),
             ..EventSettings::default()
         }
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_bounded_in_the_log_and_summed_up_after_its_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EventLog::open(dir.path(), &settings(1 << 20, 4, false));
+        log.refusals = throttle::RefusalThrottle::new(3, 100, std::time::Duration::from_secs(1));
+        for n in 0..50 {
+            let event = Event::new("refusal").field("n", n).remote("192.0.2.7:4000");
+            log.record_refusal(event, "192.0.2.7:4000");
+        }
+        log.record_refusal(Event::new("refusal").field("n", 99), "198.51.100.1:1");
+        let kinds = |log: &EventLog| -> Vec<(String, Value)> {
+            std::fs::read_to_string(log.dir().join(LOG_FILE))
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<Value>(line).unwrap())
+                .map(|v| (v["kind"].as_str().unwrap().to_string(), v))
+                .collect()
+        };
+        let lines = kinds(&log);
+        let ns: Vec<_> = lines.iter().map(|(_, v)| v["n"].clone()).collect();
+        assert_eq!(ns, [0, 1, 2, 99]);
+
+        // After the window, the next event of any kind is preceded by the sum.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        log.record(Event::new("phase2").udid("UDID-1"));
+        let lines = kinds(&log);
+        assert_eq!(lines.len(), 6);
+        let (kind, summary) = &lines[4];
+        assert_eq!(kind, "refusals-suppressed");
+        assert_eq!(summary["refusals"], 47);
+        assert_eq!(summary["clients"], 1);
+        assert_eq!(lines[5].0, "phase2");
     }
 
     #[test]

@@ -430,13 +430,14 @@ fn record_refusal(ctx: &Context, incoming: &Incoming<'_>, refusal: &Refusal) {
     } else {
         "refusal"
     };
-    ctx.events.record(
+    ctx.events.record_refusal(
         crate::events::Event::new(kind)
             .field("status", refusal.status)
             .field("method", incoming.method)
             .field("path", incoming.path)
             .reason(&crate::logger::one_line(&refusal.reason, 300))
             .remote(&incoming.remote),
+        &incoming.remote,
     );
 }
 

@@ -293,13 +293,14 @@ pub(crate) fn refuse(
         "scep: refused transaction {}: {reason} (failInfo {fail_info:?}) remote={remote}",
         to.transaction_id
     );
-    ctx.events.record(
+    ctx.events.record_refusal(
         crate::events::Event::new("refusal")
             .field("protocol", "scep")
             .field("transaction_id", to.transaction_id.as_str())
             .field("fail_info", format!("{fail_info:?}"))
             .reason(reason)
             .remote(remote),
+        remote,
     );
     let rep = CertRep {
         status: PkiStatus::Failure,
