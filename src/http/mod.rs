@@ -130,14 +130,21 @@ impl From<OtaError> for Refusal {
             | OtaError::Challenge(_)
             | OtaError::Refused(_)
             | OtaError::Denied(_) => 403,
-            OtaError::Busy(_) => 503,
+            OtaError::Busy { .. } => 503,
+            OtaError::ClientBusy { .. } => 429,
             OtaError::Internal(_) => 500,
             #[allow(unreachable_patterns)]
             _ => 500,
         };
+        let retry_after = match &err {
+            OtaError::Busy { retry_after, .. } | OtaError::ClientBusy { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        };
         let mut refusal = Refusal::new(status, err.to_string());
-        if status == 503 {
-            refusal.headers.push(("Retry-After", "60".to_string()));
+        if let Some(seconds) = retry_after {
+            refusal.headers.push(("Retry-After", seconds.to_string()));
         }
         refusal
     }
@@ -278,10 +285,10 @@ pub fn route(
                 let admission = crate::gate::admit(ctx, &request, now())
                     .map_err(|err| Refusal::from_gate(err, &ctx.config.auth.realm))?;
                 if method == "HEAD" {
-                    ota::phase1_head(ctx, &admission, now())?;
+                    ota::phase1_head(ctx, &admission, &incoming.remote, now())?;
                     return Ok(Reply::profile_head("enroll.mobileconfig"));
                 }
-                let signed = ota::phase1(ctx, &admission, now())?;
+                let signed = ota::phase1(ctx, &admission, &incoming.remote, now())?;
                 info!(
                     "phase 1: profile service handed out user={} token={} remote={}",
                     admission
@@ -319,11 +326,11 @@ pub fn route(
         "/mdm/enroll" => match method {
             "HEAD" if ctx.config.mdm.plain_enroll => {
                 // As for phase 1: GET mints a SCEP challenge for its profile; HEAD does not.
-                ota::plain_enrollment_head(ctx)?;
+                ota::plain_enrollment_head(ctx, &incoming.remote, now())?;
                 Ok(Reply::profile_head("enrollment.mobileconfig"))
             }
             "GET" if ctx.config.mdm.plain_enroll => {
-                let signed = ota::plain_enrollment(ctx, now())?;
+                let signed = ota::plain_enrollment(ctx, &incoming.remote, now())?;
                 info!(
                     "plain enrollment profile handed out remote={}",
                     incoming.remote
