@@ -928,6 +928,77 @@ mod tests {
         assert_eq!(status(&ctx, "HEAD"), None);
     }
 
+    /// Routes `method target` with no body from the client at `remote`.
+    fn answer_from(
+        ctx: &Context,
+        method: &str,
+        target: &str,
+        remote: &str,
+    ) -> Result<Reply, Refusal> {
+        let mut from = incoming(method, target);
+        from.remote = remote.into();
+        route(ctx, &from, &mut || Ok(Vec::new()))
+    }
+
+    fn retry_after(refusal: &Refusal) -> Option<&str> {
+        refusal
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Retry-After")
+            .map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn one_address_is_bounded_on_phase_1_and_plain_enrollment_together() {
+        let (_dir, mut ctx) = context();
+        ctx.config.ota.max_live_challenges_per_client = 3;
+        ctx.config.mdm.plain_enroll = true;
+        let school = "198.51.100.7:50000";
+        for target in ["/ota/enroll", "/mdm/enroll", "/ota/enroll"] {
+            assert!(answer_from(&ctx, "GET", target, school).is_ok(), "{target}");
+        }
+        for (method, target) in [
+            ("GET", "/ota/enroll"),
+            ("HEAD", "/ota/enroll"),
+            ("GET", "/mdm/enroll"),
+            ("HEAD", "/mdm/enroll"),
+        ] {
+            let refused = answer_from(&ctx, method, target, school).err().unwrap();
+            assert_eq!(refused.status, 429, "{method} {target}");
+            assert_eq!(
+                refused.reason,
+                "3 enrollments from 198.51.100.7 are waiting for their device, the most one \
+                 address may start; try again later"
+            );
+            // The challenge TTLs are an hour: at most a minute is asked for.
+            assert_eq!(retry_after(&refused), Some("60"), "{method} {target}");
+        }
+        assert_eq!(ctx.store.live_challenges(), 3, "a refusal mints nothing");
+
+        // Another address is not held back; an IPv6 client counts as its /64.
+        assert!(answer_from(&ctx, "GET", "/ota/enroll", "192.0.2.8:1").is_ok());
+        for host in ["1", "2", "3"] {
+            let remote = format!("[2001:db8:7:7::{host}]:443");
+            assert!(answer_from(&ctx, "GET", "/ota/enroll", &remote).is_ok());
+        }
+        let refused = answer_from(&ctx, "GET", "/ota/enroll", "[2001:db8:7:7:ffff::1]:443");
+        assert_eq!(refused.err().map(|r| r.status), Some(429));
+
+        // 0: no bound, only the cap on all of them.
+        ctx.config.ota.max_live_challenges_per_client = 0;
+        assert!(answer_from(&ctx, "GET", "/ota/enroll", school).is_ok());
+        ctx.config.ota.max_live_challenges = ctx.store.live_challenges();
+        let full = answer_from(&ctx, "GET", "/ota/enroll", "203.0.113.1:1")
+            .err()
+            .unwrap();
+        assert_eq!(full.status, 503);
+        assert_eq!(
+            full.reason,
+            "8 enrollments are waiting for their device; try again later"
+        );
+        assert_eq!(retry_after(&full), Some("60"));
+    }
+
     #[test]
     fn head_of_a_pki_operation_is_refused_and_does_nothing() {
         let (_dir, ctx) = context();
