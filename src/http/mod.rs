@@ -982,7 +982,15 @@ mod tests {
             assert!(answer_from(&ctx, "GET", "/ota/enroll", &remote).is_ok());
         }
         let refused = answer_from(&ctx, "GET", "/ota/enroll", "[2001:db8:7:7:ffff::1]:443");
-        assert_eq!(refused.err().map(|r| r.status), Some(429));
+        let refused = refused.err().unwrap();
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused
+                .reason
+                .starts_with("3 enrollments from 2001:db8:7:7::/64 are waiting"),
+            "{}",
+            refused.reason
+        );
 
         // 0: no bound, only the cap on all of them.
         ctx.config.ota.max_live_challenges_per_client = 0;

@@ -361,14 +361,20 @@ fn room_refusal(no_room: NoRoom, remote: &str) -> OtaError {
             why: format!("{live} enrollments are waiting for their device; try again later"),
             retry_after,
         },
-        NoRoom::Client { live, retry_after } => OtaError::ClientBusy {
-            why: format!(
-                "{live} enrollments from {} are waiting for their device, the most one \
-                 address may start; try again later",
-                crate::gate::client_key(remote)
-            ),
-            retry_after,
-        },
+        NoRoom::Client { live, retry_after } => {
+            // Named as it is counted: an IPv6 client by its /64.
+            let client = match crate::gate::client_key(remote) {
+                std::net::IpAddr::V6(network) => format!("{network}/64"),
+                v4 => v4.to_string(),
+            };
+            OtaError::ClientBusy {
+                why: format!(
+                    "{live} enrollments from {client} are waiting for their device, the most \
+                     one address may start; try again later"
+                ),
+                retry_after,
+            }
+        }
     }
 }
 
