@@ -374,6 +374,19 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
                 .into(),
         );
     }
+    let ota = &ctx.config.ota;
+    let anonymous = ctx.config.mdm.plain_enroll
+        || (ota.challenge.is_empty() && !ota.require_token && !ota.require_user);
+    let per_client = ota.max_live_challenges_per_client;
+    if anonymous && (per_client == 0 || per_client >= ota.max_live_challenges) {
+        warnings.push(format!(
+            "ota.max_live_challenges_per_client = {per_client}: one client may hold all \
+             ota.max_live_challenges = {} live challenges and close enrollment to everyone \
+             until they expire; set it below that (1000 by default), and ota.require_token \
+             or ota.require_user on an exposed server",
+            ota.max_live_challenges
+        ));
+    }
     warnings
 }
 
@@ -456,7 +469,16 @@ fn start_signal_handler(
     }
 }
 
-/// Removes expired challenges at start and then every ten minutes.
+/// How often the sweeper removes expired challenge files.
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often the sweeper looks whether to run early.
+const SWEEP_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Removes expired challenges at start and then every ten minutes, or at the next second once
+/// `ota.max_live_challenges` of them have expired since the last sweep. Expired challenges
+/// count for nothing at once; this bounds their files on disk, at twice the cap or so, even
+/// with a short `ota.challenge_ttl`.
 fn start_sweeper(ctx: Arc<Context>) {
     let spawned = std::thread::Builder::new()
         .name("sweeper".into())
@@ -466,7 +488,12 @@ fn start_sweeper(ctx: Arc<Context>) {
                 Ok(n) => info!("removed {n} expired challenges"),
                 Err(err) => warn!("sweeping challenges: {err}"),
             }
-            std::thread::sleep(std::time::Duration::from_secs(600));
+            let swept = std::time::Instant::now();
+            while swept.elapsed() < SWEEP_INTERVAL
+                && ctx.store.expired_challenges_unswept() < ctx.config.ota.max_live_challenges
+            {
+                std::thread::sleep(SWEEP_LOOK);
+            }
         });
     if let Err(err) = spawned {
         warn!("cannot start the challenge sweeper: {err}");

@@ -97,6 +97,10 @@ pub struct TlsConfig {
 /// Default `http.max_connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
+/// `ota.max_live_challenges_per_client` by default: more devices than a school enrolls at
+/// once behind one NAT address, far fewer than `ota.max_live_challenges`.
+pub const DEFAULT_MAX_LIVE_CHALLENGES_PER_CLIENT: usize = 1000;
+
 /// `[server]` keys.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -157,6 +161,9 @@ pub struct OtaConfig {
     /// Most challenges alive at once; past it phase 1 answers 503 (a download flood cannot
     /// fill the disk).
     pub max_live_challenges: usize,
+    /// Most live challenges the downloads of one client address (IPv4, or an IPv6 /64) may
+    /// hold; past it phase 1 and `GET /mdm/enroll` answer it 429. 0: no bound.
+    pub max_live_challenges_per_client: usize,
 }
 
 /// `[auth]` keys: how phase 1 checks the person enrolling.
@@ -338,6 +345,7 @@ impl Default for OtaConfig {
             require_token: false,
             require_user: false,
             max_live_challenges: 100_000,
+            max_live_challenges_per_client: DEFAULT_MAX_LIVE_CHALLENGES_PER_CLIENT,
         }
     }
 }
@@ -1161,6 +1169,11 @@ require_user = false
 # Most enrollments waiting for their device at once (each phase 1 download leaves a
 # challenge for challenge_ttl); past it phase 1 answers 503 until some are used or expire.
 max_live_challenges = 100000
+# Most of those one client address may hold (an IPv4 address, an IPv6 /64; behind
+# http.trusted_proxies, the client X-Forwarded-For names), GET /mdm/enroll's included; past
+# it that address gets 429 until some are used or expire. 0: no bound. An exposed server
+# should also set require_token or require_user.
+max_live_challenges_per_client = 1000
 
 [scep]
 # A static challenge for SCEP clients that do not come through OTA (scepclient, servers).

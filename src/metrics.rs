@@ -141,7 +141,9 @@ impl Metrics {
             let _ = writeln!(out, "otad_certificates_issued_total{{via=\"{via}\"}} {n}");
         }
 
-        out.push_str("# HELP otad_challenges_live Challenges handed out, not yet used.\n");
+        out.push_str(
+            "# HELP otad_challenges_live Challenges handed out, neither used nor expired.\n",
+        );
         out.push_str("# TYPE otad_challenges_live gauge\n");
         let _ = writeln!(out, "otad_challenges_live {}", gauges.challenges_live);
 

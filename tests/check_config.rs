@@ -205,6 +205,53 @@ fn what_serve_warns_about_at_start_up_check_config_prints_as_warnings_and_still_
 }
 
 #[test]
+fn a_per_client_bound_that_cannot_bite_on_an_open_phase_1_is_warned_about() {
+    let finished = |text: String| {
+        let text = set_key(
+            &text,
+            "mdm",
+            "server_url",
+            "\"https://mdm.example.com/mdm\"",
+        );
+        set_key(&text, "mdm", "topic", "\"com.apple.mgmt.External.0123\"")
+    };
+    let warned = |edit: &dyn Fn(String) -> String| {
+        let (_dir, config) = state();
+        edited(&config, |text| edit(finished(text)));
+        let (code, _, stderr) = check(&config);
+        assert_eq!(code, 0, "{stderr}");
+        stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix("otad: warning: "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let expected = "ota.max_live_challenges_per_client = 0: one client may hold all \
+                    ota.max_live_challenges = 100000 live challenges";
+
+    let no_bound = |text: String| set_key(&text, "ota", "max_live_challenges_per_client", "0");
+    let warnings = warned(&no_bound);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with(expected), "{warnings:?}");
+
+    // Not below the cap is no bound either; the default is.
+    let at_cap = |text: String| set_key(&text, "ota", "max_live_challenges", "1000");
+    let warnings = warned(&at_cap);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("ota.max_live_challenges_per_client = 1000: "),
+        "{warnings:?}"
+    );
+    assert!(warned(&|text| text).is_empty());
+
+    // Phase 1 behind tokens is bounded per token; plain /mdm/enroll is open to anyone.
+    let tokens = |text: String| set_key(&no_bound(text), "ota", "require_token", "true");
+    assert!(warned(&tokens).is_empty());
+    let plain = |text: String| set_key(&tokens(text), "mdm", "plain_enroll", "true");
+    assert_eq!(warned(&plain).len(), 1);
+}
+
+#[test]
 fn check_config_given_a_state_dir_names_the_config_file_to_give_instead() {
     let (_dir, config) = state();
     let state_dir = config.parent().unwrap();

@@ -691,3 +691,93 @@ fn head_of_a_pki_operation_by_get_issues_nothing() {
         "GET issued and recorded a certificate"
     );
 }
+
+/// `otad_challenges_live` as /metrics gives it.
+fn challenges_live(server: &TestServer) -> Option<u64> {
+    let metrics = otad::httpclient::get(&format!("{}/metrics", server.url)).unwrap();
+    String::from_utf8_lossy(&metrics.body)
+        .lines()
+        .find_map(|line| line.strip_prefix("otad_challenges_live "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+fn challenge_files(server: &TestServer) -> usize {
+    std::fs::read_dir(server.state_file("challenges"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn expired_challenges_free_the_cap_at_once_and_their_files_go_soon_after() {
+    let server = TestServer::start(|config| {
+        let config = set_key(&config, "ota", "challenge_ttl", "\"2s\"");
+        set_key(&config, "ota", "max_live_challenges", "5")
+    });
+    let enroll = format!("{}/ota/enroll", server.url);
+    for _ in 0..5 {
+        assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+    }
+    let refused = otad::httpclient::get(&enroll).unwrap();
+    assert_eq!(refused.status, 503);
+    let retry: u64 = refused.header("Retry-After").unwrap().parse().unwrap();
+    assert!(
+        (1..=2).contains(&retry),
+        "the soonest expires within the TTL: {retry}"
+    );
+    assert_eq!(challenges_live(&server), Some(5));
+
+    // Past the TTL, long before the ten-minute sweep: none counts, a download fits again.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(challenges_live(&server), Some(0));
+    assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+    assert_eq!(challenges_live(&server), Some(1));
+
+    // A cap's worth of expired files wakes the sweeper within a second or so.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while challenge_files(&server) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(challenge_files(&server), 1, "{}", server.log());
+    assert!(server.log().contains("removed 5 expired challenges"));
+}
+
+#[test]
+fn one_client_behind_a_trusted_proxy_cannot_take_every_place_even_after_a_restart() {
+    let mut server = TestServer::start(|config| {
+        let config = set_key(&config, "http", "trusted_proxies", "[\"127.0.0.1/32\"]");
+        set_key(&config, "ota", "max_live_challenges_per_client", "2")
+    });
+    let enroll = format!("{}/ota/enroll", server.url);
+    let from = |client: &str| {
+        otad::httpclient::get_with_headers(&enroll, &[("X-Forwarded-For", client)]).unwrap()
+    };
+    for _ in 0..2 {
+        assert_eq!(from("198.51.100.7").status, 200);
+    }
+    let refused = from("198.51.100.7");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("Retry-After"), Some("60"));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.body),
+        "2 enrollments from 198.51.100.7 are waiting for their device, the most one address \
+         may start; try again later\n"
+    );
+    let log = server.log();
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("GET /ota/enroll: 429")
+            && line.contains("remote=198.51.100.7")),
+        "{log}"
+    );
+
+    // Others behind the same proxy, and the proxy's own address, are not held back.
+    assert_eq!(from("198.51.100.8").status, 200);
+    assert_eq!(otad::httpclient::get(&enroll).unwrap().status, 200);
+    assert_eq!(challenge_files(&server), 4, "a refusal leaves nothing");
+
+    // The counts are rebuilt from the records: a restart gives no room back.
+    server.restart();
+    assert_eq!(from("198.51.100.7").status, 429);
+    assert_eq!(from("198.51.100.8").status, 200);
+    assert_eq!(challenges_live(&server), Some(5));
+}

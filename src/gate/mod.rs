@@ -102,6 +102,16 @@ pub fn peer_ip(remote: &str) -> Option<IpAddr> {
         .map(|addr| addr.ip().to_canonical())
 }
 
+/// The client `remote` is counted under, as the failed-login table counts it: the address
+/// of the guard's "ip:port", or the bare address a trusted proxy's X-Forwarded-For names;
+/// IPv6 by its /64. A remote that is neither (none is, from the guard) counts as 0.0.0.0.
+pub fn client_key(remote: &str) -> IpAddr {
+    let address = peer_ip(remote)
+        .or_else(|| remote.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    ratelimit::counted_as(address)
+}
+
 /// Phase 1's refusal of a token while `ota.challenge` is static; `otad token new` warns with
 /// the same words.
 pub const STATIC_CHALLENGE_TOKEN: &str = "phase 1: enrollment tokens are refused while \
@@ -173,9 +183,7 @@ fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<Str
     };
     // Behind a trusted proxy, the client its X-Forwarded-For names: one client's failures
     // do not hold back the others.
-    let limiter_key = peer_ip(remote)
-        .or_else(|| remote.parse::<IpAddr>().ok())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let limiter_key = client_key(remote);
     ctx.gate
         .limiter
         .check(limiter_key, Instant::now())
@@ -315,5 +323,16 @@ mod tests {
         );
         assert_eq!(peer_ip("[::1]:5000"), Some("::1".parse().unwrap()));
         assert_eq!(peer_ip("-"), None);
+    }
+
+    #[test]
+    fn clients_are_keyed_as_the_login_limiter_counts_them() {
+        let key = |remote| client_key(remote).to_string();
+        assert_eq!(key("192.0.2.7:50312"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7", "from X-Forwarded-For");
+        assert_eq!(key("[::ffff:192.0.2.7]:443"), "192.0.2.7");
+        assert_eq!(key("[2001:db8:1:2:aaaa::1]:443"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(key("-"), "0.0.0.0");
     }
 }

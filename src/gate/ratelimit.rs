@@ -114,8 +114,8 @@ impl LoginLimiter {
 }
 
 /// The address failures are counted under: IPv4 as it is (an IPv4-mapped IPv6 address as
-/// its IPv4 one), IPv6 by its /64.
-fn counted_as(address: IpAddr) -> IpAddr {
+/// its IPv4 one), IPv6 by its /64. Phase 1's per-client challenge bound counts the same way.
+pub fn counted_as(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

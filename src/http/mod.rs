@@ -130,14 +130,21 @@ impl From<OtaError> for Refusal {
             | OtaError::Challenge(_)
             | OtaError::Refused(_)
             | OtaError::Denied(_) => 403,
-            OtaError::Busy(_) => 503,
+            OtaError::Busy { .. } => 503,
+            OtaError::ClientBusy { .. } => 429,
             OtaError::Internal(_) => 500,
             #[allow(unreachable_patterns)]
             _ => 500,
         };
+        let retry_after = match &err {
+            OtaError::Busy { retry_after, .. } | OtaError::ClientBusy { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            _ => None,
+        };
         let mut refusal = Refusal::new(status, err.to_string());
-        if status == 503 {
-            refusal.headers.push(("Retry-After", "60".to_string()));
+        if let Some(seconds) = retry_after {
+            refusal.headers.push(("Retry-After", seconds.to_string()));
         }
         refusal
     }
@@ -278,10 +285,10 @@ pub fn route(
                 let admission = crate::gate::admit(ctx, &request, now())
                     .map_err(|err| Refusal::from_gate(err, &ctx.config.auth.realm))?;
                 if method == "HEAD" {
-                    ota::phase1_head(ctx, &admission, now())?;
+                    ota::phase1_head(ctx, &admission, &incoming.remote, now())?;
                     return Ok(Reply::profile_head("enroll.mobileconfig"));
                 }
-                let signed = ota::phase1(ctx, &admission, now())?;
+                let signed = ota::phase1(ctx, &admission, &incoming.remote, now())?;
                 info!(
                     "phase 1: profile service handed out user={} token={} remote={}",
                     admission
@@ -319,11 +326,11 @@ pub fn route(
         "/mdm/enroll" => match method {
             "HEAD" if ctx.config.mdm.plain_enroll => {
                 // As for phase 1: GET mints a SCEP challenge for its profile; HEAD does not.
-                ota::plain_enrollment_head(ctx)?;
+                ota::plain_enrollment_head(ctx, &incoming.remote, now())?;
                 Ok(Reply::profile_head("enrollment.mobileconfig"))
             }
             "GET" if ctx.config.mdm.plain_enroll => {
-                let signed = ota::plain_enrollment(ctx, now())?;
+                let signed = ota::plain_enrollment(ctx, &incoming.remote, now())?;
                 info!(
                     "plain enrollment profile handed out remote={}",
                     incoming.remote
@@ -920,6 +927,85 @@ mod tests {
         // A static challenge mints nothing, so there is no room to check.
         ctx.config.ota.challenge = "static".into();
         assert_eq!(status(&ctx, "HEAD"), None);
+    }
+
+    /// Routes `method target` with no body from the client at `remote`.
+    fn answer_from(
+        ctx: &Context,
+        method: &str,
+        target: &str,
+        remote: &str,
+    ) -> Result<Reply, Refusal> {
+        let mut from = incoming(method, target);
+        from.remote = remote.into();
+        route(ctx, &from, &mut || Ok(Vec::new()))
+    }
+
+    fn retry_after(refusal: &Refusal) -> Option<&str> {
+        refusal
+            .headers
+            .iter()
+            .find(|(name, _)| *name == "Retry-After")
+            .map(|(_, value)| value.as_str())
+    }
+
+    #[test]
+    fn one_address_is_bounded_on_phase_1_and_plain_enrollment_together() {
+        let (_dir, mut ctx) = context();
+        ctx.config.ota.max_live_challenges_per_client = 3;
+        ctx.config.mdm.plain_enroll = true;
+        let school = "198.51.100.7:50000";
+        for target in ["/ota/enroll", "/mdm/enroll", "/ota/enroll"] {
+            assert!(answer_from(&ctx, "GET", target, school).is_ok(), "{target}");
+        }
+        for (method, target) in [
+            ("GET", "/ota/enroll"),
+            ("HEAD", "/ota/enroll"),
+            ("GET", "/mdm/enroll"),
+            ("HEAD", "/mdm/enroll"),
+        ] {
+            let refused = answer_from(&ctx, method, target, school).err().unwrap();
+            assert_eq!(refused.status, 429, "{method} {target}");
+            assert_eq!(
+                refused.reason,
+                "3 enrollments from 198.51.100.7 are waiting for their device, the most one \
+                 address may start; try again later"
+            );
+            // The challenge TTLs are an hour: at most a minute is asked for.
+            assert_eq!(retry_after(&refused), Some("60"), "{method} {target}");
+        }
+        assert_eq!(ctx.store.live_challenges(), 3, "a refusal mints nothing");
+
+        // Another address is not held back; an IPv6 client counts as its /64.
+        assert!(answer_from(&ctx, "GET", "/ota/enroll", "192.0.2.8:1").is_ok());
+        for host in ["1", "2", "3"] {
+            let remote = format!("[2001:db8:7:7::{host}]:443");
+            assert!(answer_from(&ctx, "GET", "/ota/enroll", &remote).is_ok());
+        }
+        let refused = answer_from(&ctx, "GET", "/ota/enroll", "[2001:db8:7:7:ffff::1]:443");
+        let refused = refused.err().unwrap();
+        assert_eq!(refused.status, 429);
+        assert!(
+            refused
+                .reason
+                .starts_with("3 enrollments from 2001:db8:7:7::/64 are waiting"),
+            "{}",
+            refused.reason
+        );
+
+        // 0: no bound, only the cap on all of them.
+        ctx.config.ota.max_live_challenges_per_client = 0;
+        assert!(answer_from(&ctx, "GET", "/ota/enroll", school).is_ok());
+        ctx.config.ota.max_live_challenges = ctx.store.live_challenges();
+        let full = answer_from(&ctx, "GET", "/ota/enroll", "203.0.113.1:1")
+            .err()
+            .unwrap();
+        assert_eq!(full.status, 503);
+        assert_eq!(
+            full.reason,
+            "8 enrollments are waiting for their device; try again later"
+        );
+        assert_eq!(retry_after(&full), Some("60"));
     }
 
     #[test]

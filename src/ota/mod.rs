@@ -28,7 +28,10 @@ use crate::gate::tokens;
 use crate::pki::apple::TrustAnchor;
 use crate::pki::ca::CertificateAuthority;
 use crate::pki::cert;
-use crate::store::{Admission, ChallengePurpose, ChallengeRecord, DeviceRecord, HistoryEntry};
+use crate::store::{
+    Admission, ChallengeLimits, ChallengePurpose, ChallengeRecord, DeviceRecord, HistoryEntry,
+    NoRoom,
+};
 use attributes::DeviceAttributes;
 use machine::Event;
 use profile::{Branding, MdmSettings};
@@ -48,8 +51,21 @@ pub enum OtaError {
     /// The blocklist, the device policy or a decision hook refused the device (403); the
     /// text is the reason, for the admin and the client alike.
     Denied(String),
-    /// Too much is in progress to take more now: try again later (503).
-    Busy(String),
+    /// Too much is in progress to take more now: try again in `retry_after` seconds (503).
+    Busy {
+        /// The reason, one line.
+        why: String,
+        /// Seconds the client should wait (Retry-After).
+        retry_after: u64,
+    },
+    /// This client holds as many live challenges as one client may: try again in
+    /// `retry_after` seconds (429).
+    ClientBusy {
+        /// The reason, one line.
+        why: String,
+        /// Seconds the client should wait (Retry-After).
+        retry_after: u64,
+    },
     /// Something on our side failed; the detail goes to the log, not the client (500).
     Internal(String),
 }
@@ -62,7 +78,8 @@ impl fmt::Display for OtaError {
             | OtaError::Challenge(why)
             | OtaError::Refused(why)
             | OtaError::Denied(why)
-            | OtaError::Busy(why)
+            | OtaError::Busy { why, .. }
+            | OtaError::ClientBusy { why, .. }
             | OtaError::Internal(why) => f.write_str(why),
         }
     }
@@ -80,7 +97,14 @@ impl OtaError {
             OtaError::Challenge(why) => OtaError::Challenge(add(why)),
             OtaError::Refused(why) => OtaError::Refused(add(why)),
             OtaError::Denied(why) => OtaError::Denied(add(why)),
-            OtaError::Busy(why) => OtaError::Busy(add(why)),
+            OtaError::Busy { why, retry_after } => OtaError::Busy {
+                why: add(why),
+                retry_after,
+            },
+            OtaError::ClientBusy { why, retry_after } => OtaError::ClientBusy {
+                why: add(why),
+                retry_after,
+            },
             OtaError::Internal(why) => OtaError::Internal(add(why)),
         }
     }
@@ -95,7 +119,8 @@ impl OtaError {
             OtaError::Challenge(_) => "challenge",
             OtaError::Refused(_) => "refused",
             OtaError::Denied(_) => "denied",
-            OtaError::Busy(_) => "busy",
+            OtaError::Busy { .. } => "busy",
+            OtaError::ClientBusy { .. } => "rate_limited",
             OtaError::Internal(_) => "internal",
         }
     }
@@ -232,10 +257,15 @@ fn sign_with(identity: &Identity, ca_cert: &[u8], content: &[u8]) -> Result<Vec<
 }
 
 /// Phase 1: a signed Profile Service payload with a fresh single-use challenge (or the
-/// static `ota.challenge`). The challenge carries `admission`, who phase 1 let in, to phase 2.
-pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>, OtaError> {
+/// static `ota.challenge`). The challenge carries `admission`, who phase 1 let in, to phase 2,
+/// and is counted under `remote`'s address for `ota.max_live_challenges_per_client`.
+pub fn phase1(
+    ctx: &Context,
+    admission: &Admission,
+    remote: &str,
+    now: i64,
+) -> Result<Vec<u8>, OtaError> {
     let challenge = if ctx.config.ota.challenge.is_empty() {
-        check_challenge_room(ctx)?;
         let challenge = new_challenge();
         let record = ChallengeRecord {
             purpose: ChallengePurpose::Phase2,
@@ -244,13 +274,19 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
             udid: None,
             subject: Vec::new(),
             admission: admission.clone(),
+            client: Some(crate::gate::client_key(remote)),
         };
+        // Room under the caps is taken first; any refusal after it gives the room back.
+        let slot = ctx
+            .store
+            .reserve_challenge(record, challenge_limits(ctx), now)
+            .map_err(|no_room| room_refusal(no_room, remote))?;
         // A token's live challenges are capped, so a 1-use link cannot mint them unbounded.
         if let Some(id) = &admission.token {
-            tokens::reserve_challenge(&ctx.store, id, &challenge, record.expires, now)
+            tokens::reserve_challenge(&ctx.store, id, &challenge, slot.record().expires, now)
                 .map_err(token_refusal)?;
         }
-        ctx.store.put_challenge(&challenge, &record)?;
+        slot.put(&challenge)?;
         challenge
     } else {
         ctx.config.ota.challenge.clone()
@@ -269,9 +305,14 @@ pub fn phase1(ctx: &Context, admission: &Admission, now: i64) -> Result<Vec<u8>,
 /// Phase 1 for HEAD: what [`phase1`] would refuse before minting its challenge (no room for
 /// another live challenge, on the server or on the token), checked without minting one or
 /// changing anything.
-pub fn phase1_head(ctx: &Context, admission: &Admission, now: i64) -> Result<(), OtaError> {
+pub fn phase1_head(
+    ctx: &Context,
+    admission: &Admission,
+    remote: &str,
+    now: i64,
+) -> Result<(), OtaError> {
     if ctx.config.ota.challenge.is_empty() {
-        check_challenge_room(ctx)?;
+        check_challenge_room(ctx, remote, now)?;
         if let Some(id) = &admission.token {
             tokens::check_room(&ctx.store, id, now).map_err(token_refusal)?;
         }
@@ -281,8 +322,8 @@ pub fn phase1_head(ctx: &Context, admission: &Admission, now: i64) -> Result<(),
 
 /// `HEAD /mdm/enroll`: what [`plain_enrollment`] would refuse before minting its challenge,
 /// checked without minting one.
-pub fn plain_enrollment_head(ctx: &Context) -> Result<(), OtaError> {
-    check_challenge_room(ctx)
+pub fn plain_enrollment_head(ctx: &Context, remote: &str, now: i64) -> Result<(), OtaError> {
+    check_challenge_room(ctx, remote, now)
 }
 
 /// A token refusal as the client sees it (403), or our own failure (500).
@@ -295,15 +336,46 @@ fn token_refusal(err: tokens::TokenError) -> OtaError {
 
 /// Anyone may download the Profile Service payload, and each download leaves a challenge file
 /// for `ota.challenge_ttl`: past `ota.max_live_challenges`, phase 1 answers 503 until some
-/// are used or expire, so a flood of downloads cannot fill the disk.
-fn check_challenge_room(ctx: &Context) -> Result<(), OtaError> {
-    let live = ctx.store.live_challenges();
-    if live >= ctx.config.ota.max_live_challenges {
-        return Err(OtaError::Busy(format!(
-            "{live} enrollments are waiting for their device; try again later"
-        )));
+/// are used or expire, so a flood of downloads cannot fill the disk; past
+/// `ota.max_live_challenges_per_client` from one address, 429, so that one client cannot
+/// take every place.
+fn challenge_limits(ctx: &Context) -> ChallengeLimits {
+    ChallengeLimits {
+        max_live: ctx.config.ota.max_live_challenges,
+        max_per_client: ctx.config.ota.max_live_challenges_per_client,
     }
-    Ok(())
+}
+
+/// What a download would be refused for the caps, checked without minting a challenge.
+fn check_challenge_room(ctx: &Context, remote: &str, now: i64) -> Result<(), OtaError> {
+    let client = Some(crate::gate::client_key(remote));
+    ctx.store
+        .check_challenge_room(client, challenge_limits(ctx), now)
+        .map_err(|no_room| room_refusal(no_room, remote))
+}
+
+/// A cap's refusal as the client sees it.
+fn room_refusal(no_room: NoRoom, remote: &str) -> OtaError {
+    match no_room {
+        NoRoom::Full { live, retry_after } => OtaError::Busy {
+            why: format!("{live} enrollments are waiting for their device; try again later"),
+            retry_after,
+        },
+        NoRoom::Client { live, retry_after } => {
+            // Named as it is counted: an IPv6 client by its /64.
+            let client = match crate::gate::client_key(remote) {
+                std::net::IpAddr::V6(network) => format!("{network}/64"),
+                v4 => v4.to_string(),
+            };
+            OtaError::ClientBusy {
+                why: format!(
+                    "{live} enrollments from {client} are waiting for their device, the most \
+                     one address may start; try again later"
+                ),
+                retry_after,
+            }
+        }
+    }
 }
 
 fn ttl_secs(ttl: std::time::Duration) -> i64 {
@@ -402,6 +474,7 @@ fn bind_scep_challenge(
         udid: Some(udid.to_string()),
         subject: subject.clone(),
         admission: Admission::default(),
+        client: None,
     };
     ctx.store.put_challenge(&challenge, &record)?;
     Ok((challenge, subject))
@@ -760,8 +833,7 @@ pub fn mdm_profile(
 
 /// The plain enrollment profile for `/mdm/enroll`: a fresh one-time SCEP challenge not bound
 /// to any device (the caller proved nothing), signed.
-pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
-    check_challenge_room(ctx)?;
+pub fn plain_enrollment(ctx: &Context, remote: &str, now: i64) -> Result<Vec<u8>, OtaError> {
     let challenge = new_challenge();
     let subject = vec![("O".to_string(), ctx.config.server.organization.clone())];
     let record = ChallengeRecord {
@@ -771,8 +843,12 @@ pub fn plain_enrollment(ctx: &Context, now: i64) -> Result<Vec<u8>, OtaError> {
         udid: None,
         subject: subject.clone(),
         admission: Admission::default(),
+        client: Some(crate::gate::client_key(remote)),
     };
-    ctx.store.put_challenge(&challenge, &record)?;
+    ctx.store
+        .reserve_challenge(record, challenge_limits(ctx), now)
+        .map_err(|no_room| room_refusal(no_room, remote))?
+        .put(&challenge)?;
     let profile = mdm_profile(ctx, &challenge, &subject);
     sign_profile(ctx, &plist::Value::Dictionary(profile))
 }

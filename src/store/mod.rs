@@ -19,6 +19,7 @@
 //! sequences run inside [`Store::transaction`].
 
 pub mod blocked;
+pub mod challenges;
 pub mod crl;
 pub mod fsutil;
 mod pending;
@@ -26,12 +27,14 @@ mod pending;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use challenges::ChallengeIndex;
+pub use challenges::{ChallengeLimits, NoRoom};
 use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
 pub use pending::{
     new_pending_id, transaction_index_name, valid_pending_id, Decision, PendingRequest,
@@ -146,6 +149,11 @@ pub struct ChallengeRecord {
     /// token, where either was presented. Carried to phase 2 and onto the device.
     #[serde(default, skip_serializing_if = "Admission::is_empty")]
     pub admission: Admission,
+    /// The client a download's challenge is counted under for
+    /// `ota.max_live_challenges_per_client` (an IPv4 address, or an IPv6 /64 as its first
+    /// address), so that the counts are rebuilt at start-up; none for phase 2's SCEP ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<IpAddr>,
 }
 
 /// Who and what phase 1 let in: the authenticated person and the enrollment token, each where
@@ -353,9 +361,41 @@ pub fn rfc3339(unix: i64) -> String {
 pub struct Store {
     root: PathBuf,
     in_process: Mutex<()>,
-    /// Live challenges as this process counts them: the folder is counted on first use,
-    /// then kept up by puts, takes and sweeps (the sweep recounts).
-    live_challenges: std::sync::OnceLock<std::sync::atomic::AtomicUsize>,
+    /// Live challenges as this process counts them, by expiry: built from the folder on
+    /// first use, then kept up by puts and takes (see [`challenges`]).
+    challenge_index: OnceLock<Mutex<ChallengeIndex>>,
+}
+
+/// Room taken for one challenge under the caps ([`Store::reserve_challenge`]): stored by
+/// [`ChallengeSlot::put`], given back when dropped unstored.
+pub struct ChallengeSlot<'a> {
+    store: &'a Store,
+    record: ChallengeRecord,
+    stored: bool,
+}
+
+impl ChallengeSlot<'_> {
+    /// The record the room was taken for.
+    pub fn record(&self) -> &ChallengeRecord {
+        &self.record
+    }
+
+    /// Writes the challenge's file; if that fails, the room is given back.
+    pub fn put(mut self, value: &str) -> Result<(), StoreError> {
+        self.store.write_challenge(value, &self.record)?;
+        self.stored = true;
+        Ok(())
+    }
+}
+
+impl Drop for ChallengeSlot<'_> {
+    fn drop(&mut self) {
+        if !self.stored {
+            self.store
+                .challenge_index()
+                .remove(self.record.expires, self.record.client);
+        }
+    }
 }
 
 impl Store {
@@ -382,7 +422,7 @@ impl Store {
         Ok(Store {
             root: root.to_path_buf(),
             in_process: Mutex::new(()),
-            live_challenges: std::sync::OnceLock::new(),
+            challenge_index: OnceLock::new(),
         })
     }
 
@@ -461,26 +501,94 @@ impl Store {
         bytes
     }
 
-    /// Stores a new challenge under the hash of its value.
+    /// Stores a new challenge under the hash of its value, under no cap: phase 2's SCEP
+    /// challenge, which replaces the phase 1 challenge the device just spent.
     pub fn put_challenge(&self, value: &str, record: &ChallengeRecord) -> Result<(), StoreError> {
+        self.write_challenge(value, record)?;
+        self.challenge_index().add(record.expires, record.client);
+        Ok(())
+    }
+
+    fn write_challenge(&self, value: &str, record: &ChallengeRecord) -> Result<(), StoreError> {
         let path = self
             .root
             .join("challenges")
             .join(challenge_file_name(value));
-        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))?;
-        self.challenge_counter().fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
     }
 
-    fn challenge_counter(&self) -> &std::sync::atomic::AtomicUsize {
-        self.live_challenges.get_or_init(|| {
-            std::sync::atomic::AtomicUsize::new(self.count_challenges().unwrap_or(0))
+    /// Takes room for `record` under `limits` if there is, in one step with the check, so
+    /// that threads racing at a cap cannot pass it: [`ChallengeSlot::put`] then stores the
+    /// challenge, and a slot dropped unstored gives its room back. The per-client bound
+    /// counts `record.client`. Expired challenges never count, swept or not.
+    pub fn reserve_challenge(
+        &self,
+        record: ChallengeRecord,
+        limits: ChallengeLimits,
+        now: i64,
+    ) -> Result<ChallengeSlot<'_>, NoRoom> {
+        self.challenge_index()
+            .reserve(record.expires, record.client, limits, now)?;
+        Ok(ChallengeSlot {
+            store: self,
+            record,
+            stored: false,
         })
     }
 
-    /// Live challenges, as counted (no folder listing after the first call).
+    /// Whether [`Store::reserve_challenge`] would find room for a challenge counted under
+    /// `client`, without taking it.
+    pub fn check_challenge_room(
+        &self,
+        client: Option<IpAddr>,
+        limits: ChallengeLimits,
+        now: i64,
+    ) -> Result<(), NoRoom> {
+        self.challenge_index().check(client, limits, now)
+    }
+
+    /// The index of live challenges, built from the folder on first use: every record that
+    /// reads and has not expired counts (an unreadable file is fsck's to report).
+    fn challenge_index(&self) -> MutexGuard<'_, ChallengeIndex> {
+        self.challenge_index
+            .get_or_init(|| Mutex::new(self.read_challenge_index(now())))
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_challenge_index(&self, now: i64) -> ChallengeIndex {
+        let mut index = ChallengeIndex::default();
+        index.prune(now);
+        let dir = self.root.join("challenges");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return index;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            if let Ok(Some(record)) = self.read_json::<ChallengeRecord>(&path) {
+                index.add(record.expires, record.client);
+            }
+        }
+        index
+    }
+
+    /// Live challenges now: expired ones do not count, swept or not.
     pub fn live_challenges(&self) -> usize {
-        self.challenge_counter().load(Ordering::Acquire)
+        self.live_challenges_at(now())
+    }
+
+    /// Live challenges at `now`.
+    pub fn live_challenges_at(&self, now: i64) -> usize {
+        self.challenge_index().live(now)
+    }
+
+    /// Expired challenges whose files the sweeper has not removed yet, as far as this
+    /// process saw them expire: the sweeper runs early when they are many.
+    pub fn expired_challenges_unswept(&self) -> usize {
+        self.challenge_index().expired_unswept()
     }
 
     /// Takes a challenge handed out for `purpose`: whoever removes its file owns it, so two
@@ -492,6 +600,8 @@ impl Store {
         value: &str,
         purpose: ChallengePurpose,
     ) -> Result<Option<ChallengeRecord>, StoreError> {
+        // Built before the file goes, so that a first build cannot miss what is taken here.
+        drop(self.challenge_index());
         let path = self
             .root
             .join("challenges")
@@ -503,8 +613,7 @@ impl Store {
             return Ok(None);
         }
         if remove_durably(&path).map_err(io_err(&path))? {
-            let counter = self.challenge_counter();
-            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            self.challenge_index().remove(record.expires, record.client);
             Ok(Some(record))
         } else {
             Ok(None)
@@ -512,6 +621,7 @@ impl Store {
     }
 
     /// Removes expired challenges; returns how many. Unparsable files are left for an admin.
+    /// The counts are not touched: what expired stopped counting when it expired.
     pub fn sweep_challenges(&self, now: i64) -> Result<usize, StoreError> {
         let dir = self.root.join("challenges");
         // Files are removed here: only in the state's own folder, never through a symlink.
@@ -520,6 +630,13 @@ impl Store {
                 std::io::ErrorKind::InvalidInput,
                 "not a folder of the state dir (a symlink?)",
             )));
+        }
+        // Built on first use elsewhere: a CLI sweep has no counts to keep up.
+        if let Some(index) = self.challenge_index.get() {
+            index
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .swept();
         }
         let mut removed = 0;
         for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
@@ -532,9 +649,6 @@ impl Store {
                     removed += 1;
                 }
             }
-        }
-        if let Ok(live) = self.count_challenges() {
-            self.challenge_counter().store(live, Ordering::Release);
         }
         Ok(removed)
     }
@@ -728,6 +842,7 @@ mod tests {
             udid: None,
             subject: Vec::new(),
             admission: Admission::default(),
+            client: None,
         }
     }
 
@@ -799,6 +914,236 @@ mod tests {
             .filter(|w| *w)
             .count();
         assert_eq!(winners, 1);
+    }
+
+    const CAP: ChallengeLimits = ChallengeLimits {
+        max_live: 4,
+        max_per_client: 3,
+    };
+
+    /// A phase 1 challenge made at `created`, living `ttl` seconds, counted under `client`.
+    fn download(created: i64, ttl: i64, client: &str) -> ChallengeRecord {
+        ChallengeRecord {
+            created,
+            expires: created + ttl,
+            client: Some(client.parse().unwrap()),
+            ..challenge(ChallengePurpose::Phase2)
+        }
+    }
+
+    fn files(store: &Store) -> usize {
+        store.count_challenges().unwrap()
+    }
+
+    #[test]
+    fn expired_challenges_free_the_cap_before_any_sweep() {
+        let (_dir, store) = store();
+        let t = super::now();
+        for n in 0..4 {
+            let client = format!("192.0.2.{n}");
+            let slot = store
+                .reserve_challenge(download(t, 60, &client), CAP, t)
+                .unwrap();
+            slot.put(&format!("value-{n}")).unwrap();
+        }
+        let refused = store
+            .reserve_challenge(download(t + 30, 60, "192.0.2.9"), CAP, t + 30)
+            .err();
+        assert_eq!(
+            refused,
+            Some(NoRoom::Full {
+                live: 4,
+                retry_after: 30
+            })
+        );
+        assert_eq!(store.live_challenges_at(t + 59), 4);
+
+        // At the TTL every one has expired: the cap is free, though no file has gone.
+        assert_eq!(store.live_challenges_at(t + 60), 0, "what /metrics shows");
+        assert_eq!(files(&store), 4);
+        assert_eq!(store.expired_challenges_unswept(), 4);
+        store
+            .reserve_challenge(download(t + 60, 60, "192.0.2.9"), CAP, t + 60)
+            .unwrap()
+            .put("after the ttl")
+            .unwrap();
+        assert_eq!(store.live_challenges_at(t + 60), 1);
+
+        // The sweep removes the files and leaves the count as it is.
+        assert_eq!(store.sweep_challenges(t + 60).unwrap(), 4);
+        assert_eq!(store.expired_challenges_unswept(), 0);
+        assert_eq!(store.live_challenges_at(t + 60), 1);
+        assert_eq!(files(&store), 1);
+    }
+
+    #[test]
+    fn a_client_at_its_bound_is_refused_and_taking_or_dropping_gives_room_back() {
+        let (_dir, store) = store();
+        let t = super::now();
+        let nat = "198.51.100.7";
+        for n in 0..3 {
+            store
+                .reserve_challenge(download(t + n, 60, nat), CAP, t + n)
+                .unwrap()
+                .put(&format!("nat-{n}"))
+                .unwrap();
+        }
+        let refused = store
+            .reserve_challenge(download(t + 10, 60, nat), CAP, t + 10)
+            .err();
+        assert_eq!(
+            refused,
+            Some(NoRoom::Client {
+                live: 3,
+                retry_after: 50
+            })
+        );
+        assert_eq!(
+            store.check_challenge_room(Some(nat.parse().unwrap()), CAP, t + 10),
+            Err(NoRoom::Client {
+                live: 3,
+                retry_after: 50
+            })
+        );
+        assert_eq!(files(&store), 3, "a refusal writes nothing");
+
+        // Another address still fits, and its reserved slot holds its place.
+        let other = store
+            .reserve_challenge(download(t + 10, 60, "198.51.100.8"), CAP, t + 10)
+            .unwrap();
+        assert_eq!(
+            store.check_challenge_room(Some("198.51.100.9".parse().unwrap()), CAP, t + 10),
+            Err(NoRoom::Full {
+                live: 4,
+                retry_after: 50
+            })
+        );
+
+        // A taken challenge gives its client the room back.
+        assert!(store
+            .take_challenge("nat-0", ChallengePurpose::Phase2)
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            store.check_challenge_room(Some(nat.parse().unwrap()), CAP, t + 10),
+            Ok(())
+        );
+
+        // A slot dropped unstored (a token refused, a failed write) gives its place back.
+        drop(other);
+        assert_eq!(store.live_challenges_at(t + 10), 2);
+        store
+            .reserve_challenge(download(t + 10, 60, nat), CAP, t + 10)
+            .unwrap()
+            .put("nat-again")
+            .unwrap();
+        assert_eq!(files(&store), 3);
+    }
+
+    #[test]
+    fn a_restart_rebuilds_the_counts_from_the_records() {
+        let (dir, store) = store();
+        let now = super::now();
+        for (value, ttl, client) in [
+            ("a", 600, "192.0.2.1"),
+            ("b", 600, "192.0.2.1"),
+            ("c", 600, "2001:db8:1:2::"),
+            ("gone", -5, "192.0.2.1"),
+        ] {
+            store
+                .put_challenge(value, &download(now, ttl, client))
+                .unwrap();
+        }
+        let mut scep = challenge(ChallengePurpose::Scep);
+        scep.expires = now + 600;
+        store.put_challenge("scep", &scep).unwrap();
+        std::fs::write(store.path("challenges/corrupt.json"), "{").unwrap();
+        drop(store);
+
+        let reopened = Store::open(&dir.path().join("state")).unwrap();
+        assert_eq!(
+            reopened.live_challenges(),
+            4,
+            "expired and unreadable ones count nothing"
+        );
+        let limits = ChallengeLimits {
+            max_live: 100,
+            max_per_client: 2,
+        };
+        assert!(matches!(
+            reopened.check_challenge_room(Some("192.0.2.1".parse().unwrap()), limits, now),
+            Err(NoRoom::Client { live: 2, .. })
+        ));
+        assert_eq!(
+            reopened.check_challenge_room(Some("2001:db8:1:2::".parse().unwrap()), limits, now),
+            Ok(())
+        );
+        // Taking one after the restart gives its client the room back.
+        reopened
+            .take_challenge("a", ChallengePurpose::Phase2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reopened.check_challenge_room(Some("192.0.2.1".parse().unwrap()), limits, now),
+            Ok(())
+        );
+        assert_eq!(reopened.live_challenges(), 3);
+    }
+
+    /// Eight threads try 60 downloads each under `limits`, from one client address or from
+    /// one each; returns how many were stored, and the store.
+    fn race(limits: ChallengeLimits, one_client: bool) -> (tempfile::TempDir, Store, usize) {
+        let (dir, store) = store();
+        let store = std::sync::Arc::new(store);
+        let now = super::now();
+        let handles: Vec<_> = (0..8)
+            .map(|thread| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let client = match one_client {
+                        true => "203.0.113.1".to_string(),
+                        false => format!("203.0.113.{}", 10 + thread),
+                    };
+                    let mut stored = 0;
+                    for n in 0..60 {
+                        let record = download(now, 600, &client);
+                        if let Ok(slot) = store.reserve_challenge(record, limits, now) {
+                            slot.put(&format!("race-{thread}-{n}")).unwrap();
+                            stored += 1;
+                        }
+                        assert!(store.live_challenges_at(now) <= limits.max_live);
+                    }
+                    stored
+                })
+            })
+            .collect();
+        let stored = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let store = std::sync::Arc::into_inner(store).unwrap();
+        (dir, store, stored)
+    }
+
+    #[test]
+    fn threads_racing_at_the_cap_never_pass_it() {
+        let limits = ChallengeLimits {
+            max_live: 200,
+            max_per_client: 0,
+        };
+        let (_dir, store, stored) = race(limits, false);
+        assert_eq!(stored, 200, "480 tried, the cap taken exactly");
+        assert_eq!(store.live_challenges(), 200);
+        assert_eq!(files(&store), 200);
+
+        let limits = ChallengeLimits {
+            max_live: 1000,
+            max_per_client: 150,
+        };
+        let (_dir, store, stored) = race(limits, true);
+        assert_eq!(stored, 150, "480 tried from one address");
+        assert_eq!(files(&store), 150);
+        let held = store
+            .challenge_index()
+            .live_for("203.0.113.1".parse().unwrap(), super::now());
+        assert_eq!(held, 150);
     }
 
     #[test]
