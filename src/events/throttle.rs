@@ -14,6 +14,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::gate::ratelimit;
+
 /// The window refusals are counted in.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
@@ -101,7 +103,7 @@ impl RefusalThrottle {
         }
 
         let room = window.per_client.len() < MAX_TRACKED;
-        let seen = client.map(counted_as).and_then(|client| {
+        let seen = client.map(ratelimit::counted_as).and_then(|client| {
             if room || window.per_client.contains_key(&client) {
                 Some(window.per_client.entry(client).or_insert(0))
             } else {
@@ -153,20 +155,6 @@ impl RefusalThrottle {
         };
         *window = Window::new(now);
         Some(suppressed)
-    }
-}
-
-/// The address refusals are counted under: IPv4 as it is (an IPv4-mapped IPv6 address as
-/// its IPv4 one), IPv6 by its /64.
-fn counted_as(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-        },
     }
 }
 
