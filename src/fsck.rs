@@ -1379,6 +1379,58 @@ mod tests {
         (dir, store)
     }
 
+    /// A state whose CA can sign, for the CRL repairs.
+    fn signing_state() -> (tempfile::TempDir, Store, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state")).unwrap();
+        let ca = CertificateAuthority::create("fsck CRL CA", "otad", 30).unwrap();
+        let pem = cert::der_to_pem(ca.certificate());
+        store
+            .write_file("ca/ca.pem", pem.as_bytes(), 0o644)
+            .unwrap();
+        (dir, store, ca)
+    }
+
+    /// Records a real certificate from `ca` (with the CA's own public key, which is quick).
+    fn issue_record(store: &Store, ca: &CertificateAuthority, udid: &str) -> CertRecord {
+        use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+        let subject = vec![(SubjectAttribute::CommonName, udid.to_string())];
+        let der = ca
+            .issue(&IssueRequest {
+                subject: &subject,
+                public_key_spki_der: ca.spki_der(),
+                serial: random_serial(),
+                validity_days: 30,
+                usage: KeyUsageProfile::DeviceIdentity,
+            })
+            .unwrap();
+        let record = CertRecord {
+            serial: cert::serial_hex(&der).unwrap(),
+            udid: Some(udid.into()),
+            subject: format!("CN={udid}"),
+            issued_at: store::now(),
+            not_after: store::now() + 30 * 86_400,
+            revoked: None,
+            revocation_reason: None,
+            authorised_by: "ota".into(),
+            superseded_by: None,
+            pem: cert::der_to_pem(&der),
+        };
+        store.create_cert(&record).unwrap();
+        record
+    }
+
+    /// The serials the stored CRL lists, as openssl reads them (uppercase hex).
+    fn openssl_crl_serials(store: &Store) -> String {
+        let output = std::process::Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(store.path(store::crl::CRL_FILE))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     fn device(udid: &str, serial: &str, certificates: &[&str]) -> DeviceRecord {
         DeviceRecord {
             udid: udid.into(),
@@ -1573,5 +1625,224 @@ mod tests {
                 "{phrase:?} not in the help"
             );
         }
+    }
+
+    #[test]
+    fn a_revoked_record_the_crl_lacks_is_found_and_listed_by_repair() {
+        let (_dir, store, ca) = signing_state();
+        let device_udid = "UDID-R1";
+        let record = issue_record(&store, &ca, device_udid);
+        store
+            .save_device(&device(device_udid, "C02REV", &[&record.serial]))
+            .unwrap();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+        assert_eq!(problems(&check(store.root())), Vec::<String>::new());
+
+        // What a revocation killed between record and CRL (otad before this order) left.
+        let mut revoked = record.clone();
+        revoked.revoked = Some(store::now() - 30);
+        revoked.revocation_reason = Some("keyCompromise".into());
+        store.update_cert(&revoked).unwrap();
+
+        let found = problems(&check(store.root()));
+        assert_eq!(
+            found,
+            [format!(
+                "certs/{}.json: revoked, but crl.json does not list it, so the CRL does not \
+                 either (an interrupted otad cert revoke)",
+                record.serial
+            )]
+        );
+
+        // Without the key, repair says it could not; with it, the CRL lists the serial.
+        let (after, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(after.problems(), 1);
+        assert_eq!(
+            repaired,
+            ["crl: not reconciled: the CA key could not be loaded"]
+        );
+        let signer = CrlSigner {
+            ca: &ca,
+            validity: Duration::from_secs(86_400),
+        };
+        let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
+        assert_eq!(problems(&after), Vec::<String>::new());
+        assert_eq!(
+            repaired,
+            [format!(
+                "crl: 1 revoked certificate(s) added to crl.json ({}); CRL number 2 signed",
+                record.serial
+            )]
+        );
+        let listed = openssl_crl_serials(&store);
+        assert!(
+            listed.contains(&format!("Serial Number: {}", record.serial.to_uppercase())),
+            "{listed}"
+        );
+        assert!(listed.contains("Key Compromise"), "{listed}");
+    }
+
+    #[test]
+    fn a_crl_entry_whose_record_is_not_marked_is_found_and_marked_by_repair() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-R2");
+        store
+            .save_device(&device("UDID-R2", "C02RV2", &[&record.serial]))
+            .unwrap();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+
+        // What a revocation killed after its index entry leaves.
+        let at = store::now() - 40;
+        let mut index = store.crl_index().unwrap();
+        index.revoked.push(store::crl::RevocationRecord {
+            serial: record.serial.clone(),
+            revoked_at: at,
+            reason: "superseded".into(),
+            not_after: Some(record.not_after),
+        });
+        store.save_crl_index(&index).unwrap();
+
+        let found = problems(&check(store.root()));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            found[0],
+            format!(
+                "certs/{}.json: crl.json lists it as revoked (superseded, {}), but the record \
+                 is not marked revoked (an interrupted otad cert revoke), so phase 3 and \
+                 renewal still take it",
+                record.serial,
+                store::rfc3339(at)
+            )
+        );
+        assert_eq!(
+            found[1],
+            format!(
+                "crl.der: does not list 1 certificate(s) crl.json lists as revoked ({})",
+                record.serial
+            )
+        );
+
+        let signer = CrlSigner {
+            ca: &ca,
+            validity: Duration::from_secs(86_400),
+        };
+        let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
+        assert_eq!(problems(&after), Vec::<String>::new());
+        assert_eq!(
+            repaired,
+            [format!(
+                "crl: 1 record(s) marked revoked as crl.json lists them ({}); CRL number 2 \
+                 signed",
+                record.serial
+            )]
+        );
+        let marked = store.cert(&record.serial).unwrap().unwrap();
+        assert_eq!(marked.revoked, Some(at));
+        assert_eq!(marked.revocation_reason.as_deref(), Some("superseded"));
+        let summary = crl::read(&store.crl().unwrap().unwrap(), &ca).unwrap();
+        assert_eq!(summary.revoked, vec![(record.serial.clone(), at, Some(4))]);
+    }
+
+    #[test]
+    fn a_temp_file_is_left_alone_only_while_its_writer_may_still_be_writing() {
+        let (_dir, store) = state();
+        let now = SystemTime::now();
+        let set_mtime = |path: &Path, at: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let severity_of = |name: &str| {
+            check(store.root())
+                .findings
+                .iter()
+                .find(|f| f.file == format!("devices/{name}"))
+                .map(|f| f.severity)
+        };
+
+        // Written just now by a process that started before: its writer may be at it.
+        let mut older = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let fresh = format!(".A.json.tmp.{}.1", older.id());
+        std::fs::write(store.path(&format!("devices/{fresh}")), b"{").unwrap();
+        assert_eq!(severity_of(&fresh), Some(Severity::Note));
+
+        // The same pid, but the file is older than the process by more than the slack: a
+        // pid reused after a reboot.
+        let reused = format!(".B.json.tmp.{}.2", older.id());
+        let path = store.path(&format!("devices/{reused}"));
+        std::fs::write(&path, b"{").unwrap();
+        set_mtime(
+            &path,
+            now - Duration::from_secs(PROCESS_START_SLACK_SECONDS + 60),
+        );
+        assert_eq!(severity_of(&reused), Some(Severity::Problem));
+
+        // pid 1 started at boot, before any file; a file older than the bound is left over.
+        let stale = ".C.json.tmp.1.3";
+        let path = store.path(&format!("devices/{stale}"));
+        std::fs::write(&path, b"{").unwrap();
+        assert_eq!(severity_of(stale), Some(Severity::Note));
+        set_mtime(&path, now - Duration::from_secs(MAX_TEMP_AGE_SECONDS + 5));
+        assert_eq!(severity_of(stale), Some(Severity::Problem));
+
+        let (after, _) = repair_state(&store, None).unwrap();
+        assert!(!store.path(&format!("devices/{reused}")).exists());
+        assert!(!store.path(&format!("devices/{stale}")).exists());
+        assert!(store.path(&format!("devices/{fresh}")).exists());
+        assert_eq!(after.problems(), 0, "{:?}", problems(&after));
+        let _ = older.kill();
+        let _ = older.wait();
+    }
+
+    #[test]
+    fn an_unreadable_device_record_keeps_its_index_entry_and_the_notes_name_it() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-T");
+        store
+            .save_device(&device("UDID-T", "C02TRN", &[&record.serial]))
+            .unwrap();
+        assert_eq!(check(store.root()).findings, Vec::new());
+        let file = store.path("devices/UDID-T.json");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+
+        let report = check(store.root());
+        let lines: Vec<String> = report
+            .findings
+            .iter()
+            .map(|f| format!("{:?} {}: {}", f.severity, f.file, f.problem))
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("Problem devices/UDID-T.json: does not parse"));
+        assert!(lines.contains(&format!(
+            "Note devices/UDID-T.json: certificate {} names this record, which does not parse",
+            record.serial
+        )));
+        assert!(lines.contains(
+            &"Note devices/UDID-T.json: devices/by-serial/C02TRN names this record, which \
+              does not parse"
+                .to_string()
+        ));
+
+        let (after, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(repaired, Vec::<String>::new());
+        assert_eq!(after.problems(), 1);
+        assert_eq!(
+            std::fs::read_to_string(store.path("devices/by-serial/C02TRN")).unwrap(),
+            "UDID-T\n"
+        );
+        // Other dangling entries still go.
+        std::fs::write(store.path("devices/by-serial/NOBODY"), b"UDID-9\n").unwrap();
+        let (_, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(repaired, ["devices/by-serial: 1 entr(ies) fixed"]);
+        assert!(store.path("devices/by-serial/C02TRN").exists());
+        assert!(!store.path("devices/by-serial/NOBODY").exists());
     }
 }
