@@ -1063,6 +1063,9 @@ impl State<'_> {
                 continue;
             };
             // A revocation in flight writes the index, then the record: look again.
+            // TODO: without the lock, a look that falls twice between those two writes (a
+            // few milliseconds) still reports it; confirming under the lock would make the
+            // read-only check wait for writers.
             let marked_since =
                 || parse::<CertRecord>(&self.root.join(&file)).is_ok_and(|r| r.revoked.is_some());
             if cert.revoked.is_none() && !marked_since() {
