@@ -293,7 +293,11 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     };
     // A server killed mid-write leaves temp files and maybe a stale index entry; the safe
     // repairs of `otad fsck --repair` run before serving, and what they cannot fix is said.
-    match crate::fsck::repair_state(&ctx.store) {
+    let signer = crate::fsck::CrlSigner {
+        ca: &ctx.ca,
+        validity: ctx.derived.crl_validity,
+    };
+    match crate::fsck::repair_state(&ctx.store, Some(&signer)) {
         Ok((report, repaired)) => {
             for line in &repaired {
                 info!("start-up repair: {line}");

@@ -5,20 +5,24 @@
 //! requests, blocked serials, `users.json`, `crl.json`, the events cursor and generation);
 //! no two certificate records share a serial and none has the CA's; each device's
 //! certificates exist and name it; the serial index and the transaction index point at
-//! records that exist and agree; leftover temp files of interrupted atomic writes (named as
+//! records that exist and agree; the certificate records, the CRL index and the CRL agree
+//! about what is revoked; leftover temp files of interrupted atomic writes (named as
 //! [`fsutil::parse_temp_name`] reads them); expired challenges; token uses; file modes.
 //!
 //! Each finding is a *problem* (exit 1) or a *note* (harmless, such as an expired challenge
 //! or an index entry a crash left pointing at nothing, which readers already ignore).
 //! `--repair` does only safe things, under the state lock: it removes temp files of writers
-//! that are gone and expired challenges, and rebuilds the two indexes from the records. It
-//! never removes a certificate or device record. The read-only checks take no lock, since
+//! that are gone and expired challenges, rebuilds the two indexes from the records, and
+//! reconciles the CRL with the certificate records both ways ([`crl::reconcile`], which signs
+//! with the CA key). It never removes a certificate or device record, nor the serial index
+//! entry of a device record that does not parse. The read-only checks take no lock, since
 //! every state file is replaced atomically, so they are safe while `otad serve` runs; a
 //! write in flight can then show as a note, never as a problem.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use lexopt::prelude::*;
 use serde::de::DeserializeOwned;
@@ -28,7 +32,8 @@ use crate::admin::{Args, Exit};
 use crate::config::Config;
 use crate::events;
 use crate::gate::{tokens, users};
-use crate::pki::cert;
+use crate::pki::ca::CertificateAuthority;
+use crate::pki::{cert, crl};
 use crate::store::{
     self, blocked::BlockRecord, fsutil, CertRecord, ChallengeRecord, DeviceRecord, PendingRequest,
     Store, StoreError,
@@ -42,6 +47,15 @@ pub const MAX_DEPTH: usize = 4;
 pub const MAX_FINDINGS: usize = 10_000;
 /// Most files read in one folder (every kind of record is capped well below it).
 pub const MAX_FILES_PER_FOLDER: usize = 1_000_000;
+/// A temp file older than this is left over whatever runs under its pid: an atomic write
+/// takes well under a second, so no writer is still at it.
+pub const MAX_TEMP_AGE_SECONDS: u64 = 600;
+/// How much later than a temp file's mtime its pid's process may have started and still be
+/// taken for its writer: /proc/stat's boot time is in whole seconds, and a clock step moves
+/// it.
+pub const PROCESS_START_SLACK_SECONDS: u64 = 5;
+/// The most serials named in one finding.
+const MAX_SERIALS_NAMED: usize = 5;
 
 const HELP: &str = "\
 usage: otad fsck (--config FILE | --state DIR) [--repair] [--json]
@@ -51,17 +65,22 @@ Checks the state dir and reports each problem on a line: the file, what is wrong
 problem was found (notes do not count), 1 if one was. Safe while otad serve runs.
 
 Checks:
-  - temp files left by interrupted writes (one whose writer still runs is a note)
+  - temp files left by interrupted writes (one whose writer may still be writing is a
+    note: its pid runs, that process started before the file was written, and the file is
+    under 10 minutes old)
   - ca/: the CA certificate reads; ca.key, ra.key and signer.key are mode 0600
   - certs/: each record parses, is named by its serial, and its PEM holds a certificate
     with that serial; no two records share a serial; none has the CA's own serial
-  - a revoked certificate the CRL (crl.json) does not list; crl.der missing once a CRL
-    was signed; crl.json parses
+  - revocations (an interrupted otad cert revoke): a revoked certificate the CRL index
+    (crl.json) does not list; a certificate crl.json lists whose record is not marked
+    revoked; crl.der missing once a CRL was signed, not verifying under the CA, or not
+    listing every certificate crl.json lists; crl.json parses
   - devices/: each record parses, is mode 0600 and is named by its UDID; each of its
     certificates is in certs/ and names it; a certificate issued to a device but not on
     its record (a note)
   - devices/by-serial: a device's serial missing; an entry pointing at no device that
-    reports the serial (a note)
+    reports the serial (a note); an entry naming a device record that does not parse is
+    left alone and noted on that record
   - challenges/: each parses; expired ones (a note)
   - tokens/: each parses, is mode 0600 and is named by its id; no more uses spent than
     allowed
@@ -75,7 +94,10 @@ Checks:
   --state DIR     the state dir (its otad.toml)
   --repair        under the state lock: remove leftover temp files and expired challenges,
                   rebuild devices/by-serial and pending/by-transaction from the records;
-                  never removes a certificate or device record. Then checks again.
+                  reconcile revocations both ways: a record marked revoked is added to
+                  crl.json, a record crl.json lists is marked revoked (its time and reason),
+                  and the CRL is re-signed with the CA key. Never removes a certificate or
+                  device record. Then checks again.
   --json          one JSON object: clean, problems, notes, findings, repaired
 ";
 
@@ -99,6 +121,17 @@ pub enum Repair {
     RebuildSerialIndex,
     /// Rebuild `pending/by-transaction` from the requests.
     RebuildTransactionIndex,
+    /// Bring the certificate records, `crl.json` and `crl.der` into agreement
+    /// ([`crl::reconcile`]).
+    ReconcileCrl,
+}
+
+/// What `--repair` needs to sign a CRL: the CA and how long a CRL is valid.
+pub struct CrlSigner<'a> {
+    /// The CA, with its key.
+    pub ca: &'a CertificateAuthority,
+    /// `scep.crl_validity`.
+    pub validity: Duration,
 }
 
 /// One thing fsck found.
@@ -200,7 +233,19 @@ pub fn run(args: Args) -> Exit {
     };
 
     let (report, repaired) = if repair {
-        match repair_state(&store) {
+        // Only signing a CRL needs the key; without it every other repair still runs.
+        let ca = match load_ca(&store) {
+            Ok(ca) => Some(ca),
+            Err(why) => {
+                eprintln!("otad: fsck --repair: {why}; the CRL cannot be re-signed");
+                None
+            }
+        };
+        let signer = ca.as_ref().map(|ca| CrlSigner {
+            ca,
+            validity: derived.crl_validity,
+        });
+        match repair_state(&store, signer.as_ref()) {
             Ok(outcome) => outcome,
             Err(err) => return Exit::Failed(format!("fsck --repair: {err}")),
         }
@@ -217,6 +262,14 @@ pub fn run(args: Args) -> Exit {
             report.problems()
         ))
     }
+}
+
+/// The CA as the server loads it.
+fn load_ca(store: &Store) -> Result<CertificateAuthority, String> {
+    use crate::context::{files, Identity};
+    let identity = Identity::load(store, files::CA_CERT, files::CA_KEY)?;
+    CertificateAuthority::load(&identity.certificate, identity.key)
+        .map_err(|err| format!("{}: {err}", store.path(files::CA_CERT).display()))
 }
 
 /// The report as text lines or one JSON object.
@@ -280,8 +333,11 @@ pub fn render(report: &Report, repaired: &[String], as_json: bool) -> String {
 }
 
 /// Repairs under the state lock, then checks again; returns the new report and what was
-/// done.
-pub fn repair_state(store: &Store) -> Result<(Report, Vec<String>), StoreError> {
+/// done. Without `signer` the CRL is not reconciled (a line says so).
+pub fn repair_state(
+    store: &Store,
+    signer: Option<&CrlSigner<'_>>,
+) -> Result<(Report, Vec<String>), StoreError> {
     store.transaction(|| {
         let before = check(store.root());
         let mut done = Vec::new();
@@ -307,6 +363,9 @@ pub fn repair_state(store: &Store) -> Result<(Report, Vec<String>), StoreError> 
                 Some(Repair::RebuildTransactionIndex) => {
                     wanted.insert("transaction");
                 }
+                Some(Repair::ReconcileCrl) => {
+                    wanted.insert("crl");
+                }
                 None => {}
             }
         }
@@ -330,8 +389,56 @@ pub fn repair_state(store: &Store) -> Result<(Report, Vec<String>), StoreError> 
                 store::TRANSACTION_INDEX_DIR
             ));
         }
+        // Last, and not fatal: a CA that cannot sign leaves the other repairs done.
+        if wanted.contains("crl") {
+            done.push(match signer {
+                Some(signer) => {
+                    match crl::reconcile(store, signer.ca, signer.validity, store::now()) {
+                        Ok(reconciled) => describe_reconciled(&reconciled),
+                        Err(err) => format!("crl: not reconciled: {err}"),
+                    }
+                }
+                None => "crl: not reconciled: the CA key could not be loaded".to_string(),
+            });
+        }
         Ok((check(store.root()), done))
     })
+}
+
+/// One line for what [`crl::reconcile`] did.
+fn describe_reconciled(done: &crl::Reconciled) -> String {
+    let serials = |list: &[String]| {
+        let mut named = list
+            .iter()
+            .take(MAX_SERIALS_NAMED)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if list.len() > MAX_SERIALS_NAMED {
+            named.push_str(", ...");
+        }
+        named
+    };
+    let mut parts = Vec::new();
+    if !done.marked.is_empty() {
+        parts.push(format!(
+            "{} record(s) marked revoked as crl.json lists them ({})",
+            done.marked.len(),
+            serials(&done.marked)
+        ));
+    }
+    if !done.listed.is_empty() {
+        parts.push(format!(
+            "{} revoked certificate(s) added to crl.json ({})",
+            done.listed.len(),
+            serials(&done.listed)
+        ));
+    }
+    match done.signed {
+        Some(number) => parts.push(format!("CRL number {number} signed")),
+        None => parts.push("CRL already current".into()),
+    }
+    format!("crl: {}", parts.join("; "))
 }
 
 /// Checks the state dir at `root`, reading only.
@@ -340,17 +447,22 @@ pub fn check(root: &Path) -> Report {
     let state = State { root };
 
     state.temp_files(root, 0, &mut report);
-    let ca_serial = state.ca(&mut report);
-    let certs = state.certs(ca_serial.as_deref(), &mut report);
-    let devices = state.devices(&certs, &mut report);
-    state.orphan_certs(&certs, &devices, &mut report);
-    state.serial_index(&devices, &mut report);
+    let ca = state.ca(&mut report);
+    let ca_serial = ca.as_ref().map(|(serial, _)| serial.as_str());
+    let certs = state.certs(ca_serial, &mut report);
+    let (devices, unreadable) = state.devices(&certs, &mut report);
+    state.orphan_certs(&certs, &devices, &unreadable, &mut report);
+    state.serial_index(&devices, &unreadable, &mut report);
     state.challenges(&mut report);
     state.tokens(&mut report);
     state.pending(&mut report);
     state.blocked(&mut report);
     state.users(&mut report);
-    state.crl(&certs, &mut report);
+    state.crl(
+        &certs,
+        ca.as_ref().map(|(_, der)| der.as_slice()),
+        &mut report,
+    );
     state.events(&mut report);
     report
 }
@@ -369,9 +481,50 @@ fn parse<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     serde_json::from_slice(&bytes).map_err(|err| format!("does not parse: {err}"))
 }
 
-/// True if a process with this pid runs now (a temp file's writer may still be writing).
-fn process_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+/// Whether the process that wrote a temp file (`pid`, last written at `written`) may still
+/// be writing it: a process runs under that pid, it started before the file was written (a
+/// pid reused after a reboot names a newer one), and the file is younger than
+/// [`MAX_TEMP_AGE_SECONDS`]. A pid whose start time cannot be read counts as its writer.
+fn writer_may_run(pid: u32, written: SystemTime, now: SystemTime) -> bool {
+    if pid == std::process::id() || !Path::new("/proc").join(pid.to_string()).exists() {
+        return false;
+    }
+    let age = now.duration_since(written).unwrap_or(Duration::ZERO);
+    if age > Duration::from_secs(MAX_TEMP_AGE_SECONDS) {
+        return false;
+    }
+    match process_started(pid) {
+        Some(started) => started <= written + Duration::from_secs(PROCESS_START_SLACK_SECONDS),
+        None => true,
+    }
+}
+
+/// When the process `pid` started, by the wall clock: /proc/stat's `btime` plus field 22 of
+/// /proc/PID/stat (clock ticks after boot). `None` if either cannot be read.
+fn process_started(pid: u32) -> Option<SystemTime> {
+    const MAX_STAT_BYTES: u64 = 64 * 1024;
+    let stat = fsutil::read_bounded(&Path::new("/proc").join(format!("{pid}/stat")), 4096).ok()?;
+    let stat = String::from_utf8_lossy(&stat);
+    // The name (field 2) is in parentheses and may hold spaces and parentheses itself;
+    // field 3 is the first after the last ')'.
+    let (_, fields) = stat.rsplit_once(')')?;
+    let ticks: u64 = fields.split_whitespace().nth(22 - 3)?.parse().ok()?;
+
+    let system = fsutil::read_bounded(Path::new("/proc/stat"), MAX_STAT_BYTES).ok()?;
+    let boot: u64 = String::from_utf8_lossy(&system)
+        .lines()
+        .find_map(|line| line.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+
+    // SAFETY: sysconf(3) reads a system constant; it touches no memory of ours.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|n| *n > 0)?;
+    let after_boot = Duration::from_millis(ticks.saturating_mul(1000) / per_second);
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(boot))?
+        .checked_add(after_boot)
 }
 
 impl State<'_> {
@@ -435,6 +588,7 @@ impl State<'_> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
+        let now = SystemTime::now();
         for entry in entries.filter_map(Result::ok).take(MAX_FILES_PER_FOLDER) {
             let path = entry.path();
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
@@ -448,7 +602,13 @@ impl State<'_> {
             let Some((target, pid)) = fsutil::parse_temp_name(&name) else {
                 continue;
             };
-            if pid != std::process::id() && process_alive(pid) {
+            // A file whose time cannot be read counts as written now: left alone if its pid
+            // runs.
+            let written = entry
+                .metadata()
+                .and_then(|meta| meta.modified())
+                .unwrap_or(now);
+            if writer_may_run(pid, written, now) {
                 report.add(
                     Severity::Note,
                     &self.relative(&path),
@@ -467,20 +627,20 @@ impl State<'_> {
         }
     }
 
-    /// Key modes and the CA's own serial.
-    fn ca(&self, report: &mut Report) -> Option<String> {
+    /// Key modes, and the CA certificate's serial and DER.
+    fn ca(&self, report: &mut Report) -> Option<(String, Vec<u8>)> {
         for key in ["ca/ca.key", "ca/ra.key", "ca/signer.key"] {
             self.private_mode(report, &self.root.join(key));
         }
         let path = self.root.join("ca/ca.pem");
-        let serial = read_bounded(&path)
+        let ca = read_bounded(&path)
             .ok()
             .and_then(|pem| cert::pem_to_der(&String::from_utf8_lossy(&pem)).ok())
-            .and_then(|der| cert::serial_hex(&der).ok());
-        if serial.is_none() {
+            .and_then(|der| Some((cert::serial_hex(&der).ok()?, der)));
+        if ca.is_none() {
             self.unreadable(report, &path, "the CA certificate cannot be read");
         }
-        serial
+        ca
     }
 
     fn certs(&self, ca_serial: Option<&str>, report: &mut Report) -> BTreeMap<String, CertRecord> {
@@ -538,18 +698,24 @@ impl State<'_> {
         certs
     }
 
+    /// The device records that read, by UDID, and the UDIDs whose record does not.
     fn devices(
         &self,
         certs: &BTreeMap<String, CertRecord>,
         report: &mut Report,
-    ) -> BTreeMap<String, DeviceRecord> {
+    ) -> (BTreeMap<String, DeviceRecord>, BTreeSet<String>) {
         let mut devices = BTreeMap::new();
+        let mut unreadable = BTreeSet::new();
         for path in self.json_files("devices") {
             self.private_mode(report, &path);
             let device: DeviceRecord = match parse(&path) {
                 Ok(device) => device,
                 Err(why) => {
                     self.unreadable(report, &path, &why);
+                    let udid = Self::stem(&path);
+                    if store::valid_udid(&udid) {
+                        unreadable.insert(udid);
+                    }
                     continue;
                 }
             };
@@ -591,7 +757,17 @@ impl State<'_> {
             }
             devices.insert(device.udid.clone(), device);
         }
-        devices
+        (devices, unreadable)
+    }
+
+    /// A note on an unreadable device record about a file that names it.
+    fn names_unreadable(&self, report: &mut Report, udid: &str, what: String) {
+        report.add(
+            Severity::Note,
+            &format!("devices/{udid}.json"),
+            format!("{what} names this record, which does not parse"),
+            "left alone until the record is restored",
+        );
     }
 
     /// Certificates issued to a device that never recorded them: an enrollment that stopped
@@ -600,12 +776,20 @@ impl State<'_> {
         &self,
         certs: &BTreeMap<String, CertRecord>,
         devices: &BTreeMap<String, DeviceRecord>,
+        unreadable: &BTreeSet<String>,
         report: &mut Report,
     ) {
         for cert in certs.values() {
             let Some(udid) = cert.udid.as_deref() else {
                 continue;
             };
+            // Whether it is on a record that does not parse cannot be told.
+            if unreadable.contains(udid) {
+                if cert.superseded_by.is_none() {
+                    self.names_unreadable(report, udid, format!("certificate {}", cert.serial));
+                }
+                continue;
+            }
             let recorded = devices
                 .get(udid)
                 .is_some_and(|d| d.certificates.contains(&cert.serial));
@@ -620,7 +804,12 @@ impl State<'_> {
         }
     }
 
-    fn serial_index(&self, devices: &BTreeMap<String, DeviceRecord>, report: &mut Report) {
+    fn serial_index(
+        &self,
+        devices: &BTreeMap<String, DeviceRecord>,
+        unreadable: &BTreeSet<String>,
+        report: &mut Report,
+    ) {
         let dir = self.root.join(store::SERIAL_INDEX);
         let mut indexed: BTreeMap<String, String> = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -642,6 +831,8 @@ impl State<'_> {
                 });
                 if reports_it {
                     indexed.insert(name, udid);
+                } else if unreadable.contains(&udid) {
+                    self.names_unreadable(report, &udid, file);
                 } else {
                     report.push(Finding {
                         severity: Severity::Note,
@@ -837,39 +1028,168 @@ impl State<'_> {
         }
     }
 
-    fn crl(&self, certs: &BTreeMap<String, CertRecord>, report: &mut Report) {
+    /// The certificate records, `crl.json` and `crl.der` agree about what is revoked.
+    fn crl(
+        &self,
+        certs: &BTreeMap<String, CertRecord>,
+        ca_certificate: Option<&[u8]>,
+        report: &mut Report,
+    ) {
         let path = self.root.join(store::crl::CRL_INDEX_FILE);
-        if !path.exists() {
-            return;
+        // No index yet is an empty one: a revoked record still wants listing.
+        let index: store::crl::CrlIndex = if path.exists() {
+            match parse(&path) {
+                Ok(index) => index,
+                Err(why) => {
+                    self.unreadable(report, &path, &why);
+                    return;
+                }
+            }
+        } else {
+            store::crl::CrlIndex::default()
+        };
+        let reconcile = |severity, file: &str, problem: String, action: &str| Finding {
+            severity,
+            file: file.to_string(),
+            problem,
+            action: action.to_string(),
+            repair: Some(Repair::ReconcileCrl),
+        };
+
+        // crl.json lists it, its record does not say so: phase 3 and renewal would take it.
+        for entry in &index.revoked {
+            let file = format!("certs/{}.json", entry.serial);
+            let Some(cert) = certs.get(&entry.serial) else {
+                continue;
+            };
+            // A revocation in flight writes the index, then the record: look again.
+            // TODO: without the lock, a look that falls twice between those two writes (a
+            // few milliseconds) still reports it; confirming under the lock would make the
+            // read-only check wait for writers.
+            let marked_since =
+                || parse::<CertRecord>(&self.root.join(&file)).is_ok_and(|r| r.revoked.is_some());
+            if cert.revoked.is_none() && !marked_since() {
+                report.push(reconcile(
+                    Severity::Problem,
+                    &file,
+                    format!(
+                        "crl.json lists it as revoked ({}, {}), but the record is not marked \
+                         revoked (an interrupted otad cert revoke), so phase 3 and renewal \
+                         still take it",
+                        entry.reason,
+                        store::rfc3339(entry.revoked_at)
+                    ),
+                    "--repair marks it revoked as crl.json says",
+                ));
+            }
         }
-        let index: store::crl::CrlIndex = match parse(&path) {
-            Ok(index) => index,
-            Err(why) => {
-                self.unreadable(report, &path, &why);
+
+        // The record says revoked, crl.json does not list it: relying parties trust it.
+        let now = store::now();
+        let indexed: BTreeSet<&str> = index.revoked.iter().map(|e| e.serial.as_str()).collect();
+        for cert in certs.values() {
+            if cert.revoked.is_some()
+                && !indexed.contains(cert.serial.as_str())
+                && crl::still_listed(Some(cert.not_after), now)
+            {
+                report.push(reconcile(
+                    Severity::Problem,
+                    &format!("certs/{}.json", cert.serial),
+                    "revoked, but crl.json does not list it, so the CRL does not either (an \
+                     interrupted otad cert revoke)"
+                        .into(),
+                    "--repair lists it and re-signs the CRL",
+                ));
+            }
+        }
+
+        let crl_file = store::crl::CRL_FILE;
+        let resign = "--repair signs a new one (otad serve does too, on the next GET /crl)";
+        let der = match fsutil::read_optional(&self.root.join(crl_file)) {
+            Ok(Some(der)) => der,
+            Ok(None) if index.number > 0 || !index.revoked.is_empty() => {
+                report.push(reconcile(
+                    Severity::Problem,
+                    crl_file,
+                    format!(
+                        "missing, while crl.json says CRL {} was signed or lists revocations",
+                        index.number
+                    ),
+                    resign,
+                ));
+                return;
+            }
+            Ok(None) => return,
+            Err(err) => {
+                report.push(reconcile(
+                    Severity::Problem,
+                    crl_file,
+                    err.to_string(),
+                    resign,
+                ));
                 return;
             }
         };
-        if index.number > 0 && !self.root.join(store::crl::CRL_FILE).exists() {
-            report.add(
-                Severity::Problem,
-                store::crl::CRL_FILE,
-                format!(
-                    "missing, while {} says CRL {} was signed",
-                    path.display(),
-                    index.number
-                ),
-                "revoke any certificate again, or restart otad serve, to sign a new CRL",
-            );
-        }
-        for cert in certs.values() {
-            if cert.revoked.is_some() && !index.lists(&cert.serial) {
-                report.add(
+        let Some(ca_certificate) = ca_certificate else {
+            return; // Reported with ca/ca.pem.
+        };
+        let summary = match crl::read_with_certificate(&der, ca_certificate) {
+            Ok(summary) => summary,
+            Err(err) => {
+                report.push(reconcile(
                     Severity::Problem,
-                    &format!("certs/{}.json", cert.serial),
-                    "revoked, but the CRL does not list it".into(),
-                    &format!("run otad cert revoke {} again to list it", cert.serial),
-                );
+                    crl_file,
+                    err.to_string(),
+                    resign,
+                ));
+                return;
             }
+        };
+        let missing = crl::missing_from(&summary, &index);
+        if !missing.is_empty() {
+            // A revocation in flight stores crl.json, then crl.der: look at both again.
+            let again = fsutil::read_optional(&self.root.join(crl_file))
+                .ok()
+                .flatten()
+                .and_then(|der| crl::read_with_certificate(&der, ca_certificate).ok())
+                .zip(parse::<store::crl::CrlIndex>(&path).ok());
+            let still: Vec<String> = match &again {
+                Some((summary, index)) => crl::missing_from(summary, index)
+                    .into_iter()
+                    .map(|entry| entry.serial.clone())
+                    .collect(),
+                None => missing.iter().map(|entry| entry.serial.clone()).collect(),
+            };
+            if !still.is_empty() {
+                let mut named: Vec<&str> = still
+                    .iter()
+                    .take(MAX_SERIALS_NAMED)
+                    .map(String::as_str)
+                    .collect();
+                if still.len() > MAX_SERIALS_NAMED {
+                    named.push("...");
+                }
+                report.push(reconcile(
+                    Severity::Problem,
+                    crl_file,
+                    format!(
+                        "does not list {} certificate(s) crl.json lists as revoked ({})",
+                        still.len(),
+                        named.join(", ")
+                    ),
+                    resign,
+                ));
+            }
+        } else if summary.number < index.number {
+            report.push(reconcile(
+                Severity::Note,
+                crl_file,
+                format!(
+                    "CRL number {} is behind crl.json's {} (a signing was interrupted)",
+                    summary.number, index.number
+                ),
+                resign,
+            ));
         }
     }
 
@@ -919,10 +1239,14 @@ fn rebuild_serial_index(root: &Path) -> Result<usize, StoreError> {
             *slot = (device.last_seen, device.udid);
         }
     }
-    let entries: BTreeMap<String, String> = newest
+    let mut entries: BTreeMap<String, String> = newest
         .into_iter()
         .map(|(serial, (_, udid))| (serial, udid))
         .collect();
+    // An entry naming a record that exists but does not parse stays until it is restored.
+    for (serial, udid) in entries_naming_unreadable(root) {
+        entries.entry(serial).or_insert(udid);
+    }
     rebuild_index(root, store::SERIAL_INDEX, &entries, |serial, current| {
         // An entry naming another device that reports the serial too is left as it is.
         current.is_some_and(|udid| {
@@ -934,6 +1258,30 @@ fn rebuild_serial_index(root: &Path) -> Result<usize, StoreError> {
                 == Some(serial)
         })
     })
+}
+
+/// The serial index entries (serial, UDID) that name a device record which exists but does
+/// not parse.
+fn entries_naming_unreadable(root: &Path) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(root.join(store::SERIAL_INDEX)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .take(MAX_FILES_PER_FOLDER)
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if fsutil::parse_temp_name(&name).is_some() {
+                return None;
+            }
+            let udid = read_bounded(&entry.path())
+                .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                .ok()
+                .filter(|udid| store::valid_udid(udid))?;
+            let record = root.join("devices").join(format!("{udid}.json"));
+            (record.exists() && parse::<DeviceRecord>(&record).is_err()).then_some((name, udid))
+        })
+        .collect()
 }
 
 /// Rebuilds `pending/by-transaction` from the requests: each transaction names its newest
@@ -1034,6 +1382,58 @@ mod tests {
         (dir, store)
     }
 
+    /// A state whose CA can sign, for the CRL repairs.
+    fn signing_state() -> (tempfile::TempDir, Store, CertificateAuthority) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("state")).unwrap();
+        let ca = CertificateAuthority::create("fsck CRL CA", "otad", 30).unwrap();
+        let pem = cert::der_to_pem(ca.certificate());
+        store
+            .write_file("ca/ca.pem", pem.as_bytes(), 0o644)
+            .unwrap();
+        (dir, store, ca)
+    }
+
+    /// Records a real certificate from `ca` (with the CA's own public key, which is quick).
+    fn issue_record(store: &Store, ca: &CertificateAuthority, udid: &str) -> CertRecord {
+        use crate::pki::ca::{random_serial, IssueRequest, KeyUsageProfile, SubjectAttribute};
+        let subject = vec![(SubjectAttribute::CommonName, udid.to_string())];
+        let der = ca
+            .issue(&IssueRequest {
+                subject: &subject,
+                public_key_spki_der: ca.spki_der(),
+                serial: random_serial(),
+                validity_days: 30,
+                usage: KeyUsageProfile::DeviceIdentity,
+            })
+            .unwrap();
+        let record = CertRecord {
+            serial: cert::serial_hex(&der).unwrap(),
+            udid: Some(udid.into()),
+            subject: format!("CN={udid}"),
+            issued_at: store::now(),
+            not_after: store::now() + 30 * 86_400,
+            revoked: None,
+            revocation_reason: None,
+            authorised_by: "ota".into(),
+            superseded_by: None,
+            pem: cert::der_to_pem(&der),
+        };
+        store.create_cert(&record).unwrap();
+        record
+    }
+
+    /// The serials the stored CRL lists, as openssl reads them (uppercase hex).
+    fn openssl_crl_serials(store: &Store) -> String {
+        let output = std::process::Command::new("openssl")
+            .args(["crl", "-inform", "DER", "-noout", "-text", "-in"])
+            .arg(store.path(store::crl::CRL_FILE))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     fn device(udid: &str, serial: &str, certificates: &[&str]) -> DeviceRecord {
         DeviceRecord {
             udid: udid.into(),
@@ -1083,7 +1483,7 @@ mod tests {
         std::fs::remove_dir_all(&index).unwrap();
         std::os::unix::fs::symlink(victim.path(), &index).unwrap();
 
-        let err = repair_state(&store).unwrap_err();
+        let err = repair_state(&store, None).unwrap_err();
         assert!(err.to_string().contains("a symlink?"), "{err}");
         assert_eq!(
             std::fs::read(victim.path().join("important.txt")).unwrap(),
@@ -1114,7 +1514,7 @@ mod tests {
         assert_eq!(report.notes(), 1, "the dangling entry is a note");
         assert!(temp.exists(), "a check alone changes nothing");
 
-        let (after, repaired) = repair_state(&store).unwrap();
+        let (after, repaired) = repair_state(&store, None).unwrap();
         assert_eq!(after.problems(), 0, "{:?}", problems(&after));
         assert_eq!(after.notes(), 0);
         assert_eq!(repaired.len(), 2, "{repaired:?}");
@@ -1153,7 +1553,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].ends_with(&format!("missing: request {} cannot be polled", request.id)));
 
-        let (after, _) = repair_state(&store).unwrap();
+        let (after, _) = repair_state(&store, None).unwrap();
         assert_eq!(after.problems(), 0);
         assert_eq!(
             store
@@ -1205,7 +1605,11 @@ mod tests {
             "ca.key, ra.key and signer.key are mode 0600",
             "no two records share a serial",
             "the CA's own serial",
-            "A revoked certificate the CRL (crl.json) does not list",
+            "a revoked certificate the CRL index\n    (crl.json) does not list",
+            "a certificate crl.json lists whose record is not marked\n    revoked",
+            "not verifying under the CA, or not\n    listing every certificate crl.json lists",
+            "started before the file was written",
+            "left alone and noted on that record",
             "crl.der missing",
             "devices/: each record parses, is mode 0600",
             "not on\n    its record",
@@ -1224,5 +1628,224 @@ mod tests {
                 "{phrase:?} not in the help"
             );
         }
+    }
+
+    #[test]
+    fn a_revoked_record_the_crl_lacks_is_found_and_listed_by_repair() {
+        let (_dir, store, ca) = signing_state();
+        let device_udid = "UDID-R1";
+        let record = issue_record(&store, &ca, device_udid);
+        store
+            .save_device(&device(device_udid, "C02REV", &[&record.serial]))
+            .unwrap();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+        assert_eq!(problems(&check(store.root())), Vec::<String>::new());
+
+        // What a revocation killed between record and CRL (otad before this order) left.
+        let mut revoked = record.clone();
+        revoked.revoked = Some(store::now() - 30);
+        revoked.revocation_reason = Some("keyCompromise".into());
+        store.update_cert(&revoked).unwrap();
+
+        let found = problems(&check(store.root()));
+        assert_eq!(
+            found,
+            [format!(
+                "certs/{}.json: revoked, but crl.json does not list it, so the CRL does not \
+                 either (an interrupted otad cert revoke)",
+                record.serial
+            )]
+        );
+
+        // Without the key, repair says it could not; with it, the CRL lists the serial.
+        let (after, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(after.problems(), 1);
+        assert_eq!(
+            repaired,
+            ["crl: not reconciled: the CA key could not be loaded"]
+        );
+        let signer = CrlSigner {
+            ca: &ca,
+            validity: Duration::from_secs(86_400),
+        };
+        let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
+        assert_eq!(problems(&after), Vec::<String>::new());
+        assert_eq!(
+            repaired,
+            [format!(
+                "crl: 1 revoked certificate(s) added to crl.json ({}); CRL number 2 signed",
+                record.serial
+            )]
+        );
+        let listed = openssl_crl_serials(&store);
+        assert!(
+            listed.contains(&format!("Serial Number: {}", record.serial.to_uppercase())),
+            "{listed}"
+        );
+        assert!(listed.contains("Key Compromise"), "{listed}");
+    }
+
+    #[test]
+    fn a_crl_entry_whose_record_is_not_marked_is_found_and_marked_by_repair() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-R2");
+        store
+            .save_device(&device("UDID-R2", "C02RV2", &[&record.serial]))
+            .unwrap();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+
+        // What a revocation killed after its index entry leaves.
+        let at = store::now() - 40;
+        let mut index = store.crl_index().unwrap();
+        index.revoked.push(store::crl::RevocationRecord {
+            serial: record.serial.clone(),
+            revoked_at: at,
+            reason: "superseded".into(),
+            not_after: Some(record.not_after),
+        });
+        store.save_crl_index(&index).unwrap();
+
+        let found = problems(&check(store.root()));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(
+            found[0],
+            format!(
+                "certs/{}.json: crl.json lists it as revoked (superseded, {}), but the record \
+                 is not marked revoked (an interrupted otad cert revoke), so phase 3 and \
+                 renewal still take it",
+                record.serial,
+                store::rfc3339(at)
+            )
+        );
+        assert_eq!(
+            found[1],
+            format!(
+                "crl.der: does not list 1 certificate(s) crl.json lists as revoked ({})",
+                record.serial
+            )
+        );
+
+        let signer = CrlSigner {
+            ca: &ca,
+            validity: Duration::from_secs(86_400),
+        };
+        let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
+        assert_eq!(problems(&after), Vec::<String>::new());
+        assert_eq!(
+            repaired,
+            [format!(
+                "crl: 1 record(s) marked revoked as crl.json lists them ({}); CRL number 2 \
+                 signed",
+                record.serial
+            )]
+        );
+        let marked = store.cert(&record.serial).unwrap().unwrap();
+        assert_eq!(marked.revoked, Some(at));
+        assert_eq!(marked.revocation_reason.as_deref(), Some("superseded"));
+        let summary = crl::read(&store.crl().unwrap().unwrap(), &ca).unwrap();
+        assert_eq!(summary.revoked, vec![(record.serial.clone(), at, Some(4))]);
+    }
+
+    #[test]
+    fn a_temp_file_is_left_alone_only_while_its_writer_may_still_be_writing() {
+        let (_dir, store) = state();
+        let now = SystemTime::now();
+        let set_mtime = |path: &Path, at: SystemTime| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(at)
+                .unwrap();
+        };
+        let severity_of = |name: &str| {
+            check(store.root())
+                .findings
+                .iter()
+                .find(|f| f.file == format!("devices/{name}"))
+                .map(|f| f.severity)
+        };
+
+        // Written just now by a process that started before: its writer may be at it.
+        let mut older = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        let fresh = format!(".A.json.tmp.{}.1", older.id());
+        std::fs::write(store.path(&format!("devices/{fresh}")), b"{").unwrap();
+        assert_eq!(severity_of(&fresh), Some(Severity::Note));
+
+        // The same pid, but the file is older than the process by more than the slack: a
+        // pid reused after a reboot.
+        let reused = format!(".B.json.tmp.{}.2", older.id());
+        let path = store.path(&format!("devices/{reused}"));
+        std::fs::write(&path, b"{").unwrap();
+        set_mtime(
+            &path,
+            now - Duration::from_secs(PROCESS_START_SLACK_SECONDS + 60),
+        );
+        assert_eq!(severity_of(&reused), Some(Severity::Problem));
+
+        // pid 1 started at boot, before any file; a file older than the bound is left over.
+        let stale = ".C.json.tmp.1.3";
+        let path = store.path(&format!("devices/{stale}"));
+        std::fs::write(&path, b"{").unwrap();
+        assert_eq!(severity_of(stale), Some(Severity::Note));
+        set_mtime(&path, now - Duration::from_secs(MAX_TEMP_AGE_SECONDS + 5));
+        assert_eq!(severity_of(stale), Some(Severity::Problem));
+
+        let (after, _) = repair_state(&store, None).unwrap();
+        assert!(!store.path(&format!("devices/{reused}")).exists());
+        assert!(!store.path(&format!("devices/{stale}")).exists());
+        assert!(store.path(&format!("devices/{fresh}")).exists());
+        assert_eq!(after.problems(), 0, "{:?}", problems(&after));
+        let _ = older.kill();
+        let _ = older.wait();
+    }
+
+    #[test]
+    fn an_unreadable_device_record_keeps_its_index_entry_and_the_notes_name_it() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-T");
+        store
+            .save_device(&device("UDID-T", "C02TRN", &[&record.serial]))
+            .unwrap();
+        assert_eq!(check(store.root()).findings, Vec::new());
+        let file = store.path("devices/UDID-T.json");
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+
+        let report = check(store.root());
+        let lines: Vec<String> = report
+            .findings
+            .iter()
+            .map(|f| format!("{:?} {}: {}", f.severity, f.file, f.problem))
+            .collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("Problem devices/UDID-T.json: does not parse"));
+        assert!(lines.contains(&format!(
+            "Note devices/UDID-T.json: certificate {} names this record, which does not parse",
+            record.serial
+        )));
+        assert!(lines.contains(
+            &"Note devices/UDID-T.json: devices/by-serial/C02TRN names this record, which \
+              does not parse"
+                .to_string()
+        ));
+
+        let (after, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(repaired, Vec::<String>::new());
+        assert_eq!(after.problems(), 1);
+        assert_eq!(
+            std::fs::read_to_string(store.path("devices/by-serial/C02TRN")).unwrap(),
+            "UDID-T\n"
+        );
+        // Other dangling entries still go.
+        std::fs::write(store.path("devices/by-serial/NOBODY"), b"UDID-9\n").unwrap();
+        let (_, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(repaired, ["devices/by-serial: 1 entr(ies) fixed"]);
+        assert!(store.path("devices/by-serial/C02TRN").exists());
+        assert!(!store.path("devices/by-serial/NOBODY").exists());
     }
 }

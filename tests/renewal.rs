@@ -380,7 +380,34 @@ fn renewal_signed_by_anyone_else_is_refused_with_bad_message_check() {
     let reply = scep.send(MessageType::RenewalReq, "revoked", &request, &ours);
     assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
 
-    assert_eq!(count_files(&server, "certs"), 1, "nothing was issued");
+    // One of ours that crl.json lists while its record is not marked yet (a revocation
+    // killed after its index entry): refused as well.
+    let (key, _, _, reply) = pkcs_req(&scep, "listed-only", STATIC_CHALLENGE);
+    let listed_only = Identity {
+        key: key.key,
+        certificate: issued(&reply),
+    };
+    let index_path = server.state_file("crl.json");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["revoked"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "serial": serial(&listed_only.certificate),
+            "revoked_at": otad::store::now(),
+            "reason": "keyCompromise",
+        }));
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+    let reply = scep.send(
+        MessageType::RenewalReq,
+        "listed-only",
+        &request,
+        &listed_only,
+    );
+    assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
+
+    assert_eq!(count_files(&server, "certs"), 2, "nothing was issued");
     let log = server.log();
     assert!(
         log.contains("signer certificate: not issued by this CA"),

@@ -8,8 +8,9 @@
 //! The index is the CRL's own source, so re-signing never scans `certs/`. Signing is the
 //! `pki::crl` layer's; this block only reads and writes the two files, each atomically.
 //! [`Store::save_crl`] writes the index first: a crash between the two leaves a CRL whose
-//! number is behind the index's, which readers take as "sign a new one", never a CRL number
-//! used twice.
+//! number is behind the index's, or that lacks an entry the index has, which readers take as
+//! "sign a new one", never a CRL number used twice. A revocation writes its index entry
+//! alone first ([`Store::save_crl_index`]), so from then on the CRL can only catch up.
 
 use serde::{Deserialize, Serialize};
 
@@ -66,11 +67,17 @@ impl Store {
         read_optional(&path).map_err(io_err(&path))
     }
 
+    /// Stores the index alone (inside a [`Store::transaction`]): a revocation's first step,
+    /// before its certificate record and the CRL signed from the index.
+    pub fn save_crl_index(&self, index: &CrlIndex) -> Result<(), StoreError> {
+        let path = self.root.join(CRL_INDEX_FILE);
+        write_atomic(&path, &Self::to_json(index), 0o644).map_err(io_err(&path))
+    }
+
     /// Stores a newly signed CRL and the index it was signed from (inside a
     /// [`Store::transaction`]). The index goes first; see the module doc.
     pub fn save_crl(&self, index: &CrlIndex, crl_der: &[u8]) -> Result<(), StoreError> {
-        let index_path = self.root.join(CRL_INDEX_FILE);
-        write_atomic(&index_path, &Self::to_json(index), 0o644).map_err(io_err(&index_path))?;
+        self.save_crl_index(index)?;
 
         let crl_path = self.root.join(CRL_FILE);
         write_atomic(&crl_path, crl_der, 0o644).map_err(io_err(&crl_path))
