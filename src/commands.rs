@@ -48,10 +48,19 @@ pub struct CaImport {
     pub password: KeyPassword,
 }
 
+/// What `otad init` made: the message for stdout, and warnings for stderr.
+#[derive(Debug)]
+pub struct Initialized {
+    /// What was created and what to do next.
+    pub message: String,
+    /// Things done that an admin should know about (a CA key readable by others).
+    pub warnings: Vec<String>,
+}
+
 /// `otad init`: a new state dir with config, CA (new, or imported), RA and profile signer.
 /// Refuses to touch an existing state. An imported CA is checked completely (key, CA
 /// constraints, validity, able to sign certificates and CRLs) before anything is written.
-pub fn init(options: &InitOptions) -> Result<String, String> {
+pub fn init(options: &InitOptions) -> Result<Initialized, String> {
     let state = &options.state;
     check_state_is_new(state)?;
     let text = config::template(&options.url, &options.organization);
@@ -59,8 +68,13 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         .map_err(|err| format!("--url or --organization: {err}"))?;
 
     let org = &options.organization;
+    let mut warnings = Vec::new();
     let ca = match &options.import {
-        Some(import) => import_ca(import)?,
+        Some(import) => {
+            let ca = import_ca(import)?;
+            warnings.extend(key_readable_by_others(&import.key, state));
+            ca
+        }
         None => CertificateAuthority::create(
             &format!("{org} Enrollment CA"),
             org,
@@ -123,12 +137,37 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         }
         None => "CA, RA and profile signer".to_string(),
     };
-    Ok(format!(
+    let message = format!(
         "created {} ({what})\nconfig: {}\nnext: edit [mdm] in the config, then run: otad \
          serve --config {}",
         state.display(),
         state.join("otad.toml").display(),
         state.join("otad.toml").display()
+    );
+    Ok(Initialized { message, warnings })
+}
+
+/// A warning when the CA key that was imported can be read by its group or by others:
+/// whoever reads it can issue device identities the MDM server trusts.
+fn key_readable_by_others(key: &Path, state: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::symlink_metadata(key).ok()?.permissions().mode();
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    Some(format!(
+        "--ca-key {}: readable by {} (mode {:04o}): anyone who can read it can issue device \
+         identities your MDM server trusts; otad keeps its own copy in {} (mode 0600), so \
+         delete this one, or chmod 600 it and keep it offline",
+        key.display(),
+        match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        },
+        mode & 0o7777,
+        state.join(files::CA_KEY).display()
     ))
 }
 
@@ -267,7 +306,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
 
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
     crate::logger::init(derived.log_level, derived.log_format);
-    let ctx = Context::from_config(config, derived)?;
+    let Prepared { ctx, tls, webhook } = prepare(config, derived)?;
 
     for warning in config_warnings(&ctx) {
         warn!("{warning}");
@@ -309,13 +348,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         Err(err) => warn!("state: the start-up check failed: {err}"),
     }
     raise_open_file_limit(ctx.config.http.max_connections);
-    let tls = match &ctx.derived.tls {
-        Some((cert, key)) => Some(Arc::new(
-            crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?,
-        )),
-        None => None,
-    };
-    let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
+    let tls = tls.map(Arc::new);
     // The CRL exists before anyone asks (an MDM server or a relying party may fetch it
     // first), and a CRL past its nextUpdate is re-signed now rather than on first request.
     if let Err(err) =
@@ -342,6 +375,32 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     crate::http::serve(ctx, listener, tls, shutdown)?;
     info!("stopped");
     Ok(())
+}
+
+/// What `otad serve` loads before it listens, every file a config names checked: what
+/// [`prepare`] returns.
+pub struct Prepared {
+    /// The state, keys, anchors, profile template and hooks ([`Context::from_config`]).
+    pub ctx: Context,
+    /// The listener's certificate and key, when `[tls]` is set.
+    pub tls: Option<crate::tls::Tls>,
+    /// The events webhook (its URL, HMAC key file and CA file), when `events.webhook` is set.
+    pub webhook: Option<crate::events::webhook::Webhook>,
+}
+
+/// Every check `otad serve` makes at start-up before it listens, and that `otad
+/// check-config` makes too, by calling this same function: the state dir and its keys, the
+/// extra device CAs, the profile template, the hooks, the TLS pair, the webhook's URL,
+/// secret file and CA file. What is left to `serve` alone needs the running server: binding
+/// the port, the start-up repairs of the state, the open-files limit, signing the CRL.
+pub fn prepare(config: Config, derived: config::Derived) -> Result<Prepared, String> {
+    let tls = match &derived.tls {
+        Some((cert, key)) => Some(crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?),
+        None => None,
+    };
+    let webhook = crate::events::webhook::Webhook::prepare(&derived.events)?;
+    let ctx = Context::from_config(config, derived)?;
+    Ok(Prepared { ctx, tls, webhook })
 }
 
 /// What an admin should know about a config that loads: settings that are allowed but weaken
@@ -373,6 +432,73 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
              answer can be replayed; leave it empty for a fresh single-use one per download"
                 .into(),
         );
+    }
+    for (key, program) in [
+        ("hooks.phase2", &ctx.derived.hooks.phase2),
+        ("hooks.phase3", &ctx.derived.hooks.phase3),
+        ("auth.command", &ctx.derived.auth_command),
+    ] {
+        if let Some(program) = program {
+            warnings.extend(program_writable_by_others(key, program));
+        }
+    }
+    // The users file is read at each login, not at start-up: a broken one would refuse every
+    // login without a word until then.
+    if ctx.derived.auth_command.is_none() {
+        if let Err(err) = crate::gate::users::load(&ctx.store) {
+            warnings.push(format!(
+                "{err}: every HTTP Basic login is refused until it is fixed"
+            ));
+        }
+    }
+    let webhook = &ctx.config.events.webhook;
+    if webhook.to_ascii_lowercase().starts_with("http://") && webhook.contains('@') {
+        warnings.push(format!(
+            "events.webhook {}: a user and password over plain http:// cross the network \
+             readable by anyone on the way; use https://",
+            crate::httpclient::mask_url(webhook)
+        ));
+    }
+    warnings
+}
+
+/// Warnings for a program otad runs (a hook, `auth.command`) that a user other than its
+/// owner may change: the program itself, or the folder holding it (which lets its file be
+/// replaced), writable by group or others. Whoever can change it decides who enrolls.
+fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut places = vec![program.to_path_buf()];
+    // The folder of the name as written, and the folder of the file a symlink leads to.
+    places.extend(program.parent().map(Path::to_path_buf));
+    if let Ok(real) = std::fs::canonicalize(program) {
+        if real != program {
+            places.push(real.clone());
+        }
+        places.extend(real.parent().map(Path::to_path_buf));
+    }
+    places.dedup();
+
+    let mut warnings = Vec::new();
+    for place in places {
+        let Ok(metadata) = std::fs::metadata(&place) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if mode & 0o022 != 0 {
+            let what = if metadata.is_dir() { "its folder " } else { "" };
+            warnings.push(format!(
+                "{key}: {what}{} is writable by {} (mode {:04o}): whoever can change it decides \
+                 who enrolls; chmod go-w it",
+                place.display(),
+                match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                    (true, true) => "group and others",
+                    (true, false) => "its group",
+                    _ => "others",
+                },
+                mode & 0o7777
+            ));
+        }
     }
     warnings
 }
@@ -615,10 +741,7 @@ pub struct CheckedConfig {
 /// is written.
 pub fn check_config(config_path: &Path) -> Result<CheckedConfig, String> {
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
-    if let Some((cert, key)) = &derived.tls {
-        crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?;
-    }
-    let ctx = Context::from_config(config, derived)?;
+    let Prepared { ctx, .. } = prepare(config, derived)?;
     Ok(CheckedConfig {
         settings: effective_settings(&ctx.config)?,
         warnings: config_warnings(&ctx),
@@ -640,41 +763,17 @@ pub fn effective_settings(config: &Config) -> Result<String, String> {
             }
         }
     }
-    // A webhook URL may carry a user and password before its host.
+    // A webhook URL may carry a user and password before its host, and a key in its query.
     let webhook = table
         .get_mut("events")
         .and_then(|s| s.as_table_mut())
         .and_then(|s| s.get_mut("webhook"));
     if let Some(value) = webhook {
         if let Some(url) = value.as_str() {
-            *value = toml::Value::String(without_userinfo(url));
+            *value = toml::Value::String(crate::httpclient::mask_url(url));
         }
     }
     toml::to_string(&table).map_err(|err| format!("cannot write the settings out: {err}"))
-}
-
-fn without_userinfo(url: &str) -> String {
-    // A query often carries a key (`?token=`); it is not shown either.
-    let (url, query) = match url.split_once('?') {
-        Some((base, _)) => (base, "?(query not shown)"),
-        None => (url, ""),
-    };
-    let masked = without_credentials(url);
-    format!("{masked}{query}")
-}
-
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
-        Some(at) => format!(
-            "{scheme}://(credentials not shown)@{}",
-            rest.get(at + 1..).unwrap_or_default()
-        ),
-        None => url.to_string(),
-    }
 }
 
 /// A fresh state made by `otad init`, for unit tests of the admin commands.

@@ -326,7 +326,10 @@ fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
         import,
     };
     Ok(match commands::init(&options) {
-        Ok(message) => {
+        Ok(commands::Initialized { message, warnings }) => {
+            for warning in &warnings {
+                eprintln!("otad: warning: {warning}");
+            }
             let event = otad::events::admin("init", "ok")
                 .field("url", options.url.as_str())
                 .field("organization", options.organization.as_str())
