@@ -454,8 +454,8 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
     let webhook = &ctx.config.events.webhook;
     if webhook.to_ascii_lowercase().starts_with("http://") && webhook.contains('@') {
         warnings.push(format!(
-            "events.webhook {}: a user and password over plain http:// cross the network \
-             readable by anyone on the way; use https://",
+            "events.webhook {}: credentials over plain http:// cross the network readable by \
+             anyone on the way; use https://",
             crate::httpclient::mask_url(webhook)
         ));
     }
@@ -789,4 +789,71 @@ pub(crate) fn test_state() -> (tempfile::TempDir, PathBuf) {
     })
     .expect("otad init");
     (dir, state.join("otad.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_prints_every_integer_key_at_its_largest_value() {
+        let (_dir, config) = test_state();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let largest = [
+            ("workers = 0", "workers = 256".to_string()),
+            (
+                "max_body = 65536",
+                format!("max_body = {}", 16 * 1024 * 1024),
+            ),
+            (
+                "max_connections = 4096",
+                "max_connections = 65536".to_string(),
+            ),
+            (
+                "max_live_challenges = 100000",
+                format!("max_live_challenges = {}", config::MAX_LIVE_CHALLENGES),
+            ),
+            ("max_output = 65536", "max_output = 1048576".to_string()),
+            (
+                "max_size = 16777216",
+                format!("max_size = {}", crate::events::MAX_MAX_SIZE),
+            ),
+            ("keep = 5", format!("keep = {}", crate::events::MAX_KEEP)),
+            (
+                "cert_validity = \"365d\"",
+                "cert_validity = 315360000".to_string(),
+            ),
+        ];
+        let mut edited = text.clone();
+        for (default, value) in &largest {
+            assert!(edited.contains(default), "{default}");
+            edited = edited.replacen(default, value, 1);
+        }
+        std::fs::write(&config, &edited).unwrap();
+        let checked = check_config(&config).unwrap();
+        for (_, value) in &largest {
+            let printed = value.replace("315360000", "\"315360000\"");
+            assert!(
+                checked.settings.lines().any(|line| line == printed),
+                "{value} in {}",
+                checked.settings
+            );
+        }
+    }
+
+    #[test]
+    fn the_webhook_url_is_masked_in_the_settings_and_in_load_errors() {
+        let (_dir, config) = test_state();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let with = |url: &str| text.replacen("webhook = \"\"", &format!("webhook = {url:?}"), 1);
+        std::fs::write(&config, with("http://user:pass@127.0.0.1:9/x?key=k3y")).unwrap();
+        let checked = check_config(&config).unwrap();
+        assert!(checked.settings.contains(
+            "webhook = \"http://(credentials not shown)@127.0.0.1:9/x?(query not shown)\""
+        ));
+        std::fs::write(&config, with("ftp://user:pass@127.0.0.1:9/x?key=k3y")).unwrap();
+        let err = check_config(&config).unwrap_err();
+        assert!(err.contains("events.webhook: "), "{err}");
+        assert!(!err.contains("pass") && !err.contains("k3y"), "{err}");
+    }
 }

@@ -1334,7 +1334,8 @@ format = "plain"
 max_size = 16777216
 keep = 5
 # POST every event as JSON to this http:// or https:// URL from a background thread, in order,
-# at least once (X-Otad-Event-Id is the same on a retry). Empty: no webhook.
+# at least once (X-Otad-Event-Id is the same on a retry). A user:password@ before the host is
+# sent as HTTP Basic authentication (never logged). Empty: no webhook.
 webhook = ""
 # For https: a PEM file of the CA certificates to check the webhook's server against; empty:
 # the system's root certificates.

@@ -50,6 +50,8 @@ pub const EVENT_ID_HEADER: &str = "X-Otad-Event-Id";
 pub struct Webhook {
     /// The URL posted to, without the user and password (those went into `options`).
     url: String,
+    /// The configured URL as logs show it ([`httpclient::mask_url`]).
+    shown: String,
     options: RequestOptions,
     key: Option<aws_lc_rs::hmac::Key>,
 }
@@ -86,6 +88,7 @@ impl Webhook {
             .unwrap_or_default();
         Ok(Some(Webhook {
             url,
+            shown,
             options: RequestOptions {
                 connect_timeout: CONNECT_TIMEOUT,
                 io_timeout: IO_TIMEOUT,
@@ -99,8 +102,8 @@ impl Webhook {
     }
 
     /// The URL as log lines show it ([`httpclient::mask_url`]).
-    pub fn shown_url(&self) -> String {
-        httpclient::mask_url(&self.url)
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     /// POSTs one event line; `Ok` only for a 2xx answer.
@@ -604,7 +607,7 @@ mod tests {
         let webhook = Webhook::prepare(&settings).unwrap().unwrap();
         assert_eq!(
             webhook.shown_url(),
-            format!("http://127.0.0.1:{port}/x?(query not shown)")
+            format!("http://(credentials not shown)@127.0.0.1:{port}/x?(query not shown)")
         );
         webhook.deliver("1-0", b"{\"kind\":\"auth\"}").unwrap();
         let request = server.join().unwrap();

@@ -50,7 +50,12 @@ pub fn read_text_file(path: &Path) -> Result<String, String> {
     let mut text = String::new();
     std::io::Read::take(file, MAX_IMPORT_FILE_BYTES + 1)
         .read_to_string(&mut text)
-        .map_err(|err| format!("cannot read as text: {err}"))?;
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::InvalidData => "binary, not PEM text (DER? convert it: openssl \
+                 x509 -inform DER for a certificate, openssl pkey -inform DER for a key)"
+                .to_string(),
+            _ => format!("cannot read as text: {err}"),
+        })?;
     if text.len() as u64 > MAX_IMPORT_FILE_BYTES {
         return Err(format!("larger than {MAX_IMPORT_FILE_BYTES} bytes"));
     }
@@ -191,7 +196,7 @@ impl EncryptedKey {
                 RsaPrivateKey::from_pkcs8_der(decrypted.as_bytes()).map_err(
                     |_| match describe_pkcs8(decrypted.as_bytes()) {
                         Some(found) => KeyDecryptError::Unsupported(format!(
-                            "encrypted {found}: {SUPPORTED_KEYS}"
+                            "decrypted, it holds {found}: {SUPPORTED_KEYS}"
                         )),
                         None => KeyDecryptError::WrongPassword,
                     },
@@ -208,8 +213,8 @@ impl EncryptedKey {
                 let plain = Zeroizing::new(plain);
                 RsaPrivateKey::from_pkcs1_der(&plain).map_err(|_| match rsa_modulus_bits(&plain) {
                     Some(bits) => KeyDecryptError::Unsupported(format!(
-                        "encrypted {}: {SUPPORTED_KEYS}",
-                        describe_rsa(bits)
+                        "decrypted, it holds {}: {SUPPORTED_KEYS}",
+                        describe_rsa(bits, "PKCS#1")
                     )),
                     None => KeyDecryptError::WrongPassword,
                 })
@@ -242,7 +247,7 @@ fn describe_pem(text: &str) -> Option<String> {
         return describe_pkcs8(&der_of("PRIVATE KEY")?);
     }
     if labels.contains(&PKCS1_LABEL) {
-        return rsa_modulus_bits(&der_of(PKCS1_LABEL)?).map(describe_rsa);
+        return rsa_modulus_bits(&der_of(PKCS1_LABEL)?).map(|bits| describe_rsa(bits, "PKCS#1"));
     }
     if labels.contains(&"EC PRIVATE KEY") {
         let curve = der_of("EC PRIVATE KEY")
@@ -260,11 +265,7 @@ fn describe_pem(text: &str) -> Option<String> {
         other => format!("a PEM block labelled {other:?}"),
     };
     match labels.as_slice() {
-        [] => Some(
-            "no PEM block (a DER key? convert it: openssl pkey -inform DER -in KEY -out \
-             key.pem)"
-                .to_string(),
-        ),
+        [] => Some("no PEM block (-----BEGIN ...-----) in it".to_string()),
         [first, ..] => Some(format!("no private key otad reads, only {}", other(first))),
     }
 }
@@ -278,7 +279,7 @@ fn describe_pkcs8(der: &[u8]) -> Option<String> {
     let oid = info.algorithm.oid;
     let found = match oid.to_string().as_str() {
         "1.2.840.113549.1.1.1" => match rsa_modulus_bits(info.private_key) {
-            Some(bits) => describe_rsa(bits),
+            Some(bits) => describe_rsa(bits, "PKCS#8"),
             None => "an RSA key whose RSAPrivateKey is malformed".to_string(),
         },
         "1.2.840.10045.2.1" => {
@@ -303,16 +304,16 @@ fn describe_pkcs8(der: &[u8]) -> Option<String> {
     Some(found)
 }
 
-/// What is wrong with an RSA key of `bits` that aws-lc-rs refused: "an RSA key of 1024
-/// bits, too small".
-fn describe_rsa(bits: usize) -> String {
+/// What is wrong with an RSA key of `bits` in `form` that aws-lc-rs refused: "an RSA key of
+/// 1024 bits in PKCS#8, too small".
+fn describe_rsa(bits: usize, form: &str) -> String {
     match bits {
-        0..2048 => format!("an RSA key of {bits} bits, too small"),
+        0..2048 => format!("an RSA key of {bits} bits in {form}, too small"),
         2048..=MAX_RSA_BITS => format!(
-            "an RSA key of {bits} bits that aws-lc-rs refused as malformed or unsafe (its \
-             public exponent, or parts that do not fit together)"
+            "an RSA key of {bits} bits in {form} that aws-lc-rs refused as malformed or unsafe \
+             (its public exponent, or parts that do not fit together)"
         ),
-        _ => format!("an RSA key of {bits} bits, too large"),
+        _ => format!("an RSA key of {bits} bits in {form}, too large"),
     }
 }
 
@@ -543,6 +544,111 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn key_file(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, cert::encode_pem(label, der)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_key_otad_cannot_use_is_named_with_what_it_takes() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+
+        let dir = tempfile::tempdir().unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng).unwrap();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let certificate = cert::pem_to_der(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/scep/ca.pem"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let cases = [
+            (
+                key_file(dir.path(), "ec.p8", "PRIVATE KEY", ec.as_ref()),
+                "an EC key (P-384) in PKCS#8: ",
+            ),
+            (
+                key_file(dir.path(), "ed.p8", "PRIVATE KEY", ed.as_ref()),
+                "an Ed25519 key in PKCS#8: ",
+            ),
+            (
+                key_file(dir.path(), "ca.pem", "CERTIFICATE", &certificate),
+                "no private key otad reads, only a certificate, not a key (BEGIN CERTIFICATE): ",
+            ),
+            (
+                key_file(dir.path(), "junk.key", "JUNK", b"x"),
+                "no private key otad reads, only a PEM block labelled \"JUNK\": ",
+            ),
+            (
+                {
+                    let path = dir.path().join("empty.key");
+                    std::fs::write(&path, "nothing here\n").unwrap();
+                    path
+                },
+                "no PEM block (-----BEGIN ...-----) in it: ",
+            ),
+        ];
+        let der = dir.path().join("key.der");
+        std::fs::write(&der, [0x30, 0x82, 0xff, 0xfe]).unwrap();
+        let err = read_key_file(&der, &KeyPassword::NotGiven).err().unwrap();
+        assert!(err.starts_with("binary, not PEM text (DER?"), "{err}");
+        for (path, found) in cases {
+            let err = read_key_file(&path, &KeyPassword::NotGiven).err().unwrap();
+            assert!(err.starts_with(found), "{}: {err}", path.display());
+            assert!(err.ends_with(SUPPORTED_KEYS), "{}: {err}", path.display());
+        }
+    }
+
+    #[test]
+    fn rsa_modulus_bits_and_sec1_curves_are_read() {
+        let key = RsaPrivateKey::generate(2048).unwrap();
+        let info = pkcs8::PrivateKeyInfo::try_from(key.to_pkcs8_der()).unwrap();
+        assert_eq!(rsa_modulus_bits(info.private_key), Some(2048));
+        assert_eq!(rsa_modulus_bits(b"\x30\x03\x02\x01\x00"), None);
+        assert_eq!(rsa_modulus_bits(b"junk"), None);
+        assert_eq!(
+            describe_rsa(1024, "PKCS#1"),
+            "an RSA key of 1024 bits in PKCS#1, too small"
+        );
+        assert!(describe_rsa(16384, "PKCS#8").ends_with("too large"));
+
+        // RFC 5915 ECPrivateKey: version 1, a 1-byte key, [0] prime256v1.
+        let sec1 = [
+            0x30, 0x12, 0x02, 0x01, 0x01, 0x04, 0x01, 0x07, 0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86,
+            0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ];
+        let curve = sec1_curve(&sec1).unwrap();
+        assert_eq!(curve_name(&curve), "P-256");
+        let pem = cert::encode_pem("EC PRIVATE KEY", &sec1);
+        assert_eq!(
+            describe_pem(&pem).unwrap(),
+            "an EC key (P-256) in SEC1 PEM (BEGIN EC PRIVATE KEY)"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_key_is_refused_with_the_path_to_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.key");
+        std::fs::write(&real, "x").unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = read_text_file(&link).unwrap_err();
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert!(err.starts_with("a symbolic link, refused: "), "{err}");
+        assert!(
+            err.ends_with(&format!("give the file itself: {}", real.display())),
+            "{err}"
+        );
+        let dangling = dir.path().join("dangling.key");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        let err = read_text_file(&dangling).unwrap_err();
+        assert!(err.contains("where it leads cannot be read"), "{err}");
     }
 
     #[test]
