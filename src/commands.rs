@@ -735,10 +735,9 @@ pub struct CheckedConfig {
     pub warnings: Vec<String>,
 }
 
-/// What `otad check-config` does: everything `serve` checks before it listens (the config,
-/// the state dir, the CA, RA and signer keys, the template, the hooks, the TLS pair), then
-/// the effective settings as TOML with secrets masked, and the start-up warnings. Nothing
-/// is written.
+/// What `otad check-config` does: the config, then everything `serve` checks before it
+/// listens, through the same [`prepare`], then the effective settings as TOML with secrets
+/// masked, and the start-up warnings ([`config_warnings`]). Nothing is written.
 pub fn check_config(config_path: &Path) -> Result<CheckedConfig, String> {
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
     let Prepared { ctx, .. } = prepare(config, derived)?;

@@ -88,7 +88,8 @@ static challenges and the webhook's credentials and query masked, and on stderr 
 warnings otad serve would log at start-up (a static ota.challenge, a test device CA
 trusted, MDM keys left unset, scep.ra = false, a hook or auth.command writable by group or
 others, an unreadable users file, webhook credentials over http), each as
-`otad: warning: ...`. Exit 0 if all is well (warnings or not), 1 if not. FILE is the state's otad.toml (DIR/otad.toml for the state dir otad init made).
+`otad: warning: ...`. Exit 0 if all is well (warnings or not), 1 if not. FILE is the
+state's otad.toml (DIR/otad.toml for the state dir otad init made).
 ";
 
 const VERIFY_HELP: &str = "\
