@@ -478,6 +478,9 @@ fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
         places.extend(real.parent().map(Path::to_path_buf));
     }
     places.dedup();
+    // TODO: folders above the program's own and the file's owner are not looked at; a
+    // writable /opt with a tidy /opt/hooks is missed. Walking every ancestor would warn about
+    // sticky /tmp-like folders too, which needs its own rule.
 
     let mut warnings = Vec::new();
     for place in places {
