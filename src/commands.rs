@@ -48,10 +48,19 @@ pub struct CaImport {
     pub password: KeyPassword,
 }
 
+/// What `otad init` made: the message for stdout, and warnings for stderr.
+#[derive(Debug)]
+pub struct Initialized {
+    /// What was created and what to do next.
+    pub message: String,
+    /// Things done that an admin should know about (a CA key readable by others).
+    pub warnings: Vec<String>,
+}
+
 /// `otad init`: a new state dir with config, CA (new, or imported), RA and profile signer.
 /// Refuses to touch an existing state. An imported CA is checked completely (key, CA
 /// constraints, validity, able to sign certificates and CRLs) before anything is written.
-pub fn init(options: &InitOptions) -> Result<String, String> {
+pub fn init(options: &InitOptions) -> Result<Initialized, String> {
     let state = &options.state;
     check_state_is_new(state)?;
     let text = config::template(&options.url, &options.organization);
@@ -59,8 +68,13 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         .map_err(|err| format!("--url or --organization: {err}"))?;
 
     let org = &options.organization;
+    let mut warnings = Vec::new();
     let ca = match &options.import {
-        Some(import) => import_ca(import)?,
+        Some(import) => {
+            let ca = import_ca(import)?;
+            warnings.extend(key_readable_by_others(&import.key, state));
+            ca
+        }
         None => CertificateAuthority::create(
             &format!("{org} Enrollment CA"),
             org,
@@ -123,12 +137,37 @@ pub fn init(options: &InitOptions) -> Result<String, String> {
         }
         None => "CA, RA and profile signer".to_string(),
     };
-    Ok(format!(
+    let message = format!(
         "created {} ({what})\nconfig: {}\nnext: edit [mdm] in the config, then run: otad \
          serve --config {}",
         state.display(),
         state.join("otad.toml").display(),
         state.join("otad.toml").display()
+    );
+    Ok(Initialized { message, warnings })
+}
+
+/// A warning when the CA key that was imported can be read by its group or by others:
+/// whoever reads it can issue device identities the MDM server trusts.
+fn key_readable_by_others(key: &Path, state: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::symlink_metadata(key).ok()?.permissions().mode();
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    Some(format!(
+        "--ca-key {}: readable by {} (mode {:04o}): anyone who can read it can issue device \
+         identities your MDM server trusts; otad keeps its own copy in {} (mode 0600), so \
+         delete this one, or chmod 600 it and keep it offline",
+        key.display(),
+        match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        },
+        mode & 0o7777,
+        state.join(files::CA_KEY).display()
     ))
 }
 
@@ -267,7 +306,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
 
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
     crate::logger::init(derived.log_level, derived.log_format);
-    let ctx = Context::from_config(config, derived)?;
+    let Prepared { ctx, tls, webhook } = prepare(config, derived)?;
 
     for warning in config_warnings(&ctx) {
         warn!("{warning}");
@@ -313,13 +352,7 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         Err(err) => warn!("state: the start-up check failed: {err}"),
     }
     raise_open_file_limit(ctx.config.http.max_connections);
-    let tls = match &ctx.derived.tls {
-        Some((cert, key)) => Some(Arc::new(
-            crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?,
-        )),
-        None => None,
-    };
-    let webhook = crate::events::webhook::Webhook::prepare(&ctx.derived.events)?;
+    let tls = tls.map(Arc::new);
     // The CRL exists before anyone asks (an MDM server or a relying party may fetch it
     // first), and a CRL past its nextUpdate is re-signed now rather than on first request.
     if let Err(err) =
@@ -346,6 +379,32 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     crate::http::serve(ctx, listener, tls, shutdown)?;
     info!("stopped");
     Ok(())
+}
+
+/// What `otad serve` loads before it listens, every file a config names checked: what
+/// [`prepare`] returns.
+pub struct Prepared {
+    /// The state, keys, anchors, profile template and hooks ([`Context::from_config`]).
+    pub ctx: Context,
+    /// The listener's certificate and key, when `[tls]` is set.
+    pub tls: Option<crate::tls::Tls>,
+    /// The events webhook (its URL, HMAC key file and CA file), when `events.webhook` is set.
+    pub webhook: Option<crate::events::webhook::Webhook>,
+}
+
+/// Every check `otad serve` makes at start-up before it listens, and that `otad
+/// check-config` makes too, by calling this same function: the state dir and its keys, the
+/// extra device CAs, the profile template, the hooks, the TLS pair, the webhook's URL,
+/// secret file and CA file. What is left to `serve` alone needs the running server: binding
+/// the port, the start-up repairs of the state, the open-files limit, signing the CRL.
+pub fn prepare(config: Config, derived: config::Derived) -> Result<Prepared, String> {
+    let tls = match &derived.tls {
+        Some((cert, key)) => Some(crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?),
+        None => None,
+    };
+    let webhook = crate::events::webhook::Webhook::prepare(&derived.events)?;
+    let ctx = Context::from_config(config, derived)?;
+    Ok(Prepared { ctx, tls, webhook })
 }
 
 /// What an admin should know about a config that loads: settings that are allowed but weaken
@@ -390,6 +449,76 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
              or ota.require_user on an exposed server",
             ota.max_live_challenges
         ));
+    }
+    for (key, program) in [
+        ("hooks.phase2", &ctx.derived.hooks.phase2),
+        ("hooks.phase3", &ctx.derived.hooks.phase3),
+        ("auth.command", &ctx.derived.auth_command),
+    ] {
+        if let Some(program) = program {
+            warnings.extend(program_writable_by_others(key, program));
+        }
+    }
+    // The users file is read at each login, not at start-up: a broken one would refuse every
+    // login without a word until then.
+    if ctx.derived.auth_command.is_none() {
+        if let Err(err) = crate::gate::users::load(&ctx.store) {
+            warnings.push(format!(
+                "{err}: every HTTP Basic login is refused until it is fixed"
+            ));
+        }
+    }
+    let webhook = &ctx.config.events.webhook;
+    if webhook.to_ascii_lowercase().starts_with("http://") && webhook.contains('@') {
+        warnings.push(format!(
+            "events.webhook {}: credentials over plain http:// cross the network readable by \
+             anyone on the way; use https://",
+            crate::httpclient::mask_url(webhook)
+        ));
+    }
+    warnings
+}
+
+/// Warnings for a program otad runs (a hook, `auth.command`) that a user other than its
+/// owner may change: the program itself, or the folder holding it (which lets its file be
+/// replaced), writable by group or others. Whoever can change it decides who enrolls.
+fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut places = vec![program.to_path_buf()];
+    // The folder of the name as written, and the folder of the file a symlink leads to.
+    places.extend(program.parent().map(Path::to_path_buf));
+    if let Ok(real) = std::fs::canonicalize(program) {
+        if real != program {
+            places.push(real.clone());
+        }
+        places.extend(real.parent().map(Path::to_path_buf));
+    }
+    places.dedup();
+    // TODO: folders above the program's own and the file's owner are not looked at; a
+    // writable /opt with a tidy /opt/hooks is missed. Walking every ancestor would warn about
+    // sticky /tmp-like folders too, which needs its own rule.
+
+    let mut warnings = Vec::new();
+    for place in places {
+        let Ok(metadata) = std::fs::metadata(&place) else {
+            continue;
+        };
+        let mode = metadata.permissions().mode();
+        if mode & 0o022 != 0 {
+            let what = if metadata.is_dir() { "its folder " } else { "" };
+            warnings.push(format!(
+                "{key}: {what}{} is writable by {} (mode {:04o}): whoever can change it decides \
+                 who enrolls; chmod go-w it",
+                place.display(),
+                match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                    (true, true) => "group and others",
+                    (true, false) => "its group",
+                    _ => "others",
+                },
+                mode & 0o7777
+            ));
+        }
     }
     warnings
 }
@@ -640,16 +769,12 @@ pub struct CheckedConfig {
     pub warnings: Vec<String>,
 }
 
-/// What `otad check-config` does: everything `serve` checks before it listens (the config,
-/// the state dir, the CA, RA and signer keys, the template, the hooks, the TLS pair), then
-/// the effective settings as TOML with secrets masked, and the start-up warnings. Nothing
-/// is written.
+/// What `otad check-config` does: the config, then everything `serve` checks before it
+/// listens, through the same [`prepare`], then the effective settings as TOML with secrets
+/// masked, and the start-up warnings ([`config_warnings`]). Nothing is written.
 pub fn check_config(config_path: &Path) -> Result<CheckedConfig, String> {
     let (config, derived) = Config::load(config_path).map_err(|err| err.to_string())?;
-    if let Some((cert, key)) = &derived.tls {
-        crate::tls::Tls::load(cert, key).map_err(|err| err.to_string())?;
-    }
-    let ctx = Context::from_config(config, derived)?;
+    let Prepared { ctx, .. } = prepare(config, derived)?;
     Ok(CheckedConfig {
         settings: effective_settings(&ctx.config)?,
         warnings: config_warnings(&ctx),
@@ -671,41 +796,17 @@ pub fn effective_settings(config: &Config) -> Result<String, String> {
             }
         }
     }
-    // A webhook URL may carry a user and password before its host.
+    // A webhook URL may carry a user and password before its host, and a key in its query.
     let webhook = table
         .get_mut("events")
         .and_then(|s| s.as_table_mut())
         .and_then(|s| s.get_mut("webhook"));
     if let Some(value) = webhook {
         if let Some(url) = value.as_str() {
-            *value = toml::Value::String(without_userinfo(url));
+            *value = toml::Value::String(crate::httpclient::mask_url(url));
         }
     }
     toml::to_string(&table).map_err(|err| format!("cannot write the settings out: {err}"))
-}
-
-fn without_userinfo(url: &str) -> String {
-    // A query often carries a key (`?token=`); it is not shown either.
-    let (url, query) = match url.split_once('?') {
-        Some((base, _)) => (base, "?(query not shown)"),
-        None => (url, ""),
-    };
-    let masked = without_credentials(url);
-    format!("{masked}{query}")
-}
-
-fn without_credentials(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest.get(..authority_end).and_then(|a| a.rfind('@')) {
-        Some(at) => format!(
-            "{scheme}://(credentials not shown)@{}",
-            rest.get(at + 1..).unwrap_or_default()
-        ),
-        None => url.to_string(),
-    }
 }
 
 /// A fresh state made by `otad init`, for unit tests of the admin commands.
@@ -721,4 +822,71 @@ pub(crate) fn test_state() -> (tempfile::TempDir, PathBuf) {
     })
     .expect("otad init");
     (dir, state.join("otad.toml"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_config_prints_every_integer_key_at_its_largest_value() {
+        let (_dir, config) = test_state();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let largest = [
+            ("workers = 0", "workers = 256".to_string()),
+            (
+                "max_body = 65536",
+                format!("max_body = {}", 16 * 1024 * 1024),
+            ),
+            (
+                "max_connections = 4096",
+                "max_connections = 65536".to_string(),
+            ),
+            (
+                "max_live_challenges = 100000",
+                format!("max_live_challenges = {}", config::MAX_LIVE_CHALLENGES),
+            ),
+            ("max_output = 65536", "max_output = 1048576".to_string()),
+            (
+                "max_size = 16777216",
+                format!("max_size = {}", crate::events::MAX_MAX_SIZE),
+            ),
+            ("keep = 5", format!("keep = {}", crate::events::MAX_KEEP)),
+            (
+                "cert_validity = \"365d\"",
+                "cert_validity = 315360000".to_string(),
+            ),
+        ];
+        let mut edited = text.clone();
+        for (default, value) in &largest {
+            assert!(edited.contains(default), "{default}");
+            edited = edited.replacen(default, value, 1);
+        }
+        std::fs::write(&config, &edited).unwrap();
+        let checked = check_config(&config).unwrap();
+        for (_, value) in &largest {
+            let printed = value.replace("315360000", "\"315360000\"");
+            assert!(
+                checked.settings.lines().any(|line| line == printed),
+                "{value} in {}",
+                checked.settings
+            );
+        }
+    }
+
+    #[test]
+    fn the_webhook_url_is_masked_in_the_settings_and_in_load_errors() {
+        let (_dir, config) = test_state();
+        let text = std::fs::read_to_string(&config).unwrap();
+        let with = |url: &str| text.replacen("webhook = \"\"", &format!("webhook = {url:?}"), 1);
+        std::fs::write(&config, with("http://user:pass@127.0.0.1:9/x?key=k3y")).unwrap();
+        let checked = check_config(&config).unwrap();
+        assert!(checked.settings.contains(
+            "webhook = \"http://(credentials not shown)@127.0.0.1:9/x?(query not shown)\""
+        ));
+        std::fs::write(&config, with("ftp://user:pass@127.0.0.1:9/x?key=k3y")).unwrap();
+        let err = check_config(&config).unwrap_err();
+        assert!(err.contains("events.webhook: "), "{err}");
+        assert!(!err.contains("pass") && !err.contains("k3y"), "{err}");
+    }
 }

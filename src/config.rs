@@ -538,6 +538,8 @@ impl Config {
             let why = format!("{url:?}: use an http(s) URL without spaces, quotes, ? or #");
             return Err(bad("server.url", why));
         }
+        url_authority_and_path(&url, false)
+            .map_err(|why| bad("server.url", format!("{url:?}: {why}")))?;
         self.server.url = url;
         for (key, value) in [
             ("server.organization", &self.server.organization),
@@ -573,10 +575,10 @@ impl Config {
                     format!("{:?} is not an address:port ({err})", self.http.listen),
                 )
             })?;
-        if self.ota.max_live_challenges == 0 {
+        if !(1..=MAX_LIVE_CHALLENGES).contains(&self.ota.max_live_challenges) {
             return Err(bad(
                 "ota.max_live_challenges",
-                "must be at least 1 (100000 by default)".into(),
+                format!("must be between 1 and {MAX_LIVE_CHALLENGES} (100000 by default)"),
             ));
         }
         if self.http.workers > 256 {
@@ -662,6 +664,15 @@ impl Config {
                 self.mdm.checkin_url
             );
             return Err(bad("mdm.checkin_url", why));
+        }
+        for (key, url) in [
+            ("mdm.server_url", &self.mdm.server_url),
+            ("mdm.checkin_url", &self.mdm.checkin_url),
+        ] {
+            if !url.is_empty() {
+                url_authority_and_path(url, true)
+                    .map_err(|why| bad(key, format!("{url:?}: {why}")))?;
+            }
         }
         if !(1..=8191).contains(&self.mdm.access_rights) {
             return Err(bad(
@@ -1054,6 +1065,71 @@ fn is_plain_url(url: &str) -> bool {
         && !url.contains(|c: char| c.is_whitespace() || c.is_control() || "\"<>?#".contains(c))
 }
 
+/// Checks what [`is_plain_url`] leaves alone in an http(s) URL: a host, a port of 1 to 65535
+/// if one is given, no user before the host unless `userinfo_allowed`, and no `.` or `..`
+/// segment in the path (a device or a server would resolve it to some other path than the
+/// one written).
+fn url_authority_and_path(url: &str, userinfo_allowed: bool) -> Result<(), String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let (authority, path) = rest
+        .split_at_checked(rest.find('/').unwrap_or(rest.len()))
+        .unwrap_or((rest, ""));
+    let authority = match authority.rsplit_once('@') {
+        Some(_) if !userinfo_allowed => {
+            return Err(
+                "no user or password before the host: devices are never asked for one".into(),
+            )
+        }
+        Some((_, host)) => host,
+        None => authority,
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (address, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 host needs its closing ]")?;
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("[{address}] is not an IPv6 address"));
+            }
+            match after {
+                "" => (address, None),
+                after => (
+                    address,
+                    Some(after.strip_prefix(':').ok_or("junk after the ]")?),
+                ),
+            }
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some(port) = port {
+        let valid = !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|p| p > 0);
+        if !valid {
+            return Err(format!(
+                "port {port:?}: use 1 to 65535, or none for the default"
+            ));
+        }
+    }
+    let dotted = path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    });
+    if dotted {
+        return Err("a path with . or .. segments: write the path they lead to".into());
+    }
+    Ok(())
+}
+
+/// Most `ota.max_live_challenges`: each is a small file, and a count past this is a typo.
+pub const MAX_LIVE_CHALLENGES: usize = 10_000_000;
+
 /// What [`Config::validate_gate`] derives: auth.command, auth.timeout, trusted proxies.
 type GateSettings = (Option<PathBuf>, Duration, Vec<crate::gate::cidr::Cidr>);
 
@@ -1271,7 +1347,8 @@ format = "plain"
 max_size = 16777216
 keep = 5
 # POST every event as JSON to this http:// or https:// URL from a background thread, in order,
-# at least once (X-Otad-Event-Id is the same on a retry). Empty: no webhook.
+# at least once (X-Otad-Event-Id is the same on a retry). A user:password@ before the host is
+# sent as HTTP Basic authentication (never logged). Empty: no webhook.
 webhook = ""
 # For https: a PEM file of the CA certificates to check the webhook's server against; empty:
 # the system's root certificates.
@@ -1342,6 +1419,96 @@ mod tests {
         for (text, key) in cases {
             let err = Config::parse(text, Path::new("x.toml")).unwrap_err();
             assert!(err.0.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn urls_with_a_bad_port_or_dot_segments_are_refused_with_the_key() {
+        let refused = [
+            ("server", "url", "http://127.0.0.1:99999", "port \"99999\""),
+            ("server", "url", "http://127.0.0.1:0", "port \"0\""),
+            ("server", "url", "http://127.0.0.1:", "port \"\""),
+            ("server", "url", "http://127.0.0.1:8o", "port \"8o\""),
+            (
+                "server",
+                "url",
+                "https://x.example/a/../otad",
+                ". or .. segments",
+            ),
+            (
+                "server",
+                "url",
+                "https://x.example/%2E%2e/otad",
+                ". or .. segments",
+            ),
+            (
+                "server",
+                "url",
+                "https://x.example/./otad",
+                ". or .. segments",
+            ),
+            ("server", "url", "https://x.example/..", ". or .. segments"),
+            (
+                "server",
+                "url",
+                "https://u:p@x.example",
+                "no user or password",
+            ),
+            ("server", "url", "http://[::1:8080", "closing ]"),
+            ("server", "url", "http://[zz]:8080", "not an IPv6 address"),
+            ("server", "url", "http://:8080/x", "no host"),
+            ("mdm", "server_url", "https://mdm.example:65536/mdm", "port"),
+            (
+                "mdm",
+                "checkin_url",
+                "https://mdm.example/../checkin",
+                ".. segments",
+            ),
+        ];
+        for (section, key, url, why) in refused {
+            let text = format!("[{section}]\n{key} = {url:?}\n");
+            let err = Config::parse(&text, Path::new("x.toml")).unwrap_err();
+            let start = format!("x.toml (line 2): {section}.{key}: \"{url}\": ");
+            assert!(err.0.starts_with(&start), "{url}: {err}");
+            assert!(err.0.contains(why), "{url}: {err}");
+        }
+        let accepted = [
+            ("server", "url", "http://127.0.0.1:65535"),
+            ("server", "url", "http://[::1]:8080/otad"),
+            ("server", "url", "https://x.example/a..b/otad.d/"),
+            ("mdm", "server_url", "https://u:p@mdm.example/mdm"),
+        ];
+        for (section, key, url) in accepted {
+            let text = format!("[{section}]\n{key} = {url:?}\n");
+            assert!(Config::parse(&text, Path::new("x.toml")).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn every_integer_key_has_an_upper_bound_named_with_its_line() {
+        // Each integer key at its largest accepted value, then one past it.
+        let keys: [(&str, &str, u64); 8] = [
+            ("http", "workers", 256),
+            ("http", "max_body", 16 * 1024 * 1024),
+            ("http", "max_connections", 65_536),
+            ("ota", "max_live_challenges", MAX_LIVE_CHALLENGES as u64),
+            ("mdm", "access_rights", 8191),
+            ("hooks", "max_output", 1024 * 1024),
+            ("events", "max_size", crate::events::MAX_MAX_SIZE),
+            ("events", "keep", crate::events::MAX_KEEP),
+        ];
+        for (section, key, largest) in keys {
+            let text = format!("[{section}]\n\n{key} = {largest}\n");
+            assert!(Config::parse(&text, Path::new("x.toml")).is_ok(), "{key}");
+            for over in [largest + 1, u64::MAX] {
+                let text = format!("[{section}]\n\n{key} = {over}\n");
+                let err = Config::parse(&text, Path::new("x.toml")).unwrap_err();
+                assert!(err.0.contains("(line 3"), "{key} = {over}: {err}");
+                assert!(
+                    err.0.contains(&format!("{section}.{key}")) || err.0.contains(key),
+                    "{key} = {over}: {err}"
+                );
+            }
         }
     }
 

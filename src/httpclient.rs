@@ -388,6 +388,43 @@ impl Target {
     }
 }
 
+/// Checks that [`post_with`] can send to `url` (`https://` too when `https_ok`), so that a URL
+/// it could never reach is refused once, at start-up, rather than on every try.
+pub fn check_url(url: &str, https_ok: bool) -> Result<(), HttpError> {
+    parse_url_for(url, https_ok).map(|_| ())
+}
+
+/// `url` as it may be shown in a log line or an error: whatever comes before an `@` (a user
+/// and password) and the query (which often carries a key) are replaced by placeholders, and
+/// a fragment is left out. Every `@` counts, even one in the path or the query (which then
+/// hides more than it needs to): a password holding an unencoded `/` or `?` is still hidden.
+pub fn mask_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (credentials, rest) = match rest.rfind('@') {
+        Some(at) => (
+            "(credentials not shown)@",
+            rest.get(at + 1..).unwrap_or_default(),
+        ),
+        None => ("", rest),
+    };
+    let (base, query) = match rest.find(['?', '#']) {
+        Some(at) => {
+            let (base, tail) = rest.split_at_checked(at).unwrap_or((rest, ""));
+            let query = if tail.starts_with('?') {
+                "?(query not shown)"
+            } else {
+                ""
+            };
+            (base, query)
+        }
+        None => (rest, ""),
+    };
+    format!("{scheme}{credentials}{base}{query}")
+}
+
 /// Splits an `http://` URL. Control characters and spaces are refused so that nothing from the
 /// URL can break out of the request line or the Host header.
 #[cfg(test)]
@@ -1095,6 +1132,39 @@ mod tests {
             parse_url("http://[::1/"),
             Err(HttpError::InvalidUrl(_))
         ));
+    }
+
+    #[test]
+    fn masked_urls_show_neither_credentials_nor_query() {
+        let cases = [
+            ("http://127.0.0.1:9/x", "http://127.0.0.1:9/x"),
+            (
+                "http://user:pass@127.0.0.1:9/x",
+                "http://(credentials not shown)@127.0.0.1:9/x",
+            ),
+            (
+                "https://hook:pa55@hooks.example.com/otad?key=s3cr3t",
+                "https://(credentials not shown)@hooks.example.com/otad?(query not shown)",
+            ),
+            ("http://h/x?token=abc#frag", "http://h/x?(query not shown)"),
+            ("http://h/x#frag", "http://h/x"),
+            // Unencoded / ? # @ in a password are hidden too.
+            (
+                "http://u:p/a?s#s@w@h:1/y",
+                "http://(credentials not shown)@h:1/y",
+            ),
+            ("not a url?secret", "not a url?(query not shown)"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(mask_url(url), shown, "{url}");
+        }
+        for url in [
+            "http://u:pass@h/",
+            "http://u:p/ass@h/?k=pass",
+            "http://h/?pass",
+        ] {
+            assert!(!mask_url(url).contains("pass"), "{url}: {}", mask_url(url));
+        }
     }
 
     #[test]

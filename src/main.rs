@@ -48,14 +48,16 @@ keys are mode 0600. Refuses to touch a DIR that already holds a state.
 With --ca-cert and --ca-key, takes over an existing CA instead of creating one (a
 micromdm/scep depot's ca.pem and ca.key, say): the RA and profile signer are then issued by
 it. The key must match the certificate, which must be a CA valid now that may sign CRLs.
-The key is stored unencrypted in DIR/ca/ca.key (mode 0600).
+The key is stored unencrypted in DIR/ca/ca.key (mode 0600). Symbolic links are refused
+(the error gives the real path to use); a key readable by group or others is warned about.
 
   --state DIR          the state dir to create (may exist if empty)
   --url URL            the base URL devices reach otad at, e.g. https://otad.example.com
   --organization ORG   the organization in profiles and certificates (default: otad)
   --ca-cert FILE       an existing CA certificate, PEM
-  --ca-key FILE        its private key, PEM: PKCS#1, PKCS#8, encrypted PKCS#8 (PBES2) or
-                       OpenSSL's legacy encrypted PEM (a micromdm/scep depot's ca.key)
+  --ca-key FILE        its private key, RSA of 2048 to 8192 bits, PEM: PKCS#1, PKCS#8,
+                       encrypted PKCS#8 (PBES2) or OpenSSL's legacy encrypted PEM (a
+                       micromdm/scep depot's ca.key)
   --ca-key-password-file FILE
                        the encrypted key's password, the file's first line; without it,
                        otad tries an empty one (scepserver's default), then asks on the
@@ -79,12 +81,15 @@ usage: otad check-config FILE
 Checks FILE as `otad serve` would before it listens, without serving or writing anything:
 every key (an unknown key, a wrong type or a bad value is an error naming the key and the
 line), the state dir, the CA, RA and profile-signer certificates and keys, the profile
-template and its variables, the hook programs, the TLS certificate and key. Then prints the
-effective settings (every key, defaults filled in) as TOML on stdout, with the static
-challenges and any webhook credentials masked, and on stderr the warnings otad serve would
-log at start-up (a static ota.challenge, a test device CA trusted, MDM keys left unset,
-scep.ra = false), each as `otad: warning: ...`. Exit 0 if all is well (warnings or not), 1
-if not. FILE is the state's otad.toml (DIR/otad.toml for the state dir otad init made).
+template and its variables, the hook programs, the TLS certificate and key, the webhook's
+URL, secret file and CA file: the same start-up checks serve makes, by the same code. Then
+prints the effective settings (every key, defaults filled in) as TOML on stdout, with the
+static challenges and the webhook's credentials and query masked, and on stderr the
+warnings otad serve would log at start-up (a static ota.challenge, a test device CA
+trusted, MDM keys left unset, scep.ra = false, a hook or auth.command writable by group or
+others, an unreadable users file, webhook credentials over http), each as
+`otad: warning: ...`. Exit 0 if all is well (warnings or not), 1 if not. FILE is the
+state's otad.toml (DIR/otad.toml for the state dir otad init made).
 ";
 
 const VERIFY_HELP: &str = "\
@@ -326,7 +331,10 @@ fn init(mut parser: lexopt::Parser) -> Result<Outcome, Usage> {
         import,
     };
     Ok(match commands::init(&options) {
-        Ok(message) => {
+        Ok(commands::Initialized { message, warnings }) => {
+            for warning in &warnings {
+                eprintln!("otad: warning: {warning}");
+            }
             let event = otad::events::admin("init", "ok")
                 .field("url", options.url.as_str())
                 .field("organization", options.organization.as_str())

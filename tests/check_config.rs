@@ -268,3 +268,185 @@ fn check_config_given_a_state_dir_names_the_config_file_to_give_instead() {
     );
     assert!(stderr.starts_with(&expected), "{stderr}");
 }
+
+/// `otad serve --config FILE` on a config it refuses at start-up: its exit code and stderr.
+fn serve_refuses(config: &Path) -> (i32, String) {
+    let output = Command::new(otad_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn what_serve_refuses_at_start_up_check_config_refuses_with_the_same_words() {
+    let (_dir, config) = state();
+    let folder = config.parent().unwrap().to_path_buf();
+    let short = folder.join("short.key");
+    std::fs::write(&short, "short\n").unwrap();
+    let good = folder.join("hook.key");
+    std::fs::write(&good, "0123456789abcdef0123\n").unwrap();
+    let template = folder.join("final.mobileconfig");
+    std::fs::write(&template, "not a plist").unwrap();
+    let hook = folder.join("hook.sh");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+
+    type Edit = Box<dyn Fn(String) -> String>;
+    let webhook = |secret: String| -> Edit {
+        Box::new(move |t| {
+            let t = set_key(&t, "events", "webhook", "\"http://127.0.0.1:9/\"");
+            set_key(&t, "events", "webhook_secret_file", &secret)
+        })
+    };
+    let cases: Vec<(&str, Edit, String)> = vec![
+        (
+            "a webhook secret file that does not exist",
+            webhook("\"/nonexistent\"".into()),
+            "events.webhook_secret_file: /nonexistent: cannot read: No such file".into(),
+        ),
+        (
+            "a webhook secret that is too short",
+            webhook(format!("{short:?}")),
+            "at least 16 characters".into(),
+        ),
+        (
+            "a webhook URL the client cannot reach",
+            Box::new(|t| {
+                set_key(
+                    &t,
+                    "events",
+                    "webhook",
+                    "\"http://u:s3cr3t@127.0.0.1:99999/\"",
+                )
+            }),
+            "events.webhook http://(credentials not shown)@127.0.0.1:99999/: url: bad port".into(),
+        ),
+        (
+            "an https webhook with an unreadable CA file",
+            Box::new(|t| {
+                let t = set_key(&t, "events", "webhook", "\"https://127.0.0.1:9/\"");
+                set_key(&t, "events", "webhook_ca", "\"/nonexistent/ca.pem\"")
+            }),
+            "events.webhook_ca /nonexistent/ca.pem: cannot read".into(),
+        ),
+        (
+            "a TLS pair that does not exist",
+            Box::new(|t| {
+                let t = set_key(&t, "server", "url", "\"https://otad.example.com\"");
+                let t = set_key(&t, "tls", "cert", "\"/nonexistent/tls.pem\"");
+                set_key(&t, "tls", "key", "\"/nonexistent/tls.key\"")
+            }),
+            "tls.cert /nonexistent/tls.pem: cannot read".into(),
+        ),
+        (
+            "a template that is not a plist",
+            Box::new(move |t| set_key(&t, "profile", "template", &format!("{template:?}"))),
+            "profile.template: ".into(),
+        ),
+        (
+            "a hook that is not executable",
+            Box::new(move |t| set_key(&t, "hooks", "phase2", &format!("{hook:?}"))),
+            "hooks.phase2: ".into(),
+        ),
+        (
+            "an integer past its bound",
+            Box::new(|t| set_key(&t, "events", "max_size", "18446744073709551615")),
+            "events.max_size: 18446744073709551615: use 4096 to 68719476736 bytes".into(),
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let original = std::fs::read_to_string(&config).unwrap();
+        edited(&config, &edit);
+        let (code, stdout, stderr) = check(&config);
+        assert_eq!(code, 1, "{what}: {stderr}");
+        assert!(stdout.is_empty(), "{what}: {stdout}");
+        assert!(stderr.contains(&expected), "{what}: {stderr}");
+        assert!(!stderr.contains("s3cr3t"), "{what}: {stderr}");
+        let (served, serve_stderr) = serve_refuses(&config);
+        assert_eq!(served, 1, "{what}: serve: {serve_stderr}");
+        let said = stderr.lines().last().unwrap();
+        assert!(
+            serve_stderr.lines().any(|line| line == said),
+            "{what}: check-config said {said:?}, serve said {serve_stderr}"
+        );
+        std::fs::write(&config, original).unwrap();
+    }
+
+    // The same webhook with a good secret passes both ways; the largest max_size prints.
+    edited(&config, |t| {
+        let t = set_key(&t, "events", "webhook", "\"http://127.0.0.1:9/\"");
+        let t = set_key(&t, "events", "webhook_secret_file", &format!("{good:?}"));
+        set_key(&t, "events", "max_size", "68719476736")
+    });
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("max_size = 68719476736"), "{stdout}");
+}
+
+#[test]
+fn hooks_a_broken_users_file_and_credentials_over_http_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (dir, config) = state();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let hook = shared.join("phase2.sh");
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o775)).unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tidy = private.join("phase3.sh");
+    std::fs::write(&tidy, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&tidy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(config.parent().unwrap().join("users.json"), "{not json").unwrap();
+    edited(&config, |t| {
+        let t = set_key(&t, "hooks", "phase2", &format!("{hook:?}"));
+        let t = set_key(&t, "hooks", "phase3", &format!("{tidy:?}"));
+        set_key(
+            &t,
+            "events",
+            "webhook",
+            "\"http://hook:s3cr3t@127.0.0.1:9/x\"",
+        )
+    });
+    let (code, _, stderr) = check(&config);
+    assert_eq!(code, 0, "warnings do not fail the check: {stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| line.strip_prefix("otad: warning: "))
+        .filter(|line| !line.starts_with("mdm."))
+        .collect();
+    let expected = [
+        format!(
+            "hooks.phase2: {} is writable by its group (mode 0775)",
+            hook.display()
+        ),
+        format!(
+            "hooks.phase2: its folder {} is writable by group and others (mode 0777)",
+            shared.display()
+        ),
+        format!(
+            "{}: corrupt state file: ",
+            config.parent().unwrap().join("users.json").display()
+        ),
+        "events.webhook http://(credentials not shown)@127.0.0.1:9/x: credentials over plain \
+         http://"
+            .to_string(),
+    ];
+    assert_eq!(warnings.len(), expected.len(), "{stderr}");
+    for (warning, start) in warnings.iter().zip(&expected) {
+        assert!(
+            warning.starts_with(start.as_str()),
+            "{warning:?} is not {start:?}"
+        );
+    }
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+}

@@ -704,3 +704,110 @@ fn a_ca_without_crl_sign_is_refused_in_one_sentence_that_says_what_to_do() {
          --ca-cert and --ca-key to let otad init create a new CA\n"
     );
 }
+
+#[test]
+fn a_ca_key_otad_cannot_use_is_named_with_what_it_takes_and_symlinks_are_refused_plainly() {
+    if !have("openssl", "version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    openssl_ca(work);
+    std::fs::write(work.join("pass.txt"), "correct horse battery\n").unwrap();
+    openssl_line(work, "ecparam -name prime256v1 -genkey -noout -out ec.key");
+    openssl_line(work, "pkcs8 -topk8 -nocrypt -in ec.key -out ec.p8");
+    openssl_line(
+        work,
+        "pkcs8 -topk8 -v2 aes-256-cbc -in ec.key -out ec.enc.p8 -passout file:pass.txt",
+    );
+    openssl_line(work, "genrsa -out small.key 1024");
+    openssl_line(work, "rsa -in small.key -traditional -out small.pkcs1.key");
+    openssl_line(work, "genpkey -algorithm ed25519 -out ed.key");
+
+    let supported = "otad's CA needs an RSA key of 2048 to 8192 bits, in PKCS#1 (BEGIN RSA \
+                     PRIVATE KEY) or PKCS#8 (BEGIN PRIVATE KEY) PEM, either of them optionally \
+                     encrypted\n";
+    let cases: [(&str, &[&str], &str); 6] = [
+        (
+            "ec.key",
+            &[],
+            "an EC key (P-256) in SEC1 PEM (BEGIN EC PRIVATE KEY)",
+        ),
+        ("ec.p8", &[], "an EC key (P-256) in PKCS#8"),
+        (
+            "ec.enc.p8",
+            &["--ca-key-password-file", "pass.txt"],
+            "decrypted, it holds an EC key (P-256) in PKCS#8",
+        ),
+        (
+            "small.key",
+            &[],
+            "an RSA key of 1024 bits in PKCS#8, too small",
+        ),
+        (
+            "small.pkcs1.key",
+            &[],
+            "an RSA key of 1024 bits in PKCS#1, too small",
+        ),
+        ("ed.key", &[], "an Ed25519 key in PKCS#8"),
+    ];
+    for (n, (key, extra, found)) in cases.into_iter().enumerate() {
+        let output = init_with_key(work, &format!("state{n}"), key, extra);
+        assert_eq!(output.status.code(), Some(1), "{key}: {}", text(&output));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr,
+            format!("otad: --ca-key {key}: {found}: {supported}"),
+            "{key}"
+        );
+    }
+
+    // A symlinked key or certificate: refused, with the reason and the real path.
+    std::os::unix::fs::symlink("ca.key", work.join("link.key")).unwrap();
+    std::os::unix::fs::symlink("ca.pem", work.join("link.pem")).unwrap();
+    let real_key = std::fs::canonicalize(work.join("ca.key")).unwrap();
+    let output = init_with_key(work, "linked", "link.key", &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        format!(
+            "otad: --ca-key link.key: a symbolic link, refused: otad init reads only the file it \
+             is named, never where a link leads (a link can be re-pointed to another file); \
+             give the file itself: {}\n",
+            real_key.display()
+        )
+    );
+    let output = Command::new(otad_bin())
+        .current_dir(work)
+        .args(["init", "--state", "linked", "--url", "http://127.0.0.1:9"])
+        .args(["--ca-cert", "link.pem", "--ca-key", "ca.key"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .starts_with("otad: --ca-cert link.pem: a symbolic link, refused: "),
+        "{}",
+        text(&output)
+    );
+
+    // A key others can read: imported, with a warning on stderr.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(work.join("ca.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = init_with_key(work, "readable", "ca.key", &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(
+            "otad: warning: --ca-key ca.key: readable by its group and others (mode 0644): \
+             anyone who can read it can issue device identities your MDM server trusts"
+        ),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("created readable"));
+    std::fs::set_permissions(work.join("ca.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = init_with_key(work, "private", "ca.key", &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    assert!(output.stderr.is_empty(), "{}", text(&output));
+}

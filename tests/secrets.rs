@@ -107,3 +107,67 @@ fn tokens_passwords_and_challenges_never_reach_the_logs_or_the_state() {
         assert!(found, "{expected} is recorded somewhere");
     }
 }
+
+#[test]
+fn a_webhook_password_is_sent_as_basic_authentication_and_never_logged() {
+    use std::io::{Read, Write};
+
+    // A receiver on loopback that answers one POST with 204 and hands back what it read.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => panic!("no delivery within 20 s: {err}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("\"kind\":\"admin\"") {
+            let n = stream.read(&mut buffer).unwrap();
+            assert!(n > 0, "closed early");
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let url = format!("\"http://user:pass@127.0.0.1:{port}/x?key=k3y\"");
+    let server = TestServer::start(|config| {
+        let config = set_key(&config, "events", "webhook", &url);
+        set_key(&config, "log", "level", "\"debug\"")
+    });
+    // An admin command records an event; the webhook delivers it.
+    let state = server.state.to_str().unwrap();
+    otad(&["token", "new", "--state", state], "");
+    let request = receiver.join().unwrap();
+    assert!(
+        request.starts_with("POST /x?key=k3y HTTP/1.1\r\n"),
+        "{request}"
+    );
+    // base64("user:pass")
+    assert!(
+        request.contains("\r\nAuthorization: Basic dXNlcjpwYXNz\r\n"),
+        "{request}"
+    );
+
+    let log = server.log();
+    let shown = format!(
+        "events.webhook: delivering to http://(credentials not shown)@127.0.0.1:{port}/x?(query \
+         not shown)"
+    );
+    assert!(log.contains(&shown), "{log}");
+    assert!(!log.contains("pass"), "{log}");
+    assert!(!log.contains("k3y"), "{log}");
+}

@@ -204,6 +204,8 @@ pub struct EventsConfig {
 pub const DEFAULT_MAX_SIZE: u64 = 16 * 1024 * 1024;
 /// Smallest `events.max_size`.
 pub const MIN_MAX_SIZE: u64 = 4 * 1024;
+/// Largest `events.max_size`: 64 GiB, one file a log reader can still page through.
+pub const MAX_MAX_SIZE: u64 = 64 * 1024 * 1024 * 1024;
 /// Default `events.keep`.
 pub const DEFAULT_KEEP: u64 = 5;
 /// Largest `events.keep`.
@@ -255,10 +257,13 @@ impl EventsConfig {
         bad: impl Fn(&str, String) -> E,
         resolve: impl Fn(&Path) -> PathBuf,
     ) -> Result<EventSettings, E> {
-        if self.max_size < MIN_MAX_SIZE {
+        if !(MIN_MAX_SIZE..=MAX_MAX_SIZE).contains(&self.max_size) {
             return Err(bad(
                 "events.max_size",
-                format!("{}: use at least {MIN_MAX_SIZE} bytes", self.max_size),
+                format!(
+                    "{}: use {MIN_MAX_SIZE} to {MAX_MAX_SIZE} bytes",
+                    self.max_size
+                ),
             ));
         }
         if self.keep > MAX_KEEP {
@@ -274,7 +279,10 @@ impl EventsConfig {
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
                 return Err(bad(
                     "events.webhook",
-                    format!("{:?}: use an http:// or https:// URL", self.webhook),
+                    format!(
+                        "{:?}: use an http:// or https:// URL",
+                        crate::httpclient::mask_url(&self.webhook)
+                    ),
                 ));
             }
             Some(self.webhook.clone())

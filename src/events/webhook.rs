@@ -48,23 +48,34 @@ pub const EVENT_ID_HEADER: &str = "X-Otad-Event-Id";
 
 /// Everything one delivery needs, made once at start-up.
 pub struct Webhook {
+    /// The URL posted to, without the user and password (those went into `options`).
     url: String,
+    /// The configured URL as logs show it ([`httpclient::mask_url`]).
+    shown: String,
     options: RequestOptions,
     key: Option<aws_lc_rs::hmac::Key>,
 }
 
 impl Webhook {
-    /// Prepares the webhook of `settings` (none if `events.webhook` is empty): reads the
-    /// HMAC key and, for https, the roots, so that a mistake stops the server at start-up.
+    /// Prepares the webhook of `settings` (none if `events.webhook` is empty): checks the
+    /// URL, reads the HMAC key and, for https, the roots, so that a mistake stops the server
+    /// at start-up (and fails `otad check-config`). A user and password in the URL
+    /// (`https://user:pass@host/`) are sent as HTTP Basic authentication.
     pub fn prepare(settings: &EventSettings) -> Result<Option<Webhook>, String> {
         let Some(url) = &settings.webhook else {
             return Ok(None);
         };
+        let shown = httpclient::mask_url(url);
+        let (url, credentials) =
+            split_credentials(url).map_err(|why| format!("events.webhook {shown}: {why}"))?;
+        let https = url.to_ascii_lowercase().starts_with("https://");
+        httpclient::check_url(&url, https)
+            .map_err(|err| format!("events.webhook {shown}: {err}"))?;
         let key = match &settings.webhook_secret_file {
             None => None,
             Some(path) => Some(read_key(path)?),
         };
-        let tls = if url.to_ascii_lowercase().starts_with("https://") {
+        let tls = if https {
             Some(Arc::new(crate::httpclient::tls_config(
                 "events.webhook_ca",
                 settings.webhook_ca.as_deref(),
@@ -72,18 +83,27 @@ impl Webhook {
         } else {
             None
         };
+        let headers = credentials
+            .map(|basic| vec![("Authorization".to_string(), basic)])
+            .unwrap_or_default();
         Ok(Some(Webhook {
-            url: url.clone(),
+            url,
+            shown,
             options: RequestOptions {
                 connect_timeout: CONNECT_TIMEOUT,
                 io_timeout: IO_TIMEOUT,
                 total_timeout: TOTAL_TIMEOUT,
-                headers: Vec::new(),
+                headers,
                 tls,
                 user_agent: concat!("otad/", env!("CARGO_PKG_VERSION")),
             },
             key,
         }))
+    }
+
+    /// The URL as log lines show it ([`httpclient::mask_url`]).
+    pub fn shown_url(&self) -> &str {
+        &self.shown
     }
 
     /// POSTs one event line; `Ok` only for a 2xx answer.
@@ -105,6 +125,58 @@ impl Webhook {
             Err(format!("answered {}", response.status))
         }
     }
+}
+
+/// Longest user or password taken from the webhook URL, after percent-decoding.
+const MAX_CREDENTIAL_BYTES: usize = 1024;
+
+/// The URL without a `user:password@` before its host, and that user and password as an
+/// HTTP Basic `Authorization` value (RFC 7617), percent-decoded first (RFC 3986 section
+/// 3.2.1); the URL as it is when it names no user.
+fn split_credentials(url: &str) -> Result<(String, Option<String>), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok((url.to_string(), None));
+    };
+    // The authority ends where httpclient ends it: at the first `/`, `?` or `#`.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at_checked(end).unwrap_or((rest, ""));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return Ok((url.to_string(), None));
+    };
+    let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+    let user = percent_decode(user).ok_or("the user is not valid percent-encoding")?;
+    let password = percent_decode(password).ok_or("the password is not valid percent-encoding")?;
+    if user.is_empty() || user.contains(':') {
+        return Err("the user is empty or holds a `:` (HTTP Basic cannot send that)".into());
+    }
+    let basic = format!("{user}:{password}");
+    if basic.len() > MAX_CREDENTIAL_BYTES || basic.chars().any(char::is_control) {
+        return Err(format!(
+            "the user and password must be printable and {MAX_CREDENTIAL_BYTES} bytes at most"
+        ));
+    }
+    let encoded =
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, basic.as_bytes());
+    Ok((
+        format!("{scheme}://{host}{path}"),
+        Some(format!("Basic {encoded}")),
+    ))
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut input = text.bytes();
+    while let Some(byte) = input.next() {
+        if byte != b'%' {
+            bytes.push(byte);
+            continue;
+        }
+        let high = char::from(input.next()?).to_digit(16)?;
+        let low = char::from(input.next()?).to_digit(16)?;
+        bytes.push(u8::try_from(high * 16 + low).ok()?);
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// `sha256=<hex of HMAC-SHA256(key, body)>`.
@@ -168,7 +240,9 @@ fn run(log: &EventLog, webhook: &Webhook) {
     };
     info!(
         "events.webhook: delivering to {} from generation {} offset {}",
-        webhook.url, cursor.generation, cursor.offset
+        webhook.shown_url(),
+        cursor.generation,
+        cursor.offset
     );
     let mut seen = log.appended();
     loop {
@@ -502,6 +576,67 @@ mod tests {
         };
         let err = Webhook::prepare(&settings).err().unwrap();
         assert!(err.starts_with("events.webhook_secret_file:"), "{err}");
+    }
+
+    #[test]
+    fn a_user_and_password_in_the_url_go_as_basic_authentication_never_in_the_url() {
+        use std::io::{Read, Write};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 4096];
+            while !String::from_utf8_lossy(&seen).contains("{\"kind\":\"auth\"}") {
+                let n = stream.read(&mut buffer).unwrap();
+                assert!(n > 0, "closed early");
+                seen.extend_from_slice(&buffer[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&seen).into_owned()
+        });
+        let settings = EventSettings {
+            webhook: Some(format!(
+                "http://hook%40example:pa%3Ass@127.0.0.1:{port}/x?k=v"
+            )),
+            ..EventSettings::default()
+        };
+        let webhook = Webhook::prepare(&settings).unwrap().unwrap();
+        assert_eq!(
+            webhook.shown_url(),
+            format!("http://(credentials not shown)@127.0.0.1:{port}/x?(query not shown)")
+        );
+        webhook.deliver("1-0", b"{\"kind\":\"auth\"}").unwrap();
+        let request = server.join().unwrap();
+        assert!(request.starts_with("POST /x?k=v HTTP/1.1\r\n"), "{request}");
+        // base64("hook@example:pa:ss")
+        assert!(
+            request.contains("\r\nAuthorization: Basic aG9va0BleGFtcGxlOnBhOnNz\r\n"),
+            "{request}"
+        );
+        assert!(!request.contains("pa%3Ass"), "{request}");
+
+        for (url, why) in [
+            ("http://u:s3cr3t%zz@127.0.0.1:9/", "percent-encoding"),
+            ("http://:s3cr3t@127.0.0.1:9/", "the user is empty"),
+            ("http://u:s3cr3t@127.0.0.1:99999/", "bad port"),
+            ("http://u:s3cr3t@/x", "no host"),
+        ] {
+            let settings = EventSettings {
+                webhook: Some(url.into()),
+                ..EventSettings::default()
+            };
+            let err = Webhook::prepare(&settings).err().unwrap();
+            assert!(
+                err.starts_with("events.webhook http://(credentials not shown)@"),
+                "{err}"
+            );
+            assert!(err.contains(why), "{url}: {err}");
+            assert!(!err.contains("s3cr3t"), "{url}: {err}");
+        }
     }
 
     #[test]

@@ -33,18 +33,51 @@ pub const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
 /// The most memory scrypt may ask for to decrypt a key (128 · r · (N + p) bytes).
 pub const MAX_SCRYPT_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 
-/// Reads a text file (a certificate, key or password), within [`MAX_IMPORT_FILE_BYTES`].
+/// The largest RSA key aws-lc-rs signs with.
+pub const MAX_RSA_BITS: usize = 8192;
+
+/// What `otad init --ca-key` takes, said whenever a key is refused for its kind.
+pub const SUPPORTED_KEYS: &str = "otad's CA needs an RSA key of 2048 to 8192 bits, in PKCS#1 \
+     (BEGIN RSA PRIVATE KEY) or PKCS#8 (BEGIN PRIVATE KEY) PEM, either of them optionally \
+     encrypted";
+
+/// Reads a text file (a certificate, key or password), within [`MAX_IMPORT_FILE_BYTES`]. A
+/// symlink is refused with the real path to give instead.
 pub fn read_text_file(path: &Path) -> Result<String, String> {
+    refuse_symlink(path)?;
     let file =
         crate::store::fsutil::open_regular(path).map_err(|err| format!("cannot read: {err}"))?;
     let mut text = String::new();
     std::io::Read::take(file, MAX_IMPORT_FILE_BYTES + 1)
         .read_to_string(&mut text)
-        .map_err(|err| format!("cannot read as text: {err}"))?;
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::InvalidData => "binary, not PEM text (DER? convert it: openssl \
+                 x509 -inform DER for a certificate, openssl pkey -inform DER for a key)"
+                .to_string(),
+            _ => format!("cannot read as text: {err}"),
+        })?;
     if text.len() as u64 > MAX_IMPORT_FILE_BYTES {
         return Err(format!("larger than {MAX_IMPORT_FILE_BYTES} bytes"));
     }
     Ok(text)
+}
+
+/// The files of a CA to import are opened without following a symlink (`O_NOFOLLOW`), so that
+/// what is imported is the file named on the command line, not whatever a link, which can be
+/// re-pointed at any time, leads to when it is read. Said plainly, with the path to use.
+fn refuse_symlink(path: &Path) -> Result<(), String> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_symlink());
+    if !is_link {
+        return Ok(());
+    }
+    let instead = match std::fs::canonicalize(path) {
+        Ok(real) => format!("give the file itself: {}", real.display()),
+        Err(err) => format!("and where it leads cannot be read ({err})"),
+    };
+    Err(format!(
+        "a symbolic link, refused: otad init reads only the file it is named, never where a \
+         link leads (a link can be re-pointed to another file); {instead}"
+    ))
 }
 
 /// A private key file: PKCS#1 or PKCS#8 as `RsaPrivateKey::from_pem` reads them, an encrypted
@@ -53,7 +86,10 @@ pub fn read_text_file(path: &Path) -> Result<String, String> {
 pub fn read_key_file(path: &Path, password: &KeyPassword) -> Result<RsaPrivateKey, String> {
     let text = Zeroizing::new(read_text_file(path)?);
     let Some(encrypted) = EncryptedKey::find(&text)? else {
-        return RsaPrivateKey::from_pem(&text).map_err(|err| err.to_string());
+        return RsaPrivateKey::from_pem(&text).map_err(|err| match describe_pem(&text) {
+            Some(found) => format!("{found}: {SUPPORTED_KEYS}"),
+            None => err.to_string(),
+        });
     };
 
     // `scepserver ca -init` encrypts its key with an empty password unless given
@@ -155,8 +191,16 @@ impl EncryptedKey {
                     )),
                     _ => KeyDecryptError::WrongPassword,
                 })?;
-                RsaPrivateKey::from_pkcs8_der(decrypted.as_bytes())
-                    .map_err(|_| KeyDecryptError::WrongPassword)
+                // A key that decrypts into a well-formed PrivateKeyInfo had the right
+                // password; what it holds is then said, not a wrong password.
+                RsaPrivateKey::from_pkcs8_der(decrypted.as_bytes()).map_err(
+                    |_| match describe_pkcs8(decrypted.as_bytes()) {
+                        Some(found) => KeyDecryptError::Unsupported(format!(
+                            "decrypted, it holds {found}: {SUPPORTED_KEYS}"
+                        )),
+                        None => KeyDecryptError::WrongPassword,
+                    },
+                )
             }
             EncryptedKey::LegacyPem {
                 cipher,
@@ -166,9 +210,152 @@ impl EncryptedKey {
                 let key = legacy_pem_key(password, iv, cipher.key_len());
                 let plain = cbc_decrypt(*cipher, &key, iv, ciphertext)
                     .ok_or(KeyDecryptError::WrongPassword)?;
-                RsaPrivateKey::from_pkcs1_der(&plain).map_err(|_| KeyDecryptError::WrongPassword)
+                let plain = Zeroizing::new(plain);
+                RsaPrivateKey::from_pkcs1_der(&plain).map_err(|_| match rsa_modulus_bits(&plain) {
+                    Some(bits) => KeyDecryptError::Unsupported(format!(
+                        "decrypted, it holds {}: {SUPPORTED_KEYS}",
+                        describe_rsa(bits, "PKCS#1")
+                    )),
+                    None => KeyDecryptError::WrongPassword,
+                })
             }
         }
+    }
+}
+
+/// What a PEM key file that `RsaPrivateKey::from_pem` refused holds, in words ("an EC key
+/// (P-256) in SEC1 PEM"); `None` when there is nothing better to say than its error.
+fn describe_pem(text: &str) -> Option<String> {
+    // Labels are read from the BEGIN lines: a block with headers (an encrypted SEC1 key)
+    // still names itself.
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|line| {
+            line.trim()
+                .strip_prefix("-----BEGIN ")?
+                .strip_suffix("-----")
+        })
+        .collect();
+    let der_of = |label: &str| {
+        cert::pem_blocks(text)
+            .ok()?
+            .into_iter()
+            .find(|block| block.label == label)
+            .map(|block| Zeroizing::new(block.der))
+    };
+    if labels.contains(&"PRIVATE KEY") {
+        return describe_pkcs8(&der_of("PRIVATE KEY")?);
+    }
+    if labels.contains(&PKCS1_LABEL) {
+        return rsa_modulus_bits(&der_of(PKCS1_LABEL)?).map(|bits| describe_rsa(bits, "PKCS#1"));
+    }
+    if labels.contains(&"EC PRIVATE KEY") {
+        let curve = der_of("EC PRIVATE KEY")
+            .and_then(|der| sec1_curve(&der))
+            .map(|oid| format!(" ({})", curve_name(&oid)))
+            .unwrap_or_default();
+        return Some(format!(
+            "an EC key{curve} in SEC1 PEM (BEGIN EC PRIVATE KEY)"
+        ));
+    }
+    let other = |label: &str| match label {
+        "OPENSSH PRIVATE KEY" => "an OpenSSH key (BEGIN OPENSSH PRIVATE KEY)".to_string(),
+        "DSA PRIVATE KEY" => "a DSA key (BEGIN DSA PRIVATE KEY)".to_string(),
+        "CERTIFICATE" => "a certificate, not a key (BEGIN CERTIFICATE)".to_string(),
+        other => format!("a PEM block labelled {other:?}"),
+    };
+    match labels.as_slice() {
+        [] => Some("no PEM block (-----BEGIN ...-----) in it".to_string()),
+        [first, ..] => Some(format!("no private key otad reads, only {}", other(first))),
+    }
+}
+
+/// What a PKCS#8 PrivateKeyInfo holds when it is not an RSA key otad can use; `None` if it
+/// does not parse.
+fn describe_pkcs8(der: &[u8]) -> Option<String> {
+    use der::asn1::ObjectIdentifier;
+
+    let info = pkcs8::PrivateKeyInfo::try_from(der).ok()?;
+    let oid = info.algorithm.oid;
+    let found = match oid.to_string().as_str() {
+        "1.2.840.113549.1.1.1" => match rsa_modulus_bits(info.private_key) {
+            Some(bits) => describe_rsa(bits, "PKCS#8"),
+            None => "an RSA key whose RSAPrivateKey is malformed".to_string(),
+        },
+        "1.2.840.10045.2.1" => {
+            let curve = info
+                .algorithm
+                .parameters
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .map(|oid| format!(" ({})", curve_name(&oid)))
+                .unwrap_or_default();
+            format!("an EC key{curve} in PKCS#8")
+        }
+        "1.2.840.113549.1.1.10" => {
+            "an RSASSA-PSS key (RSA held to PSS signatures) in PKCS#8".to_string()
+        }
+        "1.3.101.112" => "an Ed25519 key in PKCS#8".to_string(),
+        "1.3.101.113" => "an Ed448 key in PKCS#8".to_string(),
+        "1.3.101.110" => "an X25519 key in PKCS#8".to_string(),
+        "1.3.101.111" => "an X448 key in PKCS#8".to_string(),
+        "1.2.840.10040.4.1" => "a DSA key in PKCS#8".to_string(),
+        other => format!("a PKCS#8 key of algorithm {other}"),
+    };
+    Some(found)
+}
+
+/// What is wrong with an RSA key of `bits` in `form` that aws-lc-rs refused: "an RSA key of
+/// 1024 bits in PKCS#8, too small".
+fn describe_rsa(bits: usize, form: &str) -> String {
+    match bits {
+        0..2048 => format!("an RSA key of {bits} bits in {form}, too small"),
+        2048..=MAX_RSA_BITS => format!(
+            "an RSA key of {bits} bits in {form} that aws-lc-rs refused as malformed or unsafe \
+             (its public exponent, or parts that do not fit together)"
+        ),
+        _ => format!("an RSA key of {bits} bits in {form}, too large"),
+    }
+}
+
+/// The modulus size of a PKCS#1 RSAPrivateKey (RFC 8017 A.1.2: version, then modulus).
+fn rsa_modulus_bits(pkcs1: &[u8]) -> Option<usize> {
+    use der::{Decode, Reader, Tagged};
+
+    let outer = der::asn1::AnyRef::from_der(pkcs1).ok()?;
+    if outer.tag() != der::Tag::Sequence {
+        return None;
+    }
+    let mut fields = der::SliceReader::new(outer.value()).ok()?;
+    let _version: der::asn1::UintRef<'_> = fields.decode().ok()?;
+    let modulus: der::asn1::UintRef<'_> = fields.decode().ok()?;
+    let bytes = modulus.as_bytes();
+    let first = bytes.iter().position(|b| *b != 0)?;
+    let significant = bytes.get(first..)?;
+    let top = significant.first()?;
+    Some(significant.len() * 8 - top.leading_zeros() as usize)
+}
+
+/// The named curve of a SEC1 ECPrivateKey (RFC 5915: version, privateKey, [0] parameters).
+fn sec1_curve(der: &[u8]) -> Option<der::asn1::ObjectIdentifier> {
+    use der::{Decode, Reader};
+
+    let outer = der::asn1::AnyRef::from_der(der).ok()?;
+    let mut fields = der::SliceReader::new(outer.value()).ok()?;
+    let _version: der::asn1::UintRef<'_> = fields.decode().ok()?;
+    let _private: der::asn1::OctetStringRef<'_> = fields.decode().ok()?;
+    let parameters: der::asn1::ContextSpecific<der::asn1::ObjectIdentifier> =
+        fields.decode().ok()?;
+    (parameters.tag_number == der::TagNumber::N0).then_some(parameters.value)
+}
+
+/// P-256 and the like for the curves keys are made on; the OID for any other.
+fn curve_name(oid: &der::asn1::ObjectIdentifier) -> String {
+    match oid.to_string().as_str() {
+        "1.2.840.10045.3.1.7" => "P-256".to_string(),
+        "1.3.132.0.34" => "P-384".to_string(),
+        "1.3.132.0.35" => "P-521".to_string(),
+        "1.3.132.0.10" => "secp256k1".to_string(),
+        other => format!("curve {other}"),
     }
 }
 
@@ -357,6 +544,111 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn key_file(dir: &Path, name: &str, label: &str, der: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, cert::encode_pem(label, der)).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_key_otad_cannot_use_is_named_with_what_it_takes() {
+        use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P384_SHA384_ASN1_SIGNING};
+
+        let dir = tempfile::tempdir().unwrap();
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_ASN1_SIGNING, &rng).unwrap();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let certificate = cert::pem_to_der(
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/scep/ca.pem"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let cases = [
+            (
+                key_file(dir.path(), "ec.p8", "PRIVATE KEY", ec.as_ref()),
+                "an EC key (P-384) in PKCS#8: ",
+            ),
+            (
+                key_file(dir.path(), "ed.p8", "PRIVATE KEY", ed.as_ref()),
+                "an Ed25519 key in PKCS#8: ",
+            ),
+            (
+                key_file(dir.path(), "ca.pem", "CERTIFICATE", &certificate),
+                "no private key otad reads, only a certificate, not a key (BEGIN CERTIFICATE): ",
+            ),
+            (
+                key_file(dir.path(), "junk.key", "JUNK", b"x"),
+                "no private key otad reads, only a PEM block labelled \"JUNK\": ",
+            ),
+            (
+                {
+                    let path = dir.path().join("empty.key");
+                    std::fs::write(&path, "nothing here\n").unwrap();
+                    path
+                },
+                "no PEM block (-----BEGIN ...-----) in it: ",
+            ),
+        ];
+        let der = dir.path().join("key.der");
+        std::fs::write(&der, [0x30, 0x82, 0xff, 0xfe]).unwrap();
+        let err = read_key_file(&der, &KeyPassword::NotGiven).err().unwrap();
+        assert!(err.starts_with("binary, not PEM text (DER?"), "{err}");
+        for (path, found) in cases {
+            let err = read_key_file(&path, &KeyPassword::NotGiven).err().unwrap();
+            assert!(err.starts_with(found), "{}: {err}", path.display());
+            assert!(err.ends_with(SUPPORTED_KEYS), "{}: {err}", path.display());
+        }
+    }
+
+    #[test]
+    fn rsa_modulus_bits_and_sec1_curves_are_read() {
+        let key = RsaPrivateKey::generate(2048).unwrap();
+        let info = pkcs8::PrivateKeyInfo::try_from(key.to_pkcs8_der()).unwrap();
+        assert_eq!(rsa_modulus_bits(info.private_key), Some(2048));
+        assert_eq!(rsa_modulus_bits(b"\x30\x03\x02\x01\x00"), None);
+        assert_eq!(rsa_modulus_bits(b"junk"), None);
+        assert_eq!(
+            describe_rsa(1024, "PKCS#1"),
+            "an RSA key of 1024 bits in PKCS#1, too small"
+        );
+        assert!(describe_rsa(16384, "PKCS#8").ends_with("too large"));
+
+        // RFC 5915 ECPrivateKey: version 1, a 1-byte key, [0] prime256v1.
+        let sec1 = [
+            0x30, 0x12, 0x02, 0x01, 0x01, 0x04, 0x01, 0x07, 0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86,
+            0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+        ];
+        let curve = sec1_curve(&sec1).unwrap();
+        assert_eq!(curve_name(&curve), "P-256");
+        let pem = cert::encode_pem("EC PRIVATE KEY", &sec1);
+        assert_eq!(
+            describe_pem(&pem).unwrap(),
+            "an EC key (P-256) in SEC1 PEM (BEGIN EC PRIVATE KEY)"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_key_is_refused_with_the_path_to_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.key");
+        std::fs::write(&real, "x").unwrap();
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = read_text_file(&link).unwrap_err();
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert!(err.starts_with("a symbolic link, refused: "), "{err}");
+        assert!(
+            err.ends_with(&format!("give the file itself: {}", real.display())),
+            "{err}"
+        );
+        let dangling = dir.path().join("dangling.key");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        let err = read_text_file(&dangling).unwrap_err();
+        assert!(err.contains("where it leads cannot be read"), "{err}");
     }
 
     #[test]
