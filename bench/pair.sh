@@ -73,7 +73,7 @@ for round in $(seq "$ROUNDS"); do
     for side in A B; do
         "$DRIVER" load --label "otad-$side" --url "http://127.0.0.1:${port[$side]}/scep" \
             --challenge "$CHALLENGE" --requests "$REQUESTS" --concurrency "$CONCURRENCY" \
-            --server-pid "${pid[$side]}" --connections "$CONNECTIONS" \
+            --server-pid "${pid[$side]}" --connections "$CONNECTIONS" --caps-per-request 0 \
             >"$WORK/$round$side/result" &
         drivers+=($!)
     done

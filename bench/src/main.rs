@@ -45,6 +45,8 @@ const WARMUP_REQUESTS: usize = 8;
 /// GetCACaps sent per PKCSReq of a level to measure HTTP alone: each costs a tenth of a
 /// millisecond or less, and the server's CPU is read in 10 ms ticks.
 pub(crate) const CAPS_PER_REQUEST: usize = 10;
+/// Most GetCACaps per PKCSReq `--caps-per-request` takes.
+const MAX_CAPS_PER_REQUEST: usize = 100;
 /// Validity of the throwaway certificate that signs the PKCSReqs.
 const THROWAWAY_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
@@ -70,11 +72,13 @@ struct LoadOptions {
     server_pid: Option<u32>,
     /// Whether each posting thread keeps its connection for its next request.
     reuse: bool,
+    /// GetCACaps sent per PKCSReq before each level (0: none).
+    caps_per_request: usize,
 }
 
 const USAGE: &str = "usage:
   otad-bench load --label NAME --url SCEP_URL --challenge TEXT --requests N --concurrency 1,8,64
-                  [--server-pid PID] [--connections close|reuse]
+                  [--server-pid PID] [--connections close|reuse] [--caps-per-request N]
   otad-bench phases --url OTAD_URL --device-ca DIR --state DIR --server-pid PID
                     --requests N --concurrency 1,8,64 [--curve 1000,10000 --curve-concurrency 8]
   otad-bench device-ca --dir DIR
@@ -135,6 +139,17 @@ fn parse(args: &[String]) -> Result<Command, String> {
                         .map_err(|_| format!("--server-pid: {pid:?} is not a process id"))
                 })
                 .transpose()?,
+            caps_per_request: flags
+                .get("caps-per-request")
+                .map(|n| match n.parse::<usize>() {
+                    Ok(n) if n <= MAX_CAPS_PER_REQUEST => Ok(n),
+                    _ => Err(format!(
+                        "--caps-per-request: {n:?} is not a number from 0 to \
+                         {MAX_CAPS_PER_REQUEST}"
+                    )),
+                })
+                .transpose()?
+                .unwrap_or(CAPS_PER_REQUEST),
             reuse: match flags.get("connections").map(String::as_str) {
                 None | Some("close") => false,
                 Some("reuse") => true,
@@ -235,7 +250,9 @@ fn load(options: &LoadOptions) -> Result<(), String> {
         content_type: "",
     };
     for (&concurrency, requests) in options.levels.iter().zip(&levels) {
-        http_floor(options, &caps_target, requests.len(), concurrency)?;
+        if options.caps_per_request > 0 {
+            http_floor(options, &caps_target, requests.len(), concurrency)?;
+        }
 
         let server_before = options.server_pid.map(process_cpu).transpose()?;
         let (replies, elapsed, driver_cpu) = run(&url, requests, concurrency, options.reuse);
@@ -274,7 +291,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Times `CAPS_PER_REQUEST * requests` GetCACaps at `concurrency` and prints their JSON line
+/// Times `--caps-per-request` (default [`CAPS_PER_REQUEST`]) x `requests` GetCACaps at `concurrency` and prints their JSON line
 /// (`"stage": "caps"`): what HTTP alone costs the server and the driver.
 fn http_floor(
     options: &LoadOptions,
@@ -282,7 +299,7 @@ fn http_floor(
     requests: usize,
     concurrency: usize,
 ) -> Result<(), String> {
-    let bodies: Vec<&[u8]> = vec![&[]; requests * CAPS_PER_REQUEST];
+    let bodies: Vec<&[u8]> = vec![&[]; requests * options.caps_per_request];
     let server_before = options.server_pid.map(process_cpu).transpose()?;
     let (replies, elapsed, driver_cpu) = send_all(target, &bodies, concurrency, options.reuse);
     let server_cpu = match (options.server_pid, server_before) {
