@@ -1049,8 +1049,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn a_ca_whose_key_usage_lacks_crl_sign_is_told_so() {
+    /// A CA whose keyUsage has keyCertSign but not cRLSign.
+    fn ca_without_crl_sign() -> CertificateAuthority {
         let key = RsaPrivateKey::generate(2048).unwrap();
         let mut params = rcgen::CertificateParams::default();
         params
@@ -1063,7 +1063,12 @@ mod tests {
             .unwrap()
             .der()
             .to_vec();
-        let ca = CertificateAuthority::load(&der, key).unwrap();
+        CertificateAuthority::load(&der, key).unwrap()
+    }
+
+    #[test]
+    fn a_ca_whose_key_usage_lacks_crl_sign_is_told_so() {
+        let ca = ca_without_crl_sign();
         let err = sign(
             &ca,
             &CrlParams {
@@ -1317,19 +1322,7 @@ mod tests {
 
     #[test]
     fn a_crl_that_cannot_be_signed_changes_no_file() {
-        let key = RsaPrivateKey::generate(2048).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "No CRL CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
-        let der = params
-            .self_signed(&key.rcgen_key().unwrap())
-            .unwrap()
-            .der()
-            .to_vec();
-        let ca = CertificateAuthority::load(&der, key).unwrap();
+        let ca = ca_without_crl_sign();
         let (_dir, store) = store();
         store.create_cert(&record("0e")).unwrap();
 
