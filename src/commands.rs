@@ -469,7 +469,9 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
         }
     }
     let webhook = &ctx.config.events.webhook;
-    if webhook.to_ascii_lowercase().starts_with("http://") && webhook.contains('@') {
+    if webhook.to_ascii_lowercase().starts_with("http://")
+        && crate::httpclient::has_credentials(webhook)
+    {
         warnings.push(format!(
             "events.webhook {}: credentials over plain http:// cross the network readable by \
              anyone on the way; use https://",

@@ -394,35 +394,51 @@ pub fn check_url(url: &str, https_ok: bool) -> Result<(), HttpError> {
     parse_url_for(url, https_ok).map(|_| ())
 }
 
-/// `url` as it may be shown in a log line or an error: whatever comes before an `@` (a user
-/// and password) and the query (which often carries a key) are replaced by placeholders, and
-/// a fragment is left out. Every `@` counts, even one in the path or the query (which then
-/// hides more than it needs to): a password holding an unencoded `/` or `?` is still hidden.
+/// `url` as it may be shown in a log line or an error. The host part ends where this
+/// client ends it (at the first `/`, `?` or `#`); a user and password before its last `@`
+/// and the query (which often carries a key) are replaced by placeholders, and a fragment
+/// is left out. An `@` after the host part (a password holding an unencoded `/`, `?` or
+/// `#`, or an `@` in the path) hides everything but the scheme: what follows may be a
+/// secret, and the host it seems to name is not the one this client would connect to.
 pub fn mask_url(url: &str) -> String {
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (format!("{scheme}://"), rest),
         None => (String::new(), url),
     };
-    let (credentials, rest) = match rest.rfind('@') {
-        Some(at) => (
-            "(credentials not shown)@",
-            rest.get(at + 1..).unwrap_or_default(),
-        ),
-        None => ("", rest),
+    let (authority, tail) = host_part_and_rest(rest);
+    if tail.contains('@') {
+        return format!("{scheme}(not shown: an @ after the host part)");
+    }
+
+    let (credentials, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => ("(credentials not shown)@", host),
+        None => ("", authority),
     };
-    let (base, query) = match rest.find(['?', '#']) {
+    let (path, query) = match tail.find(['?', '#']) {
         Some(at) => {
-            let (base, tail) = rest.split_at_checked(at).unwrap_or((rest, ""));
-            let query = if tail.starts_with('?') {
+            let (path, after) = tail.split_at_checked(at).unwrap_or((tail, ""));
+            let query = if after.starts_with('?') {
                 "?(query not shown)"
             } else {
                 ""
             };
-            (base, query)
+            (path, query)
         }
-        None => (rest, ""),
+        None => (tail, ""),
     };
-    format!("{scheme}{credentials}{base}{query}")
+    format!("{scheme}{credentials}{host}{path}{query}")
+}
+
+/// Whether `url` carries a user or password in its host part (as this client reads it).
+pub fn has_credentials(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    host_part_and_rest(rest).0.contains('@')
+}
+
+/// The host part of what follows `scheme://` (up to the first `/`, `?` or `#`) and the rest.
+pub(crate) fn host_part_and_rest(rest: &str) -> (&str, &str) {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest.split_at_checked(end).unwrap_or((rest, ""))
 }
 
 /// Splits an `http://` URL. Control characters and spaces are refused so that nothing from the
@@ -1148,11 +1164,17 @@ mod tests {
             ),
             ("http://h/x?token=abc#frag", "http://h/x?(query not shown)"),
             ("http://h/x#frag", "http://h/x"),
-            // Unencoded / ? # @ in a password are hidden too.
+            // Unencoded / ? # @ in a password, or an @ in the path: nothing but the scheme
+            // (the host this client would use is not the one the text seems to name).
             (
                 "http://u:p/a?s#s@w@h:1/y",
-                "http://(credentials not shown)@h:1/y",
+                "http://(not shown: an @ after the host part)",
             ),
+            (
+                "http://127.0.0.2:1/x@127.0.0.1:18998/hook",
+                "http://(not shown: an @ after the host part)",
+            ),
+            ("http://u:p@w@h:1/y", "http://(credentials not shown)@h:1/y"),
             ("not a url?secret", "not a url?(query not shown)"),
         ];
         for (url, shown) in cases {
@@ -1165,6 +1187,9 @@ mod tests {
         ] {
             assert!(!mask_url(url).contains("pass"), "{url}: {}", mask_url(url));
         }
+        assert!(has_credentials("http://u:p@h/"));
+        assert!(!has_credentials("http://h/a@b"));
+        assert!(!has_credentials("http://h/?q=1@x"));
     }
 
     #[test]

@@ -138,8 +138,7 @@ fn split_credentials(url: &str) -> Result<(String, Option<String>), String> {
         return Ok((url.to_string(), None));
     };
     // The authority ends where httpclient ends it: at the first `/`, `?` or `#`.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at_checked(end).unwrap_or((rest, ""));
+    let (authority, path) = httpclient::host_part_and_rest(rest);
     let Some((userinfo, host)) = authority.rsplit_once('@') else {
         return Ok((url.to_string(), None));
     };
