@@ -376,7 +376,11 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     if let Err(err) = systemd::notify("READY=1") {
         warn!("NOTIFY_SOCKET: cannot report readiness: {err}");
     }
-    crate::http::serve(ctx, listener, tls, shutdown)?;
+    let events = Arc::clone(&ctx.events);
+    let served = crate::http::serve(ctx, listener, tls, shutdown);
+    // A window's count of refusals not logged one by one would be lost with the process.
+    events.record_suppressed_now();
+    served?;
     info!("stopped");
     Ok(())
 }

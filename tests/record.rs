@@ -201,12 +201,45 @@ fn a_flood_of_refusals_from_one_client_writes_a_bounded_number_of_lines() {
 
     // The client's share of the minute, one by one; the rest counted for the summary that
     // follows the minute (the unit tests of events::throttle cover it).
-    let events = events(&server);
-    let refusals = events.iter().filter(|e| e["kind"] == "refusal").count();
+    let logged = events(&server);
+    let refusals = logged.iter().filter(|e| e["kind"] == "refusal").count();
     assert_eq!(refusals, otad::events::throttle::PER_CLIENT as usize);
     assert!(
         server.log().matches("WARN").count() >= 60,
         "each is still a warn line"
+    );
+
+    // A clean stop writes the running minute's count rather than lose it.
+    let mut server = server;
+    assert_eq!(server.stop(), Some(0), "{}", server.log());
+    let after = events(&server);
+    let last = after.last().unwrap();
+    assert_eq!(last["kind"], "refusals-suppressed", "{after:#?}");
+    assert_eq!(last["refusals"], 60 - otad::events::throttle::PER_CLIENT);
+    assert_eq!(last["clients"], 1);
+}
+
+#[test]
+fn anonymous_downloads_are_bounded_in_the_log_too() {
+    let mut server = TestServer::start(|config| config);
+    for _ in 0..80 {
+        let got = httpclient::get(&format!("{}/ota/enroll", server.url)).unwrap();
+        assert_eq!(got.status, 200);
+    }
+
+    let logged = events(&server);
+    let downloads = logged.iter().filter(|e| e["kind"] == "phase1").count();
+    assert_eq!(
+        downloads,
+        otad::events::throttle::DOWNLOADS_PER_CLIENT as usize
+    );
+    assert_eq!(server.stop(), Some(0), "{}", server.log());
+    let after = events(&server);
+    let last = after.last().unwrap();
+    assert_eq!(last["kind"], "downloads-suppressed", "{after:#?}");
+    assert_eq!(
+        last["downloads"],
+        80 - otad::events::throttle::DOWNLOADS_PER_CLIENT
     );
 }
 

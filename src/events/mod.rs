@@ -331,6 +331,8 @@ pub struct EventLog {
     appended: Arc<(Mutex<u64>, Condvar)>,
     /// How many refusals go into the log one by one.
     refusals: throttle::RefusalThrottle,
+    /// How many anonymous downloads (phase 1, the plain profile) go into the log one by one.
+    downloads: throttle::RefusalThrottle,
 }
 
 impl EventLog {
@@ -344,6 +346,11 @@ impl EventLog {
             in_process: Mutex::new(()),
             appended: Arc::new((Mutex::new(0), Condvar::new())),
             refusals: throttle::RefusalThrottle::default(),
+            downloads: throttle::RefusalThrottle::new(
+                throttle::DOWNLOADS_PER_CLIENT,
+                throttle::PER_WINDOW,
+                throttle::WINDOW,
+            ),
         }
     }
 
@@ -363,30 +370,58 @@ impl EventLog {
     /// one by one within the bounds of [`throttle`]; past them it is only counted, for the
     /// `refusals-suppressed` event that follows its window.
     pub fn record_refusal(&self, event: Event, remote: &str) {
+        self.record_throttled(event, remote, &self.refusals);
+    }
+
+    /// Records an anonymous download (phase 1 or the plain enrollment profile, nobody logged
+    /// in and no token) as [`EventLog::record_refusal`] records a refusal: anyone can make
+    /// them, so past [`throttle::DOWNLOADS_PER_CLIENT`] a client address and
+    /// [`throttle::PER_WINDOW`] in all a minute they are counted into one
+    /// `downloads-suppressed` event.
+    pub fn record_anonymous_download(&self, event: Event, remote: &str) {
+        self.record_throttled(event, remote, &self.downloads);
+    }
+
+    fn record_throttled(&self, event: Event, remote: &str, throttle: &throttle::RefusalThrottle) {
         let client = crate::gate::peer_ip(remote).or_else(|| remote.parse().ok());
         self.record_suppressed();
-        if self.refusals.admit(client, std::time::Instant::now()) {
+        if throttle.admit(client, std::time::Instant::now()) {
             self.write_or_log(event);
         }
     }
 
-    /// The `refusals-suppressed` event of a window that has ended, if it suppressed any.
+    /// The `...-suppressed` events of windows that have ended, if they suppressed any.
     fn record_suppressed(&self) {
-        let Some(suppressed) = self.refusals.take_suppressed(std::time::Instant::now()) else {
+        let now = std::time::Instant::now();
+        self.write_suppressed("refusals", self.refusals.take_suppressed(now));
+        self.write_suppressed("downloads", self.downloads.take_suppressed(now));
+    }
+
+    /// The `...-suppressed` events of the running windows too (at shutdown, which would
+    /// lose their counts), if they suppressed any.
+    pub fn record_suppressed_now(&self) {
+        let now = std::time::Instant::now();
+        self.write_suppressed("refusals", self.refusals.take_suppressed_now(now));
+        self.write_suppressed("downloads", self.downloads.take_suppressed_now(now));
+    }
+
+    /// `what`: "refusals" or "downloads", the event's kind and count field.
+    fn write_suppressed(&self, what: &str, suppressed: Option<throttle::Suppressed>) {
+        let Some(suppressed) = suppressed else {
             return;
         };
         self.write_or_log(
-            Event::new("refusals-suppressed")
-                .field("refusals", suppressed.refusals)
+            Event::new(&format!("{what}-suppressed"))
+                .field(what, suppressed.refusals)
                 .field("clients", suppressed.clients)
                 .field("window_seconds", suppressed.window_seconds)
                 .reason(&format!(
-                    "{} refusals in {} s were not logged one by one (more than {} from one \
-                     address or {} in all); each is a warn line in the server's log",
+                    "{} {what} in {} s were not logged one by one (more than {} from one \
+                     address or {} in all); each is a line in the server's log",
                     suppressed.refusals,
                     suppressed.window_seconds,
-                    throttle::PER_CLIENT,
-                    throttle::PER_WINDOW
+                    suppressed.per_client,
+                    suppressed.per_window
                 )),
         );
     }

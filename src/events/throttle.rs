@@ -1,4 +1,4 @@
-//! How many refusal events a flood may add to the log.
+//! How many refusal (and anonymous download) events a flood may add to the log.
 //!
 //! Every refused enrollment request is worth a line in `events.jsonl`, but anyone can send
 //! refused requests, and without a bound a flood of them would rotate the log until the
@@ -22,8 +22,14 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 /// Refusals of one client address recorded one by one per window.
 pub const PER_CLIENT: u32 = 20;
 
-/// Refusals of all clients together recorded one by one per window.
+/// Refusals (or anonymous downloads) of all clients together recorded one by one per
+/// window.
 pub const PER_WINDOW: u32 = 600;
+
+/// Anonymous downloads (phase 1 with nobody logged in and no token, the plain enrollment
+/// profile) of one client address recorded one by one per window: more than refusals, as
+/// a site enrolling many devices behind one address makes them in earnest.
+pub const DOWNLOADS_PER_CLIENT: u32 = 60;
 
 /// Client addresses counted at once; past that, a new address counts against
 /// [`PER_WINDOW`] only.
@@ -37,8 +43,12 @@ pub struct Suppressed {
     /// Client addresses that went past [`PER_CLIENT`] (those past [`MAX_TRACKED`] not
     /// counted).
     pub clients: u64,
-    /// The window's length in seconds.
+    /// The window's length in seconds (so far, at shutdown).
     pub window_seconds: u64,
+    /// The limits it was counted against: per client address, and in all.
+    pub per_client: u32,
+    /// See `per_client`.
+    pub per_window: u32,
 }
 
 #[derive(Debug)]
@@ -144,14 +154,26 @@ impl RefusalThrottle {
     /// What an ended window suppressed, once (the window then starts afresh at `now`);
     /// `None` while the window runs or when it suppressed nothing.
     pub fn take_suppressed(&self, now: Instant) -> Option<Suppressed> {
+        self.take(now, false)
+    }
+
+    /// What the window suppressed so far, ended or not (at shutdown), once.
+    pub fn take_suppressed_now(&self, now: Instant) -> Option<Suppressed> {
+        self.take(now, true)
+    }
+
+    fn take(&self, now: Instant, running_too: bool) -> Option<Suppressed> {
         let mut window = self.window();
-        if window.suppressed == 0 || now.saturating_duration_since(window.started) < self.length {
+        let elapsed = now.saturating_duration_since(window.started);
+        if window.suppressed == 0 || (elapsed < self.length && !running_too) {
             return None;
         }
         let suppressed = Suppressed {
             refusals: window.suppressed,
             clients: window.clients_over,
-            window_seconds: self.length.as_secs(),
+            window_seconds: elapsed.as_secs().clamp(1, self.length.as_secs().max(1)),
+            per_client: self.per_client,
+            per_window: self.per_window,
         };
         *window = Window::new(now);
         Some(suppressed)
@@ -194,7 +216,9 @@ mod tests {
             Some(Suppressed {
                 refusals: 3,
                 clients: 2,
-                window_seconds: 60
+                window_seconds: 60,
+                per_client: 3,
+                per_window: 100,
             })
         );
         assert_eq!(throttle.take_suppressed(later), None);
@@ -227,6 +251,23 @@ mod tests {
         let later = start + Duration::from_secs(61);
         assert!(throttle.admit(ip("192.0.2.7"), later));
         assert_eq!(throttle.take_suppressed(later), None);
+    }
+
+    #[test]
+    fn at_shutdown_a_running_window_gives_its_count_too() {
+        let throttle = RefusalThrottle::new(1, 100, Duration::from_secs(60));
+        let start = Instant::now();
+        assert!(throttle.admit(ip("192.0.2.7"), start));
+        assert!(!throttle.admit(ip("192.0.2.7"), start));
+        assert_eq!(
+            throttle.take_suppressed(start + Duration::from_secs(5)),
+            None
+        );
+        let summary = throttle
+            .take_suppressed_now(start + Duration::from_secs(5))
+            .unwrap();
+        assert_eq!((summary.refusals, summary.window_seconds), (1, 5));
+        assert_eq!(throttle.take_suppressed_now(start), None);
     }
 
     #[test]

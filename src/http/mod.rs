@@ -305,7 +305,12 @@ pub fn route(
                 if let Some(token) = &admission.token {
                     event = event.field("token", token.as_str());
                 }
-                ctx.events.record(event);
+                if admission.user.is_none() && admission.token.is_none() {
+                    ctx.events
+                        .record_anonymous_download(event, &incoming.remote);
+                } else {
+                    ctx.events.record(event);
+                }
                 Ok(Reply::profile(signed, "enroll.mobileconfig"))
             }
             _ => Err(method_not_allowed("GET, HEAD")),
@@ -335,8 +340,10 @@ pub fn route(
                     "plain enrollment profile handed out remote={}",
                     incoming.remote
                 );
-                ctx.events
-                    .record(crate::events::Event::new("plain-enroll").remote(&incoming.remote));
+                ctx.events.record_anonymous_download(
+                    crate::events::Event::new("plain-enroll").remote(&incoming.remote),
+                    &incoming.remote,
+                );
                 Ok(Reply::profile(signed, "enrollment.mobileconfig"))
             }
             "GET" | "HEAD" => Err(Refusal::new(

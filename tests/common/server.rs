@@ -137,6 +137,11 @@ impl TestServer {
         panic!("otad serve did not come up; log:\n{}", self.log());
     }
 
+    /// Stops the server cleanly (SIGTERM; SIGKILL after 10 s) and returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        stop(&mut self.child, Duration::from_secs(10))
+    }
+
     /// What the server logged so far.
     pub fn log(&self) -> String {
         let mut text = String::new();
