@@ -14,6 +14,12 @@
 # only), so the measurement runs in a private network namespace (`unshare --net`, root)
 # where loopback is the only interface; where that is impossible scepserver is skipped.
 set -euo pipefail
+# Settings come from the environment only: any argument prints this header and runs nothing.
+if [[ $# -gt 0 ]]; then
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+    [[ $1 == --help || $1 == -h ]] && exit 0
+    exit 2
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 source bench/lib.sh

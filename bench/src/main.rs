@@ -82,10 +82,38 @@ const USAGE: &str = "usage:
   otad-bench phases --url OTAD_URL --device-ca DIR --state DIR --server-pid PID
                     --requests N --concurrency 1,8,64 [--curve 1000,10000 --curve-concurrency 8]
   otad-bench device-ca --dir DIR
-  otad-bench rsa --signatures N --threads 1,2";
+  otad-bench rsa --signatures N --threads 1,2
+  otad-bench help
+
+load: SCEP PKCSReqs built in advance, posted at each concurrency (one JSON line a level).
+  --label NAME            the server's name in the output
+  --url SCEP_URL          the server's SCEP URL (http://127.0.0.1:PORT/scep)
+  --challenge TEXT        its static challengePassword
+  --requests N            PKCSReqs a level (at most 10,000)
+  --concurrency LIST      posting threads a level, e.g. 1,8,64 (at most 256)
+  --server-pid PID        read the server's CPU time around each level (/proc)
+  --connections MODE      reuse (keep-alive, the default in the scripts) or close
+  --caps-per-request N    GetCACaps per PKCSReq before each level, the cost of HTTP alone
+                          (default 10; 0: none)
+phases: a batch of new devices through phase 1, phase 2, SCEP and phase 3 a level.
+  --url OTAD_URL          otad's base URL; --device-ca DIR: a device CA otad trusts
+                          (ota.extra_device_ca); --state DIR: otad's state (its size)
+  --server-pid PID        otad's process (CPU, RSS); --requests N: devices a level
+  --concurrency LIST      the levels; --curve LIST: device counts to grow to afterwards,
+                          at --curve-concurrency C
+device-ca: make (or reuse) the simulated device CA in DIR.
+rsa: RSA-2048 signatures per second with aws-lc-rs, N per thread, on each thread count.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(
+        args.first().map(String::as_str),
+        Some("help" | "--help" | "-h")
+    ) || args.iter().any(|arg| arg == "--help")
+    {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     let result = parse(&args).and_then(|command| match command {
         Command::Load(options) => load(&options),
         Command::Phases(options) => phases::phases(&options),
