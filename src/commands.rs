@@ -459,6 +459,23 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
             warnings.extend(program_writable_by_others(key, program));
         }
     }
+    let secrets = [
+        (
+            "tls.key",
+            ctx.derived.tls.as_ref().map(|(_, key)| key),
+            "act as this server towards devices and admins",
+        ),
+        (
+            "events.webhook_secret_file",
+            ctx.derived.events.webhook_secret_file.as_ref(),
+            "sign events the webhook's receiver takes for otad's",
+        ),
+    ];
+    for (key, path, power) in secrets {
+        if let Some(path) = path {
+            warnings.extend(secret_readable_by_others(key, path, power));
+        }
+    }
     // The users file is read at each login, not at start-up: a broken one would refuse every
     // login without a word until then.
     if ctx.derived.auth_command.is_none() {
@@ -477,6 +494,28 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
         ));
     }
     warnings
+}
+
+/// A warning when a secret file a config names (`tls.key`, `events.webhook_secret_file`) can
+/// be read by its group or by others: whoever reads it can do `power`.
+fn secret_readable_by_others(key: &str, path: &Path, power: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    Some(format!(
+        "{key} {}: readable by {} (mode {:04o}): anyone who can read it can {power}; chmod \
+         600 it (owned by the user otad runs as)",
+        path.display(),
+        match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        },
+        mode & 0o7777
+    ))
 }
 
 /// Warnings for a program otad runs (a hook, `auth.command`) that a user other than its
