@@ -209,9 +209,17 @@ pub enum TokenError {
     Store(StoreError),
     /// No token has this secret or id.
     NotFound(String),
-    /// The token cannot be used (revoked, expired, used up, wrong device, too many live
-    /// challenges), or the request is invalid; the text is the one-line reason.
+    /// The token cannot be used (revoked, expired, used up, wrong device), or the request
+    /// is invalid; the text is the one-line reason.
     Refused(String),
+    /// The token holds as many live challenges as it may: try again in `retry_after`
+    /// seconds, when the soonest of them expires (429).
+    Busy {
+        /// The reason, one line.
+        why: String,
+        /// Seconds the client should wait (Retry-After).
+        retry_after: u64,
+    },
 }
 
 impl fmt::Display for TokenError {
@@ -219,6 +227,7 @@ impl fmt::Display for TokenError {
         match self {
             TokenError::Store(err) => write!(f, "{err}"),
             TokenError::NotFound(what) | TokenError::Refused(what) => f.write_str(what),
+            TokenError::Busy { why, .. } => f.write_str(why),
         }
     }
 }
@@ -497,7 +506,8 @@ pub fn reserve_challenge(
         record.live_challenges.retain(|live| live.expires > now);
         let cap = live_challenge_cap(record.uses_left());
         if record.live_challenges.len() >= cap {
-            return Err(no_room(id, cap));
+            let soonest = record.live_challenges.iter().map(|live| live.expires).min();
+            return Err(no_room(id, cap, soonest, now));
         }
         record.live_challenges.push(LiveChallenge {
             challenge: sha256_hex(challenge),
@@ -513,23 +523,31 @@ pub fn reserve_challenge(
 pub fn check_room(store: &Store, id: &str, now: i64) -> Result<(), TokenError> {
     let record = show(store, id)?;
     record.check_usable(now).map_err(TokenError::Refused)?;
-    let live = record
-        .live_challenges
-        .iter()
-        .filter(|live| live.expires > now)
-        .count();
+    let live = || {
+        record
+            .live_challenges
+            .iter()
+            .filter(|live| live.expires > now)
+    };
     let cap = live_challenge_cap(record.uses_left());
-    if live >= cap {
-        return Err(no_room(id, cap));
+    if live().count() >= cap {
+        let soonest = live().map(|live| live.expires).min();
+        return Err(no_room(id, cap, soonest, now));
     }
     Ok(())
 }
 
-fn no_room(id: &str, cap: usize) -> TokenError {
-    TokenError::Refused(format!(
-        "enrollment token {id}: {cap} enrollments started with it are still waiting for \
-         their device; finish one or try again later"
-    ))
+/// The refusal at a token's cap: each download holds its place until its challenge is
+/// answered or expires, after `ota.challenge_ttl`.
+fn no_room(id: &str, cap: usize, soonest: Option<i64>, now: i64) -> TokenError {
+    TokenError::Busy {
+        why: format!(
+            "enrollment token {id}: {cap} enrollments started with it are still waiting for \
+             their device (each until it is used or ota.challenge_ttl has passed); finish \
+             one, try again later, or ask for a new link (otad token new)"
+        ),
+        retry_after: crate::store::challenges::retry_after(soonest, now),
+    }
 }
 
 /// Phase 2, before policy and hooks run and without the lock: whether the token `id` would
@@ -787,12 +805,26 @@ mod tests {
         for n in 0..cap {
             // What HEAD asks, read-only, agrees with what the reservation then does.
             check_room(&store, &record.id, 101).unwrap();
-            reserve_challenge(&store, &record.id, &format!("c{n}"), 500, 101).unwrap();
+            // The second expires first: 30 s after the refusals below.
+            let expires = if n == 1 { 131 } else { 500 };
+            reserve_challenge(&store, &record.id, &format!("c{n}"), expires, 101).unwrap();
         }
         let err = reserve_challenge(&store, &record.id, "more", 500, 101).unwrap_err();
-        assert!(err.to_string().contains("still waiting"), "{err}");
+        let TokenError::Busy { why, retry_after } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            why,
+            &format!(
+                "enrollment token {}: 4 enrollments started with it are still waiting for their \
+                 device (each until it is used or ota.challenge_ttl has passed); finish one, \
+                 try again later, or ask for a new link (otad token new)",
+                record.id
+            )
+        );
+        assert_eq!(*retry_after, 30);
         let head = check_room(&store, &record.id, 101).unwrap_err();
-        assert_eq!(head.to_string(), err.to_string());
+        assert_eq!(format!("{head:?}"), format!("{err:?}"));
         // Expired ones free their place.
         check_room(&store, &record.id, 500).unwrap();
         reserve_challenge(&store, &record.id, "later", 900, 500).unwrap();
