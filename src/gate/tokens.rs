@@ -350,39 +350,55 @@ pub struct NewToken {
     pub note: String,
 }
 
+/// What is wrong with a request for a token, named by the `otad token new` flag to change;
+/// nothing is read or written. [`create`] checks the same.
+pub fn check_new(new: &NewToken) -> Result<(), String> {
+    if !(1..=MAX_USES).contains(&new.uses) {
+        return Err(format!("--uses {}: must be 1 to {MAX_USES}", new.uses));
+    }
+    if new.note.chars().count() > MAX_NOTE_CHARS || new.note.chars().any(char::is_control) {
+        return Err(format!(
+            "--note: at most {MAX_NOTE_CHARS} printable characters"
+        ));
+    }
+    match &new.scope {
+        Some(TokenScope::Udid(udid)) if !crate::store::valid_udid(udid) => Err(format!(
+            "--udid {:?}: not a valid UDID",
+            crate::logger::one_line(udid, 80)
+        )),
+        Some(TokenScope::Serial(serial))
+            if serial.is_empty()
+                || serial.len() > 64
+                || !serial.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Err(format!(
+                "--serial {:?}: a serial number is 1 to 64 letters and digits",
+                crate::logger::one_line(serial, 80)
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A token id as the files are named (lowercase), or why `id` cannot be one.
+pub fn check_id(id: &str) -> Result<String, String> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{:?}: a token id is {ID_LEN} hex digits, as `otad token list` shows",
+            crate::logger::one_line(&id, 40)
+        ));
+    }
+    Ok(id)
+}
+
 /// Makes a token; returns its secret (shown once) and its record.
 pub fn create(
     store: &Store,
     new: &NewToken,
     now: i64,
 ) -> Result<(String, TokenRecord), TokenError> {
-    if !(1..=MAX_USES).contains(&new.uses) {
-        return Err(TokenError::Refused(format!(
-            "--uses: must be 1 to {MAX_USES}"
-        )));
-    }
-    if new.note.chars().count() > MAX_NOTE_CHARS || new.note.chars().any(char::is_control) {
-        return Err(TokenError::Refused(format!(
-            "--note: at most {MAX_NOTE_CHARS} printable characters"
-        )));
-    }
-    match &new.scope {
-        Some(TokenScope::Udid(udid)) if !crate::store::valid_udid(udid) => {
-            return Err(TokenError::Refused(format!(
-                "--udid {udid:?}: not a valid UDID"
-            )))
-        }
-        Some(TokenScope::Serial(serial))
-            if serial.is_empty()
-                || serial.len() > 64
-                || !serial.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            return Err(TokenError::Refused(format!(
-                "--serial {serial:?}: a serial number is 1 to 64 letters and digits"
-            )))
-        }
-        _ => {}
-    }
+    check_new(new).map_err(TokenError::Refused)?;
 
     store.transaction(|| {
         let dir = ensure_dir(store)?;
@@ -438,13 +454,7 @@ pub fn list(store: &Store) -> Result<Vec<TokenRecord>, StoreError> {
 
 /// The hash of the token whose id is `id` (exactly [`ID_LEN`] hex digits).
 fn hash_of_id(store: &Store, id: &str) -> Result<String, TokenError> {
-    let id = id.trim().to_ascii_lowercase();
-    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(TokenError::Refused(format!(
-            "{:?}: a token id is {ID_LEN} hex digits, as `otad token list` shows",
-            crate::logger::one_line(&id, 40)
-        )));
-    }
+    let id = check_id(id).map_err(TokenError::Refused)?;
     hashes(store)?
         .into_iter()
         .find(|hash| hash.starts_with(&id))
