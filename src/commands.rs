@@ -199,6 +199,14 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
             "{cert_flag}: not a CA certificate (basicConstraints must say cA, and keyUsage, if \
              present, keyCertSign)"
         ),
+        PkiError::UnsupportedPublicKey(_) => format!(
+            "{cert_flag}: holds {}; otad's CA must be RSA of 2048 to 8192 bits (give an RSA \
+             CA's certificate and key, or leave out --ca-cert and --ca-key to let otad init \
+             create one)",
+            cert::spki_der(certificate)
+                .map(|spki| keyfile::describe_public_key(&spki))
+                .unwrap_or_else(|err| format!("a public key otad cannot read ({err})"))
+        ),
         other => format!("{cert_flag}: {other}"),
     })?;
     cert::check_validity(ca.certificate(), store::now())
@@ -1043,6 +1051,41 @@ mod tests {
             place_weaknesses("k", place, &facts(0o1777, 0, false), 1000).len(),
             1
         );
+    }
+
+    #[test]
+    fn init_names_the_kind_of_a_ca_certificate_that_is_not_rsa() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&ec).unwrap();
+        let (cert_path, key_path) = (dir.path().join("ec.pem"), dir.path().join("rsa.key"));
+        std::fs::write(&cert_path, certificate.pem()).unwrap();
+        let rsa = RsaPrivateKey::generate(2048).unwrap();
+        std::fs::write(&key_path, rsa.to_pkcs8_pem().as_bytes()).unwrap();
+
+        let err = init(&InitOptions {
+            state: dir.path().join("state"),
+            url: "http://127.0.0.1:9".into(),
+            organization: "Test Org".into(),
+            import: Some(CaImport {
+                certificate: cert_path.clone(),
+                key: key_path,
+                password: KeyPassword::NotGiven,
+            }),
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "--ca-cert {}: holds an EC key (P-256); otad's CA must be RSA of 2048 to 8192 \
+                 bits (give an RSA CA's certificate and key, or leave out --ca-cert and \
+                 --ca-key to let otad init create one)",
+                cert_path.display()
+            )
+        );
+        assert!(!dir.path().join("state").exists(), "nothing written");
     }
 
     #[test]

@@ -474,6 +474,22 @@ impl Config {
         // auth.command) stay right when a hook runs in `/` or the server changes folder.
         let absolute = std::path::absolute(path);
         let path = absolute.as_deref().unwrap_or(path);
+        // A state dir given where its config goes (`--config DIR`): say which file to give.
+        if path.is_dir() {
+            let config = path.join("otad.toml");
+            let held = if config.is_file() {
+                ""
+            } else {
+                " (it holds none: is it the state dir otad init made?)"
+            };
+            return Err(ConfigError(format!(
+                "{}: a folder, not a config file: give {}{held}; admin commands also take \
+                 --state {}",
+                path.display(),
+                config.display(),
+                path.display()
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|err| {
             ConfigError(format!(
                 "{}: cannot read the config file: {err}",

@@ -196,3 +196,37 @@ fn a_bad_flag_value_is_a_usage_error_in_every_admin_command_and_is_not_recorded(
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no such token"), "{err}");
 }
+
+#[test]
+fn no_config_means_no_word_about_the_event_and_a_folder_for_a_config_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let (code, _, err) = otad(&["token", "new", "--state", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "otad: {}: cannot read the config file: No such file or directory (os error 2)\n",
+            missing.join("otad.toml").display()
+        )
+    );
+
+    let state = dir.path().join("state");
+    init_state(&state, "http://127.0.0.1:9");
+    let s = state.to_str().unwrap();
+    let said = format!(
+        "otad: {s}: a folder, not a config file: give {s}/otad.toml; admin commands also take \
+         --state {s}\n"
+    );
+    for line in [
+        &["token", "new", "--config", s][..],
+        &["cert", "list", "--config", s],
+        &["fsck", "--config", s],
+        &["check-config", s],
+        &["serve", "--config", s],
+    ] {
+        let (code, _, err) = otad(line);
+        assert_eq!(code, 1, "{line:?}: {err}");
+        assert_eq!(err, said, "{line:?}");
+    }
+}
