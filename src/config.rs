@@ -1197,6 +1197,9 @@ pub fn template(url: &str, organization: &str) -> String {
         .join(", ");
     format!(
         r#"# otad configuration. Every key is shown with its default; see README.md.
+# A relative path in any key (server.state_dir, ota.extra_device_ca, profile.template,
+# tls.cert, tls.key, hooks.phase2, hooks.phase3, auth.command, events.webhook_ca,
+# events.webhook_secret_file) is relative to this file's folder, not to where otad runs.
 
 [server]
 # The base URL devices reach otad at (no trailing slash). Profiles point devices here.
@@ -1245,6 +1248,7 @@ device_attributes = [{attributes}]
 apple_leaf_validity = "check"
 # PEM files of extra device CAs trusted like Apple's. For testing with `otad simulate` only:
 # anything signed by these keys can enroll. otad warns at start-up when this is set.
+# A relative path is relative to this file's folder; `otad simulate` prints the absolute one.
 extra_device_ca = []
 # Cipher of the final profile's EncryptedPayloadContent: "des3" (the one Apple documents),
 # "aes128" or "aes256".
