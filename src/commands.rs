@@ -199,6 +199,14 @@ fn import_ca(import: &CaImport) -> Result<CertificateAuthority, String> {
             "{cert_flag}: not a CA certificate (basicConstraints must say cA, and keyUsage, if \
              present, keyCertSign)"
         ),
+        PkiError::UnsupportedPublicKey(_) => format!(
+            "{cert_flag}: holds {}; otad's CA must be RSA of 2048 to 8192 bits (give an RSA \
+             CA's certificate and key, or leave out --ca-cert and --ca-key to let otad init \
+             create one)",
+            cert::spki_der(certificate)
+                .map(|spki| keyfile::describe_public_key(&spki))
+                .unwrap_or_else(|err| format!("a public key otad cannot read ({err})"))
+        ),
         other => format!("{cert_flag}: {other}"),
     })?;
     cert::check_validity(ca.certificate(), store::now())
@@ -463,6 +471,23 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
             warnings.extend(program_writable_by_others(key, program));
         }
     }
+    let secrets = [
+        (
+            "tls.key",
+            ctx.derived.tls.as_ref().map(|(_, key)| key),
+            "act as this server towards devices and admins",
+        ),
+        (
+            "events.webhook_secret_file",
+            ctx.derived.events.webhook_secret_file.as_ref(),
+            "sign events the webhook's receiver takes for otad's",
+        ),
+    ];
+    for (key, path, power) in secrets {
+        if let Some(path) = path {
+            warnings.extend(secret_readable_by_others(key, path, power));
+        }
+    }
     // The users file is read at each login, not at start-up: a broken one would refuse every
     // login without a word until then.
     if ctx.derived.auth_command.is_none() {
@@ -485,11 +510,36 @@ pub fn config_warnings(ctx: &Context) -> Vec<String> {
     warnings
 }
 
-/// Warnings for a program otad runs (a hook, `auth.command`) that a user other than its
-/// owner may change: the program itself, or the folder holding it (which lets its file be
-/// replaced), writable by group or others. Whoever can change it decides who enrolls.
-fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
+/// A warning when a secret file a config names (`tls.key`, `events.webhook_secret_file`) can
+/// be read by its group or by others: whoever reads it can do `power`.
+fn secret_readable_by_others(key: &str, path: &Path, power: &str) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
+
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    if mode & 0o044 == 0 {
+        return None;
+    }
+    Some(format!(
+        "{key} {}: readable by {} (mode {:04o}): anyone who can read it can {power}; chmod \
+         600 it (owned by the user otad runs as)",
+        path.display(),
+        match (mode & 0o040 != 0, mode & 0o004 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        },
+        mode & 0o7777
+    ))
+}
+
+/// Warnings for a program otad runs (a hook, `auth.command`) that a user other than its
+/// owner may change: the program itself writable by group or others, or owned by a user
+/// who is neither root nor the one running otad; the folder holding it (which lets its file
+/// be replaced) likewise. A sticky folder (like /tmp) lets nobody but a file's owner and
+/// the folder's owner replace the file, so only those owners are looked at there. Whoever
+/// can change the program decides who enrolls.
+fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     let mut places = vec![program.to_path_buf()];
     // The folder of the name as written, and the folder of the file a symlink leads to.
@@ -501,30 +551,72 @@ fn program_writable_by_others(key: &str, program: &Path) -> Vec<String> {
         places.extend(real.parent().map(Path::to_path_buf));
     }
     places.dedup();
-    // TODO: folders above the program's own and the file's owner are not looked at; a
-    // writable /opt with a tidy /opt/hooks is missed. Walking every ancestor would warn about
-    // sticky /tmp-like folders too, which needs its own rule.
+    // TODO: folders above the program's own are not looked at; a writable /opt with a tidy
+    // /opt/hooks is missed. Walking every ancestor would need the sticky rule below for each.
 
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let me = unsafe { libc::geteuid() };
     let mut warnings = Vec::new();
     for place in places {
         let Ok(metadata) = std::fs::metadata(&place) else {
             continue;
         };
-        let mode = metadata.permissions().mode();
-        if mode & 0o022 != 0 {
-            let what = if metadata.is_dir() { "its folder " } else { "" };
-            warnings.push(format!(
-                "{key}: {what}{} is writable by {} (mode {:04o}): whoever can change it decides \
-                 who enrolls; chmod go-w it",
-                place.display(),
-                match (mode & 0o020 != 0, mode & 0o002 != 0) {
-                    (true, true) => "group and others",
-                    (true, false) => "its group",
-                    _ => "others",
-                },
-                mode & 0o7777
-            ));
-        }
+        let facts = PlaceFacts {
+            mode: metadata.permissions().mode(),
+            owner: metadata.uid(),
+            is_dir: metadata.is_dir(),
+        };
+        warnings.extend(place_weaknesses(key, &place, &facts, me));
+    }
+    warnings
+}
+
+/// What [`place_weaknesses`] looks at in a program or its folder.
+struct PlaceFacts {
+    mode: u32,
+    owner: u32,
+    is_dir: bool,
+}
+
+/// The ways others than root and `me` may change `place` (a program, or its folder).
+fn place_weaknesses(key: &str, place: &Path, facts: &PlaceFacts, me: u32) -> Vec<String> {
+    let mode = facts.mode;
+    let what = if facts.is_dir { "its folder " } else { "" };
+    let sticky = facts.is_dir && mode & 0o1000 != 0;
+    let mut warnings = Vec::new();
+
+    // In a sticky folder, a user who can write to it can add files but cannot replace or
+    // rename another user's: its mode is no weakness then.
+    if mode & 0o022 != 0 && !sticky {
+        warnings.push(format!(
+            "{key}: {what}{} is writable by {} (mode {:04o}): whoever can change it decides \
+             who enrolls; chmod go-w it",
+            place.display(),
+            match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                (true, true) => "group and others",
+                (true, false) => "its group",
+                _ => "others",
+            },
+            mode & 0o7777
+        ));
+    }
+
+    // An owner may always change a file, and replace any file in a folder it owns.
+    if facts.owner != 0 && facts.owner != me {
+        let (can, fix) = if facts.is_dir {
+            (
+                "can replace the program in it",
+                "move the program to a folder owned by root",
+            )
+        } else {
+            ("can change it", "chown root it")
+        };
+        warnings.push(format!(
+            "{key}: {what}{} is owned by uid {}, neither root nor the user running otad (uid \
+             {me}): that user {can} and so decides who enrolls; {fix}",
+            place.display(),
+            facts.owner
+        ));
     }
     warnings
 }
@@ -878,6 +970,128 @@ mod tests {
                 checked.settings
             );
         }
+    }
+
+    #[test]
+    fn a_hook_in_a_sticky_folder_is_not_warned_about_for_the_folder() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("tmp");
+        std::fs::create_dir(&folder).unwrap();
+        let hook = folder.join("x.sh");
+        std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let set_mode = |mode| {
+            std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+
+        set_mode(0o1777);
+        assert_eq!(
+            program_writable_by_others("hooks.phase2", &hook),
+            Vec::<String>::new()
+        );
+
+        // The file's own mode still counts in a sticky folder.
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o757)).unwrap();
+        assert_eq!(
+            program_writable_by_others("hooks.phase2", &hook),
+            [format!(
+                "hooks.phase2: {} is writable by others (mode 0757): whoever can change it \
+                 decides who enrolls; chmod go-w it",
+                hook.display()
+            )]
+        );
+
+        // Without the sticky bit, the folder lets anyone replace the file.
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        set_mode(0o777);
+        let warnings = program_writable_by_others("hooks.phase2", &hook);
+        set_mode(0o755);
+        assert_eq!(
+            warnings,
+            [format!(
+                "hooks.phase2: its folder {} is writable by group and others (mode 0777): \
+                 whoever can change it decides who enrolls; chmod go-w it",
+                folder.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_program_or_folder_owned_by_another_user_is_warned_about_and_sticky_is_never_chmod() {
+        let place = Path::new("/tmp/x.sh");
+        let facts = |mode, owner, is_dir| PlaceFacts {
+            mode,
+            owner,
+            is_dir,
+        };
+
+        // Root's and the current user's own files in a root-owned sticky folder: nothing.
+        for owner in [0, 1000] {
+            assert!(place_weaknesses("k", place, &facts(0o755, owner, false), 1000).is_empty());
+        }
+        assert!(place_weaknesses("k", Path::new("/tmp"), &facts(0o1777, 0, true), 1000).is_empty());
+
+        // A file another user owns: that user can replace it, sticky folder or not.
+        assert_eq!(
+            place_weaknesses("hooks.phase2", place, &facts(0o755, 1234, false), 1000),
+            [
+                "hooks.phase2: /tmp/x.sh is owned by uid 1234, neither root nor the user running \
+              otad (uid 1000): that user can change it and so decides who enrolls; chown root \
+              it"
+            ]
+        );
+
+        // A sticky folder another user owns: its owner can replace any file in it, and the
+        // advice is never chmod go-w.
+        let warnings = place_weaknesses("k", Path::new("/s"), &facts(0o1777, 1234, true), 1000);
+        assert_eq!(
+            warnings,
+            ["k: its folder /s is owned by uid 1234, neither root nor the user running otad (uid \
+              1000): that user can replace the program in it and so decides who enrolls; move \
+              the program to a folder owned by root"]
+        );
+        // A sticky bit on a file means nothing: its mode still counts.
+        assert_eq!(
+            place_weaknesses("k", place, &facts(0o1777, 0, false), 1000).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn init_names_the_kind_of_a_ca_certificate_that_is_not_rsa() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&ec).unwrap();
+        let (cert_path, key_path) = (dir.path().join("ec.pem"), dir.path().join("rsa.key"));
+        std::fs::write(&cert_path, certificate.pem()).unwrap();
+        let rsa = RsaPrivateKey::generate(2048).unwrap();
+        std::fs::write(&key_path, rsa.to_pkcs8_pem().as_bytes()).unwrap();
+
+        let err = init(&InitOptions {
+            state: dir.path().join("state"),
+            url: "http://127.0.0.1:9".into(),
+            organization: "Test Org".into(),
+            import: Some(CaImport {
+                certificate: cert_path.clone(),
+                key: key_path,
+                password: KeyPassword::NotGiven,
+            }),
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "--ca-cert {}: holds an EC key (P-256); otad's CA must be RSA of 2048 to 8192 \
+                 bits (give an RSA CA's certificate and key, or leave out --ca-cert and \
+                 --ca-key to let otad init create one)",
+                cert_path.display()
+            )
+        );
+        assert!(!dir.path().join("state").exists(), "nothing written");
     }
 
     #[test]

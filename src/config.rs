@@ -474,6 +474,22 @@ impl Config {
         // auth.command) stay right when a hook runs in `/` or the server changes folder.
         let absolute = std::path::absolute(path);
         let path = absolute.as_deref().unwrap_or(path);
+        // A state dir given where its config goes (`--config DIR`): say which file to give.
+        if path.is_dir() {
+            let config = path.join("otad.toml");
+            let held = if config.is_file() {
+                ""
+            } else {
+                " (it holds none: is it the state dir otad init made?)"
+            };
+            return Err(ConfigError(format!(
+                "{}: a folder, not a config file: give {}{held}; admin commands also take \
+                 --state {}",
+                path.display(),
+                config.display(),
+                path.display()
+            )));
+        }
         let text = std::fs::read_to_string(path).map_err(|err| {
             ConfigError(format!(
                 "{}: cannot read the config file: {err}",
@@ -1181,6 +1197,9 @@ pub fn template(url: &str, organization: &str) -> String {
         .join(", ");
     format!(
         r#"# otad configuration. Every key is shown with its default; see README.md.
+# A relative path in any key (server.state_dir, ota.extra_device_ca, profile.template,
+# tls.cert, tls.key, hooks.phase2, hooks.phase3, auth.command, events.webhook_ca,
+# events.webhook_secret_file) is relative to this file's folder, not to where otad runs.
 
 [server]
 # The base URL devices reach otad at (no trailing slash). Profiles point devices here.
@@ -1229,6 +1248,7 @@ device_attributes = [{attributes}]
 apple_leaf_validity = "check"
 # PEM files of extra device CAs trusted like Apple's. For testing with `otad simulate` only:
 # anything signed by these keys can enroll. otad warns at start-up when this is set.
+# A relative path is relative to this file's folder; `otad simulate` prints the absolute one.
 extra_device_ca = []
 # Cipher of the final profile's EncryptedPayloadContent: "des3" (the one Apple documents),
 # "aes128" or "aes256".

@@ -85,10 +85,13 @@ template and its variables, the hook programs, the TLS certificate and key, the 
 URL, secret file and CA file: the same start-up checks serve makes, by the same code. Then
 prints the effective settings (every key, defaults filled in) as TOML on stdout, with the
 static challenges and the webhook's credentials and query masked, and on stderr the
-warnings otad serve would log at start-up (a static ota.challenge, a test device CA
-trusted, MDM keys left unset, scep.ra = false, a hook or auth.command writable by group or
-others, an unreadable users file, webhook credentials over http), each as
-`otad: warning: ...`. Exit 0 if all is well (warnings or not), 1 if not. FILE is the
+warnings otad serve would log at start-up, each as `otad: warning: ...`: a static
+ota.challenge, a test device CA trusted (ota.extra_device_ca), MDM keys left unset,
+scep.ra = false, no per-address bound (ota.max_live_challenges_per_client 0 or not below
+ota.max_live_challenges) while enrollment is open to anyone, a hook or auth.command (or its
+folder) writable by group or others or owned by another user than root or otad's, a
+tls.key or events.webhook_secret_file readable by group or others, an unreadable users
+file, webhook credentials over plain http. Exit 0 if all is well (warnings or not), 1 if not. FILE is the
 state's otad.toml (DIR/otad.toml for the state dir otad init made).
 ";
 

@@ -269,12 +269,18 @@ pub fn cipher_name(cipher: ContentCipher) -> &'static str {
 pub fn run(options: &SimulateOptions) -> Result<Summary, String> {
     let ca_path = options.device_ca_dir.join(DEVICE_CA_CERT_FILE);
     let ca_is_new = !ca_path.exists();
+    // Named absolute in what the admin is told to copy into the server's config, where a
+    // relative path would be taken relative to the config file's folder, not to here.
+    let ca_shown: PathBuf = std::path::absolute(&ca_path)
+        .unwrap_or_else(|_| ca_path.clone())
+        .components()
+        .collect();
     let mut device = Device::new(options)?;
     if ca_is_new {
         eprintln!(
             "otad simulate: created the test device CA {}; the server trusts it only once \
              ota.extra_device_ca lists it and the server was restarted",
-            ca_path.display()
+            ca_shown.display()
         );
     }
 
@@ -283,7 +289,7 @@ pub fn run(options: &SimulateOptions) -> Result<Summary, String> {
         if err.contains("not issued by Apple Device CA") {
             format!(
                 "{err}\n(list {} in the server's ota.extra_device_ca and restart it)",
-                ca_path.display()
+                ca_shown.display()
             )
         } else {
             err

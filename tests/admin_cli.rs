@@ -145,3 +145,88 @@ fn paths_printed_from_the_state_dir_have_no_dot_component() {
         "{out}"
     );
 }
+
+#[test]
+fn a_bad_flag_value_is_a_usage_error_in_every_admin_command_and_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    init_state(&state, "http://127.0.0.1:9");
+    let s = state.to_str().unwrap();
+    let id = "0123456789abcdef0123456789abcdef";
+    let lines: [&[&str]; 18] = [
+        &["token", "new", "--state", s, "--uses", "0"],
+        &["token", "new", "--state", s, "--uses", "100001"],
+        &["token", "new", "--state", s, "--expires", "400d"],
+        &["token", "new", "--state", s, "--udid", "no/pe"],
+        &["token", "new", "--state", s, "--serial", "C02 XK"],
+        &["token", "show", "--state", s, "zz"],
+        &["token", "revoke", "--state", s, "zz"],
+        &[
+            "user",
+            "add",
+            "--state",
+            s,
+            "ada:lovelace",
+            "--password-stdin",
+        ],
+        &["user", "remove", "--state", s, "ada lovelace"],
+        &["device", "show", "--state", s, "C02/XK"],
+        &["device", "block", "--state", s, "C02/XK"],
+        &["device", "block", "--state", s, "C02XK0AA", "--reason", " "],
+        &["device", "unblock", "--state", s, "C02/XK"],
+        &["cert", "show", "--state", s, "zz"],
+        &["cert", "revoke", "--state", s, "0a", "--reason", "boredom"],
+        &["request", "approve", "--state", s, "nothex"],
+        &["request", "deny", "--state", s, id, "--reason", " "],
+        &["cert", "import", "--state", s, "x.pem", "--udid", "no/pe"],
+    ];
+    for line in lines {
+        let (code, _, err) = otad(line);
+        assert_eq!(code, 2, "{line:?}: {err}");
+        assert!(!err.contains("events:"), "{line:?}: {err}");
+    }
+    let events = std::fs::read_to_string(state.join("events.jsonl")).unwrap_or_default();
+    assert!(
+        !events.contains("\"failed\""),
+        "a usage error is not a failed admin event: {events}"
+    );
+
+    // A value that is well-formed but names nothing there is a failure (exit 1).
+    let (code, _, err) = otad(&["token", "show", "--state", s, "0123456789ab"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no such token"), "{err}");
+}
+
+#[test]
+fn no_config_means_no_word_about_the_event_and_a_folder_for_a_config_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexistent");
+    let (code, _, err) = otad(&["token", "new", "--state", missing.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "otad: {}: cannot read the config file: No such file or directory (os error 2)\n",
+            missing.join("otad.toml").display()
+        )
+    );
+
+    let state = dir.path().join("state");
+    init_state(&state, "http://127.0.0.1:9");
+    let s = state.to_str().unwrap();
+    let said = format!(
+        "otad: {s}: a folder, not a config file: give {s}/otad.toml; admin commands also take \
+         --state {s}\n"
+    );
+    for line in [
+        &["token", "new", "--config", s][..],
+        &["cert", "list", "--config", s],
+        &["fsck", "--config", s],
+        &["check-config", s],
+        &["serve", "--config", s],
+    ] {
+        let (code, _, err) = otad(line);
+        assert_eq!(code, 1, "{line:?}: {err}");
+        assert_eq!(err, said, "{line:?}");
+    }
+}

@@ -450,3 +450,90 @@ fn hooks_a_broken_users_file_and_credentials_over_http_are_warned_about() {
     }
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
+
+#[test]
+fn a_tls_key_or_webhook_secret_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let (_dir, config) = state();
+    let folder = config.parent().unwrap().to_path_buf();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["otad.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (folder.join("tls.pem"), folder.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let secret = folder.join("hook.key");
+    std::fs::write(&secret, "0123456789abcdef0123\n").unwrap();
+    edited(&config, |t| {
+        let t = set_key(&t, "mdm", "server_url", "\"https://mdm.example.com/mdm\"");
+        let t = set_key(&t, "mdm", "topic", "\"com.apple.mgmt.External.0123\"");
+        let t = set_key(&t, "tls", "cert", &format!("{cert_path:?}"));
+        let t = set_key(&t, "tls", "key", &format!("{key_path:?}"));
+        let t = set_key(&t, "events", "webhook", "\"http://127.0.0.1:9/\"");
+        set_key(&t, "events", "webhook_secret_file", &format!("{secret:?}"))
+    });
+    let warnings = |key_mode, secret_mode| {
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(key_mode)).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(secret_mode)).unwrap();
+        let (code, _, stderr) = check(&config);
+        assert_eq!(code, 0, "warnings do not fail the check: {stderr}");
+        stderr
+            .lines()
+            .filter_map(|line| line.strip_prefix("otad: warning: "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+
+    let said = warnings(0o640, 0o644);
+    let starts = [
+        format!(
+            "tls.key {}: readable by its group (mode 0640): anyone who can read it can act as \
+             this server",
+            key_path.display()
+        ),
+        format!(
+            "events.webhook_secret_file {}: readable by its group and others (mode 0644): \
+             anyone who can read it can sign events",
+            secret.display()
+        ),
+    ];
+    assert_eq!(said.len(), starts.len(), "{said:?}");
+    for (warning, start) in said.iter().zip(&starts) {
+        assert!(
+            warning.starts_with(start.as_str()),
+            "{warning:?} is not {start:?}"
+        );
+        assert!(warning.ends_with("chmod 600 it (owned by the user otad runs as)"));
+    }
+
+    assert_eq!(warnings(0o600, 0o400), Vec::<String>::new());
+}
+
+#[test]
+fn the_help_names_every_key_check_config_warns_about() {
+    let output = Command::new(otad_bin())
+        .args(["check-config", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout).replace('\n', " ");
+    // Each key a warning of `config_warnings` names.
+    for key in [
+        "ota.challenge",
+        "ota.extra_device_ca",
+        "MDM keys",
+        "scep.ra = false",
+        "ota.max_live_challenges_per_client",
+        "auth.command",
+        "hook",
+        "tls.key",
+        "events.webhook_secret_file",
+        "users file",
+        "webhook credentials",
+    ] {
+        assert!(help.contains(key), "{key} in {help}");
+    }
+}

@@ -98,3 +98,33 @@ fn simulate_a_fleet_then_fsck_finds_what_a_crash_leaves() {
         "{out}"
     );
 }
+
+#[test]
+fn an_untrusted_test_device_ca_is_named_by_its_absolute_path() {
+    let server = TestServer::start(|config| {
+        common::server::set_key(&config, "ota", "extra_device_ca", "[]")
+    });
+    let here = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::server::otad_bin())
+        .args(["simulate", "--url", &server.url, "--device-ca", "./devca"])
+        .current_dir(here.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    let absolute = here.path().join("devca/device-ca.pem");
+    assert!(
+        err.contains(&format!(
+            "created the test device CA {}; the server trusts it",
+            absolute.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "(list {} in the server's ota.extra_device_ca and restart it)",
+            absolute.display()
+        )),
+        "{err}"
+    );
+}

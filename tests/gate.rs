@@ -259,10 +259,22 @@ fn a_one_use_token_hands_out_a_bounded_number_of_challenges() {
     let statuses: Vec<u16> = (0..6)
         .map(|_| httpclient::get(&url).unwrap().status)
         .collect();
-    // One use plus three for reloads and retries.
-    assert_eq!(statuses, [200, 200, 200, 200, 403, 403]);
+    // One use plus three for reloads and retries; then 429 until the soonest expires
+    // (ota.challenge_ttl, an hour: at most a minute is asked for).
+    assert_eq!(statuses, [200, 200, 200, 200, 429, 429]);
     let refused = httpclient::get(&url).unwrap();
-    assert!(body(&refused).contains("still waiting for their device"));
+    assert!(body(&refused).contains(
+        "still waiting for their device (each until it is used or \
+                                     ota.challenge_ttl has passed)"
+    ));
+    assert_eq!(refused.header("Retry-After"), Some("60"));
+    let log = server.log();
+    assert!(
+        log.lines().any(|line| line.contains("WARN")
+            && line.contains("GET /ota/enroll: 429 enrollment token ")
+            && line.contains("ask for a new link (otad token new)")),
+        "{log}"
+    );
 }
 
 #[test]

@@ -760,12 +760,13 @@ fn one_client_behind_a_trusted_proxy_cannot_take_every_place_even_after_a_restar
     assert_eq!(
         String::from_utf8_lossy(&refused.body),
         "2 enrollments from 198.51.100.7 are waiting for their device, the most one address \
-         may start; try again later\n"
+         may start (ota.max_live_challenges_per_client); try again later\n"
     );
     let log = server.log();
     assert!(
         log.lines().any(|line| line.contains("WARN")
             && line.contains("GET /ota/enroll: 429")
+            && line.contains("(ota.max_live_challenges_per_client)")
             && line.contains("remote=198.51.100.7")),
         "{log}"
     );

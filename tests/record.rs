@@ -394,8 +394,9 @@ fn the_inventory_lists_and_shows_devices_and_skips_a_corrupt_record() {
     }
     let unknown = otad(&["device", "show", "--config", config, "NOSUCHDEVICE"]);
     assert_eq!(unknown.status.code(), Some(1));
+    // Neither a UDID nor a serial: a wrong command line.
     let bad = otad(&["device", "show", "--config", config, "../etc"]);
-    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(bad.status.code(), Some(2));
 
     // One corrupt device record and one corrupt certificate record: the rest still lists.
     std::fs::write(server.state_file("devices/UDID-BROKEN.json"), "{ torn").unwrap();

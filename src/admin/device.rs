@@ -286,6 +286,12 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
     }
     let key =
         key.ok_or_else(|| Exit::Usage(format!("UDID or SERIAL is required\n\n{SHOW_HELP}")))?;
+    if !store::valid_udid(&key) && store::normalize_device_serial(&key).is_none() {
+        return Err(Exit::Usage(format!(
+            "{:?}: neither a UDID nor a serial number\n\n{SHOW_HELP}",
+            clean(&key)
+        )));
+    }
     let store = open_state(config, SHOW_HELP)?;
     let device = find(&store, &key)
         .map_err(Exit::Failed)?

@@ -182,14 +182,16 @@ fn new(mut parser: lexopt::Parser) -> Result<String, Exit> {
                  {NEW_HELP}"
             ))
         })?;
-    let (config, store) = state.open(NEW_HELP)?;
-
     let request = NewToken {
         uses,
         lifetime: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
         scope,
         note,
     };
+    // A flag value otad cannot take is a wrong command line (exit 2), found before the
+    // state is opened.
+    tokens::check_new(&request).map_err(|why| Exit::Usage(format!("{why}\n\n{NEW_HELP}")))?;
+    let (config, store) = state.open(NEW_HELP)?;
     let (secret, record) = tokens::create(&store, &request, now()).map_err(failed)?;
     let mut text = format!(
         "token: {secret}\nid: {}\nurl: {}/ota/enroll?token={secret}\nuses: {}\nexpires: {}\n",
@@ -292,6 +294,7 @@ fn show_or_revoke(mut parser: lexopt::Parser, revoke: bool) -> Result<String, Ex
         }
     }
     let id = id.ok_or_else(|| Exit::Usage(format!("ID is required\n\n{help}")))?;
+    tokens::check_id(&id).map_err(|why| Exit::Usage(format!("{why}\n\n{help}")))?;
     let (_, store) = state.open(help)?;
     let at = now();
     if revoke {
@@ -415,7 +418,14 @@ mod tests {
             &["new", "--expires", "2y"],
             &["new", "--expires", "400d"],
             &["new", "--serial", "A", "--udid", "B"],
+            &["new", "--uses", "0"],
+            &["new", "--uses", "100001"],
+            &["new", "--udid", "not a udid"],
+            &["new", "--serial", "C02-XK"],
+            &["new", "--note", "two\nlines"],
             &["show"],
+            &["show", "zz"],
+            &["revoke", "0123456789abX"],
             &["frobnicate"],
         ] {
             assert!(
@@ -423,10 +433,13 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(matches!(
-            dispatch(args(&state, &["new", "--uses", "0"])),
-            Err(Exit::Failed(_))
-        ));
+        let Err(Exit::Usage(zero)) = dispatch(args(&state, &["new", "--uses", "0"])) else {
+            panic!("--uses 0 is a usage error");
+        };
+        assert!(
+            zero.starts_with("--uses 0: must be 1 to 100000\n"),
+            "{zero}"
+        );
         assert!(matches!(
             dispatch(args(&state, &["show", "0123456789ab"])),
             Err(Exit::Failed(_))

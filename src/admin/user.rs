@@ -121,6 +121,7 @@ fn add(mut parser: lexopt::Parser) -> Result<String, Exit> {
         }
     }
     let name = name.ok_or_else(|| Exit::Usage(format!("NAME is required\n\n{ADD_HELP}")))?;
+    users::check_name(&name).map_err(|why| Exit::Usage(format!("{why}\n\n{ADD_HELP}")))?;
     let (_, store) = state.open(ADD_HELP)?;
 
     let password = if from_stdin || !std::io::stdin().is_terminal() {
@@ -152,6 +153,7 @@ fn remove(mut parser: lexopt::Parser) -> Result<String, Exit> {
         }
     }
     let name = name.ok_or_else(|| Exit::Usage(format!("NAME is required\n\n{REMOVE_HELP}")))?;
+    users::check_name(&name).map_err(|why| Exit::Usage(format!("{why}\n\n{REMOVE_HELP}")))?;
     let (_, store) = state.open(REMOVE_HELP)?;
     if users::remove(&store, &name).map_err(failed)? {
         Ok(format!("removed user {name}\n"))

@@ -694,12 +694,14 @@ pub fn write_cursor(dir: &Path, cursor: Cursor) -> io::Result<()> {
 }
 
 /// Records one event in the state dir of the config at `config`, for the CLI: admin
-/// commands call this (or [`admin`]) after changing state. Errors are printed to stderr,
-/// since the action itself is done.
+/// commands call this (or [`admin`]) after changing state. A write that fails is printed to
+/// stderr, since the action itself is done; a config that cannot be read is not (there is
+/// no events log then, and the command has said why it failed).
 pub fn record_for_config(config: &Path, event: Event) {
-    match crate::config::Config::load(config) {
-        Ok((_, derived)) => record_in(&derived.state_dir, &derived.events, event),
-        Err(err) => eprintln!("otad: events: cannot record {}: {err}", event.kind()),
+    // No readable config, no events log to write to: the command's own error says why, so
+    // nothing is said here.
+    if let Ok((_, derived)) = crate::config::Config::load(config) {
+        record_in(&derived.state_dir, &derived.events, event);
     }
 }
 

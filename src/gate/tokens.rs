@@ -209,9 +209,17 @@ pub enum TokenError {
     Store(StoreError),
     /// No token has this secret or id.
     NotFound(String),
-    /// The token cannot be used (revoked, expired, used up, wrong device, too many live
-    /// challenges), or the request is invalid; the text is the one-line reason.
+    /// The token cannot be used (revoked, expired, used up, wrong device), or the request
+    /// is invalid; the text is the one-line reason.
     Refused(String),
+    /// The token holds as many live challenges as it may: try again in `retry_after`
+    /// seconds, when the soonest of them expires (429).
+    Busy {
+        /// The reason, one line.
+        why: String,
+        /// Seconds the client should wait (Retry-After).
+        retry_after: u64,
+    },
 }
 
 impl fmt::Display for TokenError {
@@ -219,6 +227,7 @@ impl fmt::Display for TokenError {
         match self {
             TokenError::Store(err) => write!(f, "{err}"),
             TokenError::NotFound(what) | TokenError::Refused(what) => f.write_str(what),
+            TokenError::Busy { why, .. } => f.write_str(why),
         }
     }
 }
@@ -341,39 +350,55 @@ pub struct NewToken {
     pub note: String,
 }
 
+/// What is wrong with a request for a token, named by the `otad token new` flag to change;
+/// nothing is read or written. [`create`] checks the same.
+pub fn check_new(new: &NewToken) -> Result<(), String> {
+    if !(1..=MAX_USES).contains(&new.uses) {
+        return Err(format!("--uses {}: must be 1 to {MAX_USES}", new.uses));
+    }
+    if new.note.chars().count() > MAX_NOTE_CHARS || new.note.chars().any(char::is_control) {
+        return Err(format!(
+            "--note: at most {MAX_NOTE_CHARS} printable characters"
+        ));
+    }
+    match &new.scope {
+        Some(TokenScope::Udid(udid)) if !crate::store::valid_udid(udid) => Err(format!(
+            "--udid {:?}: not a valid UDID",
+            crate::logger::one_line(udid, 80)
+        )),
+        Some(TokenScope::Serial(serial))
+            if serial.is_empty()
+                || serial.len() > 64
+                || !serial.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            Err(format!(
+                "--serial {:?}: a serial number is 1 to 64 letters and digits",
+                crate::logger::one_line(serial, 80)
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A token id as the files are named (lowercase), or why `id` cannot be one.
+pub fn check_id(id: &str) -> Result<String, String> {
+    let id = id.trim().to_ascii_lowercase();
+    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{:?}: a token id is {ID_LEN} hex digits, as `otad token list` shows",
+            crate::logger::one_line(&id, 40)
+        ));
+    }
+    Ok(id)
+}
+
 /// Makes a token; returns its secret (shown once) and its record.
 pub fn create(
     store: &Store,
     new: &NewToken,
     now: i64,
 ) -> Result<(String, TokenRecord), TokenError> {
-    if !(1..=MAX_USES).contains(&new.uses) {
-        return Err(TokenError::Refused(format!(
-            "--uses: must be 1 to {MAX_USES}"
-        )));
-    }
-    if new.note.chars().count() > MAX_NOTE_CHARS || new.note.chars().any(char::is_control) {
-        return Err(TokenError::Refused(format!(
-            "--note: at most {MAX_NOTE_CHARS} printable characters"
-        )));
-    }
-    match &new.scope {
-        Some(TokenScope::Udid(udid)) if !crate::store::valid_udid(udid) => {
-            return Err(TokenError::Refused(format!(
-                "--udid {udid:?}: not a valid UDID"
-            )))
-        }
-        Some(TokenScope::Serial(serial))
-            if serial.is_empty()
-                || serial.len() > 64
-                || !serial.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            return Err(TokenError::Refused(format!(
-                "--serial {serial:?}: a serial number is 1 to 64 letters and digits"
-            )))
-        }
-        _ => {}
-    }
+    check_new(new).map_err(TokenError::Refused)?;
 
     store.transaction(|| {
         let dir = ensure_dir(store)?;
@@ -429,13 +454,7 @@ pub fn list(store: &Store) -> Result<Vec<TokenRecord>, StoreError> {
 
 /// The hash of the token whose id is `id` (exactly [`ID_LEN`] hex digits).
 fn hash_of_id(store: &Store, id: &str) -> Result<String, TokenError> {
-    let id = id.trim().to_ascii_lowercase();
-    if id.len() != ID_LEN || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(TokenError::Refused(format!(
-            "{:?}: a token id is {ID_LEN} hex digits, as `otad token list` shows",
-            crate::logger::one_line(&id, 40)
-        )));
-    }
+    let id = check_id(id).map_err(TokenError::Refused)?;
     hashes(store)?
         .into_iter()
         .find(|hash| hash.starts_with(&id))
@@ -497,7 +516,8 @@ pub fn reserve_challenge(
         record.live_challenges.retain(|live| live.expires > now);
         let cap = live_challenge_cap(record.uses_left());
         if record.live_challenges.len() >= cap {
-            return Err(no_room(id, cap));
+            let soonest = record.live_challenges.iter().map(|live| live.expires).min();
+            return Err(no_room(id, cap, soonest, now));
         }
         record.live_challenges.push(LiveChallenge {
             challenge: sha256_hex(challenge),
@@ -513,23 +533,31 @@ pub fn reserve_challenge(
 pub fn check_room(store: &Store, id: &str, now: i64) -> Result<(), TokenError> {
     let record = show(store, id)?;
     record.check_usable(now).map_err(TokenError::Refused)?;
-    let live = record
-        .live_challenges
-        .iter()
-        .filter(|live| live.expires > now)
-        .count();
+    let live = || {
+        record
+            .live_challenges
+            .iter()
+            .filter(|live| live.expires > now)
+    };
     let cap = live_challenge_cap(record.uses_left());
-    if live >= cap {
-        return Err(no_room(id, cap));
+    if live().count() >= cap {
+        let soonest = live().map(|live| live.expires).min();
+        return Err(no_room(id, cap, soonest, now));
     }
     Ok(())
 }
 
-fn no_room(id: &str, cap: usize) -> TokenError {
-    TokenError::Refused(format!(
-        "enrollment token {id}: {cap} enrollments started with it are still waiting for \
-         their device; finish one or try again later"
-    ))
+/// The refusal at a token's cap: each download holds its place until its challenge is
+/// answered or expires, after `ota.challenge_ttl`.
+fn no_room(id: &str, cap: usize, soonest: Option<i64>, now: i64) -> TokenError {
+    TokenError::Busy {
+        why: format!(
+            "enrollment token {id}: {cap} enrollments started with it are still waiting for \
+             their device (each until it is used or ota.challenge_ttl has passed); finish \
+             one, try again later, or ask for a new link (otad token new)"
+        ),
+        retry_after: crate::store::challenges::retry_after(soonest, now),
+    }
 }
 
 /// Phase 2, before policy and hooks run and without the lock: whether the token `id` would
@@ -787,12 +815,26 @@ mod tests {
         for n in 0..cap {
             // What HEAD asks, read-only, agrees with what the reservation then does.
             check_room(&store, &record.id, 101).unwrap();
-            reserve_challenge(&store, &record.id, &format!("c{n}"), 500, 101).unwrap();
+            // The second expires first: 30 s after the refusals below.
+            let expires = if n == 1 { 131 } else { 500 };
+            reserve_challenge(&store, &record.id, &format!("c{n}"), expires, 101).unwrap();
         }
         let err = reserve_challenge(&store, &record.id, "more", 500, 101).unwrap_err();
-        assert!(err.to_string().contains("still waiting"), "{err}");
+        let TokenError::Busy { why, retry_after } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(
+            why,
+            &format!(
+                "enrollment token {}: 4 enrollments started with it are still waiting for their \
+                 device (each until it is used or ota.challenge_ttl has passed); finish one, \
+                 try again later, or ask for a new link (otad token new)",
+                record.id
+            )
+        );
+        assert_eq!(*retry_after, 30);
         let head = check_room(&store, &record.id, 101).unwrap_err();
-        assert_eq!(head.to_string(), err.to_string());
+        assert_eq!(format!("{head:?}"), format!("{err:?}"));
         // Expired ones free their place.
         check_room(&store, &record.id, 500).unwrap();
         reserve_challenge(&store, &record.id, "later", 900, 500).unwrap();

@@ -67,6 +67,17 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._@+-".contains(&b))
 }
 
+/// Why `name` cannot be a user name ([`valid_name`]), in words an admin can act on.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if valid_name(name) {
+        return Ok(());
+    }
+    Err(format!(
+        "{:?}: a user name is 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 . _ @ + - (not starting with -)",
+        crate::logger::one_line(name, 80)
+    ))
+}
+
 /// An Argon2id hash (otad's default parameters, a fresh 16-byte salt) of `password`.
 pub fn hash_password(password: &str) -> Result<String, String> {
     let mut salt = [0u8; 16];
@@ -202,13 +213,7 @@ pub fn add(
     replace: bool,
     now: i64,
 ) -> Result<(), UsersError> {
-    if !valid_name(name) {
-        return Err(UsersError::Refused(format!(
-            "{:?}: a user name is 1 to {MAX_NAME_LEN} of A-Z a-z 0-9 . _ @ + - (not starting \
-             with -)",
-            crate::logger::one_line(name, 80)
-        )));
-    }
+    check_name(name).map_err(UsersError::Refused)?;
     check_new_password(password).map_err(UsersError::Refused)?;
     let hash = hash_password(password).map_err(UsersError::Refused)?;
 

@@ -976,7 +976,7 @@ mod tests {
             assert_eq!(
                 refused.reason,
                 "3 enrollments from 198.51.100.7 are waiting for their device, the most one \
-                 address may start; try again later"
+                 address may start (ota.max_live_challenges_per_client); try again later"
             );
             // The challenge TTLs are an hour: at most a minute is asked for.
             assert_eq!(retry_after(&refused), Some("60"), "{method} {target}");
@@ -1010,7 +1010,8 @@ mod tests {
         assert_eq!(full.status, 503);
         assert_eq!(
             full.reason,
-            "8 enrollments are waiting for their device; try again later"
+            "8 enrollments are waiting for their device, the most the server takes \
+             (ota.max_live_challenges); try again later"
         );
         assert_eq!(retry_after(&full), Some("60"));
     }

@@ -58,8 +58,8 @@ pub enum OtaError {
         /// Seconds the client should wait (Retry-After).
         retry_after: u64,
     },
-    /// This client holds as many live challenges as one client may: try again in
-    /// `retry_after` seconds (429).
+    /// This client, or the enrollment token it came with, holds as many live challenges as
+    /// one may: try again in `retry_after` seconds (429).
     ClientBusy {
         /// The reason, one line.
         why: String,
@@ -326,10 +326,12 @@ pub fn plain_enrollment_head(ctx: &Context, remote: &str, now: i64) -> Result<()
     check_challenge_room(ctx, remote, now)
 }
 
-/// A token refusal as the client sees it (403), or our own failure (500).
+/// A token refusal as the client sees it (403; 429 at its cap of live challenges), or our
+/// own failure (500).
 fn token_refusal(err: tokens::TokenError) -> OtaError {
     match err {
         tokens::TokenError::Store(err) => OtaError::Internal(format!("enrollment tokens: {err}")),
+        tokens::TokenError::Busy { why, retry_after } => OtaError::ClientBusy { why, retry_after },
         other => OtaError::Refused(other.to_string()),
     }
 }
@@ -358,7 +360,10 @@ fn check_challenge_room(ctx: &Context, remote: &str, now: i64) -> Result<(), Ota
 fn room_refusal(no_room: NoRoom, remote: &str) -> OtaError {
     match no_room {
         NoRoom::Full { live, retry_after } => OtaError::Busy {
-            why: format!("{live} enrollments are waiting for their device; try again later"),
+            why: format!(
+                "{live} enrollments are waiting for their device, the most the server takes \
+                 (ota.max_live_challenges); try again later"
+            ),
             retry_after,
         },
         NoRoom::Client { live, retry_after } => {
@@ -370,7 +375,8 @@ fn room_refusal(no_room: NoRoom, remote: &str) -> OtaError {
             OtaError::ClientBusy {
                 why: format!(
                     "{live} enrollments from {client} are waiting for their device, the most \
-                     one address may start; try again later"
+                     one address may start (ota.max_live_challenges_per_client); try again \
+                     later"
                 ),
                 retry_after,
             }

@@ -304,6 +304,37 @@ fn describe_pkcs8(der: &[u8]) -> Option<String> {
     Some(found)
 }
 
+/// The kind of public key a SubjectPublicKeyInfo holds, in words: "an EC key (P-256)", "an
+/// Ed25519 key", "an RSA key of 1024 bits"; for an admin told why a certificate is refused.
+pub fn describe_public_key(spki_der: &[u8]) -> String {
+    use der::asn1::ObjectIdentifier;
+    use der::Decode as _;
+
+    let Ok(spki) = spki::SubjectPublicKeyInfoRef::from_der(spki_der) else {
+        return "a public key that does not parse".to_string();
+    };
+    match spki.algorithm.oid.to_string().as_str() {
+        "1.2.840.113549.1.1.1" => match cert::RsaPublicKey::from_spki_der(spki_der) {
+            Ok(key) => format!("an RSA key of {} bits", key.bits),
+            Err(_) => "an RSA key that does not parse".to_string(),
+        },
+        "1.2.840.10045.2.1" => {
+            let curve = spki
+                .algorithm
+                .parameters
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .map(|oid| format!(" ({})", curve_name(&oid)))
+                .unwrap_or_default();
+            format!("an EC key{curve}")
+        }
+        "1.2.840.113549.1.1.10" => "an RSASSA-PSS key (RSA held to PSS signatures)".to_string(),
+        "1.3.101.112" => "an Ed25519 key".to_string(),
+        "1.3.101.113" => "an Ed448 key".to_string(),
+        "1.2.840.10040.4.1" => "a DSA key".to_string(),
+        other => format!("a key of algorithm {other}"),
+    }
+}
+
 /// What is wrong with an RSA key of `bits` in `form` that aws-lc-rs refused: "an RSA key of
 /// 1024 bits in PKCS#8, too small".
 fn describe_rsa(bits: usize, form: &str) -> String {
@@ -541,6 +572,27 @@ fn key_password(source: &KeyPassword) -> Result<Zeroizing<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_public_key_is_described_by_its_kind() {
+        let rsa = RsaPrivateKey::generate(2048).unwrap();
+        assert_eq!(
+            describe_public_key(&rsa.public_key_spki_der()),
+            "an RSA key of 2048 bits"
+        );
+        for (algorithm, said) in [
+            (&rcgen::PKCS_ECDSA_P384_SHA384, "an EC key (P-384)"),
+            (&rcgen::PKCS_ED25519, "an Ed25519 key"),
+        ] {
+            let key = rcgen::KeyPair::generate_for(algorithm).unwrap();
+            let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+            assert_eq!(describe_public_key(&spki), said);
+        }
+        assert_eq!(
+            describe_public_key(b"junk"),
+            "a public key that does not parse"
+        );
+    }
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()

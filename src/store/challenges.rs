@@ -210,8 +210,9 @@ impl ChallengeIndex {
     }
 }
 
-/// Seconds from `now` until `soonest` expires, 1 to [`MAX_RETRY_AFTER`].
-fn retry_after(soonest: Option<i64>, now: i64) -> u64 {
+/// Seconds from `now` until `soonest` expires, 1 to [`MAX_RETRY_AFTER`]: the Retry-After of
+/// a refusal at a cap.
+pub fn retry_after(soonest: Option<i64>, now: i64) -> u64 {
     soonest
         .map_or(MAX_RETRY_AFTER, |expires| {
             u64::try_from(expires.saturating_sub(now)).unwrap_or(1)
