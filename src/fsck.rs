@@ -74,7 +74,9 @@ Checks:
   - revocations (an interrupted otad cert revoke): a revoked certificate the CRL index
     (crl.json) does not list; a certificate crl.json lists whose record is not marked
     revoked; crl.der missing once a CRL was signed, not verifying under the CA, or not
-    listing every certificate crl.json lists; crl.json parses
+    listing every certificate crl.json lists, or listing a serial twice; crl.json parses
+  - crl.json's entries: each reads (a serial of hex, at most 20 octets; a known reason);
+    no serial listed twice; serials spelled as otad writes them (a note)
   - devices/: each record parses, is mode 0600 and is named by its UDID; each of its
     certificates is in certs/ and names it; a certificate issued to a device but not on
     its record (a note)
@@ -96,8 +98,9 @@ Checks:
                   rebuild devices/by-serial and pending/by-transaction from the records;
                   reconcile revocations both ways: a record marked revoked is added to
                   crl.json, a record crl.json lists is marked revoked (its time and reason),
-                  and the CRL is re-signed with the CA key. Never removes a certificate or
-                  device record. Then checks again.
+                  and the CRL is re-signed with the CA key; rewrite crl.json with each
+                  serial in otad's spelling and listed once (its revocation dated first).
+                  Never removes a certificate or device record. Then checks again.
   --json          one JSON object: clean, problems, notes, findings, repaired
 ";
 
@@ -124,6 +127,9 @@ pub enum Repair {
     /// Bring the certificate records, `crl.json` and `crl.der` into agreement
     /// ([`crl::reconcile`]).
     ReconcileCrl,
+    /// Rewrite `crl.json` with each serial canonical and listed once
+    /// ([`Store::rewrite_crl_index`]).
+    RewriteCrlIndex,
 }
 
 /// What `--repair` needs to sign a CRL: the CA and how long a CRL is valid.
@@ -366,6 +372,9 @@ pub fn repair_state(
                 Some(Repair::ReconcileCrl) => {
                     wanted.insert("crl");
                 }
+                Some(Repair::RewriteCrlIndex) => {
+                    wanted.insert("crl.json");
+                }
                 None => {}
             }
         }
@@ -388,6 +397,17 @@ pub fn repair_state(
                 "{}: {changed} entr(ies) fixed",
                 store::TRANSACTION_INDEX_DIR
             ));
+        }
+        // Before the CRL is reconciled, which then signs from (and may rewrite) a clean index.
+        if wanted.contains("crl.json") {
+            done.push(match store.rewrite_crl_index() {
+                Ok(true) => format!(
+                    "{}: rewritten with each serial canonical and listed once",
+                    store::crl::CRL_INDEX_FILE
+                ),
+                Ok(false) => format!("{}: already canonical", store::crl::CRL_INDEX_FILE),
+                Err(err) => format!("{}: not rewritten: {err}", store::crl::CRL_INDEX_FILE),
+            });
         }
         // Last, and not fatal: a CA that cannot sign leaves the other repairs done.
         if wanted.contains("crl") {
@@ -479,6 +499,106 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
 fn parse<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     let bytes = read_bounded(path)?;
     serde_json::from_slice(&bytes).map_err(|err| format!("does not parse: {err}"))
+}
+
+/// `crl.json` read entry by entry, as otad reads it ([`store::crl::read_index`]).
+fn read_crl_index(path: &Path) -> Result<store::crl::IndexRead, String> {
+    let bytes = read_bounded(path)?;
+    store::crl::read_index(&bytes).map_err(|err| format!("does not parse: {err}"))
+}
+
+/// Reports what reading `crl.json` entry by entry found: entries that cannot be read or name
+/// an unknown reason (problems: no CRL can be signed until they are mended by hand), serials
+/// listed twice (a problem) and serials spelled otherwise (a note). Whether a CRL can be
+/// signed from it.
+fn crl_entries(read: &store::crl::IndexRead, report: &mut Report) -> bool {
+    let file = store::crl::CRL_INDEX_FILE;
+    let by_hand = "correct the entry (serial: hex of at most 20 octets; revoked_at: unix seconds; \
+                   reason: a reason name) or remove it, by hand; until then no new CRL is \
+                   signed (otad serve keeps serving the last one) and otad cert revoke refuses";
+    for entry in &read.unreadable {
+        report.add(Severity::Problem, file, entry.to_string(), by_hand);
+    }
+    let mut signable = read.unreadable.is_empty();
+    for entry in &read.index.revoked {
+        if crl::RevocationReason::from_name(&entry.reason).is_none() {
+            signable = false;
+            report.add(
+                Severity::Problem,
+                file,
+                format!(
+                    "serial {}: reason {:?} is not one of {}",
+                    entry.serial,
+                    entry.reason.chars().take(64).collect::<String>(),
+                    crl::reason_names()
+                ),
+                "correct the reason by hand; until then no new CRL is signed (otad serve \
+                 keeps serving the last one)",
+            );
+        }
+    }
+
+    let rewrite = |severity, problem: String, action: &str| Finding {
+        severity,
+        file: file.to_string(),
+        problem,
+        action: action.to_string(),
+        repair: Some(Repair::RewriteCrlIndex),
+    };
+    if !read.duplicates.is_empty() {
+        let mut named: Vec<String> = read
+            .duplicates
+            .iter()
+            .take(MAX_SERIALS_NAMED)
+            .map(|duplicate| {
+                format!(
+                    "{} in entries {} and {}",
+                    duplicate.serial,
+                    duplicate.kept_position.min(duplicate.dropped_position),
+                    duplicate.kept_position.max(duplicate.dropped_position)
+                )
+            })
+            .collect();
+        if read.duplicates.len() > MAX_SERIALS_NAMED {
+            named.push("...".into());
+        }
+        report.push(rewrite(
+            Severity::Problem,
+            format!(
+                "lists {} serial(s) twice ({}); otad signs the revocation dated first",
+                read.duplicates.len(),
+                named.join(", ")
+            ),
+            "--repair keeps the revocation dated first and rewrites crl.json",
+        ));
+    }
+    if !read.respelled.is_empty() {
+        let mut named: Vec<String> = read
+            .respelled
+            .iter()
+            .take(MAX_SERIALS_NAMED)
+            .map(|entry| {
+                format!(
+                    "entry {}: {:?} is {}",
+                    entry.position, entry.given, entry.serial
+                )
+            })
+            .collect();
+        if read.respelled.len() > MAX_SERIALS_NAMED {
+            named.push("...".into());
+        }
+        report.push(rewrite(
+            Severity::Note,
+            format!(
+                "{} serial(s) not in otad's spelling, read as lowercase hex without leading \
+                 zeros ({})",
+                read.respelled.len(),
+                named.join(", ")
+            ),
+            "--repair rewrites crl.json in otad's spelling",
+        ));
+    }
+    signable
 }
 
 /// Whether the process that wrote a temp file (`pid`, last written at `written`) may still
@@ -1037,17 +1157,21 @@ impl State<'_> {
     ) {
         let path = self.root.join(store::crl::CRL_INDEX_FILE);
         // No index yet is an empty one: a revoked record still wants listing.
-        let index: store::crl::CrlIndex = if path.exists() {
-            match parse(&path) {
-                Ok(index) => index,
+        let read = if path.exists() {
+            match read_crl_index(&path) {
+                Ok(read) => read,
                 Err(why) => {
                     self.unreadable(report, &path, &why);
                     return;
                 }
             }
         } else {
-            store::crl::CrlIndex::default()
+            store::crl::IndexRead::default()
         };
+        // An entry otad cannot sign from stops every new CRL; the rest is checked with the
+        // entries that read.
+        let signable = crl_entries(&read, report);
+        let index = read.index;
         let reconcile = |severity, file: &str, problem: String, action: &str| Finding {
             severity,
             file: file.to_string(),
@@ -1104,7 +1228,11 @@ impl State<'_> {
         }
 
         let crl_file = store::crl::CRL_FILE;
-        let resign = "--repair signs a new one (otad serve does too, on the next GET /crl)";
+        let resign = if signable {
+            "--repair signs a new one (otad serve does too, on the next GET /crl)"
+        } else {
+            "once crl.json is corrected (see its findings), --repair signs a new one"
+        };
         let der = match fsutil::read_optional(&self.root.join(crl_file)) {
             Ok(Some(der)) => der,
             Ok(None) if index.number > 0 || !index.revoked.is_empty() => {
@@ -1152,9 +1280,9 @@ impl State<'_> {
                 .ok()
                 .flatten()
                 .and_then(|der| crl::read_with_certificate(&der, ca_certificate).ok())
-                .zip(parse::<store::crl::CrlIndex>(&path).ok());
+                .zip(read_crl_index(&path).ok());
             let still: Vec<String> = match &again {
-                Some((summary, index)) => crl::missing_from(summary, index)
+                Some((summary, read)) => crl::missing_from(summary, &read.index)
                     .into_iter()
                     .map(|entry| entry.serial.clone())
                     .collect(),
@@ -1180,6 +1308,14 @@ impl State<'_> {
                     resign,
                 ));
             }
+        } else if crl::lists_a_serial_twice(&summary) {
+            report.push(reconcile(
+                Severity::Problem,
+                crl_file,
+                "lists a serial more than once (signed from a crl.json that listed it twice)"
+                    .into(),
+                resign,
+            ));
         } else if summary.number < index.number {
             report.push(reconcile(
                 Severity::Note,
@@ -1611,6 +1747,9 @@ mod tests {
             "started before the file was written",
             "left alone and noted on that record",
             "crl.der missing",
+            "or listing a serial twice",
+            "crl.json's entries: each reads",
+            "no serial listed twice",
             "devices/: each record parses, is mode 0600",
             "not on\n    its record",
             "devices/by-serial",

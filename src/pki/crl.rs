@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
@@ -32,7 +32,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::ca::{CertificateAuthority, CLOCK_SKEW_SECONDS};
 use super::{cert, PkiError};
-use crate::store::crl::{CrlIndex, RevocationRecord};
+use crate::store::crl::{CrlIndex, ResignFailure, RevocationRecord};
 use crate::store::{CertRecord, Store, StoreError};
 
 /// The most certificates one CRL lists; revoking more is refused.
@@ -42,7 +42,12 @@ pub const MAX_CRL_ENTRIES: usize = 100_000;
 pub const MAX_CRL_BYTES: usize = 8 * 1024 * 1024;
 
 /// The longest serial we list, in octets (RFC 5280 section 4.1.2.2 allows 20).
-pub const MAX_SERIAL_OCTETS: usize = 20;
+pub const MAX_SERIAL_OCTETS: usize = crate::store::crl::MAX_SERIAL_OCTETS;
+
+/// How long after a failed re-sign of the CRL (an entry of `crl.json` that cannot be read, a
+/// CA that may not sign) requests are served the stored CRL without trying again, unless
+/// `crl.json` or `crl.der` changes meanwhile.
+pub const RESIGN_RETRY_SECONDS: i64 = 60;
 
 /// The media type of a DER CRL (RFC 2585 section 4.2).
 pub const CONTENT_TYPE: &str = "application/pkix-crl";
@@ -415,7 +420,12 @@ pub fn missing_from<'a>(summary: &CrlSummary, index: &'a CrlIndex) -> Vec<&'a Re
 /// The current CRL for `GET /crl` and SCEP GetCRL: the stored one, or a newly signed one when
 /// there is none yet, it is due ([`is_due`]), it is behind the index (an interrupted
 /// revocation: then the records of the certificates it lacked are marked revoked too, as the
-/// index says) or it does not verify under our key.
+/// index says), it lists a serial twice or it does not verify under our key.
+///
+/// When a new one cannot be signed (an entry of `crl.json` that cannot be read, say) and a
+/// stored CRL verifies, that one is served and the failure logged as an error; requests then
+/// serve it without trying again for [`RESIGN_RETRY_SECONDS`], or until `crl.json` or
+/// `crl.der` changes, so a bad entry costs one log line and one lock per try, not per request.
 pub fn current(
     store: &Store,
     ca: &CertificateAuthority,
@@ -424,38 +434,101 @@ pub fn current(
 ) -> Result<Vec<u8>, CrlError> {
     // Both files are replaced atomically, so an unlocked look is safe; a CRL that looks stale
     // is decided again under the lock, where another request or the CLI may have re-signed it.
+    // A look that fails (crl.json does not parse) is decided there too.
+    if let Ok(Some(der)) = stored_if_current(store, ca, validity, now) {
+        return Ok(der);
+    }
+
+    if let Some(failed) = store.crl_resign_failure() {
+        let retry_at = failed.at.saturating_add(RESIGN_RETRY_SECONDS);
+        if failed.stamp == store.crl_stamp() && now < retry_at && (failed.at..).contains(&now) {
+            if let Some((der, _)) = last_good(store, ca) {
+                return Ok(der);
+            }
+        }
+    }
+
+    match store.transaction(|| resign_if_stale(store, ca, validity, now)) {
+        Ok(der) => {
+            store.set_crl_resign_failure(None);
+            Ok(der)
+        }
+        Err(err) => {
+            let Some((der, summary)) = last_good(store, ca) else {
+                return Err(err);
+            };
+            error!(
+                "crl: cannot sign a new CRL: {err}; serving the stored one (number {}, next \
+                 update {}) meanwhile, and trying again in {RESIGN_RETRY_SECONDS} s or once \
+                 crl.json changes (`otad fsck` says what to fix)",
+                summary.number,
+                crate::store::rfc3339(summary.next_update)
+            );
+            store.set_crl_resign_failure(Some(ResignFailure {
+                stamp: store.crl_stamp(),
+                at: now,
+            }));
+            Ok(der)
+        }
+    }
+}
+
+/// [`current`]'s work under the state lock: the stored CRL if it is current after all, else
+/// a new one, signed and stored.
+fn resign_if_stale(
+    store: &Store,
+    ca: &CertificateAuthority,
+    validity: Duration,
+    now: i64,
+) -> Result<Vec<u8>, CrlError> {
     if let Some(der) = stored_if_current(store, ca, validity, now)? {
         return Ok(der);
     }
-    store.transaction(|| match stored_if_current(store, ca, validity, now)? {
-        Some(der) => Ok(der),
-        None => {
-            let index = store.crl_index()?;
-            // Only the entries the stored CRL lacks: a few record reads, never all of certs/.
-            let lacking: Vec<RevocationRecord> = match store.crl()? {
-                None => index.revoked.clone(),
-                Some(der) => read(&der, ca)
-                    .map(|summary| {
-                        missing_from(&summary, &index)
-                            .into_iter()
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
-            for serial in complete_records(store, &lacking)? {
-                warn!(
-                    "certificate {serial}: listed in crl.json but its record was not marked \
-                     revoked (an interrupted revocation); marked now"
-                );
-            }
-            let signed = sign_next(store, ca, index, validity, now)?;
-            store_signed(store, &signed)?;
-            Ok(signed.der)
-        }
-    })
+    let index = store.crl_index()?;
+
+    // Only the entries the stored CRL lacks: a few record reads, never all of certs/.
+    let lacking: Vec<RevocationRecord> = match store.crl()? {
+        None => index.revoked.clone(),
+        Some(der) => read(&der, ca)
+            .map(|summary| {
+                missing_from(&summary, &index)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    for serial in complete_records(store, &lacking)? {
+        warn!(
+            "certificate {serial}: listed in crl.json but its record was not marked revoked \
+             (an interrupted revocation); marked now"
+        );
+    }
+    let signed = sign_next(store, ca, index, validity, now)?;
+    store_signed(store, &signed)?;
+    Ok(signed.der)
 }
 
+/// The stored CRL and what it says, if there is one and it verifies under our key.
+fn last_good(store: &Store, ca: &CertificateAuthority) -> Option<(Vec<u8>, CrlSummary)> {
+    let der = store.crl().ok()??;
+    let summary = read(&der, ca).ok()?;
+    Some((der, summary))
+}
+
+/// Whether a CRL lists some serial more than once (as one signed from a `crl.json` with a
+/// duplicate entry did before otad read such entries once).
+pub fn lists_a_serial_twice(summary: &CrlSummary) -> bool {
+    let mut seen = HashSet::with_capacity(summary.revoked.len());
+    !summary
+        .revoked
+        .iter()
+        .all(|(serial, _, _)| seen.insert(serial.as_str()))
+}
+
+/// The stored CRL if it needs no re-signing: it verifies, has the index's number, is not due,
+/// lists every entry of the index that reads (one that does not is [`current`]'s to report
+/// when a re-sign is due) and lists each serial once.
 fn stored_if_current(
     store: &Store,
     ca: &CertificateAuthority,
@@ -465,12 +538,13 @@ fn stored_if_current(
     let Some(der) = store.crl()? else {
         return Ok(None);
     };
-    let index = store.crl_index()?;
+    let index = store.crl_index_read()?.index;
     match read(&der, ca) {
         Ok(summary)
             if summary.number == index.number
                 && !is_due(&summary, validity, now)
-                && missing_from(&summary, &index).is_empty() =>
+                && missing_from(&summary, &index).is_empty()
+                && !lists_a_serial_twice(&summary) =>
         {
             Ok(Some(der))
         }
