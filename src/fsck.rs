@@ -1987,4 +1987,209 @@ mod tests {
         assert!(store.path("devices/by-serial/C02TRN").exists());
         assert!(!store.path("devices/by-serial/NOBODY").exists());
     }
+
+    /// Replaces `crl.json` by hand: these entries (serial, revoked_at, reason) and this number.
+    fn write_crl_json(store: &Store, number: u64, entries: &[(&str, i64, &str)]) {
+        let revoked: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(serial, at, reason)| json!({ "serial": serial, "revoked_at": at, "reason": reason }))
+            .collect();
+        std::fs::write(
+            store.path(store::crl::CRL_INDEX_FILE),
+            serde_json::to_vec(&json!({ "number": number, "revoked": revoked })).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn notes(report: &Report) -> Vec<String> {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Note)
+            .map(|f| format!("{}: {}", f.file, f.problem))
+            .collect()
+    }
+
+    fn signer(ca: &CertificateAuthority) -> CrlSigner<'_> {
+        CrlSigner {
+            ca,
+            validity: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn a_serial_in_another_spelling_is_a_note_and_repair_rewrites_crl_json() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-S1");
+        store
+            .save_device(&device("UDID-S1", "C02S1", &[&record.serial]))
+            .unwrap();
+        let reason = crl::RevocationReason::KeyCompromise;
+        let validity = Duration::from_secs(86_400);
+        let revoked = crl::revoke(&store, &ca, validity, &record.serial, reason, store::now());
+        let at = revoked.unwrap().record.revoked.unwrap();
+        assert_eq!(check(store.root()).findings, Vec::new());
+
+        // Upper case and a leading zero octet, as another tool might write it.
+        let respelled = format!("00{}", record.serial.to_uppercase());
+        write_crl_json(&store, 1, &[(&respelled, at, "keyCompromise")]);
+        let report = check(store.root());
+        assert_eq!(problems(&report), Vec::<String>::new());
+        assert_eq!(
+            notes(&report),
+            [format!(
+                "crl.json: 1 serial(s) not in otad's spelling, read as lowercase hex without \
+                 leading zeros (entry 1: {respelled:?} is {})",
+                record.serial
+            )]
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.findings, Vec::new());
+        assert_eq!(
+            repaired,
+            ["crl.json: rewritten with each serial canonical and listed once"]
+        );
+        let index = store.crl_index_read().unwrap();
+        assert!(index.is_canonical());
+        assert_eq!(index.index.revoked.len(), 1);
+        assert_eq!(
+            crl::read(&store.crl().unwrap().unwrap(), &ca)
+                .unwrap()
+                .number,
+            1
+        );
+    }
+
+    #[test]
+    fn a_serial_listed_twice_is_a_problem_and_repair_keeps_its_first_revocation() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-S2");
+        store
+            .save_device(&device("UDID-S2", "C02S2", &[&record.serial]))
+            .unwrap();
+        let now = store::now();
+        let mut marked = record.clone();
+        marked.revoked = Some(now - 10);
+        store.update_cert(&marked).unwrap();
+        // An older otad signed both entries.
+        let twice = [
+            (record.serial.as_str(), now - 10, "keyCompromise"),
+            (record.serial.as_str(), now - 20, "superseded"),
+        ];
+        write_crl_json(&store, 1, &twice);
+        let entries: Vec<crl::RevokedEntry> = twice
+            .iter()
+            .map(|(serial, at, reason)| crl::RevokedEntry {
+                serial_hex: serial.to_string(),
+                revoked_at: *at,
+                reason: crl::RevocationReason::from_name(reason).unwrap(),
+            })
+            .collect();
+        let params = crl::CrlParams {
+            number: 1,
+            this_update: now - 60,
+            next_update: now + 86_400,
+            revoked: &entries,
+        };
+        store
+            .write_file(
+                store::crl::CRL_FILE,
+                &crl::sign(&ca, &params).unwrap(),
+                0o644,
+            )
+            .unwrap();
+
+        assert_eq!(
+            problems(&check(store.root())),
+            [
+                format!(
+                    "crl.json: lists 1 serial(s) twice ({} in entries 1 and 2); otad signs the \
+                     revocation dated first",
+                    record.serial
+                ),
+                "crl.der: lists a serial more than once (signed from a crl.json that listed \
+                 it twice)"
+                    .to_string(),
+            ]
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.findings, Vec::new());
+        assert_eq!(
+            repaired,
+            [
+                "crl.json: rewritten with each serial canonical and listed once",
+                "crl: CRL number 2 signed",
+            ]
+        );
+        let index = store.crl_index().unwrap();
+        assert_eq!(index.revoked.len(), 1);
+        assert_eq!(index.revoked[0].revoked_at, now - 20);
+        assert_eq!(index.revoked[0].reason, "superseded");
+        let summary = crl::read(&store.crl().unwrap().unwrap(), &ca).unwrap();
+        assert_eq!(
+            summary.revoked,
+            vec![(record.serial.clone(), now - 20, Some(4))]
+        );
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_read_is_a_problem_left_to_the_admin() {
+        let (_dir, store, ca) = signing_state();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+        let now = store::now();
+        write_crl_json(
+            &store,
+            1,
+            &[
+                ("0a1b", now, "keyCompromise"),
+                ("0a1g", now, "keyCompromise"),
+                ("0c", now, "lostIt"),
+            ],
+        );
+
+        let report = check(store.root());
+        let found: Vec<(String, String)> = report
+            .findings
+            .iter()
+            .map(|f| (format!("{}: {}", f.file, f.problem), f.action.clone()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "crl.json: entry 2 (serial \"0a1g\"): not a hex serial number like 0a1b2c"
+        );
+        assert!(
+            found[0].1.contains("or remove it, by hand"),
+            "{}",
+            found[0].1
+        );
+        assert!(found[1]
+            .0
+            .starts_with("crl.json: serial 0c: reason \"lostIt\" is not one of"));
+        assert_eq!(
+            found[2],
+            (
+                "crl.der: does not list 2 certificate(s) crl.json lists as revoked (0a1b, 0c)"
+                    .to_string(),
+                "once crl.json is corrected (see its findings), --repair signs a new one".into()
+            )
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.problems(), 3);
+        assert_eq!(repaired.len(), 1);
+        assert!(
+            repaired[0].starts_with("crl: not reconciled: ")
+                && repaired[0].contains("entry 2 (serial \"0a1g\")"),
+            "{repaired:?}"
+        );
+        assert_eq!(
+            crl::read(&store.crl().unwrap().unwrap(), &ca)
+                .unwrap()
+                .number,
+            1
+        );
+    }
 }

@@ -1460,4 +1460,191 @@ mod tests {
         let again = reconcile(&store, ca, DAY, NOW + 6).unwrap();
         assert_eq!(again, Reconciled::default(), "nothing left to mend");
     }
+
+    /// Writes `crl.json` by hand, as an admin or another tool might: these entries (serial,
+    /// revoked_at, reason) and this number.
+    fn write_index_by_hand(store: &Store, number: u64, entries: &[(&str, i64, &str)]) {
+        let revoked: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(serial, at, reason)| {
+                serde_json::json!({ "serial": serial, "revoked_at": at, "reason": reason })
+            })
+            .collect();
+        let json = serde_json::json!({ "number": number, "revoked": revoked });
+        std::fs::write(
+            store.path(crate::store::crl::CRL_INDEX_FILE),
+            serde_json::to_vec_pretty(&json).unwrap(),
+        )
+        .unwrap();
+    }
+
+    const LONG_SERIAL: &str = "7af283648cc5672255b3da3c3b2d7d01";
+
+    #[test]
+    fn a_serial_with_leading_zeros_is_signed_once_and_its_record_marked() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record(LONG_SERIAL)).unwrap();
+        let zeros = format!("00{LONG_SERIAL}");
+        write_index_by_hand(&store, 0, &[(&zeros, NOW - 10, "keyCompromise")]);
+
+        let first = current(&store, ca, DAY, NOW).unwrap();
+        let summary = read(&first, ca).unwrap();
+        assert_eq!(summary.number, 1);
+        assert_eq!(
+            summary.revoked,
+            vec![(LONG_SERIAL.to_string(), NOW - 10, Some(1))]
+        );
+        assert_eq!(
+            store.cert(LONG_SERIAL).unwrap().unwrap().revoked,
+            Some(NOW - 10),
+            "the record follows the index"
+        );
+        assert!(store.crl_index().unwrap().lists(LONG_SERIAL));
+
+        // Put the hand-written spelling back: the stored CRL is current for it all the same.
+        let stored = store.crl_index().unwrap().number;
+        write_index_by_hand(&store, stored, &[(&zeros, NOW - 10, "keyCompromise")]);
+        for second in 1..=300 {
+            assert_eq!(current(&store, ca, DAY, NOW + second).unwrap(), first);
+        }
+        assert_eq!(read(&store.crl().unwrap().unwrap(), ca).unwrap().number, 1);
+        assert_eq!(
+            reconcile(&store, ca, DAY, NOW + 301).unwrap(),
+            Reconciled::default()
+        );
+    }
+
+    #[test]
+    fn reconcile_marks_the_record_of_a_serial_written_in_upper_case() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record("338eb89a97bdfd3e")).unwrap();
+        write_index_by_hand(&store, 0, &[("338EB89A97BDFD3E", NOW - 5, "superseded")]);
+
+        let done = reconcile(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(done.marked, ["338eb89a97bdfd3e"]);
+        assert_eq!(done.signed, Some(1));
+        let crl = read(&store.crl().unwrap().unwrap(), ca).unwrap();
+        assert_eq!(
+            crl.revoked,
+            vec![("338eb89a97bdfd3e".to_string(), NOW - 5, Some(4))]
+        );
+        // Served as stored, not refused (it was: "not lowercase hex of 1 to 20 octets").
+        write_index_by_hand(&store, 1, &[("338EB89A97BDFD3E", NOW - 5, "superseded")]);
+        let served = current(&store, ca, DAY, NOW + 1).unwrap();
+        assert_eq!(Some(served), store.crl().unwrap());
+    }
+
+    #[test]
+    fn a_serial_listed_twice_is_signed_once_with_its_first_revocation() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        write_index_by_hand(
+            &store,
+            0,
+            &[
+                ("0a1b", NOW - 10, "keyCompromise"),
+                ("0c", NOW - 9, "unspecified"),
+                ("0A1B", NOW - 20, "superseded"),
+            ],
+        );
+        let signed = current(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(
+            read(&signed, ca).unwrap().revoked,
+            vec![
+                ("0a1b".to_string(), NOW - 20, Some(4)),
+                ("0c".to_string(), NOW - 9, None)
+            ]
+        );
+
+        // A CRL an older otad signed from such an index, listing it twice, is replaced once.
+        let twice = [
+            entry("0a1b", RevocationReason::KeyCompromise),
+            entry("0a1b", RevocationReason::Superseded),
+        ];
+        let params = CrlParams {
+            number: 5,
+            this_update: NOW,
+            next_update: NOW + 86_400,
+            revoked: &twice,
+        };
+        let mut index = store.crl_index().unwrap();
+        index.number = 5;
+        store.save_crl(&index, &sign(ca, &params).unwrap()).unwrap();
+        let replaced = current(&store, ca, DAY, NOW + 1).unwrap();
+        let summary = read(&replaced, ca).unwrap();
+        assert_eq!(summary.number, 6);
+        assert!(!lists_a_serial_twice(&summary));
+        assert_eq!(current(&store, ca, DAY, NOW + 2).unwrap(), replaced);
+    }
+
+    #[test]
+    fn an_unreadable_entry_keeps_the_last_crl_served_and_is_retried_a_minute_later() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record("0a1b")).unwrap();
+        let good = current(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(read(&good, ca).unwrap().number, 1);
+
+        // A new entry the stored CRL lacks, and one that cannot be read.
+        let entries = [
+            ("0a1b", NOW, "keyCompromise"),
+            ("0a1g", NOW, "keyCompromise"),
+        ];
+        write_index_by_hand(&store, 1, &entries);
+        let hand_written = std::fs::read(store.path(crate::store::crl::CRL_INDEX_FILE)).unwrap();
+        assert_eq!(current(&store, ca, DAY, NOW + 1).unwrap(), good);
+        let failed = store.crl_resign_failure().unwrap();
+        assert_eq!(failed.at, NOW + 1);
+
+        // Within the minute: no new try (its time would move).
+        assert_eq!(current(&store, ca, DAY, NOW + 30).unwrap(), good);
+        assert_eq!(store.crl_resign_failure(), Some(failed));
+        // After it: one.
+        assert_eq!(current(&store, ca, DAY, NOW + 61).unwrap(), good);
+        assert_eq!(store.crl_resign_failure().unwrap().at, NOW + 61);
+        assert_eq!(
+            std::fs::read(store.path(crate::store::crl::CRL_INDEX_FILE)).unwrap(),
+            hand_written,
+            "crl.json is left as written"
+        );
+        assert!(matches!(
+            revoke(
+                &store,
+                ca,
+                DAY,
+                "0a1b",
+                RevocationReason::KeyCompromise,
+                NOW
+            ),
+            Err(CrlError::Store(StoreError::Corrupt { .. }))
+        ));
+
+        // Mended: the next request signs at once, within the minute.
+        write_index_by_hand(&store, 1, &entries[..1]);
+        let signed = current(&store, ca, DAY, NOW + 62).unwrap();
+        let summary = read(&signed, ca).unwrap();
+        assert_eq!(summary.number, 2);
+        assert_eq!(summary.revoked, vec![("0a1b".to_string(), NOW, Some(1))]);
+        assert_eq!(store.crl_resign_failure(), None);
+
+        // With no CRL to fall back on, the failure is the caller's.
+        let (_other_dir, empty) = self::store();
+        write_index_by_hand(&empty, 0, &entries);
+        assert!(matches!(
+            current(&empty, ca, DAY, NOW),
+            Err(CrlError::Store(StoreError::Corrupt { .. }))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_reason_keeps_the_last_crl_served() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        let good = current(&store, ca, DAY, NOW).unwrap();
+        write_index_by_hand(&store, 1, &[("0a1b", NOW, "lostIt")]);
+        assert_eq!(current(&store, ca, DAY, NOW + 1).unwrap(), good);
+        assert!(store.crl_resign_failure().is_some());
+    }
 }

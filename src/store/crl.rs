@@ -465,7 +465,11 @@ mod tests {
             assert_eq!(canonical_serial(bad), Err(SerialError::NotHex), "{bad:?}");
         }
         for long in ["1".repeat(41), "a".repeat(43), ":".repeat(200)] {
-            assert_eq!(canonical_serial(&long), Err(SerialError::TooLong), "{long:?}");
+            assert_eq!(
+                canonical_serial(&long),
+                Err(SerialError::TooLong),
+                "{long:?}"
+            );
         }
     }
 
@@ -607,7 +611,11 @@ mod tests {
         let saved = store.crl_stamp();
         assert_ne!(saved, empty);
         store.save_crl_index(&CrlIndex::default()).unwrap();
-        assert_ne!(store.crl_stamp(), saved, "a new inode, though the same bytes");
+        assert_ne!(
+            store.crl_stamp(),
+            saved,
+            "a new inode, though the same bytes"
+        );
     }
 
     #[test]
