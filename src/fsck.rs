@@ -1992,7 +1992,9 @@ mod tests {
     fn write_crl_json(store: &Store, number: u64, entries: &[(&str, i64, &str)]) {
         let revoked: Vec<serde_json::Value> = entries
             .iter()
-            .map(|(serial, at, reason)| json!({ "serial": serial, "revoked_at": at, "reason": reason }))
+            .map(|(serial, at, reason)| {
+                json!({ "serial": serial, "revoked_at": at, "reason": reason })
+            })
             .collect();
         std::fs::write(
             store.path(store::crl::CRL_INDEX_FILE),

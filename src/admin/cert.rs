@@ -747,6 +747,11 @@ mod tests {
         for bad in ["", "xyz", "../etc", "0a 1b", &"a".repeat(43)] {
             assert!(normalize_serial(bad).is_err(), "{bad:?}");
         }
+        // 21 octets once leading zeros are gone: more than a CRL may list.
+        assert_eq!(
+            normalize_serial(&"1".repeat(41)).unwrap_err(),
+            format!("serial {:?}: longer than 20 octets", "1".repeat(41))
+        );
     }
 
     #[test]

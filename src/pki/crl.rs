@@ -441,7 +441,7 @@ pub fn current(
 
     if let Some(failed) = store.crl_resign_failure() {
         let retry_at = failed.at.saturating_add(RESIGN_RETRY_SECONDS);
-        if failed.stamp == store.crl_stamp() && now < retry_at && (failed.at..).contains(&now) {
+        if failed.stamp == store.crl_stamp() && (failed.at..retry_at).contains(&now) {
             if let Some((der, _)) = last_good(store, ca) {
                 return Ok(der);
             }
@@ -458,9 +458,9 @@ pub fn current(
                 return Err(err);
             };
             error!(
-                "crl: cannot sign a new CRL: {err}; serving the stored one (number {}, next \
-                 update {}) meanwhile, and trying again in {RESIGN_RETRY_SECONDS} s or once \
-                 crl.json changes (`otad fsck` says what to fix)",
+                "{err}; so the CRL is not re-signed: GET /crl and GetCRL serve the stored one \
+                 (number {}, next update {}) meanwhile, trying again in {RESIGN_RETRY_SECONDS} \
+                 s or once crl.json changes",
                 summary.number,
                 crate::store::rfc3339(summary.next_update)
             );

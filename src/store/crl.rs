@@ -217,8 +217,8 @@ impl IndexRead {
             n => format!(" (and {} more)", n - 1),
         };
         Err(format!(
-            "{first}{more}; correct or remove it by hand (`otad fsck` names every such entry), \
-             then `otad fsck --repair` re-signs the CRL"
+            "{first}{more}; correct or remove it by hand (`otad fsck` names every such entry): \
+             the next GET /crl or `otad fsck --repair` then signs the CRL"
         ))
     }
 }
