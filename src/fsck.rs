@@ -74,7 +74,9 @@ Checks:
   - revocations (an interrupted otad cert revoke): a revoked certificate the CRL index
     (crl.json) does not list; a certificate crl.json lists whose record is not marked
     revoked; crl.der missing once a CRL was signed, not verifying under the CA, or not
-    listing every certificate crl.json lists; crl.json parses
+    listing every certificate crl.json lists, or listing a serial twice; crl.json parses
+  - crl.json's entries: each reads (a serial of hex, at most 20 octets; a known reason);
+    no serial listed twice; serials spelled as otad writes them (a note)
   - devices/: each record parses, is mode 0600 and is named by its UDID; each of its
     certificates is in certs/ and names it; a certificate issued to a device but not on
     its record (a note)
@@ -96,8 +98,9 @@ Checks:
                   rebuild devices/by-serial and pending/by-transaction from the records;
                   reconcile revocations both ways: a record marked revoked is added to
                   crl.json, a record crl.json lists is marked revoked (its time and reason),
-                  and the CRL is re-signed with the CA key. Never removes a certificate or
-                  device record. Then checks again.
+                  and the CRL is re-signed with the CA key; rewrite crl.json with each
+                  serial in otad's spelling and listed once (its revocation dated first).
+                  Never removes a certificate or device record. Then checks again.
   --json          one JSON object: clean, problems, notes, findings, repaired
 ";
 
@@ -124,6 +127,9 @@ pub enum Repair {
     /// Bring the certificate records, `crl.json` and `crl.der` into agreement
     /// ([`crl::reconcile`]).
     ReconcileCrl,
+    /// Rewrite `crl.json` with each serial canonical and listed once
+    /// ([`Store::rewrite_crl_index`]).
+    RewriteCrlIndex,
 }
 
 /// What `--repair` needs to sign a CRL: the CA and how long a CRL is valid.
@@ -366,6 +372,9 @@ pub fn repair_state(
                 Some(Repair::ReconcileCrl) => {
                     wanted.insert("crl");
                 }
+                Some(Repair::RewriteCrlIndex) => {
+                    wanted.insert("crl.json");
+                }
                 None => {}
             }
         }
@@ -388,6 +397,17 @@ pub fn repair_state(
                 "{}: {changed} entr(ies) fixed",
                 store::TRANSACTION_INDEX_DIR
             ));
+        }
+        // Before the CRL is reconciled, which then signs from (and may rewrite) a clean index.
+        if wanted.contains("crl.json") {
+            done.push(match store.rewrite_crl_index() {
+                Ok(true) => format!(
+                    "{}: rewritten with each serial canonical and listed once",
+                    store::crl::CRL_INDEX_FILE
+                ),
+                Ok(false) => format!("{}: already canonical", store::crl::CRL_INDEX_FILE),
+                Err(err) => format!("{}: not rewritten: {err}", store::crl::CRL_INDEX_FILE),
+            });
         }
         // Last, and not fatal: a CA that cannot sign leaves the other repairs done.
         if wanted.contains("crl") {
@@ -479,6 +499,106 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
 fn parse<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
     let bytes = read_bounded(path)?;
     serde_json::from_slice(&bytes).map_err(|err| format!("does not parse: {err}"))
+}
+
+/// `crl.json` read entry by entry, as otad reads it ([`store::crl::read_index`]).
+fn read_crl_index(path: &Path) -> Result<store::crl::IndexRead, String> {
+    let bytes = read_bounded(path)?;
+    store::crl::read_index(&bytes).map_err(|err| format!("does not parse: {err}"))
+}
+
+/// Reports what reading `crl.json` entry by entry found: entries that cannot be read or name
+/// an unknown reason (problems: no CRL can be signed until they are mended by hand), serials
+/// listed twice (a problem) and serials spelled otherwise (a note). Whether a CRL can be
+/// signed from it.
+fn crl_entries(read: &store::crl::IndexRead, report: &mut Report) -> bool {
+    let file = store::crl::CRL_INDEX_FILE;
+    let by_hand = "correct the entry (serial: hex of at most 20 octets; revoked_at: unix seconds; \
+                   reason: a reason name) or remove it, by hand; until then no new CRL is \
+                   signed (otad serve keeps serving the last one) and otad cert revoke refuses";
+    for entry in &read.unreadable {
+        report.add(Severity::Problem, file, entry.to_string(), by_hand);
+    }
+    let mut signable = read.unreadable.is_empty();
+    for entry in &read.index.revoked {
+        if crl::RevocationReason::from_name(&entry.reason).is_none() {
+            signable = false;
+            report.add(
+                Severity::Problem,
+                file,
+                format!(
+                    "serial {}: reason {:?} is not one of {}",
+                    entry.serial,
+                    entry.reason.chars().take(64).collect::<String>(),
+                    crl::reason_names()
+                ),
+                "correct the reason by hand; until then no new CRL is signed (otad serve \
+                 keeps serving the last one)",
+            );
+        }
+    }
+
+    let rewrite = |severity, problem: String, action: &str| Finding {
+        severity,
+        file: file.to_string(),
+        problem,
+        action: action.to_string(),
+        repair: Some(Repair::RewriteCrlIndex),
+    };
+    if !read.duplicates.is_empty() {
+        let mut named: Vec<String> = read
+            .duplicates
+            .iter()
+            .take(MAX_SERIALS_NAMED)
+            .map(|duplicate| {
+                format!(
+                    "{} in entries {} and {}",
+                    duplicate.serial,
+                    duplicate.kept_position.min(duplicate.dropped_position),
+                    duplicate.kept_position.max(duplicate.dropped_position)
+                )
+            })
+            .collect();
+        if read.duplicates.len() > MAX_SERIALS_NAMED {
+            named.push("...".into());
+        }
+        report.push(rewrite(
+            Severity::Problem,
+            format!(
+                "lists {} serial(s) twice ({}); otad signs the revocation dated first",
+                read.duplicates.len(),
+                named.join(", ")
+            ),
+            "--repair keeps the revocation dated first and rewrites crl.json",
+        ));
+    }
+    if !read.respelled.is_empty() {
+        let mut named: Vec<String> = read
+            .respelled
+            .iter()
+            .take(MAX_SERIALS_NAMED)
+            .map(|entry| {
+                format!(
+                    "entry {}: {:?} is {}",
+                    entry.position, entry.given, entry.serial
+                )
+            })
+            .collect();
+        if read.respelled.len() > MAX_SERIALS_NAMED {
+            named.push("...".into());
+        }
+        report.push(rewrite(
+            Severity::Note,
+            format!(
+                "{} serial(s) not in otad's spelling, read as lowercase hex without leading \
+                 zeros ({})",
+                read.respelled.len(),
+                named.join(", ")
+            ),
+            "--repair rewrites crl.json in otad's spelling",
+        ));
+    }
+    signable
 }
 
 /// Whether the process that wrote a temp file (`pid`, last written at `written`) may still
@@ -1037,17 +1157,21 @@ impl State<'_> {
     ) {
         let path = self.root.join(store::crl::CRL_INDEX_FILE);
         // No index yet is an empty one: a revoked record still wants listing.
-        let index: store::crl::CrlIndex = if path.exists() {
-            match parse(&path) {
-                Ok(index) => index,
+        let read = if path.exists() {
+            match read_crl_index(&path) {
+                Ok(read) => read,
                 Err(why) => {
                     self.unreadable(report, &path, &why);
                     return;
                 }
             }
         } else {
-            store::crl::CrlIndex::default()
+            store::crl::IndexRead::default()
         };
+        // An entry otad cannot sign from stops every new CRL; the rest is checked with the
+        // entries that read.
+        let signable = crl_entries(&read, report);
+        let index = read.index;
         let reconcile = |severity, file: &str, problem: String, action: &str| Finding {
             severity,
             file: file.to_string(),
@@ -1104,7 +1228,11 @@ impl State<'_> {
         }
 
         let crl_file = store::crl::CRL_FILE;
-        let resign = "--repair signs a new one (otad serve does too, on the next GET /crl)";
+        let resign = if signable {
+            "--repair signs a new one (otad serve does too, on the next GET /crl)"
+        } else {
+            "once crl.json is corrected (see its findings), --repair signs a new one"
+        };
         let der = match fsutil::read_optional(&self.root.join(crl_file)) {
             Ok(Some(der)) => der,
             Ok(None) if index.number > 0 || !index.revoked.is_empty() => {
@@ -1152,9 +1280,9 @@ impl State<'_> {
                 .ok()
                 .flatten()
                 .and_then(|der| crl::read_with_certificate(&der, ca_certificate).ok())
-                .zip(parse::<store::crl::CrlIndex>(&path).ok());
+                .zip(read_crl_index(&path).ok());
             let still: Vec<String> = match &again {
-                Some((summary, index)) => crl::missing_from(summary, index)
+                Some((summary, read)) => crl::missing_from(summary, &read.index)
                     .into_iter()
                     .map(|entry| entry.serial.clone())
                     .collect(),
@@ -1180,6 +1308,14 @@ impl State<'_> {
                     resign,
                 ));
             }
+        } else if crl::lists_a_serial_twice(&summary) {
+            report.push(reconcile(
+                Severity::Problem,
+                crl_file,
+                "lists a serial more than once (signed from a crl.json that listed it twice)"
+                    .into(),
+                resign,
+            ));
         } else if summary.number < index.number {
             report.push(reconcile(
                 Severity::Note,
@@ -1611,6 +1747,9 @@ mod tests {
             "started before the file was written",
             "left alone and noted on that record",
             "crl.der missing",
+            "or listing a serial twice",
+            "crl.json's entries: each reads",
+            "no serial listed twice",
             "devices/: each record parses, is mode 0600",
             "not on\n    its record",
             "devices/by-serial",
@@ -1847,5 +1986,212 @@ mod tests {
         assert_eq!(repaired, ["devices/by-serial: 1 entr(ies) fixed"]);
         assert!(store.path("devices/by-serial/C02TRN").exists());
         assert!(!store.path("devices/by-serial/NOBODY").exists());
+    }
+
+    /// Replaces `crl.json` by hand: these entries (serial, revoked_at, reason) and this number.
+    fn write_crl_json(store: &Store, number: u64, entries: &[(&str, i64, &str)]) {
+        let revoked: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(serial, at, reason)| {
+                json!({ "serial": serial, "revoked_at": at, "reason": reason })
+            })
+            .collect();
+        std::fs::write(
+            store.path(store::crl::CRL_INDEX_FILE),
+            serde_json::to_vec(&json!({ "number": number, "revoked": revoked })).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn notes(report: &Report) -> Vec<String> {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Note)
+            .map(|f| format!("{}: {}", f.file, f.problem))
+            .collect()
+    }
+
+    fn signer(ca: &CertificateAuthority) -> CrlSigner<'_> {
+        CrlSigner {
+            ca,
+            validity: Duration::from_secs(86_400),
+        }
+    }
+
+    #[test]
+    fn a_serial_in_another_spelling_is_a_note_and_repair_rewrites_crl_json() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-S1");
+        store
+            .save_device(&device("UDID-S1", "C02S1", &[&record.serial]))
+            .unwrap();
+        let reason = crl::RevocationReason::KeyCompromise;
+        let validity = Duration::from_secs(86_400);
+        let revoked = crl::revoke(&store, &ca, validity, &record.serial, reason, store::now());
+        let at = revoked.unwrap().record.revoked.unwrap();
+        assert_eq!(check(store.root()).findings, Vec::new());
+
+        // Upper case and a leading zero octet, as another tool might write it.
+        let respelled = format!("00{}", record.serial.to_uppercase());
+        write_crl_json(&store, 1, &[(&respelled, at, "keyCompromise")]);
+        let report = check(store.root());
+        assert_eq!(problems(&report), Vec::<String>::new());
+        assert_eq!(
+            notes(&report),
+            [format!(
+                "crl.json: 1 serial(s) not in otad's spelling, read as lowercase hex without \
+                 leading zeros (entry 1: {respelled:?} is {})",
+                record.serial
+            )]
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.findings, Vec::new());
+        assert_eq!(
+            repaired,
+            ["crl.json: rewritten with each serial canonical and listed once"]
+        );
+        let index = store.crl_index_read().unwrap();
+        assert!(index.is_canonical());
+        assert_eq!(index.index.revoked.len(), 1);
+        assert_eq!(
+            crl::read(&store.crl().unwrap().unwrap(), &ca)
+                .unwrap()
+                .number,
+            1
+        );
+    }
+
+    #[test]
+    fn a_serial_listed_twice_is_a_problem_and_repair_keeps_its_first_revocation() {
+        let (_dir, store, ca) = signing_state();
+        let record = issue_record(&store, &ca, "UDID-S2");
+        store
+            .save_device(&device("UDID-S2", "C02S2", &[&record.serial]))
+            .unwrap();
+        let now = store::now();
+        let mut marked = record.clone();
+        marked.revoked = Some(now - 10);
+        store.update_cert(&marked).unwrap();
+        // An older otad signed both entries.
+        let twice = [
+            (record.serial.as_str(), now - 10, "keyCompromise"),
+            (record.serial.as_str(), now - 20, "superseded"),
+        ];
+        write_crl_json(&store, 1, &twice);
+        let entries: Vec<crl::RevokedEntry> = twice
+            .iter()
+            .map(|(serial, at, reason)| crl::RevokedEntry {
+                serial_hex: serial.to_string(),
+                revoked_at: *at,
+                reason: crl::RevocationReason::from_name(reason).unwrap(),
+            })
+            .collect();
+        let params = crl::CrlParams {
+            number: 1,
+            this_update: now - 60,
+            next_update: now + 86_400,
+            revoked: &entries,
+        };
+        store
+            .write_file(
+                store::crl::CRL_FILE,
+                &crl::sign(&ca, &params).unwrap(),
+                0o644,
+            )
+            .unwrap();
+
+        assert_eq!(
+            problems(&check(store.root())),
+            [
+                format!(
+                    "crl.json: lists 1 serial(s) twice ({} in entries 1 and 2); otad signs the \
+                     revocation dated first",
+                    record.serial
+                ),
+                "crl.der: lists a serial more than once (signed from a crl.json that listed \
+                 it twice)"
+                    .to_string(),
+            ]
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.findings, Vec::new());
+        assert_eq!(
+            repaired,
+            [
+                "crl.json: rewritten with each serial canonical and listed once",
+                "crl: CRL number 2 signed",
+            ]
+        );
+        let index = store.crl_index().unwrap();
+        assert_eq!(index.revoked.len(), 1);
+        assert_eq!(index.revoked[0].revoked_at, now - 20);
+        assert_eq!(index.revoked[0].reason, "superseded");
+        let summary = crl::read(&store.crl().unwrap().unwrap(), &ca).unwrap();
+        assert_eq!(
+            summary.revoked,
+            vec![(record.serial.clone(), now - 20, Some(4))]
+        );
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_read_is_a_problem_left_to_the_admin() {
+        let (_dir, store, ca) = signing_state();
+        crl::current(&store, &ca, Duration::from_secs(86_400), store::now()).unwrap();
+        let now = store::now();
+        write_crl_json(
+            &store,
+            1,
+            &[
+                ("0a1b", now, "keyCompromise"),
+                ("0a1g", now, "keyCompromise"),
+                ("0c", now, "lostIt"),
+            ],
+        );
+
+        let report = check(store.root());
+        let found: Vec<(String, String)> = report
+            .findings
+            .iter()
+            .map(|f| (format!("{}: {}", f.file, f.problem), f.action.clone()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(
+            found[0].0,
+            "crl.json: entry 2 (serial \"0a1g\"): not a hex serial number like 0a1b2c"
+        );
+        assert!(
+            found[0].1.contains("or remove it, by hand"),
+            "{}",
+            found[0].1
+        );
+        assert!(found[1]
+            .0
+            .starts_with("crl.json: serial 0c: reason \"lostIt\" is not one of"));
+        assert_eq!(
+            found[2],
+            (
+                "crl.der: does not list 2 certificate(s) crl.json lists as revoked (0a1b, 0c)"
+                    .to_string(),
+                "once crl.json is corrected (see its findings), --repair signs a new one".into()
+            )
+        );
+
+        let (after, repaired) = repair_state(&store, Some(&signer(&ca))).unwrap();
+        assert_eq!(after.problems(), 3);
+        assert_eq!(repaired.len(), 1);
+        assert!(
+            repaired[0].starts_with("crl: not reconciled: ")
+                && repaired[0].contains("entry 2 (serial \"0a1g\")"),
+            "{repaired:?}"
+        );
+        assert_eq!(
+            crl::read(&store.crl().unwrap().unwrap(), &ca)
+                .unwrap()
+                .number,
+            1
+        );
     }
 }

@@ -407,7 +407,33 @@ fn renewal_signed_by_anyone_else_is_refused_with_bad_message_check() {
     );
     assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
 
-    assert_eq!(count_files(&server, "certs"), 2, "nothing was issued");
+    // Likewise when crl.json spells the serial in upper case with a leading zero octet, as
+    // a tool or an admin's editor may.
+    let (key, _, _, reply) = pkcs_req(&scep, "listed-respelled", STATIC_CHALLENGE);
+    let respelled = Identity {
+        key: key.key,
+        certificate: issued(&reply),
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+    index["revoked"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "serial": format!("00{}", serial(&respelled.certificate).to_uppercase()),
+            "revoked_at": otad::store::now(),
+            "reason": "keyCompromise",
+        }));
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+    let reply = scep.send(
+        MessageType::RenewalReq,
+        "listed-respelled",
+        &request,
+        &respelled,
+    );
+    assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
+
+    assert_eq!(count_files(&server, "certs"), 3, "nothing was issued");
     let log = server.log();
     assert!(
         log.contains("signer certificate: not issued by this CA"),

@@ -140,32 +140,14 @@ fn failed(err: impl std::fmt::Display) -> Exit {
 }
 
 /// A serial as an admin may type it ("0A:1B", "0x0a1b", "A1B") in the form `certs/` uses:
-/// lowercase hex, no leading zero octets, an even number of digits (or "0").
+/// lowercase hex, no leading zero octets, an even number of digits (or "0"). The same
+/// reading `crl.json` gets ([`store::crl::canonical_serial`]).
 pub fn normalize_serial(input: &str) -> Result<String, String> {
-    let trimmed = input.trim();
-    let digits = trimmed
-        .strip_prefix("0x")
-        .or_else(|| trimmed.strip_prefix("0X"))
-        .unwrap_or(trimmed);
-    let digits: String = digits
-        .chars()
-        .filter(|c| *c != ':')
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
-    if digits.is_empty()
-        || digits.len() > 2 * crl::MAX_SERIAL_OCTETS + 2
-        || !digits.chars().all(|c| c.is_ascii_hexdigit())
-    {
-        return Err(format!(
-            "serial {:?}: not a hex serial number like 0a1b2c",
+    store::crl::canonical_serial(input).map_err(|err| {
+        format!(
+            "serial {:?}: {err}",
             input.chars().take(64).collect::<String>()
-        ));
-    }
-    let significant = digits.trim_start_matches('0');
-    Ok(match significant.len() {
-        0 => "0".to_string(),
-        n if n % 2 == 1 => format!("0{significant}"),
-        _ => significant.to_string(),
+        )
     })
 }
 
@@ -765,6 +747,11 @@ mod tests {
         for bad in ["", "xyz", "../etc", "0a 1b", &"a".repeat(43)] {
             assert!(normalize_serial(bad).is_err(), "{bad:?}");
         }
+        // 21 octets once leading zeros are gone: more than a CRL may list.
+        assert_eq!(
+            normalize_serial(&"1".repeat(41)).unwrap_err(),
+            format!("serial {:?}: longer than 20 octets", "1".repeat(41))
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{error, info, warn};
 use rcgen::{CertificateRevocationListParams, KeyIdMethod, RevokedCertParams, SerialNumber};
 use time::OffsetDateTime;
 use x509_parser::extensions::ParsedExtension;
@@ -32,7 +32,7 @@ use x509_parser::revocation_list::CertificateRevocationList;
 
 use super::ca::{CertificateAuthority, CLOCK_SKEW_SECONDS};
 use super::{cert, PkiError};
-use crate::store::crl::{CrlIndex, RevocationRecord};
+use crate::store::crl::{CrlIndex, ResignFailure, RevocationRecord};
 use crate::store::{CertRecord, Store, StoreError};
 
 /// The most certificates one CRL lists; revoking more is refused.
@@ -42,7 +42,12 @@ pub const MAX_CRL_ENTRIES: usize = 100_000;
 pub const MAX_CRL_BYTES: usize = 8 * 1024 * 1024;
 
 /// The longest serial we list, in octets (RFC 5280 section 4.1.2.2 allows 20).
-pub const MAX_SERIAL_OCTETS: usize = 20;
+pub const MAX_SERIAL_OCTETS: usize = crate::store::crl::MAX_SERIAL_OCTETS;
+
+/// How long after a failed re-sign of the CRL (an entry of `crl.json` that cannot be read, a
+/// CA that may not sign) requests are served the stored CRL without trying again, unless
+/// `crl.json` or `crl.der` changes meanwhile.
+pub const RESIGN_RETRY_SECONDS: i64 = 60;
 
 /// The media type of a DER CRL (RFC 2585 section 4.2).
 pub const CONTENT_TYPE: &str = "application/pkix-crl";
@@ -415,7 +420,12 @@ pub fn missing_from<'a>(summary: &CrlSummary, index: &'a CrlIndex) -> Vec<&'a Re
 /// The current CRL for `GET /crl` and SCEP GetCRL: the stored one, or a newly signed one when
 /// there is none yet, it is due ([`is_due`]), it is behind the index (an interrupted
 /// revocation: then the records of the certificates it lacked are marked revoked too, as the
-/// index says) or it does not verify under our key.
+/// index says), it lists a serial twice or it does not verify under our key.
+///
+/// When a new one cannot be signed (an entry of `crl.json` that cannot be read, say) and a
+/// stored CRL verifies, that one is served and the failure logged as an error; requests then
+/// serve it without trying again for [`RESIGN_RETRY_SECONDS`], or until `crl.json` or
+/// `crl.der` changes, so a bad entry costs one log line and one lock per try, not per request.
 pub fn current(
     store: &Store,
     ca: &CertificateAuthority,
@@ -424,38 +434,101 @@ pub fn current(
 ) -> Result<Vec<u8>, CrlError> {
     // Both files are replaced atomically, so an unlocked look is safe; a CRL that looks stale
     // is decided again under the lock, where another request or the CLI may have re-signed it.
+    // A look that fails (crl.json does not parse) is decided there too.
+    if let Ok(Some(der)) = stored_if_current(store, ca, validity, now) {
+        return Ok(der);
+    }
+
+    if let Some(failed) = store.crl_resign_failure() {
+        let retry_at = failed.at.saturating_add(RESIGN_RETRY_SECONDS);
+        if failed.stamp == store.crl_stamp() && (failed.at..retry_at).contains(&now) {
+            if let Some((der, _)) = last_good(store, ca) {
+                return Ok(der);
+            }
+        }
+    }
+
+    match store.transaction(|| resign_if_stale(store, ca, validity, now)) {
+        Ok(der) => {
+            store.set_crl_resign_failure(None);
+            Ok(der)
+        }
+        Err(err) => {
+            let Some((der, summary)) = last_good(store, ca) else {
+                return Err(err);
+            };
+            error!(
+                "{err}; so the CRL is not re-signed: GET /crl and GetCRL serve the stored one \
+                 (number {}, next update {}) meanwhile, trying again in {RESIGN_RETRY_SECONDS} \
+                 s or once crl.json changes",
+                summary.number,
+                crate::store::rfc3339(summary.next_update)
+            );
+            store.set_crl_resign_failure(Some(ResignFailure {
+                stamp: store.crl_stamp(),
+                at: now,
+            }));
+            Ok(der)
+        }
+    }
+}
+
+/// [`current`]'s work under the state lock: the stored CRL if it is current after all, else
+/// a new one, signed and stored.
+fn resign_if_stale(
+    store: &Store,
+    ca: &CertificateAuthority,
+    validity: Duration,
+    now: i64,
+) -> Result<Vec<u8>, CrlError> {
     if let Some(der) = stored_if_current(store, ca, validity, now)? {
         return Ok(der);
     }
-    store.transaction(|| match stored_if_current(store, ca, validity, now)? {
-        Some(der) => Ok(der),
-        None => {
-            let index = store.crl_index()?;
-            // Only the entries the stored CRL lacks: a few record reads, never all of certs/.
-            let lacking: Vec<RevocationRecord> = match store.crl()? {
-                None => index.revoked.clone(),
-                Some(der) => read(&der, ca)
-                    .map(|summary| {
-                        missing_from(&summary, &index)
-                            .into_iter()
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            };
-            for serial in complete_records(store, &lacking)? {
-                warn!(
-                    "certificate {serial}: listed in crl.json but its record was not marked \
-                     revoked (an interrupted revocation); marked now"
-                );
-            }
-            let signed = sign_next(store, ca, index, validity, now)?;
-            store_signed(store, &signed)?;
-            Ok(signed.der)
-        }
-    })
+    let index = store.crl_index()?;
+
+    // Only the entries the stored CRL lacks: a few record reads, never all of certs/.
+    let lacking: Vec<RevocationRecord> = match store.crl()? {
+        None => index.revoked.clone(),
+        Some(der) => read(&der, ca)
+            .map(|summary| {
+                missing_from(&summary, &index)
+                    .into_iter()
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    for serial in complete_records(store, &lacking)? {
+        warn!(
+            "certificate {serial}: listed in crl.json but its record was not marked revoked \
+             (an interrupted revocation); marked now"
+        );
+    }
+    let signed = sign_next(store, ca, index, validity, now)?;
+    store_signed(store, &signed)?;
+    Ok(signed.der)
 }
 
+/// The stored CRL and what it says, if there is one and it verifies under our key.
+fn last_good(store: &Store, ca: &CertificateAuthority) -> Option<(Vec<u8>, CrlSummary)> {
+    let der = store.crl().ok()??;
+    let summary = read(&der, ca).ok()?;
+    Some((der, summary))
+}
+
+/// Whether a CRL lists some serial more than once (as one signed from a `crl.json` with a
+/// duplicate entry did before otad read such entries once).
+pub fn lists_a_serial_twice(summary: &CrlSummary) -> bool {
+    let mut seen = HashSet::with_capacity(summary.revoked.len());
+    !summary
+        .revoked
+        .iter()
+        .all(|(serial, _, _)| seen.insert(serial.as_str()))
+}
+
+/// The stored CRL if it needs no re-signing: it verifies, has the index's number, is not due,
+/// lists every entry of the index that reads (one that does not is [`current`]'s to report
+/// when a re-sign is due) and lists each serial once.
 fn stored_if_current(
     store: &Store,
     ca: &CertificateAuthority,
@@ -465,12 +538,13 @@ fn stored_if_current(
     let Some(der) = store.crl()? else {
         return Ok(None);
     };
-    let index = store.crl_index()?;
+    let index = store.crl_index_read()?.index;
     match read(&der, ca) {
         Ok(summary)
             if summary.number == index.number
                 && !is_due(&summary, validity, now)
-                && missing_from(&summary, &index).is_empty() =>
+                && missing_from(&summary, &index).is_empty()
+                && !lists_a_serial_twice(&summary) =>
         {
             Ok(Some(der))
         }
@@ -1385,5 +1459,192 @@ mod tests {
 
         let again = reconcile(&store, ca, DAY, NOW + 6).unwrap();
         assert_eq!(again, Reconciled::default(), "nothing left to mend");
+    }
+
+    /// Writes `crl.json` by hand, as an admin or another tool might: these entries (serial,
+    /// revoked_at, reason) and this number.
+    fn write_index_by_hand(store: &Store, number: u64, entries: &[(&str, i64, &str)]) {
+        let revoked: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(serial, at, reason)| {
+                serde_json::json!({ "serial": serial, "revoked_at": at, "reason": reason })
+            })
+            .collect();
+        let json = serde_json::json!({ "number": number, "revoked": revoked });
+        std::fs::write(
+            store.path(crate::store::crl::CRL_INDEX_FILE),
+            serde_json::to_vec_pretty(&json).unwrap(),
+        )
+        .unwrap();
+    }
+
+    const LONG_SERIAL: &str = "7af283648cc5672255b3da3c3b2d7d01";
+
+    #[test]
+    fn a_serial_with_leading_zeros_is_signed_once_and_its_record_marked() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record(LONG_SERIAL)).unwrap();
+        let zeros = format!("00{LONG_SERIAL}");
+        write_index_by_hand(&store, 0, &[(&zeros, NOW - 10, "keyCompromise")]);
+
+        let first = current(&store, ca, DAY, NOW).unwrap();
+        let summary = read(&first, ca).unwrap();
+        assert_eq!(summary.number, 1);
+        assert_eq!(
+            summary.revoked,
+            vec![(LONG_SERIAL.to_string(), NOW - 10, Some(1))]
+        );
+        assert_eq!(
+            store.cert(LONG_SERIAL).unwrap().unwrap().revoked,
+            Some(NOW - 10),
+            "the record follows the index"
+        );
+        assert!(store.crl_index().unwrap().lists(LONG_SERIAL));
+
+        // Put the hand-written spelling back: the stored CRL is current for it all the same.
+        let stored = store.crl_index().unwrap().number;
+        write_index_by_hand(&store, stored, &[(&zeros, NOW - 10, "keyCompromise")]);
+        for second in 1..=300 {
+            assert_eq!(current(&store, ca, DAY, NOW + second).unwrap(), first);
+        }
+        assert_eq!(read(&store.crl().unwrap().unwrap(), ca).unwrap().number, 1);
+        assert_eq!(
+            reconcile(&store, ca, DAY, NOW + 301).unwrap(),
+            Reconciled::default()
+        );
+    }
+
+    #[test]
+    fn reconcile_marks_the_record_of_a_serial_written_in_upper_case() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record("338eb89a97bdfd3e")).unwrap();
+        write_index_by_hand(&store, 0, &[("338EB89A97BDFD3E", NOW - 5, "superseded")]);
+
+        let done = reconcile(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(done.marked, ["338eb89a97bdfd3e"]);
+        assert_eq!(done.signed, Some(1));
+        let crl = read(&store.crl().unwrap().unwrap(), ca).unwrap();
+        assert_eq!(
+            crl.revoked,
+            vec![("338eb89a97bdfd3e".to_string(), NOW - 5, Some(4))]
+        );
+        // Served as stored, not refused (it was: "not lowercase hex of 1 to 20 octets").
+        write_index_by_hand(&store, 1, &[("338EB89A97BDFD3E", NOW - 5, "superseded")]);
+        let served = current(&store, ca, DAY, NOW + 1).unwrap();
+        assert_eq!(Some(served), store.crl().unwrap());
+    }
+
+    #[test]
+    fn a_serial_listed_twice_is_signed_once_with_its_first_revocation() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        write_index_by_hand(
+            &store,
+            0,
+            &[
+                ("0a1b", NOW - 10, "keyCompromise"),
+                ("0c", NOW - 9, "unspecified"),
+                ("0A1B", NOW - 20, "superseded"),
+            ],
+        );
+        let signed = current(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(
+            read(&signed, ca).unwrap().revoked,
+            vec![
+                ("0a1b".to_string(), NOW - 20, Some(4)),
+                ("0c".to_string(), NOW - 9, None)
+            ]
+        );
+
+        // A CRL an older otad signed from such an index, listing it twice, is replaced once.
+        let twice = [
+            entry("0a1b", RevocationReason::KeyCompromise),
+            entry("0a1b", RevocationReason::Superseded),
+        ];
+        let params = CrlParams {
+            number: 5,
+            this_update: NOW,
+            next_update: NOW + 86_400,
+            revoked: &twice,
+        };
+        let mut index = store.crl_index().unwrap();
+        index.number = 5;
+        store.save_crl(&index, &sign(ca, &params).unwrap()).unwrap();
+        let replaced = current(&store, ca, DAY, NOW + 1).unwrap();
+        let summary = read(&replaced, ca).unwrap();
+        assert_eq!(summary.number, 6);
+        assert!(!lists_a_serial_twice(&summary));
+        assert_eq!(current(&store, ca, DAY, NOW + 2).unwrap(), replaced);
+    }
+
+    #[test]
+    fn an_unreadable_entry_keeps_the_last_crl_served_and_is_retried_a_minute_later() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        store.create_cert(&record("0a1b")).unwrap();
+        let good = current(&store, ca, DAY, NOW).unwrap();
+        assert_eq!(read(&good, ca).unwrap().number, 1);
+
+        // A new entry the stored CRL lacks, and one that cannot be read.
+        let entries = [
+            ("0a1b", NOW, "keyCompromise"),
+            ("0a1g", NOW, "keyCompromise"),
+        ];
+        write_index_by_hand(&store, 1, &entries);
+        let hand_written = std::fs::read(store.path(crate::store::crl::CRL_INDEX_FILE)).unwrap();
+        assert_eq!(current(&store, ca, DAY, NOW + 1).unwrap(), good);
+        let failed = store.crl_resign_failure().unwrap();
+        assert_eq!(failed.at, NOW + 1);
+
+        // Within the minute: no new try (its time would move).
+        assert_eq!(current(&store, ca, DAY, NOW + 30).unwrap(), good);
+        assert_eq!(store.crl_resign_failure(), Some(failed));
+        // After it: one.
+        assert_eq!(current(&store, ca, DAY, NOW + 61).unwrap(), good);
+        assert_eq!(store.crl_resign_failure().unwrap().at, NOW + 61);
+        assert_eq!(
+            std::fs::read(store.path(crate::store::crl::CRL_INDEX_FILE)).unwrap(),
+            hand_written,
+            "crl.json is left as written"
+        );
+        assert!(matches!(
+            revoke(
+                &store,
+                ca,
+                DAY,
+                "0a1b",
+                RevocationReason::KeyCompromise,
+                NOW
+            ),
+            Err(CrlError::Store(StoreError::Corrupt { .. }))
+        ));
+
+        // Mended: the next request signs at once, within the minute.
+        write_index_by_hand(&store, 1, &entries[..1]);
+        let signed = current(&store, ca, DAY, NOW + 62).unwrap();
+        let summary = read(&signed, ca).unwrap();
+        assert_eq!(summary.number, 2);
+        assert_eq!(summary.revoked, vec![("0a1b".to_string(), NOW, Some(1))]);
+        assert_eq!(store.crl_resign_failure(), None);
+
+        // With no CRL to fall back on, the failure is the caller's.
+        let (_other_dir, empty) = self::store();
+        write_index_by_hand(&empty, 0, &entries);
+        assert!(matches!(
+            current(&empty, ca, DAY, NOW),
+            Err(CrlError::Store(StoreError::Corrupt { .. }))
+        ));
+    }
+
+    #[test]
+    fn an_unknown_reason_keeps_the_last_crl_served() {
+        let ca = shared_ca();
+        let (_dir, store) = store();
+        let good = current(&store, ca, DAY, NOW).unwrap();
+        write_index_by_hand(&store, 1, &[("0a1b", NOW, "lostIt")]);
+        assert_eq!(current(&store, ca, DAY, NOW + 1).unwrap(), good);
+        assert!(store.crl_resign_failure().is_some());
     }
 }

@@ -112,8 +112,10 @@ pub(crate) fn renewal_req(
     let renewed = ctx.store.transaction(|| -> Result<Renewed, ScepError> {
         let mut current = ctx.store.cert(&old.serial)?.unwrap_or_else(|| old.clone());
         // A revocation committed while this request waited for the lock wins, and so does
-        // one interrupted after its CRL index entry (its record not marked yet).
-        if current.revoked.is_some() || ctx.store.crl_index()?.lists(&current.serial) {
+        // one interrupted after its CRL index entry (its record not marked yet), in whatever
+        // spelling crl.json gives its serial. An entry that cannot be read names no
+        // certificate, so it stops no renewal (fsck and the CRL's re-signing report it).
+        if current.revoked.is_some() || ctx.store.crl_index_read()?.index.lists(&current.serial) {
             return Ok(Renewed::Revoked);
         }
         // So does a block committed meanwhile.

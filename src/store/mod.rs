@@ -364,6 +364,8 @@ pub struct Store {
     /// Live challenges as this process counts them, by expiry: built from the folder on
     /// first use, then kept up by puts and takes (see [`challenges`]).
     challenge_index: OnceLock<Mutex<ChallengeIndex>>,
+    /// The latest failed re-sign of the CRL (see [`crl::ResignFailure`]).
+    crl_resign_failure: Mutex<Option<crl::ResignFailure>>,
 }
 
 /// Room taken for one challenge under the caps ([`Store::reserve_challenge`]): stored by
@@ -423,6 +425,7 @@ impl Store {
             root: root.to_path_buf(),
             in_process: Mutex::new(()),
             challenge_index: OnceLock::new(),
+            crl_resign_failure: Mutex::new(None),
         })
     }
 
