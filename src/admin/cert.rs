@@ -139,7 +139,7 @@ fn failed(err: impl std::fmt::Display) -> Exit {
     Exit::Failed(err.to_string())
 }
 
-/// A serial as an admin may type it ("0A:1B", "0x0a1b", "A1B") in the form `certs/` uses:
+/// A serial as an admin may type it ("0A:1B", "0x0a1b", "A1B") in the form certificate records use:
 /// lowercase hex, no leading zero octets, an even number of digits (or "0"). The same
 /// reading `crl.json` gets ([`store::crl::canonical_serial`]).
 pub fn normalize_serial(input: &str) -> Result<String, String> {
@@ -300,7 +300,7 @@ fn record_json(record: &CertRecord, status: CertStatus) -> serde_json::Value {
     })
 }
 
-/// Checks that `--config FILE` and SERIAL were given; the serial in the form `certs/` uses.
+/// Checks that `--config FILE` and SERIAL were given; the serial in the form certificate records use.
 fn config_and_serial(
     config: Option<PathBuf>,
     serial: Option<String>,
@@ -892,10 +892,8 @@ mod tests {
             };
             assert!(message.contains("otad's own identity"), "{own}: {message}");
         }
-        assert_eq!(
-            std::fs::read_dir(state_dir.join("certs")).unwrap().count(),
-            0
-        );
+        let store = crate::store::Store::open(&state_dir).unwrap();
+        assert_eq!(store.certs().unwrap().len(), 0);
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! `otad device`: the inventory of enrolled devices, read from `devices/<UDID>.json`.
+//! `otad device`: the inventory of enrolled devices, read from their records in the state log.
 //!
 //! `list` reads every record (an admin command, never the request path); a record that does
-//! not parse is named on stderr and skipped. `show` finds one device by UDID (its file) or by
-//! serial number (the `devices/by-serial/` index), each one file read. Both only read, and
-//! every record is replaced atomically, so they are safe while `otad serve` runs.
+//! not parse is named on stderr and skipped. `show` finds one device by UDID or by serial
+//! number (the serial index the state log keeps), one record read. Both only read, and the
+//! log is only appended to, so they are safe while `otad serve` runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -206,7 +206,7 @@ fn list_text(devices: &[DeviceRecord]) -> String {
     text
 }
 
-/// Where each of the device's certificates stands, by serial, from its record in `certs/`.
+/// Where each of the device's certificates stands, by serial, from its certificate record.
 /// Only the newest [`MAX_STATUSES_READ`] are read (a device re-enrolled many times keeps
 /// every serial); the older ones are absent.
 fn certificate_statuses(store: &Store, device: &DeviceRecord) -> BTreeMap<String, String> {
@@ -225,7 +225,7 @@ fn certificate_statuses(store: &Store, device: &DeviceRecord) -> BTreeMap<String
     let mut texts: BTreeMap<String, String> = newest
         .into_iter()
         .map(|serial| {
-            let missing = "no readable record in certs/ (run otad fsck)".to_string();
+            let missing = "no readable certificate record (run otad fsck)".to_string();
             (serial.clone(), missing)
         })
         .collect();
@@ -456,7 +456,7 @@ mod tests {
             "{before}"
         );
         assert!(
-            before.contains("  0c03  no readable record in certs/ (run otad fsck)\n"),
+            before.contains("  0c03  no readable certificate record (run otad fsck)\n"),
             "{before}"
         );
         assert!(

@@ -150,7 +150,7 @@ pub enum CrlError {
     SerialInvalid(String),
     /// The index names a reason that is not one of [`RevocationReason::ALL`].
     ReasonUnknown(String),
-    /// No certificate with this serial is recorded in `certs/`.
+    /// No certificate with this serial is recorded.
     CertificateUnknown(String),
     /// The certificate is already revoked and listed.
     AlreadyRevoked {
@@ -486,7 +486,7 @@ fn resign_if_stale(
     }
     let index = store.crl_index()?;
 
-    // Only the entries the stored CRL lacks: a few record reads, never all of certs/.
+    // Only the entries the stored CRL lacks: a few record reads, never all of the certificates.
     let lacking: Vec<RevocationRecord> = match store.crl()? {
         None => index.revoked.clone(),
         Some(der) => read(&der, ca)

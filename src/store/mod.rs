@@ -1,4 +1,5 @@
-//! The state directory: CA and keys, challenges, devices and issued certificates, as files.
+//! The state directory: CA and keys, and the records of challenges, devices and issued
+//! certificates, with the files the admin commands keep (tokens, blocks, the CRL, ...).
 //!
 //! Layout under the state dir:
 //!
@@ -7,21 +8,23 @@
 //! ca/ca.pem ca.key              the SCEP CA (keys mode 0600)
 //! ca/ra.pem ra.key              the RA: decrypts SCEP requests, signs CertReps
 //! ca/signer.pem signer.key      signs profiles
-//! challenges/<sha256>.json      one live challenge, named by the hash of its value
-//! devices/<UDID>.json           one device, after strict validation of the UDID
-//! certs/<serial hex>.json       one issued certificate, created once, never overwritten
+//! state.log                     challenges, devices and certificates ([`journal`])
 //! blocked/<SERIAL>.json         one serial the admin blocked (`otad device block`)
 //! .lock                         flock shared by the server and the CLI
 //! ```
 //!
-//! No device string reaches a path unvalidated, and challenge values never reach the disk in
-//! clear. Reads need no lock because every write is an atomic replace; read-modify-write
-//! sequences run inside [`Store::transaction`].
+//! Challenges, devices and certificates are records in one append-only log, written in
+//! transactions ([`Store::transaction`]) under the state lock and made durable before the
+//! request that wrote them is answered; a device's serial-number index is kept in memory from
+//! it. The other files are written atomically (temp file, fsync, rename, folder fsync). No
+//! device string reaches a path unvalidated, and challenge values never reach the disk in
+//! clear.
 
 pub mod blocked;
 pub mod challenges;
 pub mod crl;
 pub mod fsutil;
+pub mod journal;
 mod pending;
 
 use std::collections::BTreeMap;
@@ -29,27 +32,31 @@ use std::fmt;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
 use challenges::ChallengeIndex;
 pub use challenges::{ChallengeLimits, NoRoom};
-use fsutil::{create_atomic, read_optional, remove_durably, write_atomic, FileLock};
+use fsutil::{write_atomic, FileLock};
+use journal::{Change, Journal, Kind};
 pub use pending::{
     new_pending_id, transaction_index_name, valid_pending_id, Decision, PendingRequest,
     EXPIRED_REASON, MAX_PENDING_RECORDS, PENDING_RETENTION_SECONDS, PENDING_TTL_SECONDS,
     TRANSACTION_INDEX_DIR,
 };
 
-/// The folders of a state dir, with their modes: keys, challenges and device records (which
-/// hold serial numbers, IMEIs and user names) are for otad's user alone.
-const FOLDERS: &[(&str, u32)] = &[
-    ("ca", 0o700),
-    ("challenges", 0o700),
-    ("devices", 0o700),
-    ("certs", 0o750),
-];
+/// The folders a new state dir starts with, and their modes: the keys are for otad's user
+/// alone.
+const FOLDERS: &[(&str, u32)] = &[("ca", 0o700)];
+
+/// The folders of the layout before [`journal`], one file per record: a state dir that still
+/// has them is imported into the log at its first opening (see [`Store::open`]).
+pub const LEGACY_FOLDERS: &[&str] = &["challenges", "devices", "certs"];
+
+/// Where [`LEGACY_FOLDERS`] go once imported.
+pub const LEGACY_IMPORTED: &str = "pre-journal";
 
 /// The state dir's own mode.
 const ROOT_MODE: u32 = 0o750;
@@ -293,15 +300,11 @@ pub fn valid_udid(udid: &str) -> bool {
         && udid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// The serial-number index: `devices/by-serial/<SERIAL>` holds the UDID of the device that
-/// last reported that serial number.
-pub const SERIAL_INDEX: &str = "devices/by-serial";
-
 /// The longest device serial number accepted (Apple's have 10 to 12 characters).
 pub const MAX_DEVICE_SERIAL_LEN: usize = 32;
 
 /// A device serial number as the index names it: 1 to 32 of `A-Z 0-9`, uppercased; `None`
-/// for anything else, which then never reaches a path.
+/// for anything else.
 pub fn normalize_device_serial(serial: &str) -> Option<String> {
     let ok = !serial.is_empty()
         && serial.len() <= MAX_DEVICE_SERIAL_LEN
@@ -310,14 +313,6 @@ pub fn normalize_device_serial(serial: &str) -> Option<String> {
 }
 
 /// The indexable serial number a device record reports, if any.
-/// Whether the serial index entry at `entry` exists and names `udid`.
-fn index_names(entry: &Path, udid: &str) -> bool {
-    read_optional(entry)
-        .ok()
-        .flatten()
-        .is_some_and(|named| String::from_utf8_lossy(&named).trim() == udid)
-}
-
 fn device_serial(device: &DeviceRecord) -> Option<String> {
     device
         .attributes
@@ -325,7 +320,8 @@ fn device_serial(device: &DeviceRecord) -> Option<String> {
         .and_then(|s| normalize_device_serial(s))
 }
 
-fn valid_serial(serial: &str) -> bool {
+/// A certificate serial as records key it: 1 to 64 lowercase hex digits.
+pub fn valid_serial(serial: &str) -> bool {
     !serial.is_empty()
         && serial.len() <= 64
         && serial
@@ -333,10 +329,10 @@ fn valid_serial(serial: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-fn challenge_file_name(value: &str) -> String {
+/// The key of a challenge record: the SHA-256 of its value, in hex.
+pub fn challenge_key(value: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("{hex}.json")
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The current time in unix seconds.
@@ -357,11 +353,39 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_else(|| unix.to_string())
 }
 
+/// Ids of open stores, so that a thread knows which stores' transactions it is inside.
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The stores whose transaction this thread is running.
+    static IN_TRANSACTION: std::cell::RefCell<Vec<u64>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Marks this thread as inside a store's transaction while it lives.
+struct InTransaction(u64);
+
+impl InTransaction {
+    fn enter(store: u64) -> InTransaction {
+        IN_TRANSACTION.with(|held| held.borrow_mut().push(store));
+        InTransaction(store)
+    }
+}
+
+impl Drop for InTransaction {
+    fn drop(&mut self) {
+        IN_TRANSACTION.with(|held| held.borrow_mut().retain(|id| *id != self.0));
+    }
+}
+
 /// An open state directory.
 pub struct Store {
     root: PathBuf,
+    id: u64,
+    journal: Journal,
     in_process: Mutex<()>,
-    /// Live challenges as this process counts them, by expiry: built from the folder on
+    /// Live challenges as this process counts them, by expiry: built from the records on
     /// first use, then kept up by puts and takes (see [`challenges`]).
     challenge_index: OnceLock<Mutex<ChallengeIndex>>,
     /// The latest failed re-sign of the CRL (see [`crl::ResignFailure`]).
@@ -382,7 +406,7 @@ impl ChallengeSlot<'_> {
         &self.record
     }
 
-    /// Writes the challenge's file; if that fails, the room is given back.
+    /// Records the challenge; if that fails, the room is given back.
     pub fn put(mut self, value: &str) -> Result<(), StoreError> {
         self.store.write_challenge(value, &self.record)?;
         self.stored = true;
@@ -401,7 +425,8 @@ impl Drop for ChallengeSlot<'_> {
 }
 
 impl Store {
-    /// Creates the folders of a new state dir (the folder itself may exist, empty).
+    /// Creates a new state dir: its folders and an empty state log (the folder itself may
+    /// exist, empty).
     pub fn create(root: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(io_err(parent))?;
@@ -410,19 +435,31 @@ impl Store {
         for (folder, mode) in FOLDERS {
             create_dir(&root.join(folder), *mode)?;
         }
+        Journal::create(root, &[])?;
         fsutil::sync_dir(root).map_err(io_err(root))?;
         Store::open(root)
     }
 
-    /// Opens an existing state dir.
+    /// Opens an existing state dir. One still in the file-per-record layout (challenges/,
+    /// devices/, certs/) is imported into a state log first, and those folders are moved to
+    /// `pre-journal/`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for (folder, _) in FOLDERS {
             if !root.join(folder).is_dir() {
                 return Err(StoreError::NotInitialized(root.to_path_buf()));
             }
         }
+        let journal = match Journal::open(root) {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                import_legacy(root)?;
+                Journal::open(root)?
+            }
+            other => other?,
+        };
         Ok(Store {
             root: root.to_path_buf(),
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
+            journal,
             in_process: Mutex::new(()),
             challenge_index: OnceLock::new(),
             crl_resign_failure: Mutex::new(None),
@@ -447,19 +484,44 @@ impl Store {
         self.root.join(relative)
     }
 
+    /// The state log.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    fn in_transaction(&self) -> bool {
+        IN_TRANSACTION.with(|held| held.borrow().contains(&self.id))
+    }
+
     /// Runs `work` holding the state lock: one writer at a time across this process's threads
-    /// and the CLI.
+    /// and the CLI. The records it writes are committed together when it returns (whether it
+    /// succeeds or fails, as files written were before the state log), and made durable
+    /// before this returns. Called inside a transaction, `work` joins that one.
     pub fn transaction<T, E>(&self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
-        let _thread = self
-            .in_process
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let lock_path = self.root.join(".lock");
-        let _process = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
-        work()
+        if self.in_transaction() {
+            return work();
+        }
+        let (result, committed) = {
+            let _thread = self
+                .in_process
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let lock_path = self.root.join(".lock");
+            let _process = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
+            let _inside = InTransaction::enter(self.id);
+            self.journal.begin()?;
+            let result = work();
+            (result, self.journal.commit())
+        };
+        // The locks are free again while the commit waits for its sync, so that the
+        // transactions committed meanwhile share it.
+        if let Some(ticket) = committed? {
+            self.journal.wait_durable(ticket)?;
+        }
+        result
     }
 
     /// Writes a file under the state dir atomically.
@@ -483,11 +545,13 @@ impl Store {
         fsutil::read_bounded(&path, fsutil::MAX_STATE_FILE_BYTES).map_err(io_err(&path))
     }
 
+    /// A JSON state file (the file-backed records: blocked serials, pending requests),
+    /// `None` if it does not exist.
     fn read_json<T: for<'de> Deserialize<'de>>(
         &self,
         path: &Path,
     ) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = read_optional(path).map_err(io_err(path))? else {
+        let Some(bytes) = fsutil::read_optional(path).map_err(io_err(path))? else {
             return Ok(None);
         };
         serde_json::from_slice(&bytes)
@@ -498,10 +562,90 @@ impl Store {
             })
     }
 
+    /// A record as its JSON state file holds it.
     fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
         bytes.push(b'\n');
         bytes
+    }
+
+    /// Every JSON state file of `folder` that reads, sorted by name, and those that do not.
+    fn list_skipping<T: for<'de> Deserialize<'de>>(
+        &self,
+        folder: &str,
+    ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
+        let dir = self.root.join(folder);
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .collect();
+        paths.sort();
+        let mut records = Vec::with_capacity(paths.len());
+        let mut skipped = Vec::new();
+        for path in paths {
+            match self.read_json(&path) {
+                Ok(Some(record)) => records.push(record),
+                Ok(None) => {}
+                Err(err) => skipped.push(err),
+            }
+        }
+        Ok((records, skipped))
+    }
+
+    /// The record of `kind` under `key`, parsed.
+    fn record<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self.journal.get(kind, key, self.in_transaction())? else {
+            return Ok(None);
+        };
+        parse_record(&self.journal, kind, key, &bytes).map(Some)
+    }
+
+    /// Writes the record of `kind` under `key`, in a transaction (the caller's, if any).
+    fn put_record<T: Serialize>(
+        &self,
+        kind: Kind,
+        key: &str,
+        tag: String,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let value = serde_json::to_vec(record).map_err(|err| StoreError::Corrupt {
+            path: self.journal.path().to_path_buf(),
+            reason: format!("{} {key}: cannot be written: {err}", kind.name()),
+        })?;
+        self.transaction(|| {
+            self.journal.stage(Change {
+                kind,
+                key: key.to_string(),
+                tag,
+                value: Some(value),
+            })
+        })
+    }
+
+    /// Every record of `kind` that parses, sorted by key, and those that do not.
+    fn records_skipping<T: for<'de> Deserialize<'de>>(
+        &self,
+        kind: Kind,
+    ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
+        let mut records = Vec::new();
+        let mut skipped = Vec::new();
+        for (key, bytes) in self.journal.all(kind, self.in_transaction())? {
+            match parse_record(&self.journal, kind, &key, &bytes) {
+                Ok(record) => records.push(record),
+                Err(err) => skipped.push(err),
+            }
+        }
+        Ok((records, skipped))
     }
 
     /// Stores a new challenge under the hash of its value, under no cap: phase 2's SCEP
@@ -513,11 +657,12 @@ impl Store {
     }
 
     fn write_challenge(&self, value: &str, record: &ChallengeRecord) -> Result<(), StoreError> {
-        let path = self
-            .root
-            .join("challenges")
-            .join(challenge_file_name(value));
-        create_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
+        self.put_record(
+            Kind::Challenge,
+            &challenge_key(value),
+            String::new(),
+            record,
+        )
     }
 
     /// Takes room for `record` under `limits` if there is, in one step with the check, so
@@ -550,8 +695,8 @@ impl Store {
         self.challenge_index().check(client, limits, now)
     }
 
-    /// The index of live challenges, built from the folder on first use: every record that
-    /// reads and has not expired counts (an unreadable file is fsck's to report).
+    /// The index of live challenges, built from the records on first use: every record that
+    /// reads and has not expired counts (an unreadable one is fsck's to report).
     fn challenge_index(&self) -> MutexGuard<'_, ChallengeIndex> {
         self.challenge_index
             .get_or_init(|| Mutex::new(self.read_challenge_index(now())))
@@ -562,16 +707,12 @@ impl Store {
     fn read_challenge_index(&self, now: i64) -> ChallengeIndex {
         let mut index = ChallengeIndex::default();
         index.prune(now);
-        let dir = self.root.join("challenges");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        // What is committed: a transaction's own challenge is counted by its caller.
+        let Ok(records) = self.journal.all(Kind::Challenge, false) else {
             return index;
         };
-        for entry in entries.filter_map(Result::ok) {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            if let Ok(Some(record)) = self.read_json::<ChallengeRecord>(&path) {
+        for (_, bytes) in records {
+            if let Ok(record) = serde_json::from_slice::<ChallengeRecord>(&bytes) {
                 index.add(record.expires, record.client);
             }
         }
@@ -588,52 +729,49 @@ impl Store {
         self.challenge_index().live(now)
     }
 
-    /// Expired challenges whose files the sweeper has not removed yet, as far as this
+    /// Expired challenges whose records the sweeper has not removed yet, as far as this
     /// process saw them expire: the sweeper runs early when they are many.
     pub fn expired_challenges_unswept(&self) -> usize {
         self.challenge_index().expired_unswept()
     }
 
-    /// Takes a challenge handed out for `purpose`: whoever removes its file owns it, so two
-    /// requests racing with the same value cannot both succeed. Returns `None` for an
-    /// unknown or already used one, and for one handed out for another purpose, which stays
-    /// where it is: a refused request changes nothing. Expiry is the caller's to judge.
+    /// Takes a challenge handed out for `purpose`: the first taker removes its record under
+    /// the state lock, so two requests racing with the same value cannot both succeed.
+    /// Returns `None` for an unknown or already used one, and for one handed out for another
+    /// purpose, which stays where it is: a refused request changes nothing. Expiry is the
+    /// caller's to judge.
     pub fn take_challenge(
         &self,
         value: &str,
         purpose: ChallengePurpose,
     ) -> Result<Option<ChallengeRecord>, StoreError> {
-        // Built before the file goes, so that a first build cannot miss what is taken here.
+        // Built before the record goes, so that a first build cannot miss what is taken here.
         drop(self.challenge_index());
-        let path = self
-            .root
-            .join("challenges")
-            .join(challenge_file_name(value));
-        let Some(record) = self.read_json::<ChallengeRecord>(&path)? else {
-            return Ok(None);
-        };
-        if record.purpose != purpose {
-            return Ok(None);
-        }
-        if remove_durably(&path).map_err(io_err(&path))? {
+        let key = challenge_key(value);
+        let taken = self.transaction(|| {
+            let Some(record) = self.record::<ChallengeRecord>(Kind::Challenge, &key)? else {
+                return Ok(None);
+            };
+            if record.purpose != purpose {
+                return Ok(None);
+            }
+            self.journal.stage(Change {
+                kind: Kind::Challenge,
+                key: key.clone(),
+                tag: String::new(),
+                value: None,
+            })?;
+            Ok::<_, StoreError>(Some(record))
+        })?;
+        if let Some(record) = &taken {
             self.challenge_index().remove(record.expires, record.client);
-            Ok(Some(record))
-        } else {
-            Ok(None)
         }
+        Ok(taken)
     }
 
-    /// Removes expired challenges; returns how many. Unparsable files are left for an admin.
-    /// The counts are not touched: what expired stopped counting when it expired.
+    /// Removes expired challenges; returns how many. Unparsable records are left for an
+    /// admin. The counts are not touched: what expired stopped counting when it expired.
     pub fn sweep_challenges(&self, now: i64) -> Result<usize, StoreError> {
-        let dir = self.root.join("challenges");
-        // Files are removed here: only in the state's own folder, never through a symlink.
-        if !fsutil::is_real_dir(&dir) {
-            return Err(io_err(&dir)(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a folder of the state dir (a symlink?)",
-            )));
-        }
         // Built on first use elsewhere: a CLI sweep has no counts to keep up.
         if let Some(index) = self.challenge_index.get() {
             index
@@ -641,100 +779,73 @@ impl Store {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .swept();
         }
-        let mut removed = 0;
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let path = entry.map_err(io_err(&dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            if let Ok(Some(record)) = self.read_json::<ChallengeRecord>(&path) {
-                if record.expires <= now && remove_durably(&path).map_err(io_err(&path))? {
+        self.transaction(|| {
+            let mut removed = 0;
+            for (key, bytes) in self.journal.all(Kind::Challenge, true)? {
+                let expired = serde_json::from_slice::<ChallengeRecord>(&bytes)
+                    .is_ok_and(|record| record.expires <= now);
+                if expired {
+                    self.journal.stage(Change {
+                        kind: Kind::Challenge,
+                        key,
+                        tag: String::new(),
+                        value: None,
+                    })?;
                     removed += 1;
                 }
             }
-        }
-        Ok(removed)
+            Ok(removed)
+        })
     }
 
-    /// Counts live challenge files.
+    /// Counts challenge records, live or expired.
     pub fn count_challenges(&self) -> Result<usize, StoreError> {
-        let dir = self.root.join("challenges");
-        let entries = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
-        Ok(entries
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-            .count())
+        self.journal.count(Kind::Challenge)
     }
 
-    fn device_path(&self, udid: &str) -> Result<PathBuf, StoreError> {
-        if !valid_udid(udid) {
-            return Err(StoreError::InvalidName("UDID"));
+    /// Every challenge record that parses, with its key, and those that do not (fsck).
+    pub fn challenges_skipping(
+        &self,
+    ) -> Result<(Vec<(String, ChallengeRecord)>, Vec<StoreError>), StoreError> {
+        let mut records = Vec::new();
+        let mut skipped = Vec::new();
+        for (key, bytes) in self.journal.all(Kind::Challenge, self.in_transaction())? {
+            match parse_record(&self.journal, Kind::Challenge, &key, &bytes) {
+                Ok(record) => records.push((key, record)),
+                Err(err) => skipped.push(err),
+            }
         }
-        Ok(self.root.join("devices").join(format!("{udid}.json")))
+        Ok((records, skipped))
     }
 
     /// The device with this UDID, if known.
     pub fn device(&self, udid: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        let path = self.device_path(udid)?;
-        self.read_json(&path)
+        if !valid_udid(udid) {
+            return Err(StoreError::InvalidName("UDID"));
+        }
+        self.record(Kind::Device, udid)
     }
 
-    /// Writes a device record and its serial-number index entry (inside a
-    /// [`Store::transaction`], which makes the pair atomic for every other reader and writer).
-    ///
-    /// The index entry is written first and names the UDID; [`Store::device_by_serial`]
-    /// checks the record it leads to, so a crash between the two writes leaves an entry that
-    /// reads as "not found" or the old record, never another device.
+    /// Writes a device record, in a transaction (the caller's, if any). The serial-number
+    /// index follows the record: the device is found by the serial it reports now.
     pub fn save_device(&self, device: &DeviceRecord) -> Result<(), StoreError> {
-        let path = self.device_path(&device.udid)?;
-        let serial = device_serial(device);
-        let previous = self
-            .device(&device.udid)
-            .ok()
-            .flatten()
-            .and_then(|old| device_serial(&old));
-        if let Some(serial) = &serial {
-            let dir = self.root.join(SERIAL_INDEX);
-            if !dir.is_dir() {
-                create_dir(&dir, 0o700)?;
-                fsutil::sync_dir(&self.root.join("devices")).map_err(io_err(&dir))?;
-            }
-            // Written only when it does not name this device yet: a record saved at every
-            // step would otherwise rewrite the same entry durably each time.
-            let entry = dir.join(serial);
-            if !index_names(&entry, &device.udid) {
-                write_atomic(&entry, format!("{}\n", device.udid).as_bytes(), 0o600)
-                    .map_err(io_err(&entry))?;
-            }
+        if !valid_udid(&device.udid) {
+            return Err(StoreError::InvalidName("UDID"));
         }
-        write_atomic(&path, &Self::to_json(device), 0o600).map_err(io_err(&path))?;
-
-        // A device that now reports another serial number leaves its old entry only if the
-        // entry still names it (another device may have taken that serial since).
-        if let Some(old) = previous.filter(|old| Some(old) != serial.as_ref()) {
-            let entry = self.root.join(SERIAL_INDEX).join(&old);
-            if index_names(&entry, &device.udid) {
-                remove_durably(&entry).map_err(io_err(&entry))?;
-            }
-        }
-        Ok(())
+        let serial = device_serial(device).unwrap_or_default();
+        self.put_record(Kind::Device, &device.udid, serial, device)
     }
 
-    /// The device whose latest phase reported this serial number (any case), if known: one
-    /// index entry and one record read, no folder scan.
+    /// The device whose latest record reports this serial number (any case), if known: an
+    /// index kept in memory and one record read.
     pub fn device_by_serial(&self, serial: &str) -> Result<Option<DeviceRecord>, StoreError> {
         let serial = normalize_device_serial(serial).ok_or(StoreError::InvalidName("serial"))?;
-        let entry = self.root.join(SERIAL_INDEX).join(&serial);
-        let Some(udid) = read_optional(&entry).map_err(io_err(&entry))? else {
+        let Some(udid) = self
+            .journal
+            .udid_by_serial(&serial, self.in_transaction())?
+        else {
             return Ok(None);
         };
-        let udid = String::from_utf8_lossy(&udid).trim().to_string();
-        if !valid_udid(&udid) {
-            return Err(StoreError::Corrupt {
-                path: entry,
-                reason: "not a UDID".into(),
-            });
-        }
         Ok(self
             .device(&udid)?
             .filter(|device| device_serial(device).as_deref() == Some(serial.as_str())))
@@ -742,91 +853,189 @@ impl Store {
 
     /// Every device, sorted by UDID (an admin command; never on the request path).
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, StoreError> {
-        self.list("devices")
+        strict(self.devices_skipping()?)
     }
 
     /// Every certificate record, sorted by serial (an admin command).
     pub fn certs(&self) -> Result<Vec<CertRecord>, StoreError> {
-        self.list("certs")
+        strict(self.certs_skipping()?)
     }
 
-    /// Every device that reads, sorted by UDID, and the files that do not (an admin command:
-    /// one corrupt record must not hide the others).
+    /// Every device that reads, sorted by UDID, and the records that do not (an admin
+    /// command: one corrupt record must not hide the others).
     pub fn devices_skipping(&self) -> Result<(Vec<DeviceRecord>, Vec<StoreError>), StoreError> {
-        self.list_skipping("devices")
+        self.records_skipping(Kind::Device)
     }
 
-    /// Every certificate record that reads, sorted by serial, and the files that do not.
+    /// Every certificate record that reads, sorted by serial, and those that do not.
     pub fn certs_skipping(&self) -> Result<(Vec<CertRecord>, Vec<StoreError>), StoreError> {
-        self.list_skipping("certs")
-    }
-
-    fn list<T: for<'de> Deserialize<'de>>(&self, folder: &str) -> Result<Vec<T>, StoreError> {
-        let (records, mut skipped) = self.list_skipping(folder)?;
-        match skipped.pop() {
-            Some(err) => Err(err),
-            None => Ok(records),
-        }
-    }
-
-    fn list_skipping<T: for<'de> Deserialize<'de>>(
-        &self,
-        folder: &str,
-    ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
-        let dir = self.root.join(folder);
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
-        let mut records = Vec::with_capacity(paths.len());
-        let mut skipped = Vec::new();
-        for path in paths {
-            match self.read_json(&path) {
-                Ok(Some(record)) => records.push(record),
-                Ok(None) => {}
-                Err(err) => skipped.push(err),
-            }
-        }
-        Ok((records, skipped))
-    }
-
-    fn cert_path(&self, serial: &str) -> Result<PathBuf, StoreError> {
-        if !valid_serial(serial) {
-            return Err(StoreError::InvalidName("certificate serial"));
-        }
-        Ok(self.root.join("certs").join(format!("{serial}.json")))
+        self.records_skipping(Kind::Cert)
     }
 
     /// The certificate with this serial (lowercase hex), if we issued it.
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>, StoreError> {
-        let path = self.cert_path(serial)?;
-        self.read_json(&path)
+        if !valid_serial(serial) {
+            return Err(StoreError::InvalidName("certificate serial"));
+        }
+        self.record(Kind::Cert, serial)
     }
 
     /// Records a newly issued certificate. A serial is recorded once: a second record with
     /// the same serial fails with [`StoreError::SerialTaken`] and changes nothing.
     pub fn create_cert(&self, cert: &CertRecord) -> Result<(), StoreError> {
-        let path = self.cert_path(&cert.serial)?;
-        match create_atomic(&path, &Self::to_json(cert), 0o644) {
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                Err(StoreError::SerialTaken(cert.serial.clone()))
-            }
-            other => other.map_err(io_err(&path)),
+        if !valid_serial(&cert.serial) {
+            return Err(StoreError::InvalidName("certificate serial"));
         }
+        self.transaction(|| {
+            if self.journal.get(Kind::Cert, &cert.serial, true)?.is_some() {
+                return Err(StoreError::SerialTaken(cert.serial.clone()));
+            }
+            self.put_record(Kind::Cert, &cert.serial, String::new(), cert)
+        })
     }
 
-    /// Rewrites an existing certificate record (revocation).
+    /// Rewrites an existing certificate record (revocation, renewal).
     pub fn update_cert(&self, cert: &CertRecord) -> Result<(), StoreError> {
-        let path = self.cert_path(&cert.serial)?;
-        write_atomic(&path, &Self::to_json(cert), 0o644).map_err(io_err(&path))
+        if !valid_serial(&cert.serial) {
+            return Err(StoreError::InvalidName("certificate serial"));
+        }
+        self.put_record(Kind::Cert, &cert.serial, String::new(), cert)
     }
+
+    /// Writes `bytes` as the record of `kind` under `key`, parsed or not: for tests of what
+    /// readers and fsck make of a record that does not parse.
+    #[cfg(test)]
+    pub(crate) fn put_raw_record(&self, kind: Kind, key: &str, bytes: &[u8]) {
+        self.transaction(|| {
+            self.journal.stage(Change {
+                kind,
+                key: key.to_string(),
+                tag: String::new(),
+                value: Some(bytes.to_vec()),
+            })
+        })
+        .expect("raw record");
+    }
+
+    /// Whether the state log would shrink much by [`Store::compact`].
+    pub fn wants_compaction(&self) -> Result<bool, StoreError> {
+        self.journal.wants_compaction()
+    }
+
+    /// Rewrites the state log with only the latest record of each key, under the state lock;
+    /// returns its size before and after.
+    pub fn compact(&self) -> Result<(u64, u64), StoreError> {
+        self.transaction(|| self.journal.compact())
+    }
+}
+
+/// A record's bytes, parsed; a record that does not parse names its kind and key.
+fn parse_record<T: for<'de> Deserialize<'de>>(
+    journal: &Journal,
+    kind: Kind,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        path: journal.path().to_path_buf(),
+        reason: format!("{} {key}: {err}", kind.name()),
+    })
+}
+
+/// The records of a listing, or the first one that did not read.
+fn strict<T>((records, mut skipped): (Vec<T>, Vec<StoreError>)) -> Result<Vec<T>, StoreError> {
+    match skipped.pop() {
+        Some(err) => Err(err),
+        None => Ok(records),
+    }
+}
+
+/// Most files read from one legacy folder.
+const MAX_LEGACY_FILES: usize = 1_000_000;
+
+/// Imports a state dir of the file-per-record layout ([`LEGACY_FOLDERS`]) into a new state
+/// log, under the state lock, then moves those folders into [`LEGACY_IMPORTED`]. A state dir
+/// with neither a log nor those folders is not one.
+fn import_legacy(root: &Path) -> Result<(), StoreError> {
+    let lock_path = root.join(".lock");
+    let _lock = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
+    if root.join(journal::LOG_FILE).exists() {
+        return Ok(());
+    }
+    let present: Vec<&str> = LEGACY_FOLDERS
+        .iter()
+        .copied()
+        .filter(|folder| fsutil::is_real_dir(&root.join(folder)))
+        .collect();
+    if present.is_empty() {
+        return Err(StoreError::NotInitialized(root.to_path_buf()));
+    }
+
+    let mut changes = Vec::new();
+    for (folder, kind) in [
+        ("challenges", Kind::Challenge),
+        ("devices", Kind::Device),
+        ("certs", Kind::Cert),
+    ] {
+        let dir = root.join(folder);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .take(MAX_LEGACY_FILES)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let key = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let valid = match kind {
+                Kind::Challenge => key.len() == 64 && valid_serial(&key),
+                Kind::Device => valid_udid(&key),
+                Kind::Cert => valid_serial(&key),
+            };
+            if !valid {
+                continue;
+            }
+            let bytes =
+                fsutil::read_bounded(&path, fsutil::MAX_STATE_FILE_BYTES).map_err(io_err(&path))?;
+            // A record that does not parse is imported as it is, for fsck to report.
+            let tag = match kind {
+                Kind::Device => serde_json::from_slice::<DeviceRecord>(&bytes)
+                    .ok()
+                    .and_then(|device| device_serial(&device))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            changes.push(Change {
+                kind,
+                key,
+                tag,
+                value: Some(bytes),
+            });
+        }
+    }
+    Journal::create(root, &changes)?;
+
+    let imported = root.join(LEGACY_IMPORTED);
+    create_dir(&imported, 0o700)?;
+    for folder in present {
+        let to = imported.join(folder);
+        std::fs::rename(root.join(folder), &to).map_err(io_err(&to))?;
+    }
+    fsutil::sync_dir(root).map_err(io_err(root))?;
+    log::info!(
+        "{}: {} records of challenges/, devices/ and certs/ imported into {}; the folders \
+         are kept in {LEGACY_IMPORTED}/ (remove it once otad runs as it should)",
+        root.display(),
+        changes.len(),
+        journal::LOG_FILE
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -864,14 +1073,11 @@ mod tests {
         store
             .put_challenge("s3cret-value", &challenge(ChallengePurpose::Phase2))
             .unwrap();
-        let names: Vec<String> = std::fs::read_dir(store.path("challenges"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names.len(), 1);
-        assert!(!names[0].contains("s3cret"));
-        let body = std::fs::read_to_string(store.path("challenges").join(&names[0])).unwrap();
-        assert!(!body.contains("s3cret"));
+        assert_eq!(store.count_challenges().unwrap(), 1);
+        let log = std::fs::read(store.journal().path()).unwrap();
+        assert!(!log.windows(6).any(|w| w == b"s3cret"));
+        let (records, _) = store.challenges_skipping().unwrap();
+        assert_eq!(records[0].0, challenge_key("s3cret-value"));
 
         let taken = store
             .take_challenge("s3cret-value", ChallengePurpose::Phase2)
@@ -1060,7 +1266,7 @@ mod tests {
         let mut scep = challenge(ChallengePurpose::Scep);
         scep.expires = now + 600;
         store.put_challenge("scep", &scep).unwrap();
-        std::fs::write(store.path("challenges/corrupt.json"), "{").unwrap();
+        store.put_raw_record(Kind::Challenge, &"0f".repeat(32), b"{");
         drop(store);
 
         let reopened = Store::open(&dir.path().join("state")).unwrap();
@@ -1266,7 +1472,6 @@ mod tests {
         // A new serial moves the entry; a serial taken over by another device names it.
         store.save_device(&device("UDID-A", "NEWSERIAL1")).unwrap();
         assert_eq!(store.device_by_serial("F2LXK0AAHG7F").unwrap(), None);
-        assert!(!store.path(SERIAL_INDEX).join("F2LXK0AAHG7F").exists());
         assert_eq!(
             store.device_by_serial("NEWSERIAL1").unwrap().unwrap().udid,
             "UDID-A"
@@ -1293,64 +1498,125 @@ mod tests {
             "B's move does not remove C's entry"
         );
 
-        // A stale entry (crash between the two writes) never leads to another device.
-        std::fs::write(store.path(SERIAL_INDEX).join("STALE1"), "UDID-A\n").unwrap();
-        assert_eq!(store.device_by_serial("STALE1").unwrap(), None);
-        // The index folder is no record: listing devices ignores it.
-        assert_eq!(store.devices().unwrap().len(), 3);
+        // The first device reporting a serial again takes it back; a reopened store (what
+        // an admin command opens) finds the same devices.
+        store
+            .save_device(&device("UDID-B", "C02ZZ1234567"))
+            .unwrap();
+        let reopened = Store::open(store.root()).unwrap();
+        for (serial, udid) in [
+            ("C02ZZ1234567", Some("UDID-B")),
+            ("NEWSERIAL1", Some("UDID-A")),
+            ("OTHER12345", None),
+            ("F2LXK0AAHG7F", None),
+        ] {
+            let found = reopened.device_by_serial(serial).unwrap().map(|d| d.udid);
+            assert_eq!(found.as_deref(), udid, "{serial}");
+        }
+        assert_eq!(reopened.devices().unwrap().len(), 3);
     }
 
     #[test]
-    fn an_index_entry_is_rewritten_only_when_it_names_another_device() {
-        use std::os::unix::fs::MetadataExt;
-        let (_dir, store) = store();
-        let entry = store.path(SERIAL_INDEX).join("F2LXK0AAHG7F");
-        let inode = || std::fs::metadata(&entry).unwrap().ino();
+    fn a_state_dir_of_record_files_is_imported_once_into_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("state");
+        for folder in ["ca", "challenges", "devices/by-serial", "certs"] {
+            std::fs::create_dir_all(root.join(folder)).unwrap();
+        }
+        let write = |file: &str, value: &dyn erased::Json| {
+            std::fs::write(root.join(file), value.to_json()).unwrap();
+        };
+        let mut live = challenge(ChallengePurpose::Scep);
+        live.expires = super::now() + 600;
+        write(
+            &format!("challenges/{}.json", challenge_key("legacy")),
+            &live,
+        );
+        write("devices/UDID-L.json", &device("UDID-L", "C02LEGACY1"));
+        std::fs::write(root.join("devices/by-serial/C02LEGACY1"), "UDID-L\n").unwrap();
+        std::fs::write(root.join("devices/UDID-X.json"), "{ torn").unwrap();
+        std::fs::write(root.join("devices/.UDID-L.json.tmp.1.2"), "{").unwrap();
+        let cert = CertRecord {
+            serial: "0a1b".into(),
+            udid: Some("UDID-L".into()),
+            subject: "CN=UDID-L".into(),
+            issued_at: 1,
+            not_after: 2,
+            revoked: None,
+            revocation_reason: None,
+            authorised_by: "ota".into(),
+            superseded_by: None,
+            pem: String::new(),
+        };
+        write("certs/0a1b.json", &cert);
 
-        store
-            .save_device(&device("UDID-A", "F2LXK0AAHG7F"))
-            .unwrap();
-        let first = inode();
-        let mut later = device("UDID-A", "F2LXK0AAHG7F");
-        later.phase = DevicePhase::Enrolled;
-        store.save_device(&later).unwrap();
+        let store = Store::open(&root).unwrap();
+        assert_eq!(store.cert("0a1b").unwrap().unwrap(), cert);
         assert_eq!(
-            inode(),
-            first,
-            "an entry naming the device is left as it is"
+            store.device_by_serial("c02legacy1").unwrap().unwrap().udid,
+            "UDID-L"
         );
+        let (devices, skipped) = store.devices_skipping().unwrap();
+        assert_eq!(devices.len(), 1);
         assert_eq!(
-            store.device(&later.udid).unwrap().unwrap().phase,
-            DevicePhase::Enrolled
+            skipped.len(),
+            1,
+            "the torn record is kept for fsck to report"
         );
+        assert!(
+            skipped[0].to_string().contains("device UDID-X"),
+            "{}",
+            skipped[0]
+        );
+        assert_eq!(store.live_challenges(), 1);
+        assert!(store
+            .take_challenge("legacy", ChallengePurpose::Scep)
+            .unwrap()
+            .is_some());
+        for folder in LEGACY_FOLDERS {
+            assert!(!root.join(folder).exists(), "{folder}");
+            assert!(root.join(LEGACY_IMPORTED).join(folder).is_dir(), "{folder}");
+        }
 
-        // Another device took the serial; the first one reporting it again takes it back.
-        std::fs::write(&entry, "UDID-B\n").unwrap();
-        store.save_device(&later).unwrap();
-        assert_ne!(inode(), first);
-        assert_eq!(std::fs::read_to_string(&entry).unwrap(), "UDID-A\n");
-        assert_eq!(
-            store
-                .device_by_serial("F2LXK0AAHG7F")
-                .unwrap()
-                .unwrap()
-                .udid,
-            "UDID-A"
-        );
+        // Opened again: the log is read, nothing imported twice.
+        drop(store);
+        let again = Store::open(&root).unwrap();
+        assert_eq!(again.certs().unwrap().len(), 1);
+        assert_eq!(again.count_challenges().unwrap(), 0);
+
+        // A folder with neither a log nor record folders is not a state dir.
+        let empty = dir.path().join("empty");
+        std::fs::create_dir_all(empty.join("ca")).unwrap();
+        assert!(matches!(
+            Store::open(&empty),
+            Err(StoreError::NotInitialized(_))
+        ));
+    }
+
+    /// Serialises any record for the legacy-layout test.
+    mod erased {
+        pub trait Json {
+            fn to_json(&self) -> Vec<u8>;
+        }
+        impl<T: serde::Serialize> Json for T {
+            fn to_json(&self) -> Vec<u8> {
+                serde_json::to_vec_pretty(self).unwrap()
+            }
+        }
     }
 
     #[test]
     fn a_corrupt_record_is_skipped_and_named() {
         let (_dir, store) = store();
         store.save_device(&device("UDID-A", "S1")).unwrap();
-        std::fs::write(store.path("devices/UDID-B.json"), "{ not json").unwrap();
+        store.put_raw_record(Kind::Device, "UDID-B", b"{ not json");
         store.save_device(&device("UDID-C", "S3")).unwrap();
         let (devices, skipped) = store.devices_skipping().unwrap();
         let udids: Vec<&str> = devices.iter().map(|d| d.udid.as_str()).collect();
         assert_eq!(udids, ["UDID-A", "UDID-C"]);
         assert_eq!(skipped.len(), 1);
         assert!(
-            skipped[0].to_string().contains("UDID-B.json"),
+            skipped[0].to_string().contains("device UDID-B"),
             "{}",
             skipped[0]
         );
