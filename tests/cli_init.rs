@@ -37,7 +37,12 @@ fn init_creates_a_complete_state_with_private_keys_and_folders() {
         let pem = std::fs::read_to_string(state.join(key)).unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     }
-    for (folder, expected) in [("ca", 0o700), ("devices", 0o700), ("challenges", 0o700)] {
+    assert_eq!(
+        mode(&state.join("state.log")) & 0o777,
+        0o600,
+        "the state log is private"
+    );
+    for (folder, expected) in [("ca", 0o700)] {
         assert_eq!(
             mode(&state.join(folder)) & expected,
             mode(&state.join(folder)),

@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::server::{otad_bin, set_key, TestServer};
+use common::state::RecordKind;
 use otad::simulate::Device;
 
 /// A device trusted by `server` reporting `serial` and any other `overrides`.
@@ -24,19 +25,11 @@ fn device(server: &TestServer, serial: &str, overrides: &[(&str, &str)]) -> Devi
 }
 
 fn device_record(server: &TestServer, udid: &str) -> Option<serde_json::Value> {
-    let path = server.state_file(&format!("devices/{udid}.json"));
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(serde_json::from_str(&text).unwrap())
+    server.device_record(udid)
 }
 
 fn cert_count(server: &TestServer) -> usize {
-    std::fs::read_dir(server.state_file("certs"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        })
-        .count()
+    server.count(RecordKind::Cert)
 }
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
@@ -260,7 +253,8 @@ fn a_hook_refuses_and_every_failure_refuses_too() {
     );
     let record = device_record(&server, &allowed.udid).unwrap();
     assert_eq!(record["hook_variables"]["SITE"], "HQ");
-    let mode = std::fs::metadata(server.state_file(&format!("devices/{}.json", allowed.udid)))
+    // The hook's variables are on the device record, in the state log: otad's user alone.
+    let mode = std::fs::metadata(server.state_file("state.log"))
         .unwrap()
         .permissions()
         .mode();
@@ -558,14 +552,10 @@ fn phase_3_decides_on_what_phase_2_attested_and_delivers_once_per_certificate() 
     let output = otad(&["device", "unblock", "--config", config, "C02ATTEST1"]);
     assert!(output.status.success(), "{output:?}");
     device.phase3(&phase1).unwrap();
-    let challenges = std::fs::read_dir(server.state_file("challenges"))
-        .unwrap()
-        .count();
+    let challenges = server.count(RecordKind::Challenge);
     let err = device.phase3(&phase1).expect_err("a replayed phase 3");
     assert!(err.contains("already delivered for certificate"), "{err}");
-    let after = std::fs::read_dir(server.state_file("challenges"))
-        .unwrap()
-        .count();
+    let after = server.count(RecordKind::Challenge);
     assert_eq!(after, challenges, "a replay mints no SCEP challenge");
 }
 

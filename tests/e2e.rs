@@ -38,10 +38,7 @@ fn simulate_walks_all_three_phases() {
     assert!(stdout.contains("com.apple.security.scep"), "{stdout}");
 
     // The device record and the certificate record agree on who holds what.
-    let device =
-        std::fs::read_to_string(server.state_file("devices/00008030-001A35E12345802E.json"))
-            .unwrap();
-    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    let device = server.device_record("00008030-001A35E12345802E").unwrap();
     assert_eq!(device["phase"], "enrolled");
     assert_eq!(device["attributes"]["SERIAL"], "F2LXK0AAHG7F");
     assert!(
@@ -66,10 +63,7 @@ fn simulate_walks_all_three_phases() {
         stdout.contains(&format!("certificate_serial: {serial}")),
         "{stdout}"
     );
-    let cert: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap(),
-    )
-    .unwrap();
+    let cert = server.cert_record(&serial).unwrap();
     assert_eq!(cert["udid"], "00008030-001A35E12345802E");
     assert_eq!(cert["authorised_by"], "ota");
 
@@ -314,9 +308,9 @@ fn the_real_macos_request_passes_phase_2_on_a_running_server() {
         scep.common_name(),
         Some("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C")
     );
-    let device = server.state_file("devices/78897E40-F532-5DE0-A7DC-56BAC5CEEB9C.json");
-    let device: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(device).unwrap()).unwrap();
+    let device = server
+        .device_record("78897E40-F532-5DE0-A7DC-56BAC5CEEB9C")
+        .unwrap();
     assert_eq!(device["phase"], "identified");
     assert_eq!(device["attributes"]["PRODUCT"], "VirtualMac2,1");
     assert!(

@@ -4,6 +4,7 @@ mod common;
 
 use common::cli::otad;
 use common::server::TestServer;
+use common::state::RecordKind;
 
 #[test]
 fn simulate_a_fleet_then_fsck_finds_what_a_crash_leaves() {
@@ -56,43 +57,43 @@ fn simulate_a_fleet_then_fsck_finds_what_a_crash_leaves() {
     let (code, out, err) = otad(&["fsck", "--config", &config]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out, "fsck: 0 problem(s), 0 note(s)\n");
-    let temp = server.state_file("devices/.ABC.json.tmp.0.1");
+    std::fs::create_dir_all(server.state_file("blocked")).unwrap();
+    let temp = server.state_file("blocked/.ABC.json.tmp.0.1");
     std::fs::write(&temp, b"{").unwrap();
     let (code, out, _) = otad(&["fsck", "--config", &config]);
     assert_eq!(code, 1);
     assert_eq!(
         out.lines().next().unwrap(),
-        "problem: devices/.ABC.json.tmp.0.1: temp file of ABC.json left by an interrupted \
+        "problem: blocked/.ABC.json.tmp.0.1: temp file of ABC.json left by an interrupted \
          write (--repair removes it)"
     );
     assert!(temp.exists(), "fsck without --repair changes nothing");
     let (code, out, err) = otad(&["fsck", "--config", &config, "--repair"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.starts_with("repaired: devices/.ABC.json.tmp.0.1: removed\n"),
+        out.starts_with("repaired: blocked/.ABC.json.tmp.0.1: removed\n"),
         "{out}"
     );
     assert!(!temp.exists());
 
     // A device record that does not parse is a problem --repair leaves to the admin.
-    let devices = std::fs::read_dir(server.state_file("devices")).unwrap();
-    let record = devices
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "json"))
-        .unwrap();
-    std::fs::write(&record, b"{\"udid\": 1}").unwrap();
+    let before = common::state::keys(&server.state, RecordKind::Device);
+    let udid = before.first().unwrap().clone();
+    common::state::put_raw(&server.state, RecordKind::Device, &udid, b"{\"udid\": 1}");
     let (code, out, _) = otad(&["fsck", "--config", &config, "--repair", "--json"]);
     assert_eq!(code, 1);
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["clean"], false);
-    assert!(record.exists(), "a device record is never removed");
-    let name = record.file_name().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        common::state::keys(&server.state, RecordKind::Device),
+        before,
+        "a device record is never removed"
+    );
     let findings = report["findings"].as_array().unwrap();
     assert!(
         findings
             .iter()
-            .any(|f| f["file"] == format!("devices/{name}").as_str()
+            .any(|f| f["file"] == format!("device {udid}").as_str()
                 && f["severity"] == "problem"
                 && f["problem"].as_str().unwrap().starts_with("does not parse")),
         "{out}"

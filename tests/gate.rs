@@ -45,9 +45,9 @@ fn token_json(server: &TestServer, id: &str) -> serde_json::Value {
 }
 
 fn device_record(server: &TestServer, udid: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(server.state_file(&format!("devices/{udid}.json")))
-        .unwrap_or_else(|err| panic!("device {udid}: {err}\n{}", server.log()));
-    serde_json::from_str(&text).unwrap()
+    server
+        .device_record(udid)
+        .unwrap_or_else(|| panic!("device {udid}: no record\n{}", server.log()))
 }
 
 fn device(server: &TestServer, token: Option<&str>) -> Device {

@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::server::{set_key, TestServer};
+use common::state::RecordKind;
 use otad::http::guard::{KEEP_ALIVE_IDLE, MAX_REQUESTS_PER_CONNECTION};
 
 /// Sends raw bytes and returns the response's status line (empty if the server closed).
@@ -368,9 +369,7 @@ fn a_flood_of_phase_1_downloads_is_capped_and_the_cap_frees_as_devices_answer() 
         .iter()
         .any(|(name, value)| name.eq_ignore_ascii_case("retry-after") && value == "60"));
     assert_eq!(
-        std::fs::read_dir(server.state_file("challenges"))
-            .unwrap()
-            .count(),
+        server.count(RecordKind::Challenge),
         3,
         "a refused download leaves nothing"
     );
@@ -702,9 +701,7 @@ fn challenges_live(server: &TestServer) -> Option<u64> {
 }
 
 fn challenge_files(server: &TestServer) -> usize {
-    std::fs::read_dir(server.state_file("challenges"))
-        .unwrap()
-        .count()
+    server.count(RecordKind::Challenge)
 }
 
 #[test]

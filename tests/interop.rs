@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::server::{set_key, TestServer};
+use common::state::RecordKind;
 use common::tools::{have, openssl, openssl_decrypt, payload_types};
 use otad::httpclient;
 use otad::simulate::Device;
@@ -83,15 +84,12 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
     let issued = std::fs::read_to_string(good.join("cert.pem")).unwrap();
     let serial =
         otad::pki::cert::serial_hex(&otad::pki::cert::pem_to_der(&issued).unwrap()).unwrap();
-    let record =
-        std::fs::read_to_string(server.state_file(&format!("certs/{serial}.json"))).unwrap();
-    assert!(record.contains("\"authorised_by\": \"static\""), "{record}");
+    let record = server.cert_record(&serial).unwrap();
+    assert_eq!(record["authorised_by"], "static", "{record}");
 
     let bad = server.dir.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
-    let certs_before = std::fs::read_dir(server.state_file("certs"))
-        .unwrap()
-        .count();
+    let certs_before = server.count(RecordKind::Cert);
     let (ok, output) = scepclient(&bad, &server.url, "a-wrong-challenge", "interop-client");
     assert!(!ok, "scepclient must fail with a wrong challenge: {output}");
     assert!(
@@ -99,12 +97,7 @@ fn scepclient_enrolls_with_the_static_challenge_and_not_with_a_wrong_one() {
         "a signed CertRep FAILURE names the failInfo: {output}"
     );
     assert!(!bad.join("cert.pem").exists());
-    assert_eq!(
-        std::fs::read_dir(server.state_file("certs"))
-            .unwrap()
-            .count(),
-        certs_before
-    );
+    assert_eq!(server.count(RecordKind::Cert), certs_before);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::server::{otad_bin, set_key, TestServer};
+use common::state::{self, RecordKind};
 use otad::httpclient;
 use serde_json::Value;
 
@@ -399,14 +400,17 @@ fn the_inventory_lists_and_shows_devices_and_skips_a_corrupt_record() {
     assert_eq!(bad.status.code(), Some(2));
 
     // One corrupt device record and one corrupt certificate record: the rest still lists.
-    std::fs::write(server.state_file("devices/UDID-BROKEN.json"), "{ torn").unwrap();
-    std::fs::write(server.state_file("certs/0abc.json"), "[]").unwrap();
+    state::put_raw(&server.state, RecordKind::Device, "UDID-BROKEN", b"{ torn");
+    state::put_raw(&server.state, RecordKind::Cert, "0abc", b"[]");
     let listed = otad(&["device", "list", "--config", config, "--json"]);
     assert!(listed.status.success());
     let rows: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(rows.len(), 2);
     let warning = String::from_utf8(listed.stderr).unwrap();
-    assert!(warning.contains("UDID-BROKEN.json"), "{warning}");
+    assert!(
+        warning.contains("device UDID-BROKEN: its record"),
+        "{warning}"
+    );
     let certs = otad(&["cert", "list", "--config", config, "--json"]);
     assert!(
         certs.status.success(),
@@ -417,7 +421,7 @@ fn the_inventory_lists_and_shows_devices_and_skips_a_corrupt_record() {
     assert_eq!(rows.len(), 2);
     assert!(String::from_utf8(certs.stderr)
         .unwrap()
-        .contains("0abc.json"));
+        .contains("certificate 0abc: its record"));
 }
 
 #[test]

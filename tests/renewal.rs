@@ -15,6 +15,7 @@ use der::{Decode, Encode};
 use x509_cert::name::Name;
 
 use common::server::{otad_bin, set_key, TestServer};
+use common::state::{self, RecordKind};
 use common::tools::{have, openssl};
 use otad::cms::{ContentCipher, DigestAlgorithm};
 use otad::pki::ca::SubjectAttribute;
@@ -183,14 +184,12 @@ fn serial(certificate: &[u8]) -> String {
 }
 
 fn cert_record(server: &TestServer, serial: &str) -> serde_json::Value {
-    let path = server.state_file(&format!("certs/{serial}.json"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    server.cert_record(serial).unwrap()
 }
 
-fn count_files(server: &TestServer, folder: &str) -> usize {
-    std::fs::read_dir(server.state_file(folder))
-        .map(|entries| entries.count())
-        .unwrap_or(0)
+/// How many records of a kind the state log holds.
+fn count_records(server: &TestServer, kind: RecordKind) -> usize {
+    server.count(kind)
 }
 
 /// Enrolls a fresh key with a PKCSReq carrying `challenge`; the reply as it came.
@@ -332,7 +331,7 @@ fn renewal_signed_by_the_old_certificate_keeps_the_subject_and_supersedes_it() {
     let other = csr::build(&RsaPrivateKey::generate(2048).unwrap(), "x", None).unwrap();
     let reply = scep.send(MessageType::RenewalReq, "renew-3", &other, &old);
     assert_eq!(failure(&reply), FailInfo::BadRequest);
-    assert_eq!(count_files(&server, "certs"), 3);
+    assert_eq!(count_records(&server, RecordKind::Cert), 3);
 }
 
 #[test]
@@ -372,11 +371,10 @@ fn renewal_signed_by_anyone_else_is_refused_with_bad_message_check() {
         key: key.key,
         certificate: issued(&reply),
     };
-    let path = server.state_file(&format!("certs/{}.json", serial(&ours.certificate)));
-    let mut record: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ours_serial = serial(&ours.certificate);
+    let mut record = cert_record(&server, &ours_serial);
     record["revoked"] = serde_json::json!(otad::store::now());
-    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+    state::put(&server.state, RecordKind::Cert, &ours_serial, &record);
     let reply = scep.send(MessageType::RenewalReq, "revoked", &request, &ours);
     assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
 
@@ -433,7 +431,11 @@ fn renewal_signed_by_anyone_else_is_refused_with_bad_message_check() {
     );
     assert_eq!(failure(&reply), FailInfo::BadMessageCheck);
 
-    assert_eq!(count_files(&server, "certs"), 3, "nothing was issued");
+    assert_eq!(
+        count_records(&server, RecordKind::Cert),
+        3,
+        "nothing was issued"
+    );
     let log = server.log();
     assert!(
         log.contains("signer certificate: not issued by this CA"),
@@ -456,11 +458,7 @@ fn renewal_of_a_device_certificate_gives_the_device_the_new_serial() {
         "CN=00008030-001A35E12345802E, O=Test Org"
     );
 
-    let device: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(server.state_file("devices/00008030-001A35E12345802E.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let device = server.device_record("00008030-001A35E12345802E").unwrap();
     assert_eq!(
         device["certificates"],
         serde_json::json!([serial(&old.certificate), serial(&renewed)])
@@ -493,7 +491,7 @@ fn a_blocked_device_renews_nothing() {
         "stolen",
     ]);
     assert_eq!(code, 0, "{err}");
-    let certs = count_files(&server, "certs");
+    let certs = count_records(&server, RecordKind::Cert);
 
     // Neither the current certificate nor the one it was renewed as renews any more, and a
     // repeat of the renewal already made is not answered with its certificate either.
@@ -508,7 +506,7 @@ fn a_blocked_device_renews_nothing() {
         assert!(reply.certificates.is_empty(), "{label}");
     }
     assert_eq!(
-        count_files(&server, "certs"),
+        count_records(&server, RecordKind::Cert),
         certs,
         "no certificate issued"
     );
@@ -528,11 +526,15 @@ fn the_static_challenge_mints_no_certificate_for_an_ota_devices_udid() {
     let device = Device::new(&options).unwrap();
     let phase1 = device.phase1(&server.url).unwrap();
     device.phase2(&phase1).unwrap();
-    let certs = count_files(&server, "certs");
+    let certs = count_records(&server, RecordKind::Cert);
 
     let (_, _, _, reply) = pkcs_req(&scep, "00008030-00AA11BB22CC33DD", STATIC_CHALLENGE);
     assert_eq!(failure(&reply), FailInfo::BadRequest);
-    assert_eq!(count_files(&server, "certs"), certs, "nothing issued");
+    assert_eq!(
+        count_records(&server, RecordKind::Cert),
+        certs,
+        "nothing issued"
+    );
     assert!(
         server
             .log()
@@ -666,7 +668,11 @@ fn manual_approval_queues_then_approve_and_deny_decide_what_polls_see() {
     let first_message = scep.build(MessageType::PkcsReq, "manual-1", &request, &identity);
     let reply = scep.post(&first_message, "manual-1", &identity);
     assert_eq!(reply.status, PkiStatus::Pending);
-    assert_eq!(count_files(&server, "certs"), 0, "nothing issued yet");
+    assert_eq!(
+        count_records(&server, RecordKind::Cert),
+        0,
+        "nothing issued yet"
+    );
     let requests = listed(&server);
     assert_eq!(requests.len(), 1);
     let id = requests[0]["id"].as_str().unwrap().to_string();
@@ -745,7 +751,7 @@ fn manual_approval_queues_then_approve_and_deny_decide_what_polls_see() {
         "{}",
         text(&again)
     );
-    assert_eq!(count_files(&server, "certs"), 1);
+    assert_eq!(count_records(&server, RecordKind::Cert), 1);
 
     // Deny: the next poll is FAILURE badRequest.
     let (denied, denied_csr, denied_tid, reply) =
@@ -774,7 +780,7 @@ fn manual_approval_queues_then_approve_and_deny_decide_what_polls_see() {
     let output = otad_request(&server, &["approve", "0123456789abcdef0123456789abcdef"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output).contains("not found"), "{}", text(&output));
-    assert_eq!(count_files(&server, "certs"), 1);
+    assert_eq!(count_records(&server, RecordKind::Cert), 1);
     // Both requests arrived within the same second: the order between them is not fixed.
     let mut statuses: Vec<String> = listed(&server)
         .iter()
@@ -792,13 +798,13 @@ fn manual_approval_spends_a_one_time_challenge_at_request_time() {
     options.udid = Some("00008030-0000000000000001".into());
     let device = Device::new(&options).unwrap();
     let payload = device.phase2(&device.phase1(&server.url).unwrap()).unwrap();
-    let challenges = count_files(&server, "challenges");
+    let challenges = count_records(&server, RecordKind::Challenge);
 
     let cn = payload.common_name().unwrap().to_string();
     let (identity, request, transaction_id, reply) = pkcs_req(&scep, &cn, &payload.challenge);
     assert_eq!(reply.status, PkiStatus::Pending);
     assert_eq!(
-        count_files(&server, "challenges"),
+        count_records(&server, RecordKind::Challenge),
         challenges - 1,
         "spent now"
     );
@@ -814,11 +820,7 @@ fn manual_approval_spends_a_one_time_challenge_at_request_time() {
         cert::summarize(&certificate).unwrap().subject,
         "CN=00008030-0000000000000001, O=Test Org"
     );
-    let device: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(server.state_file("devices/00008030-0000000000000001.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let device = server.device_record("00008030-0000000000000001").unwrap();
     assert_eq!(device["phase"], "certified");
     assert_eq!(
         device["certificates"],
@@ -965,7 +967,7 @@ fn racing_renewals_of_one_certificate_issue_once() {
             )
         })
         .collect();
-    let certs_before = count_files(&server, "certs");
+    let certs_before = count_records(&server, RecordKind::Cert);
 
     let scep = std::sync::Arc::new(scep);
     let old = std::sync::Arc::new(old);
@@ -980,7 +982,7 @@ fn racing_renewals_of_one_certificate_issue_once() {
     let answers: Vec<Vec<u8>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
 
     assert_eq!(
-        count_files(&server, "certs"),
+        count_records(&server, RecordKind::Cert),
         certs_before + 1,
         "one renewal issued"
     );

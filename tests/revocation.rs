@@ -447,10 +447,12 @@ fn a_micromdm_scep_depot_is_imported_and_its_certificates_recorded_and_revoked()
             std::fs::read_to_string(&served.log).unwrap_or_default()
         )
     });
-    let issued =
-        std::fs::read_to_string(state.join(format!("certs/{}.json", summary.certificate_serial)))
-            .unwrap();
-    let issued: serde_json::Value = serde_json::from_str(&issued).unwrap();
+    let issued = common::state::record(
+        &state,
+        common::state::RecordKind::Cert,
+        &summary.certificate_serial,
+    )
+    .unwrap();
     std::fs::write(work.join("issued.pem"), issued["pem"].as_str().unwrap()).unwrap();
     let verified = openssl_line(work, "verify -CAfile depot/ca.pem issued.pem");
     assert!(String::from_utf8_lossy(&verified).contains("issued.pem: OK"));
@@ -472,10 +474,7 @@ fn a_micromdm_scep_depot_is_imported_and_its_certificates_recorded_and_revoked()
         "{}",
         text(&imported)
     );
-    let device: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(state.join(format!("devices/{udid}.json"))).unwrap(),
-    )
-    .unwrap();
+    let device = common::state::record(&state, common::state::RecordKind::Device, udid).unwrap();
     assert_eq!(device["phase"], "certified");
     assert_eq!(device["certificates"][0], "1234");
 

@@ -10,6 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use common::server::{otad_bin, TestServer};
+use common::state::RecordKind;
 use common::tools::have;
 use otad::httpclient;
 use otad::pki::cert;
@@ -67,8 +68,7 @@ fn served_serials(server: &TestServer) -> Vec<String> {
 }
 
 fn record(server: &TestServer, serial: &str) -> serde_json::Value {
-    let path = server.state_file(&format!("certs/{serial}.json"));
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    server.cert_record(serial).unwrap()
 }
 
 /// Marks a record revoked by hand: what a revocation killed between record and CRL left
@@ -77,8 +77,7 @@ fn mark_record_only(server: &TestServer, serial: &str, at: i64) {
     let mut value = record(server, serial);
     value["revoked"] = at.into();
     value["revocation_reason"] = "keyCompromise".into();
-    let path = server.state_file(&format!("certs/{serial}.json"));
-    std::fs::write(path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+    common::state::put(&server.state, RecordKind::Cert, serial, &value);
 }
 
 /// Adds an index entry by hand: what a revocation killed after its index entry leaves.
@@ -123,7 +122,7 @@ fn half_done_revocations_are_reported_by_fsck_and_mended_by_repair_and_start_up(
     assert_eq!(found.status.code(), Some(1), "{}", text(&found));
     assert!(
         text(&found).contains(&format!(
-            "problem: certs/{}.json: revoked, but crl.json does not list it",
+            "problem: certificate {}: revoked, but crl.json does not list it",
             serials[0]
         )),
         "{}",
@@ -153,7 +152,7 @@ fn half_done_revocations_are_reported_by_fsck_and_mended_by_repair_and_start_up(
     assert_eq!(found.status.code(), Some(1), "{}", text(&found));
     assert!(
         text(&found).contains(&format!(
-            "problem: certs/{}.json: crl.json lists it as revoked (superseded",
+            "problem: certificate {}: crl.json lists it as revoked (superseded",
             serials[1]
         )),
         "{}",

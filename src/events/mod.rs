@@ -2,7 +2,8 @@
 //! `events.jsonl` under the state dir, which a webhook ([`webhook`]) can follow.
 //!
 //! ```text
-//! events.jsonl        the live log; every line ends in a newline and was fsync'd
+//! events.jsonl        the live log; every line ends in a newline and is synced before the
+//!                     request that wrote it is answered
 //! events.jsonl.<N>    rotated logs, N counting up (the live log becomes N = events.gen)
 //! events.gen          the live log's generation number
 //! events.cursor       how far the webhook has delivered: {"generation", "offset"}
@@ -19,13 +20,15 @@
 //!
 //! The log has its own lock, not the state lock, so an event may be recorded from inside a
 //! [`crate::store::Store::transaction`]; the state lock is never taken while this one is held.
+//! A line is written under the lock and synced after it is released, so that lines written
+//! at about the same time share one `fdatasync` ([`crate::store::group_commit`]).
 
 pub mod throttle;
 pub mod webhook;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -33,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::store::fsutil::{self, FileLock};
+use crate::store::group_commit::{GroupCommit, Ticket};
 
 /// The live log's file name.
 pub const LOG_FILE: &str = "events.jsonl";
@@ -327,7 +331,11 @@ pub struct EventLog {
     /// Whether a webhook follows the log (rotation then spares what it has not delivered).
     followed: bool,
     in_process: Mutex<()>,
-    /// Bumped after every append, for the webhook worker to wake up.
+    /// The live log as this process last wrote it (under `in_process`).
+    live: Mutex<Option<LiveFile>>,
+    /// Appends that share syncs; its epoch counts the live files this process opened.
+    sync: GroupCommit,
+    /// Bumped after every append, once synced, for the webhook worker to wake up.
     appended: Arc<(Mutex<u64>, Condvar)>,
     /// How many refusals go into the log one by one.
     refusals: throttle::RefusalThrottle,
@@ -344,6 +352,8 @@ impl EventLog {
             keep: settings.keep,
             followed: settings.webhook.is_some(),
             in_process: Mutex::new(()),
+            live: Mutex::new(None),
+            sync: GroupCommit::new(0, 0),
             appended: Arc::new((Mutex::new(0), Condvar::new())),
             refusals: throttle::RefusalThrottle::default(),
             downloads: throttle::RefusalThrottle::new(
@@ -438,32 +448,44 @@ impl EventLog {
         }
     }
 
-    /// Appends `event` at unix time `at`, fsync'd before it returns, rotating first if the
+    /// Appends `event` at unix time `at`, synced before it returns, rotating first if the
     /// line would take the live log past `events.max_size`.
     pub fn append(&self, event: &Event, at: i64) -> io::Result<()> {
         let line = event.to_line(at);
-        let _thread = self
-            .in_process
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
+        let ticket = {
+            let _thread = self
+                .in_process
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
+            let mut live = self.live_file()?;
+            if live.len > 0 && live.len.saturating_add(line.len() as u64) > self.max_size {
+                // What this process wrote to the old file is durable before it moves.
+                live.file.sync_data()?;
+                self.rotate()?;
+                live = self.live_file()?;
+            }
 
-        let mut file = self.open_live()?;
-        let mut len = file.metadata()?.len();
-        if len > 0 && len.saturating_add(line.len() as u64) > self.max_size {
-            drop(file);
-            self.rotate()?;
-            file = self.open_live()?;
-            len = file.metadata()?.len();
-        }
-
-        // A crash mid-write can leave a torn last line; end it so this one stands alone.
-        let mut last = [0u8; 1];
-        if len > 0 && file.read_at(&mut last, len - 1)? == 1 && last[0] != b'\n' {
-            file.write_all(b"\n")?;
-        }
-        file.write_all(&line)?;
-        file.sync_data()?;
+            // A crash mid-write can leave a torn last line; end it so this one stands alone.
+            let mut bytes = Vec::with_capacity(line.len() + 1);
+            if !live.ends_in_newline {
+                bytes.push(b'\n');
+            }
+            bytes.extend_from_slice(&line);
+            (&*live.file).write_all(&bytes)?;
+            live.len += bytes.len() as u64;
+            live.ends_in_newline = true;
+            let ticket = Ticket {
+                epoch: live.epoch,
+                end: live.len,
+            };
+            *self
+                .live
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(live);
+            ticket
+        };
+        self.wait_synced(ticket)?;
 
         let (count, wake) = &*self.appended;
         let mut count = count
@@ -472,6 +494,81 @@ impl EventLog {
         *count = count.wrapping_add(1);
         wake.notify_all();
         Ok(())
+    }
+
+    /// Returns once the live log is synced past `ticket`, sharing the sync with the other
+    /// appends waiting then.
+    fn wait_synced(&self, ticket: Ticket) -> io::Result<()> {
+        self.sync.wait(ticket, || {
+            let live = self
+                .live
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            live.as_ref()
+                .map(|live| (Arc::clone(&live.file), live.epoch, live.len))
+        })
+    }
+
+    /// Makes everything this process appended durable (before the webhook reads it).
+    fn sync_appended(&self) -> io::Result<()> {
+        let ticket = self
+            .live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|live| Ticket {
+                epoch: live.epoch,
+                end: live.len,
+            });
+        ticket.map_or(Ok(()), |ticket| self.wait_synced(ticket))
+    }
+
+    /// The live log, open for appending, as it is now on disk: the file this process holds
+    /// if it is still the one at `events.jsonl` (another process may have rotated it), its
+    /// length and whether it ends a line. Called holding the append lock.
+    fn live_file(&self) -> io::Result<LiveFile> {
+        // A copy: the one in place stays there for syncs under way.
+        let held = self
+            .live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let path = self.dir.join(LOG_FILE);
+        let on_disk = match std::fs::symlink_metadata(&path) {
+            Ok(meta) => Some((meta.dev(), meta.ino())),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+            Err(err) => return Err(err),
+        };
+        let mut live = match held {
+            Some(held) if Some(held.id) == on_disk => held,
+            held => {
+                // What this process wrote to a file that moved is made durable first, so
+                // that the new epoch settles every ticket of the old one.
+                if let Some(held) = &held {
+                    held.file.sync_data()?;
+                }
+                let file = self.open_live()?;
+                let meta = file.metadata()?;
+                let epoch = held.map_or(1, |held| held.epoch + 1);
+                self.sync.replaced(epoch, meta.len());
+                LiveFile {
+                    file: Arc::new(file),
+                    id: (meta.dev(), meta.ino()),
+                    epoch,
+                    len: u64::MAX,
+                    ends_in_newline: true,
+                }
+            }
+        };
+        // Another process may have appended since: then the last byte is read again.
+        let len = live.file.metadata()?.len();
+        if len != live.len {
+            let mut last = [0u8; 1];
+            live.ends_in_newline =
+                len == 0 || (live.file.read_at(&mut last, len - 1)? == 1 && last[0] == b'\n');
+            live.len = len;
+        }
+        Ok(live)
     }
 
     fn open_live(&self) -> io::Result<File> {
@@ -581,6 +678,9 @@ impl EventLog {
     /// no rotation happens between finding the live generation and opening its file.
     /// `None` if that rotated file is gone. Returns the live generation too.
     pub fn open_at(&self, cursor: Cursor) -> io::Result<(Option<File>, u64)> {
+        // Nothing is delivered that a crash could still take back: what this process
+        // appended is synced first (other processes sync theirs before they return).
+        self.sync_appended()?;
         let _thread = self
             .in_process
             .lock()
@@ -621,6 +721,20 @@ impl EventLog {
         }
         Ok(())
     }
+}
+
+/// The live log as this process holds it open.
+#[derive(Clone)]
+struct LiveFile {
+    file: Arc<File>,
+    /// (device, inode): another file at `events.jsonl` means a rotation.
+    id: (u64, u64),
+    /// This process's count of live files, for [`GroupCommit`].
+    epoch: u64,
+    /// Its length after this process's last write or look.
+    len: u64,
+    /// Whether its last byte ends a line.
+    ends_in_newline: bool,
 }
 
 /// `events.jsonl.<generation>`.

@@ -34,9 +34,10 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::group_commit::GroupCommit;
+pub use super::group_commit::Ticket;
 use super::{fsutil, StoreError};
 
 /// The log's file name under the state dir.
@@ -169,31 +170,13 @@ struct View {
     epoch: u64,
 }
 
-/// Group commit: how far this process knows the log to be durable.
-struct Durability {
-    epoch: u64,
-    synced: u64,
-    syncing: bool,
-}
-
-/// What a commit must wait for before its request is answered: a sync past `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct Ticket {
-    epoch: u64,
-    end: u64,
-}
-
 /// An open state log.
 pub struct Journal {
     root: PathBuf,
     path: PathBuf,
     view: Mutex<View>,
-    durability: Mutex<Durability>,
-    synced: Condvar,
-    /// Set after a failed sync: what was written may not be on disk, and the kernel may not
-    /// say so again. Every later write fails until otad is restarted and reads the log anew.
-    failed: AtomicBool,
+    /// Commits that share syncs (see [`GroupCommit`]).
+    sync: GroupCommit,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -438,14 +421,8 @@ impl Journal {
         Ok(Journal {
             root: root.to_path_buf(),
             path,
-            durability: Mutex::new(Durability {
-                epoch: view.epoch,
-                synced: view.end,
-                syncing: false,
-            }),
+            sync: GroupCommit::new(view.epoch, view.end),
             view: Mutex::new(view),
-            synced: Condvar::new(),
-            failed: AtomicBool::new(false),
         })
     }
 
@@ -544,7 +521,7 @@ impl Journal {
             let fresh = Self::load(&self.path, view.epoch + 1)?;
             *view = fresh;
             view.staged = staged;
-            self.set_durable(view.epoch, view.end);
+            self.sync.replaced(view.epoch, view.end);
         }
         let len = meta.len();
         let seen_torn = matches!(view.tail, Tail::Torn { len: seen, .. } if seen == len);
@@ -605,7 +582,7 @@ impl Journal {
         if staged.is_empty() {
             return Ok(None);
         }
-        if self.failed.load(Ordering::Acquire) {
+        if self.sync.has_failed() {
             return Err(self.failure());
         }
         let (frame, values) = encode_frame(&staged);
@@ -645,68 +622,31 @@ impl Journal {
         ))
     }
 
-    /// Whether a sync failed since the log was opened (see [`Journal::wait_durable`]).
+    /// Whether a sync failed since the log was opened (see [`GroupCommit`]): no write is
+    /// taken any more.
     pub fn has_failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.sync.has_failed()
     }
 
-    fn set_durable(&self, epoch: u64, end: u64) {
-        let mut durability = lock(&self.durability);
-        if epoch > durability.epoch {
-            durability.epoch = epoch;
-            durability.synced = end;
-        }
-        drop(durability);
-        self.synced.notify_all();
-    }
-
-    /// Returns once the log is durable past `ticket`. The first waiter syncs the file for all
-    /// who wait then; those who commit while it syncs wait for the next sync. A failed sync
-    /// fails this and every later commit (see [`Journal::has_failed`]).
+    /// Returns once the log is durable past `ticket`, sharing the sync with every commit
+    /// waiting at the same time. A failed sync fails this and every later commit.
     pub fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
-        let mut durability = lock(&self.durability);
-        loop {
-            if self.failed.load(Ordering::Acquire) {
-                return Err(self.failure());
-            }
-            // A later epoch is a file that was synced whole before it replaced this one.
-            if durability.epoch > ticket.epoch || durability.synced >= ticket.end {
-                return Ok(());
-            }
-            if durability.syncing {
-                durability = self
-                    .synced
-                    .wait(durability)
-                    .unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            durability.syncing = true;
-            drop(durability);
-
-            let (file, epoch, end) = {
+        let failed_before = self.sync.has_failed();
+        self.sync
+            .wait(ticket, || {
                 let view = lock(&self.view);
-                (Arc::clone(&view.file), view.epoch, view.end)
-            };
-            let synced = file.sync_data();
-
-            durability = lock(&self.durability);
-            durability.syncing = false;
-            match synced {
-                Ok(()) if epoch == durability.epoch => {
-                    durability.synced = durability.synced.max(end);
-                }
-                Ok(()) => {}
-                Err(err) => {
-                    self.failed.store(true, Ordering::Release);
+                Some((Arc::clone(&view.file), view.epoch, view.end))
+            })
+            .map_err(|err| {
+                if !failed_before {
                     log::error!(
                         "{}: sync failed: {err}; otad takes no more writes until it is \
-                         restarted",
+                         restarted (check the disk first)",
                         self.path.display()
                     );
                 }
-            }
-            self.synced.notify_all();
-        }
+                self.failure()
+            })
     }
 
     /// The record of `kind` under `key`: the transaction's own change first when `in_txn`,
@@ -876,7 +816,7 @@ impl Journal {
         let fresh = Self::load(&self.path, view.epoch + 1)?;
         *view = fresh;
         let after = view.end;
-        self.set_durable(view.epoch, view.end);
+        self.sync.replaced(view.epoch, view.end);
         Ok((before, after))
     }
 }

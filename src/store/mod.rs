@@ -24,6 +24,7 @@ pub mod blocked;
 pub mod challenges;
 pub mod crl;
 pub mod fsutil;
+pub mod group_commit;
 pub mod journal;
 mod pending;
 
@@ -93,6 +94,15 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A record of the state log does not parse.
+    CorruptRecord {
+        /// The kind of record ("device", "certificate", "challenge").
+        kind: &'static str,
+        /// Its key: a UDID, a serial, a challenge's hash.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A certificate with this serial is already recorded.
     SerialTaken(String),
     /// A name from outside (UDID, serial) is not safe to use in a path.
@@ -108,6 +118,11 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { path, reason } => {
                 write!(f, "{}: corrupt state file: {reason}", path.display())
             }
+            StoreError::CorruptRecord { kind, key, reason } => write!(
+                f,
+                "{kind} {key}: its record in the state log does not parse: {reason} (run otad \
+                 fsck)"
+            ),
             StoreError::SerialTaken(serial) => write!(f, "certificate {serial}: already recorded"),
             StoreError::InvalidName(what) => write!(f, "{what}: not a valid name"),
             StoreError::NotInitialized(path) => write!(
@@ -607,7 +622,7 @@ impl Store {
         let Some(bytes) = self.journal.get(kind, key, self.in_transaction())? else {
             return Ok(None);
         };
-        parse_record(&self.journal, kind, key, &bytes).map(Some)
+        parse_record(kind, key, &bytes).map(Some)
     }
 
     /// Writes the record of `kind` under `key`, in a transaction (the caller's, if any).
@@ -640,7 +655,7 @@ impl Store {
         let mut records = Vec::new();
         let mut skipped = Vec::new();
         for (key, bytes) in self.journal.all(kind, self.in_transaction())? {
-            match parse_record(&self.journal, kind, &key, &bytes) {
+            match parse_record(kind, &key, &bytes) {
                 Ok(record) => records.push(record),
                 Err(err) => skipped.push(err),
             }
@@ -803,21 +818,6 @@ impl Store {
         self.journal.count(Kind::Challenge)
     }
 
-    /// Every challenge record that parses, with its key, and those that do not (fsck).
-    pub fn challenges_skipping(
-        &self,
-    ) -> Result<(Vec<(String, ChallengeRecord)>, Vec<StoreError>), StoreError> {
-        let mut records = Vec::new();
-        let mut skipped = Vec::new();
-        for (key, bytes) in self.journal.all(Kind::Challenge, self.in_transaction())? {
-            match parse_record(&self.journal, Kind::Challenge, &key, &bytes) {
-                Ok(record) => records.push((key, record)),
-                Err(err) => skipped.push(err),
-            }
-        }
-        Ok((records, skipped))
-    }
-
     /// The device with this UDID, if known.
     pub fn device(&self, udid: &str) -> Result<Option<DeviceRecord>, StoreError> {
         if !valid_udid(udid) {
@@ -931,14 +931,14 @@ impl Store {
 
 /// A record's bytes, parsed; a record that does not parse names its kind and key.
 fn parse_record<T: for<'de> Deserialize<'de>>(
-    journal: &Journal,
     kind: Kind,
     key: &str,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
-        path: journal.path().to_path_buf(),
-        reason: format!("{} {key}: {err}", kind.name()),
+    serde_json::from_slice(bytes).map_err(|err| StoreError::CorruptRecord {
+        kind: kind.name(),
+        key: key.to_string(),
+        reason: err.to_string(),
     })
 }
 
@@ -1076,7 +1076,7 @@ mod tests {
         assert_eq!(store.count_challenges().unwrap(), 1);
         let log = std::fs::read(store.journal().path()).unwrap();
         assert!(!log.windows(6).any(|w| w == b"s3cret"));
-        let (records, _) = store.challenges_skipping().unwrap();
+        let records = store.journal().all(Kind::Challenge, false).unwrap();
         assert_eq!(records[0].0, challenge_key("s3cret-value"));
 
         let taken = store

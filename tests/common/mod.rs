@@ -36,4 +36,5 @@ pub mod der;
 pub mod impostor;
 pub mod scep;
 pub mod server;
+pub mod state;
 pub mod tools;

@@ -161,6 +161,26 @@ impl TestServer {
         self.state.join(relative)
     }
 
+    /// A record of the state log, as JSON (see [`super::state`]).
+    pub fn record(&self, kind: super::state::RecordKind, key: &str) -> Option<serde_json::Value> {
+        super::state::record(&self.state, kind, key)
+    }
+
+    /// A device record, as JSON.
+    pub fn device_record(&self, udid: &str) -> Option<serde_json::Value> {
+        self.record(super::state::RecordKind::Device, udid)
+    }
+
+    /// A certificate record, as JSON.
+    pub fn cert_record(&self, serial: &str) -> Option<serde_json::Value> {
+        self.record(super::state::RecordKind::Cert, serial)
+    }
+
+    /// How many records of `kind` the state log holds.
+    pub fn count(&self, kind: super::state::RecordKind) -> usize {
+        super::state::count(&self.state, kind)
+    }
+
     /// Every file under the state dir with its contents, for "nothing changed" checks.
     pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut files = Vec::new();
