@@ -116,9 +116,7 @@ impl GroupCommit {
                 Err(_) => self.failed.store(true, Ordering::Release),
             }
             self.synced.notify_all();
-            if let Err(err) = result {
-                return Err(err);
-            }
+            result?;
         }
     }
 }
