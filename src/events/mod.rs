@@ -322,9 +322,41 @@ pub struct Cursor {
     pub offset: u64,
 }
 
+/// Ids of event logs, for [`BUFFERED`].
+static NEXT_LOG_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// The logs whose events this thread keeps aside (see [`EventLog::buffering`]).
+    static BUFFERED: std::cell::RefCell<Vec<(u64, Vec<(Event, i64)>)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Ends a buffering on this thread however its work ends, and gives its events.
+struct Buffering(u64);
+
+impl Buffering {
+    fn take(&self) -> Vec<(Event, i64)> {
+        BUFFERED.with(|buffered| {
+            let mut buffered = buffered.borrow_mut();
+            match buffered.iter().rposition(|(id, _)| *id == self.0) {
+                Some(at) => buffered.remove(at).1,
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Drop for Buffering {
+    fn drop(&mut self) {
+        let _ = self.take();
+    }
+}
+
 /// The event log of one state dir. Cheap to share; appends are serialised across threads
 /// and processes.
 pub struct EventLog {
+    id: u64,
     dir: PathBuf,
     max_size: u64,
     keep: u64,
@@ -347,6 +379,7 @@ impl EventLog {
     /// The log under `state_dir`, with `settings` for rotation.
     pub fn open(state_dir: &Path, settings: &EventSettings) -> EventLog {
         EventLog {
+            id: NEXT_LOG_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             dir: state_dir.to_path_buf(),
             max_size: settings.max_size,
             keep: settings.keep,
@@ -438,20 +471,55 @@ impl EventLog {
 
     fn write_or_log(&self, event: Event) {
         let at = crate::store::now();
-        if let Err(err) = self.append(&event, at) {
-            let line = event.to_line(at);
-            log::error!(
-                "events: cannot write to {}: {err}; the event was: {}",
-                self.dir.join(LOG_FILE).display(),
-                String::from_utf8_lossy(&line).trim_end()
-            );
+        let kept = BUFFERED.with(|buffered| {
+            let mut buffered = buffered.borrow_mut();
+            let (_, events) = buffered.iter_mut().rev().find(|(id, _)| *id == self.id)?;
+            events.push((event.clone(), at));
+            Some(())
+        });
+        if kept.is_none() {
+            self.write_all(vec![(event, at)]);
+        }
+    }
+
+    /// Runs `work` with the events this thread records kept aside instead of written, and
+    /// returns them with what `work` returned: a request's events are then written together
+    /// by [`EventLog::write_all`], once what they record is durable.
+    pub fn buffering<T>(&self, work: impl FnOnce() -> T) -> (T, Vec<(Event, i64)>) {
+        BUFFERED.with(|buffered| buffered.borrow_mut().push((self.id, Vec::new())));
+        let buffering = Buffering(self.id);
+        let out = work();
+        (out, buffering.take())
+    }
+
+    /// Writes `events` (each with its time) in one append, synced before it returns; a
+    /// failure is logged at error with every line, as [`EventLog::record`] says.
+    pub fn write_all(&self, events: Vec<(Event, i64)>) {
+        if events.is_empty() {
+            return;
+        }
+        let lines: Vec<Vec<u8>> = events.iter().map(|(e, at)| e.to_line(*at)).collect();
+        if let Err(err) = self.append_lines(&lines) {
+            for line in &lines {
+                log::error!(
+                    "events: cannot write to {}: {err}; the event was: {}",
+                    self.dir.join(LOG_FILE).display(),
+                    String::from_utf8_lossy(line).trim_end()
+                );
+            }
         }
     }
 
     /// Appends `event` at unix time `at`, synced before it returns, rotating first if the
     /// line would take the live log past `events.max_size`.
     pub fn append(&self, event: &Event, at: i64) -> io::Result<()> {
-        let line = event.to_line(at);
+        self.append_lines(&[event.to_line(at)])
+    }
+
+    /// Appends whole lines in one write, synced before it returns, rotating first if they
+    /// would take the live log past `events.max_size`.
+    fn append_lines(&self, lines: &[Vec<u8>]) -> io::Result<()> {
+        let size: usize = lines.iter().map(Vec::len).sum();
         let ticket = {
             let _thread = self
                 .in_process
@@ -459,7 +527,7 @@ impl EventLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
             let mut live = self.live_file()?;
-            if live.len > 0 && live.len.saturating_add(line.len() as u64) > self.max_size {
+            if live.len > 0 && live.len.saturating_add(size as u64) > self.max_size {
                 // What this process wrote to the old file is durable before it moves.
                 live.file.sync_data()?;
                 self.rotate()?;
@@ -467,11 +535,13 @@ impl EventLog {
             }
 
             // A crash mid-write can leave a torn last line; end it so this one stands alone.
-            let mut bytes = Vec::with_capacity(line.len() + 1);
+            let mut bytes = Vec::with_capacity(size + 1);
             if !live.ends_in_newline {
                 bytes.push(b'\n');
             }
-            bytes.extend_from_slice(&line);
+            for line in lines {
+                bytes.extend_from_slice(line);
+            }
             (&*live.file).write_all(&bytes)?;
             live.len += bytes.len() as u64;
             live.ends_in_newline = true;

@@ -423,6 +423,31 @@ pub fn route(
     }
 }
 
+/// Routes one request and makes what it wrote durable before it is answered: its
+/// transactions share one wait for the state log's sync, then its events are written in one
+/// append (after the state they record). A state that could not be made durable is a 500.
+pub fn answer(
+    ctx: &Context,
+    incoming: &Incoming<'_>,
+    body: &mut dyn FnMut() -> Result<Vec<u8>, Refusal>,
+) -> Result<Reply, Refusal> {
+    let ((reply, events), settled) = ctx.store.deferring(|| {
+        ctx.events.buffering(|| {
+            let reply = route(ctx, incoming, body);
+            if let Err(refusal) = &reply {
+                record_refusal(ctx, incoming, refusal);
+            }
+            reply
+        })
+    });
+    let reply = match settled {
+        Ok(()) => reply,
+        Err(err) => Err(Refusal::new(500, format!("state not saved: {err}"))),
+    };
+    ctx.events.write_all(events);
+    reply
+}
+
 /// The endpoints whose HTTP refusals go into the events log. SCEP records its CertRep
 /// FAILUREs itself; these catch what is refused before a CertRep can be addressed.
 const RECORDED_PATHS: &[&str] = &[
@@ -567,12 +592,9 @@ fn handle(ctx: &Context, mut request: tiny_http::Request) {
         ))
     } else {
         let reader = request.as_reader();
-        route(ctx, &incoming, &mut || read_body(reader, declared, limit))
+        answer(ctx, &incoming, &mut || read_body(reader, declared, limit))
     };
 
-    if let Err(refusal) = &reply {
-        record_refusal(ctx, &incoming, refusal);
-    }
     let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
     let extra_headers = reply
         .as_ref()

@@ -20,8 +20,9 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
-/// What a writer waits for: a sync of its file's epoch past `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a writer waits for: a sync of its file's epoch past `end`. Tickets order by epoch,
+/// then end: the greater one settles both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 #[must_use]
 pub struct Ticket {
     /// Which file: bumped by [`GroupCommit::replaced`].

@@ -170,8 +170,39 @@ struct View {
     epoch: u64,
 }
 
+/// Ids of open logs, for [`DEFERRED`].
+static NEXT_JOURNAL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+thread_local! {
+    /// The logs whose syncs this thread defers (see [`Journal::deferring`]), each with the
+    /// greatest ticket it deferred.
+    static DEFERRED: std::cell::RefCell<Vec<(u64, Option<Ticket>)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Ends a deferral on this thread however its work ends, and gives its ticket.
+struct Deferral(u64);
+
+impl Deferral {
+    fn take(&self) -> Option<Ticket> {
+        DEFERRED.with(|deferred| {
+            let mut deferred = deferred.borrow_mut();
+            let at = deferred.iter().rposition(|(id, _)| *id == self.0)?;
+            deferred.remove(at).1
+        })
+    }
+}
+
+impl Drop for Deferral {
+    fn drop(&mut self) {
+        let _ = self.take();
+    }
+}
+
 /// An open state log.
 pub struct Journal {
+    id: u64,
     root: PathBuf,
     path: PathBuf,
     view: Mutex<View>,
@@ -419,6 +450,7 @@ impl Journal {
         let path = root.join(LOG_FILE);
         let view = Self::load(&path, 0)?;
         Ok(Journal {
+            id: NEXT_JOURNAL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             root: root.to_path_buf(),
             path,
             sync: GroupCommit::new(view.epoch, view.end),
@@ -628,9 +660,37 @@ impl Journal {
         self.sync.has_failed()
     }
 
+    /// Runs `work` with this thread's waits for durability put off to its end, where one
+    /// wait covers them all: what a request wrote in several transactions is then made
+    /// durable together, before it is answered. Returns what `work` returned and how the wait
+    /// ended.
+    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Result<(), StoreError>) {
+        DEFERRED.with(|deferred| deferred.borrow_mut().push((self.id, None)));
+        let deferral = Deferral(self.id);
+        let out = work();
+        let settled = deferral
+            .take()
+            .map_or(Ok(()), |ticket| self.wait_now(ticket));
+        (out, settled)
+    }
+
     /// Returns once the log is durable past `ticket`, sharing the sync with every commit
-    /// waiting at the same time. A failed sync fails this and every later commit.
+    /// waiting at the same time; inside [`Journal::deferring`], at its end. A failed sync
+    /// fails this and every later commit.
     pub fn wait_durable(&self, ticket: Ticket) -> Result<(), StoreError> {
+        let deferred = DEFERRED.with(|deferred| {
+            let mut deferred = deferred.borrow_mut();
+            let slot = deferred.iter_mut().rev().find(|(id, _)| *id == self.id)?;
+            slot.1 = slot.1.max(Some(ticket));
+            Some(())
+        });
+        if deferred.is_some() {
+            return Ok(());
+        }
+        self.wait_now(ticket)
+    }
+
+    fn wait_now(&self, ticket: Ticket) -> Result<(), StoreError> {
         let failed_before = self.sync.has_failed();
         self.sync
             .wait(ticket, || {

@@ -539,6 +539,13 @@ impl Store {
         result
     }
 
+    /// Runs `work` with the waits for durability of its transactions put off to its end,
+    /// where one wait covers them all (see [`Journal::deferring`]): for a request, before it
+    /// is answered. Returns what `work` returned and how the wait ended.
+    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Result<(), StoreError>) {
+        self.journal.deferring(work)
+    }
+
     /// Writes a file under the state dir atomically.
     pub fn write_file(&self, relative: &str, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
         let path = self.root.join(relative);
