@@ -325,9 +325,12 @@ pub struct Cursor {
 /// Ids of event logs, for [`BUFFERED`].
 static NEXT_LOG_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Events kept aside, each with its time (unix seconds).
+pub type Buffered = Vec<(Event, i64)>;
+
 thread_local! {
     /// The logs whose events this thread keeps aside (see [`EventLog::buffering`]).
-    static BUFFERED: std::cell::RefCell<Vec<(u64, Vec<(Event, i64)>)>> = const {
+    static BUFFERED: std::cell::RefCell<Vec<(u64, Buffered)>> = const {
         std::cell::RefCell::new(Vec::new())
     };
 }
@@ -336,7 +339,7 @@ thread_local! {
 struct Buffering(u64);
 
 impl Buffering {
-    fn take(&self) -> Vec<(Event, i64)> {
+    fn take(&self) -> Buffered {
         BUFFERED.with(|buffered| {
             let mut buffered = buffered.borrow_mut();
             match buffered.iter().rposition(|(id, _)| *id == self.0) {
@@ -485,7 +488,7 @@ impl EventLog {
     /// Runs `work` with the events this thread records kept aside instead of written, and
     /// returns them with what `work` returned: a request's events are then written together
     /// by [`EventLog::write_all`], once what they record is durable.
-    pub fn buffering<T>(&self, work: impl FnOnce() -> T) -> (T, Vec<(Event, i64)>) {
+    pub fn buffering<T>(&self, work: impl FnOnce() -> T) -> (T, Buffered) {
         BUFFERED.with(|buffered| buffered.borrow_mut().push((self.id, Vec::new())));
         let buffering = Buffering(self.id);
         let out = work();
@@ -494,7 +497,7 @@ impl EventLog {
 
     /// Writes `events` (each with its time) in one append, synced before it returns; a
     /// failure is logged at error with every line, as [`EventLog::record`] says.
-    pub fn write_all(&self, events: Vec<(Event, i64)>) {
+    pub fn write_all(&self, events: Buffered) {
         if events.is_empty() {
             return;
         }
