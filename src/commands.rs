@@ -700,16 +700,18 @@ fn start_signal_handler(
     }
 }
 
-/// How often the sweeper removes expired challenge files.
+/// How often the sweeper removes expired challenges.
 const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How often the sweeper looks whether to run early.
 const SWEEP_LOOK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Removes expired challenges at start and then every ten minutes, or at the next second once
-/// `ota.max_live_challenges` of them have expired since the last sweep. Expired challenges
-/// count for nothing at once; this bounds their files on disk, at twice the cap or so, even
-/// with a short `ota.challenge_ttl`.
+/// `ota.max_live_challenges` of them have expired since the last sweep, and compacts the
+/// state log whenever more than half of it is records since replaced or removed. Expired
+/// challenges count for nothing at once; this bounds their records, at twice the cap or so,
+/// even with a short `ota.challenge_ttl`, and the compaction bounds the log at about twice
+/// what is live.
 fn start_sweeper(ctx: Arc<Context>) {
     let spawned = std::thread::Builder::new()
         .name("sweeper".into())
@@ -720,14 +722,36 @@ fn start_sweeper(ctx: Arc<Context>) {
                 Err(err) => warn!("sweeping challenges: {err}"),
             }
             let swept = std::time::Instant::now();
-            while swept.elapsed() < SWEEP_INTERVAL
-                && ctx.store.expired_challenges_unswept() < ctx.config.ota.max_live_challenges
-            {
+            loop {
+                compact_if_worth_it(&ctx.store);
+                if swept.elapsed() >= SWEEP_INTERVAL
+                    || ctx.store.expired_challenges_unswept() >= ctx.config.ota.max_live_challenges
+                {
+                    break;
+                }
                 std::thread::sleep(SWEEP_LOOK);
             }
         });
     if let Err(err) = spawned {
         warn!("cannot start the challenge sweeper: {err}");
+    }
+}
+
+/// Compacts the state log if [`store::Store::wants_compaction`] says it would shrink much.
+fn compact_if_worth_it(store: &store::Store) {
+    match store.wants_compaction() {
+        Ok(false) => {}
+        Ok(true) => {
+            let started = std::time::Instant::now();
+            match store.compact() {
+                Ok((before, after)) => info!(
+                    "state log compacted: {before} -> {after} bytes in {} ms",
+                    started.elapsed().as_millis()
+                ),
+                Err(err) => warn!("compacting the state log: {err}"),
+            }
+        }
+        Err(err) => warn!("state log: {err}"),
     }
 }
 

@@ -1,0 +1,151 @@
+//! The state log under a running server: compaction by the server while the records stay as
+//! they were, a torn end cut off at start, and an admin command's writes seen at once.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::{otad_bin, TestServer};
+use common::state::{self, RecordKind};
+use otad::store::journal::{Change, Journal, Kind, COMPACT_MIN_BYTES};
+
+fn log_size(server: &TestServer) -> u64 {
+    std::fs::metadata(server.state_file("state.log"))
+        .unwrap()
+        .len()
+}
+
+/// One enrollment through every phase; its UDID.
+fn enroll(server: &TestServer, udid: &str) {
+    let output = Command::new(otad_bin())
+        .args(["simulate", "--url", &server.url, "--device-ca"])
+        .arg(&server.device_ca_dir)
+        .args(["--udid", udid])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        server.log()
+    );
+}
+
+#[test]
+fn the_server_compacts_a_log_of_mostly_replaced_records_and_keeps_every_record() {
+    let mut server = TestServer::start(|config| config);
+    enroll(&server, "00008030-00000000000000C1");
+    let device = server.device_record("00008030-00000000000000C1").unwrap();
+    let serial = device["certificates"][0].as_str().unwrap().to_string();
+    let cert = server.cert_record(&serial).unwrap();
+    // Phase 3's MDM profile carries a SCEP challenge of its own, still live.
+    let challenges = server.count(RecordKind::Challenge);
+
+    // Records replaced again and again: one key rewritten with a large value, then removed.
+    let garbage = vec![b'x'; 1024 * 1024];
+    for _ in 0..(COMPACT_MIN_BYTES / (1024 * 1024) + 2) {
+        state::put_raw(
+            &server.state,
+            RecordKind::Challenge,
+            &"ab".repeat(32),
+            &garbage,
+        );
+    }
+    {
+        let _lock = otad::store::fsutil::FileLock::acquire(&server.state_file(".lock")).unwrap();
+        let journal = Journal::open(&server.state).unwrap();
+        journal.begin().unwrap();
+        journal
+            .stage(Change {
+                kind: Kind::Challenge,
+                key: "ab".repeat(32),
+                tag: String::new(),
+                value: None,
+            })
+            .unwrap();
+        let ticket = journal.commit().unwrap().unwrap();
+        journal.wait_durable(ticket).unwrap();
+    }
+    let before = log_size(&server);
+    assert!(before > COMPACT_MIN_BYTES, "{before}");
+
+    // The sweeper looks at start and then every second.
+    server.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while log_size(&server) >= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after = log_size(&server);
+    assert!(after < 1024 * 1024, "{before} -> {after}\n{}", server.log());
+    assert!(
+        server.log().contains("state log compacted"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(
+        server.device_record("00008030-00000000000000C1").unwrap(),
+        device
+    );
+    assert_eq!(server.cert_record(&serial).unwrap(), cert);
+    assert_eq!(server.count(RecordKind::Challenge), challenges);
+
+    // The server goes on writing to the new file, and an admin command sees it.
+    enroll(&server, "00008030-00000000000000C2");
+    let listed = Command::new(otad_bin())
+        .args(["device", "show", "--config"])
+        .arg(server.config_path())
+        .arg("00008030-00000000000000C2")
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("enrolled"));
+}
+
+#[test]
+fn a_torn_end_left_by_a_crash_is_cut_off_at_start_and_nothing_else_is_lost() {
+    let mut server = TestServer::start(|config| config);
+    enroll(&server, "00008030-00000000000000D1");
+    let whole = log_size(&server);
+
+    // Half a record, as a kill in the middle of an append leaves it.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(server.state_file("state.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2]).unwrap();
+    drop(file);
+    let (code, out) = fsck(&server);
+    assert_eq!(code, Some(0), "a torn end is a note: {out}");
+    assert!(
+        out.contains(&format!("note: state.log: 14 bytes after offset {whole}")),
+        "{out}"
+    );
+
+    server.restart();
+    assert!(
+        server.log().contains(&format!(
+            "start-up repair: state.log: 14 bytes after offset {whole} cut off"
+        )),
+        "{}",
+        server.log()
+    );
+    assert_eq!(log_size(&server), whole);
+    assert_eq!(
+        server.device_record("00008030-00000000000000D1").unwrap()["phase"],
+        "enrolled"
+    );
+    enroll(&server, "00008030-00000000000000D2");
+    assert_eq!(fsck(&server).0, Some(0));
+}
+
+fn fsck(server: &TestServer) -> (Option<i32>, String) {
+    let output = Command::new(otad_bin())
+        .args(["fsck", "--config"])
+        .arg(server.config_path())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
