@@ -1,8 +1,9 @@
 //! Issuing and recording one device certificate: shared by SCEP (PKCSReq, RenewalReq) and
 //! `otad request approve`, so there is one place where serials are drawn and recorded.
 //!
-//! It takes no lock: a serial is recorded with a create-once write, so two issuances can
-//! never share one. Updating the device record is the caller's (it takes the state lock).
+//! A serial is recorded in a transaction of its own that refuses one already recorded, so
+//! two issuances can never share one. Updating the device record is the caller's (another
+//! transaction).
 
 use std::fmt;
 

@@ -86,7 +86,7 @@ pub struct TokenUse {
 /// A challenge phase 1 handed out under the token and no device has answered yet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveChallenge {
-    /// SHA-256 of the challenge, hex (as its file is named; not the value).
+    /// SHA-256 of the challenge, hex (as its record is keyed; not the value).
     pub challenge: String,
     /// When it expires (unix seconds).
     pub expires: i64,

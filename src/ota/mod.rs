@@ -336,8 +336,8 @@ fn token_refusal(err: tokens::TokenError) -> OtaError {
     }
 }
 
-/// Anyone may download the Profile Service payload, and each download leaves a challenge file
-/// for `ota.challenge_ttl`: past `ota.max_live_challenges`, phase 1 answers 503 until some
+/// Anyone may download the Profile Service payload, and each download leaves a challenge
+/// record for `ota.challenge_ttl`: past `ota.max_live_challenges`, phase 1 answers 503 until some
 /// are used or expire, so a flood of downloads cannot fill the disk; past
 /// `ota.max_live_challenges_per_client` from one address, 429, so that one client cannot
 /// take every place.

@@ -5,18 +5,19 @@
 //! crl.der    the current CRL, DER, as `GET /crl` and SCEP GetCRL hand it out
 //! ```
 //!
-//! The index is the CRL's own source, so re-signing never reads every certificate record. Signing is the
-//! `pki::crl` layer's; this block only reads and writes the two files, each atomically.
+//! The index is the CRL's own source, so re-signing never reads every certificate record.
+//! Signing is the `pki::crl` layer's; this block only reads and writes the two files, each
+//! atomically.
 //! [`Store::save_crl`] writes the index first: a crash between the two leaves a CRL whose
 //! number is behind the index's, or that lacks an entry the index has, which readers take as
 //! "sign a new one", never a CRL number used twice. A revocation writes its index entry
 //! alone first ([`Store::save_crl_index`]), so from then on the CRL can only catch up.
 //!
 //! `crl.json` may have been edited by hand or written by another tool, so it is read entry by
-//! entry ([`read_index`]): each serial is taken in its canonical spelling ([`canonical_serial`],
-//! the one certificate records and the CLI use), so every comparison with a certificate or a CRL sees
-//! one form; a serial listed twice counts once, its earliest revocation standing; an entry
-//! that cannot be read is set aside and named. [`Store::crl_index`], which writers use, refuses
+//! entry ([`read_index`]): each serial is taken in its canonical spelling
+//! ([`canonical_serial`], the one certificate records and the CLI use), so every comparison
+//! with a certificate or a CRL sees one form; a serial listed twice counts once, its earliest
+//! revocation standing; an entry that cannot be read is set aside and named. [`Store::crl_index`], which writers use, refuses
 //! an index with such an entry, so that nothing rewrites `crl.json` without it.
 
 use std::collections::HashMap;
@@ -67,8 +68,8 @@ impl fmt::Display for SerialError {
 impl std::error::Error for SerialError {}
 
 /// A serial as an admin may type it ("0A:1B", "0x0a1b", "A1B", "000a1b") in the form
-/// certificate records use and `cert::serial_hex` gives: lowercase hex, no leading zero octets, an even
-/// number of digits (or "0").
+/// certificate records use and `cert::serial_hex` gives: lowercase hex, no leading zero
+/// octets, an even number of digits (or "0").
 pub fn canonical_serial(input: &str) -> Result<String, SerialError> {
     let trimmed = input.trim();
     let digits = trimmed
@@ -105,7 +106,8 @@ fn quoted(serial: &str) -> String {
 /// One revocation the CRL lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevocationRecord {
-    /// The certificate's serial, lowercase hex as certificate records key it (as read, always canonical).
+    /// The certificate's serial, lowercase hex as certificate records key it (as read, always
+    /// canonical).
     pub serial: String,
     /// When it was revoked (unix seconds).
     pub revoked_at: i64,

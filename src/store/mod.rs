@@ -154,7 +154,7 @@ pub enum ChallengePurpose {
     Scep,
 }
 
-/// A live challenge. Its value is not stored: the file is named by its SHA-256.
+/// A live challenge. Its value is not stored: the record is keyed by its SHA-256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeRecord {
     /// What the challenge is for.
@@ -263,8 +263,8 @@ pub struct DeviceRecord {
     #[serde(default, skip_serializing_if = "Admission::is_empty")]
     pub admission: Admission,
     /// The template variables `hooks.phase2` returned in the device's latest phase 2, kept
-    /// for its phase 3 (the file is 0600; secrets belong in `hooks.phase3`'s output, which is
-    /// never stored).
+    /// for its phase 3 (the state log is 0600; secrets belong in `hooks.phase3`'s output,
+    /// which is never stored).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hook_variables: BTreeMap<String, String>,
 }
@@ -1185,7 +1185,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.live_challenges_at(t + 60), 1);
 
-        // The sweep removes the files and leaves the count as it is.
+        // The sweep removes the records and leaves the count as it is.
         assert_eq!(store.sweep_challenges(t + 60).unwrap(), 4);
         assert_eq!(store.expired_challenges_unswept(), 0);
         assert_eq!(store.live_challenges_at(t + 60), 1);
