@@ -315,8 +315,10 @@ const BER_SHAPES: &[(&str, &[u8])] = &[
 ];
 
 /// A plist with nesting and every value type the parser may meet.
-const NESTED_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+const NESTED_PLIST: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "#,
+    r#""http://www.apple.com/DTDs/PropertyList-1.0.dtd">
 <plist version="1.0">
 <dict>
 	<key>UDID</key><string>0000FE00-1122334455667788</string>
@@ -328,7 +330,8 @@ const NESTED_PLIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 	<key>List</key><array><string>x</string><dict><key>k</key><real>1.5</real></dict></array>
 </dict>
 </plist>
-"#;
+"#
+);
 
 /// A config with every section present.
 const FULL_CONFIG: &str = r#"

@@ -91,8 +91,8 @@ scep.ra = false, no per-address bound (ota.max_live_challenges_per_client 0 or n
 ota.max_live_challenges) while enrollment is open to anyone, a hook or auth.command (or its
 folder) writable by group or others or owned by another user than root or otad's, a
 tls.key or events.webhook_secret_file readable by group or others, an unreadable users
-file, webhook credentials over plain http. Exit 0 if all is well (warnings or not), 1 if not. FILE is the
-state's otad.toml (DIR/otad.toml for the state dir otad init made).
+file, webhook credentials over plain http. Exit 0 if all is well (warnings or not), 1 if
+not. FILE is the state's otad.toml (DIR/otad.toml for the state dir otad init made).
 ";
 
 const VERIFY_HELP: &str = "\

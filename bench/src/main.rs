@@ -8,8 +8,9 @@
 //! CPU on them while the server is being timed. Before each level, [`CAPS_PER_REQUEST`] times
 //! as many GetCACaps (no crypto, no state) give the cost of HTTP alone at that concurrency,
 //! the floor under every request: with the RSA bound it gives the ceiling a server could
-//! reach if it did nothing but HTTP and its private-key operations. `rsa` measures RSA-2048 signatures per second
-//! with aws-lc-rs on 1..=N threads, the private-key operation a PKCSReq needs three of.
+//! reach if it did nothing but HTTP and its private-key operations. `rsa` measures RSA-2048
+//! signatures per second with aws-lc-rs on 1..=N threads, the private-key operation a PKCSReq
+//! needs three of.
 //!
 //! Counts are bounded (at most [`MAX_REQUESTS`] requests a level, [`MAX_SIGNATURES`]
 //! signatures a thread) and the only network traffic is to the URL given, which `scep.sh`
@@ -319,8 +320,9 @@ fn load(options: &LoadOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Times `--caps-per-request` (default [`CAPS_PER_REQUEST`]) x `requests` GetCACaps at `concurrency` and prints their JSON line
-/// (`"stage": "caps"`): what HTTP alone costs the server and the driver.
+/// Times `--caps-per-request` (default [`CAPS_PER_REQUEST`]) x `requests` GetCACaps at
+/// `concurrency` and prints their JSON line (`"stage": "caps"`): what HTTP alone costs the
+/// server and the driver.
 fn http_floor(
     options: &LoadOptions,
     target: &Target<'_>,

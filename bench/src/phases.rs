@@ -3,8 +3,8 @@
 //!
 //! At each concurrency level a batch of new devices goes through four stages, each timed on
 //! its own with every request built before the clock starts, after ten times as many
-//! GetCACaps (the cost of HTTP alone, the floor under every stage): phase 1 (GET the Profile Service
-//! payload), phase 2 (the attributes signed by the device identity without signed
+//! GetCACaps (the cost of HTTP alone, the floor under every stage): phase 1 (GET the Profile
+//! Service payload), phase 2 (the attributes signed by the device identity without signed
 //! attributes, as a Mac signs them, but with SHA-256: aws-lc-rs makes no SHA-1 signatures),
 //! SCEP PKCSReq (with the challenge phase 2 handed out) and phase 3 (signed by the issued
 //! certificate). Each stage's answers are checked after its clock stops, and feed the next

@@ -300,7 +300,8 @@ fn record_json(record: &CertRecord, status: CertStatus) -> serde_json::Value {
     })
 }
 
-/// Checks that `--config FILE` and SERIAL were given; the serial in the form certificate records use.
+/// Checks that `--config FILE` and SERIAL were given; the serial in the form certificate
+/// records use.
 fn config_and_serial(
     config: Option<PathBuf>,
     serial: Option<String>,

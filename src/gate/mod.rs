@@ -174,7 +174,8 @@ fn authenticate(ctx: &Context, request: &Phase1Request<'_>) -> Result<Option<Str
             return Ok(Some(user.to_string()));
         }
         warn!(
-            "phase 1: {header_name} ignored: the peer is not in http.trusted_proxies remote={remote}"
+            "phase 1: {header_name} ignored: the peer is not in http.trusted_proxies \
+             remote={remote}"
         );
     }
 

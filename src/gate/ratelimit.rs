@@ -3,8 +3,9 @@
 //! An address that fails [`MAX_FAILURES`] times within [`WINDOW`] is refused (429 with
 //! Retry-After) until that window has passed. A successful login does not clear the count:
 //! whoever holds one account could otherwise interleave it with guesses at others. IPv6
-//! addresses count per /64, the block one client usually holds. When the table is full, expired entries go first, then the one whose window started earliest, so
-//! a flood of addresses costs at most [`MAX_TRACKED`] entries.
+//! addresses count per /64, the block one client usually holds. When the table is full,
+//! expired entries go first, then the one whose window started earliest, so a flood of
+//! addresses costs at most [`MAX_TRACKED`] entries.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

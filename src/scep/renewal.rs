@@ -2,9 +2,9 @@
 //! a new certificate for the holder of one of ours, signed with that certificate.
 //!
 //! The signer is the authority here, not a challenge: it must be a certificate our CA key
-//! signed, recorded among the certificates, not revoked and valid now. The CSR may be for a new key or
-//! the same one; the new certificate keeps the old one's subject and device binding, whatever
-//! the CSR asks for, and the old record points to its successor.
+//! signed, recorded among the certificates, not revoked and valid now. The CSR may be for a
+//! new key or the same one; the new certificate keeps the old one's subject and device
+//! binding, whatever the CSR asks for, and the old record points to its successor.
 
 use log::info;
 

@@ -17,8 +17,9 @@
 //! entry ([`read_index`]): each serial is taken in its canonical spelling
 //! ([`canonical_serial`], the one certificate records and the CLI use), so every comparison
 //! with a certificate or a CRL sees one form; a serial listed twice counts once, its earliest
-//! revocation standing; an entry that cannot be read is set aside and named. [`Store::crl_index`], which writers use, refuses
-//! an index with such an entry, so that nothing rewrites `crl.json` without it.
+//! revocation standing; an entry that cannot be read is set aside and named.
+//! [`Store::crl_index`], which writers use, refuses an index with such an entry, so that
+//! nothing rewrites `crl.json` without it.
 
 use std::collections::HashMap;
 use std::fmt;
