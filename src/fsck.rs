@@ -355,11 +355,10 @@ pub fn repair_state(
     store.transaction(|| {
         let before = check(store);
         let mut done = Vec::new();
-        if let Some(Tail::Torn { at, len }) = torn {
+        if let Some(Tail::Torn { at }) = torn {
             done.push(format!(
-                "{}: {} bytes after offset {at} cut off",
-                journal::LOG_FILE,
-                len - at
+                "{}: the record at offset {at} that was not whole cut off",
+                journal::LOG_FILE
             ));
         }
         let mut wanted: BTreeSet<&'static str> = BTreeSet::new();
@@ -787,15 +786,14 @@ impl State<'_> {
         self.private_mode(report, journal.path());
         match journal.tail() {
             Ok(Tail::Clean) => {}
-            Ok(Tail::Torn { at, len }) => report.push(Finding {
+            Ok(Tail::Torn { at }) => report.push(Finding {
                 severity: Severity::Note,
                 file: journal::LOG_FILE.into(),
                 problem: format!(
-                    "{} bytes after offset {at} are not a whole record (a write cut short by \
-                     a crash, or one under way); readers ignore them",
-                    len - at
+                    "the record at offset {at} is not whole (a write cut short by a crash, or \
+                     one under way); readers ignore it"
                 ),
-                action: "--repair cuts them off, as otad's next write does".into(),
+                action: "--repair cuts it off, as otad's next write does".into(),
                 repair: Some(Repair::CutTornTail),
             }),
             Err(err) => report.add(
@@ -1574,9 +1572,9 @@ mod tests {
         std::fs::write(&temp, b"{").unwrap();
         // Half a record at the end of the log, as a crash mid-write leaves it.
         let log = store.journal().path().to_path_buf();
-        let whole = std::fs::metadata(&log).unwrap().len();
-        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-        std::io::Write::write_all(&mut file, &[40, 0, 0, 0, 1, 2, 3]).unwrap();
+        let whole = store.journal().sizes().unwrap().0;
+        let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[40, 0, 0, 0, 1, 2, 3], whole).unwrap();
 
         let report = check(&store);
         assert_eq!(
@@ -1589,8 +1587,8 @@ mod tests {
         assert_eq!(
             notes(&report),
             [format!(
-                "state.log: 7 bytes after offset {whole} are not a whole record (a write cut \
-                 short by a crash, or one under way); readers ignore them"
+                "state.log: the record at offset {whole} is not whole (a write cut short by a \
+                 crash, or one under way); readers ignore it"
             )]
         );
         assert!(temp.exists(), "a check alone changes nothing");
@@ -1600,12 +1598,12 @@ mod tests {
         assert_eq!(
             repaired,
             [
-                format!("state.log: 7 bytes after offset {whole} cut off"),
+                format!("state.log: the record at offset {whole} that was not whole cut off"),
                 "blocked/.C02XYZ.json.tmp.0.7: removed".to_string()
             ]
         );
         assert!(!temp.exists());
-        assert_eq!(std::fs::metadata(&log).unwrap().len(), whole);
+        assert_eq!(store.journal().sizes().unwrap().0, whole);
         assert_eq!(
             store.device_by_serial("C02XYZ").unwrap().unwrap().udid,
             "UDID-2"

@@ -105,26 +105,21 @@ fn the_server_compacts_a_log_of_mostly_replaced_records_and_keeps_every_record()
 fn a_torn_end_left_by_a_crash_is_cut_off_at_start_and_nothing_else_is_lost() {
     let mut server = TestServer::start(|config| config);
     enroll(&server, "00008030-00000000000000D1");
-    let whole = log_size(&server);
-
     // Half a record, as a kill in the middle of an append leaves it.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(server.state_file("state.log"))
-        .unwrap();
-    std::io::Write::write_all(&mut file, &[200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2]).unwrap();
-    drop(file);
+    let whole = state::tear(&server.state, &[200, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 1, 2]);
     let (code, out) = fsck(&server);
     assert_eq!(code, Some(0), "a torn end is a note: {out}");
     assert!(
-        out.contains(&format!("note: state.log: 14 bytes after offset {whole}")),
+        out.contains(&format!(
+            "note: state.log: the record at offset {whole} is not whole"
+        )),
         "{out}"
     );
 
     server.restart();
     assert!(
         server.log().contains(&format!(
-            "start-up repair: state.log: 14 bytes after offset {whole} cut off"
+            "start-up repair: state.log: the record at offset {whole} that was not whole cut off"
         )),
         "{}",
         server.log()

@@ -434,6 +434,7 @@ pub fn create(
             live_challenges: Vec::new(),
         };
         let path = dir.join(format!("{hash}.json"));
+        store.barrier().map_err(TokenError::Store)?;
         create_atomic(&path, &to_json(&record), 0o600).map_err(io_error(path))?;
         Ok((secret, record))
     })

@@ -64,6 +64,7 @@ impl Store {
     /// Blocks a serial (replacing an earlier block's reason). Call inside a transaction.
     pub fn block(&self, record: &BlockRecord) -> Result<(), StoreError> {
         let path = self.blocked_path(&record.serial)?;
+        self.barrier()?;
         create_dir(&self.root.join(BLOCKED_DIR), 0o700)?;
         write_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
     }
@@ -71,6 +72,7 @@ impl Store {
     /// Lifts a block; returns whether there was one. Call inside a transaction.
     pub fn unblock(&self, serial: &str) -> Result<bool, StoreError> {
         let path = self.blocked_path(serial)?;
+        self.barrier()?;
         match remove_durably(&path) {
             Ok(removed) => Ok(removed),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),

@@ -376,6 +376,7 @@ impl Store {
     /// Stores the index alone (inside a [`Store::transaction`]): a revocation's first step,
     /// before its certificate record and the CRL signed from the index.
     pub fn save_crl_index(&self, index: &CrlIndex) -> Result<(), StoreError> {
+        self.barrier()?;
         let path = self.root.join(CRL_INDEX_FILE);
         write_atomic(&path, &Self::to_json(index), 0o644).map_err(io_err(&path))
     }
@@ -385,6 +386,8 @@ impl Store {
     pub fn save_crl(&self, index: &CrlIndex, crl_der: &[u8]) -> Result<(), StoreError> {
         self.save_crl_index(index)?;
 
+        // After the certificate records written since (a revocation's record) too.
+        self.barrier()?;
         let crl_path = self.root.join(CRL_FILE);
         write_atomic(&crl_path, crl_der, 0o644).map_err(io_err(&crl_path))
     }

@@ -546,14 +546,25 @@ impl Store {
         self.journal.deferring(work)
     }
 
-    /// Writes a file under the state dir atomically.
+    /// Makes the records this thread wrote so far durable before it writes another file of
+    /// the state dir (see [`Journal::barrier`]): a crash then never leaves a file that was
+    /// written after a record without that record.
+    pub fn barrier(&self) -> Result<(), StoreError> {
+        self.journal.barrier(self.in_transaction())
+    }
+
+    /// Writes a file under the state dir atomically, after the records written before it
+    /// (see [`Store::barrier`]).
     pub fn write_file(&self, relative: &str, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+        self.barrier()?;
         let path = self.root.join(relative);
         write_atomic(&path, bytes, mode).map_err(io_err(&path))
     }
 
-    /// Removes a file under the state dir (a missing one is not an error).
+    /// Removes a file under the state dir (a missing one is not an error), after the records
+    /// written before (see [`Store::barrier`]).
     pub fn remove_file(&self, relative: &str) -> Result<(), StoreError> {
+        self.barrier()?;
         let path = self.root.join(relative);
         match std::fs::remove_file(&path) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(err)),

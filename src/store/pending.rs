@@ -169,6 +169,7 @@ impl Store {
     /// it, so that the newest request of a transaction is the one found.
     pub fn create_pending(&self, request: &PendingRequest) -> Result<(), StoreError> {
         let path = self.pending_path(&request.id)?;
+        self.barrier()?;
         let dir = self.pending_dir();
         if !dir.is_dir() {
             create_dir(&dir, PENDING_FOLDER_MODE)?;
@@ -230,6 +231,7 @@ impl Store {
                 source: io::Error::from(io::ErrorKind::NotFound),
             });
         }
+        self.barrier()?;
         write_atomic(&path, &Self::to_json(request), PENDING_FILE_MODE).map_err(io_err(&path))
     }
 

@@ -17,6 +17,28 @@ pub fn record(state: &Path, kind: Kind, key: &str) -> Option<serde_json::Value> 
     Some(serde_json::from_slice(&bytes).expect("a record that parses"))
 }
 
+/// Where the log's last whole record ends (the file itself may run on in zeros).
+pub fn log_end(state: &Path) -> u64 {
+    Journal::open(state)
+        .expect("state log")
+        .sizes()
+        .expect("sizes")
+        .0
+}
+
+/// Writes `bytes` into the log at its end without a frame around them: what a crash in the
+/// middle of an append leaves.
+pub fn tear(state: &Path, bytes: &[u8]) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let end = log_end(state);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(state.join("state.log"))
+        .expect("state log");
+    file.write_all_at(bytes, end).expect("write");
+    end
+}
+
 /// How many records of `kind` there are.
 pub fn count(state: &Path, kind: Kind) -> usize {
     Journal::open(state)
