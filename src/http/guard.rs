@@ -630,20 +630,30 @@ pub type Handler = dyn Fn(&mut Request) -> Response + Send + Sync;
 
 /// A counting semaphore: at most the number it was made with are held at once. Taken by
 /// [`Permits::acquire`], given back when the [`Permit`] is dropped (on every path, unwinding
-/// included).
+/// included). Those that wait are served first come, first served: a permit given back goes
+/// straight to the longest waiting, so that a stream of new requests cannot keep a waiting
+/// one out until its deadline.
 #[derive(Debug)]
 pub struct Permits {
     state: Mutex<PermitState>,
-    freed: Condvar,
 }
 
 #[derive(Debug)]
 struct PermitState {
-    /// Permits not taken.
+    /// Permits nobody holds.
     free: usize,
-    /// Threads waiting for one: the condition variable is signalled only when some wait
-    /// (signalling costs a system call even with no one to wake).
-    waiting: usize,
+    /// The threads waiting, longest first (only while `free` is 0).
+    queue: VecDeque<Arc<Turn>>,
+}
+
+/// One waiting thread's place in the queue: it is woken alone when given its permit (no
+/// thundering herd, and no system call at all while nobody waits).
+#[derive(Debug, Default)]
+struct Turn {
+    /// Set, under the lock, when a permit was handed to this thread.
+    granted: AtomicBool,
+    /// Signalled when `granted` is set; used with the [`Permits`] lock only.
+    woken: Condvar,
 }
 
 impl Permits {
@@ -652,34 +662,39 @@ impl Permits {
         Permits {
             state: Mutex::new(PermitState {
                 free: count.max(1),
-                waiting: 0,
+                queue: VecDeque::new(),
             }),
-            freed: Condvar::new(),
         }
     }
 
-    /// Takes a permit, waiting for one until `deadline`; `None` if none came free by then.
+    /// Takes a permit, waiting for one until `deadline`; `None` if none came by then.
     pub fn acquire(&self, deadline: Instant) -> Option<Permit<'_>> {
         // Nothing that can panic runs under this lock; a poisoned one still holds true counts.
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        while state.free == 0 {
+        if state.free > 0 {
+            state.free -= 1;
+            return Some(Permit(self));
+        }
+        let turn = Arc::new(Turn::default());
+        state.queue.push_back(Arc::clone(&turn));
+        loop {
+            if turn.granted.load(Ordering::Relaxed) {
+                return Some(Permit(self));
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                state.queue.retain(|waiting| !Arc::ptr_eq(waiting, &turn));
                 return None;
             }
-            state.waiting += 1;
-            let (woken, _) = self
-                .freed
+            state = turn
+                .woken
                 .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner);
-            state = woken;
-            state.waiting -= 1;
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
-        state.free -= 1;
-        Some(Permit(self))
     }
 
-    /// Permits not taken right now.
+    /// Permits free right now.
     pub fn available(&self) -> usize {
         self.state
             .lock()
@@ -694,13 +709,15 @@ pub struct Permit<'a>(&'a Permits);
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let permits = self.0;
-        let mut state = permits.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.free += 1;
-        let wake = state.waiting > 0;
-        drop(state);
-        if wake {
-            permits.freed.notify_one();
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.queue.pop_front() {
+            // Handed over as it is: `free` stays as it was.
+            Some(turn) => {
+                turn.granted.store(true, Ordering::Relaxed);
+                drop(state);
+                turn.woken.notify_one();
+            }
+            None => state.free += 1,
         }
     }
 }
@@ -1421,6 +1438,10 @@ mod tests {
             .acquire(Instant::now() + Duration::from_millis(20))
             .is_none());
         assert!(permits.acquire(Instant::now()).is_none());
+        assert!(
+            permits.state.lock().unwrap().queue.is_empty(),
+            "no place kept"
+        );
         drop(first);
         assert_eq!(permits.available(), 1);
         let third = permits.acquire(Instant::now()).unwrap();
@@ -1431,22 +1452,32 @@ mod tests {
     }
 
     #[test]
-    fn a_waiter_gets_the_permit_given_back() {
+    fn a_permit_given_back_goes_to_a_waiter_not_to_a_newcomer() {
         let permits = Permits::new(1);
         let held = permits.acquire(Instant::now()).unwrap();
         std::thread::scope(|scope| {
-            let waiter = scope.spawn(|| {
-                permits
-                    .acquire(Instant::now() + Duration::from_secs(60))
-                    .map(drop)
-                    .is_some()
+            let (tell, told) = std::sync::mpsc::channel();
+            let shared = &permits;
+            let waiter = scope.spawn(move || {
+                let permit = shared.acquire(Instant::now() + Duration::from_secs(60));
+                let got = permit.is_some();
+                // Held until the newcomer below has asked.
+                let _ = told.recv();
+                got
             });
-            // Given back whether or not the waiter is waiting yet.
-            std::thread::sleep(Duration::from_millis(50));
+            while permits.state.lock().unwrap().queue.is_empty() {
+                std::thread::yield_now();
+            }
             drop(held);
+            assert!(
+                permits.acquire(Instant::now()).is_none(),
+                "the permit went to the thread that was waiting"
+            );
+            tell.send(()).unwrap();
             assert!(waiter.join().unwrap(), "the waiter got the permit");
         });
-        assert_eq!(permits.available(), 1);
+        let state = permits.state.lock().unwrap();
+        assert_eq!((state.free, state.queue.len()), (1, 0));
     }
 
     /// A request as the guard hands it on, from a loopback client.
