@@ -78,6 +78,10 @@ pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 /// Stack size of the connection threads. They run the handlers (the crypto, the plist and
 /// BER parsers, the hooks), so they get the stack Rust gives any thread by default; only the
 /// pages touched take memory.
+// TODO: each connection thread reserves this much address space even while it only waits
+// for a slow or idle client (4,096 connections: 8 GiB of address space, not of memory). With
+// vm.overcommit_memory = 2 that could refuse threads before `max_connections`; measuring the
+// handlers' deepest stack (debug builds included) would allow a smaller figure.
 const CONNECTION_STACK: usize = 2 * 1024 * 1024;
 
 /// Headers the guard sets itself or that concern only the client's hop.

@@ -236,7 +236,8 @@ pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
     (path, params)
 }
 
-/// Routes one request. `body` reads the request body on demand, with the size limit applied.
+/// Routes one request. `body` gives the request body, which the guard read whole within its
+/// route's limit (see [`guard::body_limit`]).
 pub fn route(
     ctx: &Context,
     incoming: &Incoming<'_>,
