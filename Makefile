@@ -70,7 +70,8 @@ fuzz-cmin:
 
 # The offline RustSec database beside the checkout (../shared/advisory-db), and the crates
 # the crypto policy keeps out: `rsa` (RUSTSEC-2023-0071), any OpenSSL binding, rustls before
-# 0.23.18 (RUSTSEC-2024-0336 came in through tiny_http's ssl-rustls and its rustls 0.20).
+# 0.23.18 (RUSTSEC-2024-0336 once came in through tiny_http's ssl-rustls and its rustls 0.20;
+# otad no longer uses tiny_http).
 ADVISORY_DB ?= ../shared/advisory-db
 audit:
 	$(CARGO) audit --db $(ADVISORY_DB) --no-fetch --deny warnings

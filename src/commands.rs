@@ -385,10 +385,9 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         warn!("NOTIFY_SOCKET: cannot report readiness: {err}");
     }
     let events = Arc::clone(&ctx.events);
-    let served = crate::http::serve(ctx, listener, tls, shutdown);
+    crate::http::serve(ctx, listener, tls, shutdown);
     // A window's count of refusals not logged one by one would be lost with the process.
     events.record_suppressed_now();
-    served?;
     info!("stopped");
     Ok(())
 }
@@ -621,9 +620,9 @@ fn place_weaknesses(key: &str, place: &Path, facts: &PlaceFacts, me: u32) -> Vec
     warnings
 }
 
-/// Each client connection takes a descriptor, and one more while its request is relayed: the
-/// soft limit (often 1,024) goes up to the hard one, and a hard limit too low for
-/// `http.max_connections` is said at start-up.
+/// Each client connection takes a descriptor, and a request being handled a few more (state
+/// files, a hook's pipes): the soft limit (often 1,024) goes up to the hard one, and a hard
+/// limit too low for `http.max_connections` is said at start-up.
 fn raise_open_file_limit(max_connections: usize) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

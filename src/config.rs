@@ -121,7 +121,7 @@ pub struct ServerConfig {
 pub struct HttpConfig {
     /// The address to listen on.
     pub listen: String,
-    /// Worker threads handling requests; 0: two per CPU core.
+    /// Requests handled at once (beyond it they wait for a turn); 0: two per CPU core.
     pub workers: usize,
     /// Largest accepted request body in bytes; a larger one gets 413.
     pub max_body: usize,
@@ -1214,7 +1214,7 @@ identifier = "com.example.otad"
 [http]
 # The address and port to listen on. `otad serve --listen` overrides it.
 listen = "127.0.0.1:8080"
-# Worker threads handling requests (the crypto); 0: two per CPU core.
+# Requests handled at once (their crypto, hooks and state writes); 0: two per CPU core.
 workers = 0
 # The largest request body accepted, in bytes; larger ones get 413.
 max_body = 65536

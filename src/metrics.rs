@@ -56,7 +56,7 @@ pub fn outcome_of_status(status: u16) -> &'static str {
     }
 }
 
-/// All of otad's counters; one per process, shared by the worker threads.
+/// All of otad's counters; one per process, shared by the connection threads.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,

@@ -583,3 +583,49 @@ fn a_serial_in_another_spelling_is_refused_rather_than_slipping_past_the_blockli
     }
     assert_eq!(cert_count(&server), 0);
 }
+
+#[test]
+fn with_one_worker_two_slow_phase_2_requests_are_handled_one_at_a_time() {
+    // A hook that takes its time and writes down when it starts and ends: with
+    // http.workers = 1, the second device's phase 2 waits for the first one's to finish.
+    let hooks = tempfile::tempdir().unwrap();
+    let trace = hooks.path().join("trace");
+    let hook = script(
+        hooks.path(),
+        "slow-hook",
+        &format!(
+            "cat >/dev/null\necho start >> {trace}\nsleep 0.5\necho end >> {trace}",
+            trace = trace.display()
+        ),
+    );
+    let server = TestServer::start(|config| {
+        let config = set_key(&config, "http", "workers", "1");
+        set_key(&config, "hooks", "phase2", &format!("{:?}", hook))
+    });
+    let devices = [
+        device(&server, "SLOWA01", &[]),
+        device(&server, "SLOWB01", &[]),
+    ];
+    let phase1s: Vec<_> = devices
+        .iter()
+        .map(|device| device.phase1(&server.url).unwrap())
+        .collect();
+    std::thread::scope(|scope| {
+        let enrolling: Vec<_> = devices
+            .iter()
+            .zip(&phase1s)
+            .map(|(device, phase1)| scope.spawn(move || device.phase2(phase1)))
+            .collect();
+        for enrolled in enrolling {
+            enrolled
+                .join()
+                .unwrap()
+                .expect("both devices get through phase 2");
+        }
+    });
+    assert_eq!(
+        std::fs::read_to_string(&trace).unwrap(),
+        "start\nend\nstart\nend\n",
+        "one phase 2 at a time"
+    );
+}

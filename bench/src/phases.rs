@@ -175,7 +175,7 @@ fn batch(
     let mut stages = Vec::new();
     let empty: Vec<&[u8]> = vec![&[]; count];
 
-    // The floor every request pays (the guard, tiny_http, the sockets, the threads): ten
+    // The floor every request pays (the guard, the socket, the connection thread): ten
     // times as many GetCACaps, which need no crypto and no state (ten times, for the CPU
     // figure: each costs less than a tenth of a millisecond, read in 10 ms ticks).
     let caps_url = format!(

@@ -1,46 +1,32 @@
-//! The front door: otad's own acceptor in front of tiny_http.
+//! The front door: otad's own HTTP/1.1 server, from the listening socket to the handlers.
 //!
-//! tiny_http reads request heads without bounds, starts a thread per connection, sets no
-//! timeouts, and on dropping a request drains its declared body into one allocation of the
-//! declared size (so a single `Content-Length: 100000000000000` aborts the process). The guard
-//! therefore owns the public socket: it accepts at most `max_connections` clients, reads each
+//! The guard owns the public socket: it accepts at most `max_connections` clients, reads each
 //! request head and body within size limits and one deadline, answers whatever breaks a limit
-//! itself, and hands tiny_http only complete, bounded requests over a private Unix socket,
-//! with the client's address in [`REMOTE_HEADER`].
+//! itself, and hands each complete, bounded request to the [`Handler`] on the connection's own
+//! thread, then writes the handler's [`Response`]. At most `workers` requests are inside the
+//! handler at once ([`Permits`]); a request that cannot get a permit before its deadline is
+//! answered 503, and a handler that panics is answered 500 without taking the server down.
 //!
 //! A client may send several requests over one connection (HTTP/1.1 keep-alive, as SCEP
 //! clients do for GetCACaps, GetCACert and PKIOperation): every request gets the same limits
 //! and its own deadline, a connection carries at most [`MAX_REQUESTS_PER_CONNECTION`], waits
 //! at most [`KEEP_ALIVE_IDLE`] for the next one, and at most half of `max_connections` may
-//! wait like that at once; the others are closed after their answer. Each request goes to
-//! tiny_http on a connection of its own.
+//! wait like that at once; the others are closed after their answer.
 //!
 //! With `[tls]` set, the guard speaks TLS (rustls, [`crate::tls`]) on every client
-//! connection, handshake included in the request's deadline; tiny_http behind it sees plain
-//! HTTP. A [`Shutdown`] stops the acceptor and lets the connections in flight finish.
+//! connection, handshake included in the request's deadline. A [`Shutdown`] stops the
+//! acceptor and lets the connections in flight finish.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
-
-/// The header carrying the client's address from the guard to the handlers. The guard drops
-/// any copy a client sends, so the handlers can believe it.
-pub const REMOTE_HEADER: &str = "X-Otad-Remote";
-
-/// The response header by which a handler says that its answer to HEAD has no length to
-/// give: what GET answers there is made afresh for each request (a profile signed around a
-/// new challenge), so the HEAD answer omits Content-Length, as RFC 9110 section 9.3.2 allows
-/// for a field known only while making the content. The guard drops the header, and with it
-/// the `Content-Length: 0` tiny_http writes for the empty body, before the client sees them.
-pub const UNKNOWN_LENGTH_HEADER: &str = "X-Otad-Length-Unknown";
+use log::{debug, error, warn};
 
 /// Largest request head (request line and headers) accepted, in bytes. SCEP GET requests
 /// carry their message in the query, so this is generous.
@@ -48,10 +34,6 @@ pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Most headers in one request, as the client sends it.
 pub const MAX_HEADERS: usize = 64;
-
-/// Headers the guard adds to each request it hands on ([`REMOTE_HEADER`], Content-Length,
-/// Connection): the handlers allow [`MAX_HEADERS`] plus these.
-pub const ADDED_HEADERS: usize = 3;
 
 /// Largest body accepted on a route that takes none (everything but [`BODY_ROUTES`]): room
 /// for a stray form or a probe's few bytes, not for an upload.
@@ -84,13 +66,6 @@ pub const MAX_EMPTY_LINES_BEFORE_REQUEST: usize = 4;
 /// Longest request method accepted (the longest registered one is far shorter).
 const MAX_METHOD_LEN: usize = 16;
 
-/// Longest the guard waits for tiny_http's answer to one request (an issuance with a
-/// decide hook included).
-const HANDLER_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Largest response relayed back from tiny_http (otad's own profiles are a few KiB).
-pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Longest a single read or write on a client socket may block.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -100,8 +75,14 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 100;
 /// Longest a kept-alive connection waits for its next request to begin.
 pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(5);
 
-/// Stack size of the connection threads (they only parse and copy).
-const CONNECTION_STACK: usize = 256 * 1024;
+/// Stack size of the connection threads. They run the handlers (the crypto, the plist and
+/// BER parsers, the hooks), so they get the stack Rust gives any thread by default; only the
+/// pages touched take memory.
+// TODO: each connection thread reserves this much address space even while it only waits
+// for a slow or idle client (4,096 connections: 8 GiB of address space, not of memory). With
+// vm.overcommit_memory = 2 that could refuse threads before `max_connections`; measuring the
+// handlers' deepest stack (debug builds included) would allow a smaller figure.
+const CONNECTION_STACK: usize = 2 * 1024 * 1024;
 
 /// Headers the guard sets itself or that concern only the client's hop.
 const HOP_HEADERS: &[&str] = &[
@@ -220,11 +201,14 @@ pub struct Limits {
     /// Largest request body on [`BODY_ROUTES`] (`http.max_body`); elsewhere it is
     /// [`MAX_BODY_ELSEWHERE`].
     pub max_body: usize,
-    /// Deadline for receiving one whole request, head and body.
+    /// Deadline for receiving one whole request, head and body; a request waiting for a
+    /// permit to be handled waits at most until the same deadline.
     pub request_timeout: Duration,
+    /// Requests handled at once (`http.workers`): requests beyond it wait for a permit.
+    pub workers: usize,
 }
 
-/// A request the guard refuses itself, before tiny_http sees it.
+/// A request the guard refuses itself, before any handler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// HTTP status.
@@ -247,7 +231,7 @@ pub struct Head {
     pub method: String,
     /// The request target, as sent.
     pub target: String,
-    /// Headers in order, hop-by-hop ones and [`REMOTE_HEADER`] removed.
+    /// Headers in order, hop-by-hop ones removed.
     pub headers: Vec<(String, String)>,
     /// The declared body length (0 without Content-Length).
     pub content_length: usize,
@@ -405,7 +389,7 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
             }
             _ => {}
         }
-        if !HOP_HEADERS.contains(&lower.as_str()) && !lower.eq_ignore_ascii_case(REMOTE_HEADER) {
+        if !HOP_HEADERS.contains(&lower.as_str()) {
             headers.push((name.to_string(), value.to_string()));
         }
     }
@@ -430,8 +414,9 @@ pub fn parse_head(head: &[u8], max_body: usize) -> Result<Head, Rejection> {
 
 /// What reading a request from a client gave.
 enum Received {
-    /// A complete request: its head and body.
-    Request(Head, Vec<u8>),
+    /// A complete request: its head, its body, and its deadline (which also bounds its wait
+    /// for a permit).
+    Request(Head, Vec<u8>, Instant),
     /// The client went away before sending anything: nothing to answer.
     Gone,
 }
@@ -530,7 +515,7 @@ fn read_request(
             Err(err) => return Err(reject(400, format!("request body: read failed: {err}"))),
         }
     }
-    Ok(Received::Request(head, body))
+    Ok(Received::Request(head, body, deadline))
 }
 
 /// Makes the next read on `stream` give up at `deadline`; false once it has passed.
@@ -540,10 +525,6 @@ fn wait_until(stream: &TcpStream, deadline: Instant) -> bool {
         return false;
     }
     stream.set_read_timeout(Some(left.min(IO_TIMEOUT))).is_ok()
-}
-
-fn find_blank_line(buffer: &[u8]) -> Option<usize> {
-    find_blank_line_from(buffer, 0)
 }
 
 /// Where the first CRLF CRLF at or after `from` in `buffer` starts.
@@ -564,17 +545,341 @@ fn is_timeout(err: &io::Error) -> bool {
 
 fn status_text(status: u16) -> &'static str {
     match status {
+        200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
         408 => "Request Timeout",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         417 => "Expectation Failed",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Error",
     }
+}
+
+/// What the client is told when its request could not be handled at all (a handler that
+/// panicked): the detail is in the server log only.
+pub const INTERNAL_ERROR: &str = "internal error; see the server log";
+
+/// A request as the guard hands it to the [`Handler`]: complete, within every limit.
+#[derive(Debug)]
+pub struct Request {
+    /// The head, hop-by-hop headers removed. A handler may take the headers out.
+    pub head: Head,
+    /// The whole body (its length is the declared Content-Length). A handler may take it.
+    pub body: Vec<u8>,
+    /// The TCP peer ("ip:port"): the proxy itself, where there is one.
+    pub peer: String,
+    /// The client, for logs, events and rate limits: the peer, or behind a trusted proxy the
+    /// address its X-Forwarded-For names (see [`super::client_address`]).
+    pub remote: String,
+}
+
+impl Request {
+    /// The request path, without the query (which may hold an enrollment token, and so stays
+    /// out of the log).
+    pub fn path(&self) -> &str {
+        let target = self.head.target.as_str();
+        target.split_once('?').map_or(target, |(path, _)| path)
+    }
+}
+
+/// What a handler answers; the guard adds Content-Length, Date and Connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Content-Type.
+    pub content_type: &'static str,
+    /// More headers (Allow, WWW-Authenticate, Retry-After, Content-Disposition). A header
+    /// whose value holds a control character is not sent.
+    pub headers: Vec<(&'static str, String)>,
+    /// The body; an answer to HEAD sends only its length.
+    pub body: Vec<u8>,
+    /// For an answer to HEAD: no Content-Length, because what GET answers there is made afresh
+    /// for each request (a profile signed around a new challenge), as RFC 9110 section 9.3.2
+    /// allows for a field known only while making the content.
+    pub length_unknown: bool,
+}
+
+impl Response {
+    /// A `text/plain` answer of one line.
+    pub fn text(status: u16, line: &str) -> Response {
+        let mut body = Vec::with_capacity(line.len() + 1);
+        body.extend_from_slice(line.as_bytes());
+        body.push(b'\n');
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            headers: Vec::new(),
+            body,
+            length_unknown: false,
+        }
+    }
+}
+
+/// What answers the requests: called on the connection's thread, holding a permit.
+pub type Handler = dyn Fn(&mut Request) -> Response + Send + Sync;
+
+/// A counting semaphore: at most the number it was made with are held at once. Taken by
+/// [`Permits::acquire`], given back when the [`Permit`] is dropped (on every path, unwinding
+/// included). Those that wait are served first come, first served: a permit given back goes
+/// straight to the longest waiting, so that a stream of new requests cannot keep a waiting
+/// one out until its deadline.
+#[derive(Debug)]
+pub struct Permits {
+    state: Mutex<PermitState>,
+}
+
+#[derive(Debug)]
+struct PermitState {
+    /// Permits nobody holds.
+    free: usize,
+    /// The threads waiting, longest first (only while `free` is 0).
+    queue: VecDeque<Arc<Turn>>,
+}
+
+/// One waiting thread's place in the queue: it is woken alone when given its permit (no
+/// thundering herd, and no system call at all while nobody waits).
+#[derive(Debug, Default)]
+struct Turn {
+    /// Set, under the lock, when a permit was handed to this thread.
+    granted: AtomicBool,
+    /// Signalled when `granted` is set; used with the [`Permits`] lock only.
+    woken: Condvar,
+}
+
+impl Permits {
+    /// `count` permits (at least one).
+    pub fn new(count: usize) -> Permits {
+        Permits {
+            state: Mutex::new(PermitState {
+                free: count.max(1),
+                queue: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Takes a permit, waiting for one until `deadline`; `None` if none came by then.
+    pub fn acquire(&self, deadline: Instant) -> Option<Permit<'_>> {
+        // Nothing that can panic runs under this lock; a poisoned one still holds true counts.
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.free > 0 {
+            state.free -= 1;
+            return Some(Permit(self));
+        }
+        let turn = Arc::new(Turn::default());
+        state.queue.push_back(Arc::clone(&turn));
+        loop {
+            if turn.granted.load(Ordering::Relaxed) {
+                return Some(Permit(self));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.queue.retain(|waiting| !Arc::ptr_eq(waiting, &turn));
+                return None;
+            }
+            state = turn
+                .woken
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Permits free right now.
+    pub fn available(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .free
+    }
+}
+
+/// One of [`Permits`], held while a request is handled.
+#[derive(Debug)]
+pub struct Permit<'a>(&'a Permits);
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match state.queue.pop_front() {
+            // Handed over as it is: `free` stays as it was.
+            Some(turn) => {
+                turn.granted.store(true, Ordering::Relaxed);
+                drop(state);
+                turn.woken.notify_one();
+            }
+            None => state.free += 1,
+        }
+    }
+}
+
+/// Why a request got no answer from the handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unhandled {
+    /// No permit came free before the request's deadline.
+    Busy,
+    /// The handler panicked (logged).
+    Panicked,
+}
+
+impl Unhandled {
+    /// What the client is told; the connection closes after it.
+    fn rejection(self, workers: usize) -> Rejection {
+        match self {
+            Unhandled::Busy => reject(
+                503,
+                format!(
+                    "server busy: {workers} requests are being handled, the most it takes at \
+                     once; try again shortly"
+                ),
+            ),
+            Unhandled::Panicked => reject(500, INTERNAL_ERROR),
+        }
+    }
+}
+
+/// Hands `request` to `handler` holding one of `permits`, waiting for it until `deadline`.
+/// A panic in the handler is caught and logged (method, path without its query, client); the
+/// permit is given back either way.
+fn run_handler<F: Fn(&mut Request) -> Response + ?Sized>(
+    handler: &F,
+    permits: &Permits,
+    deadline: Instant,
+    request: &mut Request,
+) -> Result<Response, Unhandled> {
+    let Some(permit) = permits.acquire(deadline) else {
+        return Err(Unhandled::Busy);
+    };
+    let answered = catch_unwind(AssertUnwindSafe(|| handler(request)));
+    drop(permit);
+    answered.map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
+        error!(
+            "{} {}: the handler panicked: {}; answered 500 remote={}",
+            request.head.method,
+            request.path(),
+            crate::logger::one_line(what, 300),
+            request.remote
+        );
+        Unhandled::Panicked
+    })
+}
+
+/// Largest body sent in the same write as the head; a larger one (a big CRL) is written
+/// after it rather than copied.
+const ONE_WRITE_BODY: usize = 64 * 1024;
+
+/// The current time as an HTTP date (RFC 9110 section 5.6.7), e.g.
+/// `Sun, 06 Nov 1994 08:49:37 GMT`.
+fn http_date(now: time::OffsetDateTime) -> String {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    let day = match now.weekday() {
+        time::Weekday::Monday => "Mon",
+        time::Weekday::Tuesday => "Tue",
+        time::Weekday::Wednesday => "Wed",
+        time::Weekday::Thursday => "Thu",
+        time::Weekday::Friday => "Fri",
+        time::Weekday::Saturday => "Sat",
+        time::Weekday::Sunday => "Sun",
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS
+        .get(usize::from(u8::from(now.month())).saturating_sub(1))
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{day}, {:02} {month} {:04} {:02}:{:02}:{:02} GMT",
+        now.day(),
+        now.year(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
+}
+
+/// Whether `value` may go out as a header value: no control character but tab.
+fn header_value_ok(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// The response as the client gets it: HTTP/1.1 status line, Content-Type, Content-Length
+/// (of the body GET gets, for HEAD too, except where HEAD has no length to give), Date, the
+/// handler's headers, and `Connection: keep-alive` or `close`; then the body, but for HEAD.
+/// The head and a body up to [`ONE_WRITE_BODY`] are one buffer, written at once.
+fn response_bytes(response: &Response, is_head: bool, keep_alive: bool) -> (Vec<u8>, &[u8]) {
+    let body: &[u8] = if is_head { &[] } else { &response.body };
+    let inline = body.len() <= ONE_WRITE_BODY;
+    let mut out = Vec::with_capacity(256 + if inline { body.len() } else { 0 });
+    let status = response.status;
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {}\r\n",
+        status_text(status),
+        response.content_type
+    );
+    if !(is_head && response.length_unknown) {
+        let _ = write!(out, "Content-Length: {}\r\n", response.body.len());
+    }
+    let _ = write!(
+        out,
+        "Date: {}\r\n",
+        http_date(time::OffsetDateTime::now_utc())
+    );
+    for (name, value) in &response.headers {
+        if header_value_ok(value) {
+            let _ = write!(out, "{name}: {value}\r\n");
+        } else {
+            debug!("response header {name}: a control character in its value; not sent");
+        }
+    }
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n"
+    } else {
+        b"Connection: close\r\n\r\n"
+    });
+    if inline {
+        out.extend_from_slice(body);
+        (out, &[])
+    } else {
+        (out, body)
+    }
+}
+
+/// Writes `response` (see [`response_bytes`]): one write for the head and a small body.
+fn write_response(
+    stream: &mut impl Write,
+    response: &Response,
+    is_head: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let (head, rest) = response_bytes(response, is_head, keep_alive);
+    stream.write_all(&head)?;
+    if !rest.is_empty() {
+        stream.write_all(rest)?;
+    }
+    stream.flush()
 }
 
 /// Writes the guard's own refusal and closes.
@@ -585,111 +890,8 @@ fn answer(stream: &mut impl Write, rejection: &Rejection) {
 /// [`answer`] to a request that may be a HEAD, whose answer has the headers and no body
 /// (RFC 9110 section 9.3.2).
 fn answer_request(stream: &mut impl Write, rejection: &Rejection, is_head: bool) {
-    let body = format!("{}\n", rejection.reason);
-    let response = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{}",
-        rejection.status,
-        status_text(rejection.status),
-        body.len(),
-        if is_head { "" } else { body.as_str() }
-    );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.flush();
-}
-
-/// Hands one bounded request to tiny_http and relays its response; returns whether the
-/// response kept the connection open.
-///
-/// The inner hop speaks HTTP/1.0: tiny_http then frames every response with Content-Length
-/// (never chunked), which is what lets the guard keep a client's connection open after it.
-fn forward(
-    socket: &Path,
-    remote: &SocketAddr,
-    head: &Head,
-    body: &[u8],
-    client: &mut impl Write,
-    keep_alive: bool,
-) -> io::Result<bool> {
-    let mut inner = UnixStream::connect(socket)?;
-    inner.set_read_timeout(Some(HANDLER_TIMEOUT))?;
-    inner.set_write_timeout(Some(IO_TIMEOUT))?;
-
-    let mut request = format!("{} {} HTTP/1.0\r\n", head.method, head.target);
-    for (name, value) in &head.headers {
-        request.push_str(name);
-        request.push_str(": ");
-        request.push_str(value);
-        request.push_str("\r\n");
-    }
-    request.push_str(&format!(
-        "{REMOTE_HEADER}: {remote}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    ));
-    let mut request = request.into_bytes();
-    request.extend_from_slice(body);
-    inner.write_all(&request)?;
-
-    let mut response = Vec::new();
-    inner
-        .take(MAX_RESPONSE_BYTES as u64)
-        .read_to_end(&mut response)?;
-    let (relayed, kept) = relay_response(&response, head.method == "HEAD", keep_alive);
-    client.write_all(&relayed)?;
-    client.flush()?;
-    Ok(kept)
-}
-
-/// The response as the client gets it: HTTP/1.1, without tiny_http's Server and connection
-/// headers, and `Connection: keep-alive` when `keep_alive` was asked and the response is
-/// framed by its Content-Length (or has no body), else `Connection: close`; a HEAD answer
-/// marked with [`UNKNOWN_LENGTH_HEADER`] loses that header and its Content-Length. Returns it
-/// and whether it keeps the connection.
-fn relay_response(response: &[u8], is_head: bool, keep_alive: bool) -> (Vec<u8>, bool) {
-    let Some(end) = find_blank_line(response) else {
-        return (response.to_vec(), false);
-    };
-    let head = String::from_utf8_lossy(response.get(..end).unwrap_or_default());
-    let body = response.get(end + 4..).unwrap_or_default();
-    let mut out = String::with_capacity(end + 32);
-    let mut framed = is_head;
-    let length_unknown = is_head
-        && head.split("\r\n").skip(1).any(|line| {
-            let name = line.split_once(':').map_or(line, |(name, _)| name);
-            name.trim().eq_ignore_ascii_case(UNKNOWN_LENGTH_HEADER)
-        });
-    for (n, line) in head.split("\r\n").enumerate() {
-        if n == 0 {
-            let status = line.split_once(' ').map_or(line, |(_, status)| status);
-            out.push_str("HTTP/1.1 ");
-            out.push_str(status);
-            out.push_str("\r\n");
-            continue;
-        }
-        let (name, value) = line.split_once(':').unwrap_or((line, ""));
-        let name = name.trim();
-        let is_length = name.eq_ignore_ascii_case("content-length");
-        if is_length {
-            framed |= value.trim().parse::<usize>().ok() == Some(body.len());
-        }
-        let dropped = (is_length && length_unknown)
-            || ["connection", "keep-alive", "server", UNKNOWN_LENGTH_HEADER]
-                .iter()
-                .any(|hop| name.eq_ignore_ascii_case(hop));
-        if !dropped {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    let kept = keep_alive && framed;
-    out.push_str(if kept {
-        "Connection: keep-alive\r\n\r\n"
-    } else {
-        "Connection: close\r\n\r\n"
-    });
-    let mut bytes = out.into_bytes();
-    bytes.extend_from_slice(body);
-    (bytes, kept)
+    let response = Response::text(rejection.status, &rejection.reason);
+    let _ = write_response(stream, &response, is_head, false);
 }
 
 /// Serves one client connection, in TLS when the pool has a certificate.
@@ -729,26 +931,50 @@ fn serve_requests(stream: &mut impl Conn, remote: SocketAddr, pool: &Pool) {
         // Whatever came, this connection no longer waits.
         drop(waiting.take());
         match received {
-            Ok(Received::Request(head, body)) => {
+            Ok(Received::Request(head, body, deadline)) => {
                 served += 1;
                 // Kept open only while few connections wait so (see [`Waiting`]).
                 let keep = head.keep_alive
                     && served < MAX_REQUESTS_PER_CONNECTION
                     && !pool.shutdown.is_stopping();
                 let wait = keep.then(|| Waiting::enter(pool)).flatten();
-                let socket = &pool.socket;
-                match forward(socket, &remote, &head, &body, stream, wait.is_some()) {
-                    Ok(true) => waiting = wait,
-                    Ok(false) => break,
-                    Err(err) => {
-                        warn!(
-                            "{} {}: relaying failed: {err} remote={remote}",
-                            head.method,
-                            // The query may hold an enrollment token; it stays out of the log.
-                            head.target.split('?').next().unwrap_or_default()
-                        );
-                        let failed = reject(502, "internal error; see the server log");
-                        answer_request(stream, &failed, head.method == "HEAD");
+                let is_head = head.method == "HEAD";
+                let mut request = pool.request(head, body, remote);
+                let started = Instant::now();
+                match run_handler(&*pool.handler, &pool.permits, deadline, &mut request) {
+                    Ok(response) => {
+                        let kept = wait.is_some();
+                        if let Err(err) = write_response(stream, &response, is_head, kept) {
+                            warn!(
+                                "{} {}: cannot send the response: {err} remote={}",
+                                request.head.method,
+                                request.path(),
+                                request.remote
+                            );
+                            break;
+                        }
+                        if !kept {
+                            break;
+                        }
+                        waiting = wait;
+                    }
+                    Err(unhandled) => {
+                        let rejection = unhandled.rejection(pool.limits.workers);
+                        match unhandled {
+                            Unhandled::Busy => {
+                                warn!(
+                                    "request refused: {} {} remote={remote}",
+                                    rejection.status, rejection.reason
+                                );
+                                pool.metrics.guard_refusal(rejection.status);
+                            }
+                            Unhandled::Panicked => pool.metrics.request(
+                                crate::metrics::route_label(request.path()),
+                                rejection.status,
+                                started.elapsed(),
+                            ),
+                        }
+                        answer_request(stream, &rejection, is_head);
                         break;
                     }
                 }
@@ -856,8 +1082,13 @@ struct Queue {
 struct Pool {
     queue: Mutex<Queue>,
     ready: Condvar,
-    socket: PathBuf,
     limits: Limits,
+    /// What answers the requests.
+    handler: Arc<Handler>,
+    /// At most `limits.workers` requests inside the handler at once.
+    permits: Permits,
+    /// Reverse proxies whose X-Forwarded-For names the client.
+    trusted_proxies: Vec<crate::gate::cidr::Cidr>,
     /// Kept-alive connections waiting for their next request.
     waiting: AtomicUsize,
     /// The TLS configuration, when otad speaks TLS itself.
@@ -869,6 +1100,25 @@ struct Pool {
 }
 
 impl Pool {
+    /// A request read from the client at `peer`, ready for the handler: the client's address
+    /// is the peer's, or behind a trusted proxy the one its X-Forwarded-For names.
+    fn request(&self, head: Head, body: Vec<u8>, peer: SocketAddr) -> Request {
+        let peer = peer.to_string();
+        let forwarded_for: Vec<&str> = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("X-Forwarded-For"))
+            .map(|(_, value)| value.as_str())
+            .collect();
+        let remote = super::client_address(&peer, &forwarded_for, &self.trusted_proxies);
+        Request {
+            head,
+            body,
+            peer,
+            remote,
+        }
+    }
+
     /// Hands a client to an idle thread, or starts one when none is idle.
     fn dispatch(self: &Arc<Pool>, job: Job) {
         let remote = job.remote;
@@ -928,24 +1178,43 @@ impl Pool {
     }
 }
 
-/// Accepts clients on `listener` and relays their requests to tiny_http at `socket`, in TLS
-/// with `tls`, until `shutdown` says stop; then waits up to [`DRAIN`] for the connections
-/// still open and returns.
-pub fn run(
-    listener: TcpListener,
-    socket: PathBuf,
-    limits: Limits,
-    tls: Option<Arc<crate::tls::Tls>>,
-    shutdown: Arc<Shutdown>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
+/// What the acceptor serves with, besides its listening socket.
+pub struct Service {
+    /// The limits on connections and requests.
+    pub limits: Limits,
+    /// What answers the requests.
+    pub handler: Arc<Handler>,
+    /// Reverse proxies (`http.trusted_proxies`) whose X-Forwarded-For names the client.
+    pub trusted_proxies: Vec<crate::gate::cidr::Cidr>,
+    /// The TLS configuration, when otad speaks TLS itself.
+    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Says when to stop.
+    pub shutdown: Arc<Shutdown>,
+    /// Where the guard's own refusals are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Accepts clients on `listener` and answers their requests with `service.handler`, in TLS
+/// with `service.tls`, until `service.shutdown` says stop; then waits up to [`DRAIN`] for
+/// the connections still open and returns.
+pub fn run(listener: TcpListener, service: Service) {
+    let Service {
+        limits,
+        handler,
+        trusted_proxies,
+        tls,
+        shutdown,
+        metrics,
+    } = service;
     let live = Arc::new(AtomicUsize::new(0));
     let max_connections = limits.max_connections;
     let pool = Arc::new(Pool {
         queue: Mutex::new(Queue::default()),
         ready: Condvar::new(),
-        socket,
+        permits: Permits::new(limits.workers),
         limits,
+        handler,
+        trusted_proxies,
         waiting: AtomicUsize::new(0),
         tls,
         shutdown: Arc::clone(&shutdown),
@@ -1023,50 +1292,461 @@ mod tests {
         parse_head(text.as_bytes(), 65536)
     }
 
-    #[test]
-    fn relayed_responses_say_what_becomes_of_the_connection() {
-        let from_tiny_http =
-            b"HTTP/1.0 200 OK\r\nServer: tiny-http (Rust)\r\nContent-Length: 2\r\n\
-                               Connection: close\r\n\r\nok";
-        let closed = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-        let kept = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
-        assert_eq!(
-            relay_response(from_tiny_http, false, false),
-            (closed.to_vec(), false)
-        );
-        assert_eq!(
-            relay_response(from_tiny_http, false, true),
-            (kept.to_vec(), true)
-        );
-        let unframed = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nok";
-        assert!(
-            !relay_response(unframed, false, true).1,
-            "a short body is not framed"
-        );
-        let head_answer = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
-        assert!(relay_response(head_answer, true, true).1);
+    /// `response` as written, the Date line taken out (it changes every second).
+    fn written(response: &Response, is_head: bool, keep_alive: bool) -> String {
+        let (head, rest) = response_bytes(response, is_head, keep_alive);
+        let mut all = head;
+        all.extend_from_slice(rest);
+        let text = String::from_utf8(all).unwrap();
+        let date = text
+            .lines()
+            .find(|line| line.starts_with("Date: "))
+            .expect("a Date header");
+        assert!(date.ends_with(" GMT"), "{date}");
+        text.replace(&format!("{date}\r\n"), "")
+    }
+
+    fn ok_response(body: &[u8]) -> Response {
+        Response {
+            status: 200,
+            content_type: "text/plain",
+            headers: Vec::new(),
+            body: body.to_vec(),
+            length_unknown: false,
+        }
     }
 
     #[test]
-    fn a_head_answer_with_no_length_to_give_loses_its_content_length() {
-        let from_tiny_http =
-            b"HTTP/1.0 200 OK\r\nContent-Type: application/x-apple-aspen-config\r\n\
-                               x-otad-length-unknown: 1\r\nContent-Length: 0\r\n\r\n";
-        let relayed = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-apple-aspen-config\r\n\
-                        Connection: keep-alive\r\n\r\n";
+    fn responses_say_what_becomes_of_the_connection() {
+        let ok = ok_response(b"ok");
         assert_eq!(
-            relay_response(from_tiny_http, true, true),
-            (relayed.to_vec(), true),
-            "a HEAD answer is framed without a length"
+            written(&ok, false, false),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+             Connection: close\r\n\r\nok"
         );
-        // The mark never reaches a client; on anything but HEAD the length stays.
-        let get = b"HTTP/1.0 200 OK\r\nX-Otad-Length-Unknown: 1\r\nContent-Length: 2\r\n\r\nok";
-        let relayed = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
-        assert_eq!(relay_response(get, false, false), (relayed.to_vec(), false));
-        // An unmarked HEAD answer keeps the GET body's length.
-        let head = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n";
-        let relayed = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n";
-        assert_eq!(relay_response(head, true, false), (relayed.to_vec(), false));
+        assert_eq!(
+            written(&ok, false, true),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+             Connection: keep-alive\r\n\r\nok"
+        );
+        // A refusal from the handler carries its headers; the connection may stay.
+        let mut refused = Response::text(405, "method not allowed here (use GET, HEAD)");
+        refused.headers.push(("Allow", "GET, HEAD".into()));
+        assert_eq!(
+            written(&refused, false, true),
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 40\r\nAllow: GET, HEAD\r\nConnection: keep-alive\r\n\r\n\
+             method not allowed here (use GET, HEAD)\n"
+        );
+        // A header value that could split the head is not sent.
+        let mut forged = ok_response(b"");
+        forged
+            .headers
+            .push(("Retry-After", "1\r\nSet-Cookie: x".into()));
+        forged.headers.push(("Allow", "GET,\tHEAD".into()));
+        let text = written(&forged, false, false);
+        assert!(
+            !text.contains("Set-Cookie") && !text.contains("Retry-After"),
+            "{text}"
+        );
+        assert!(text.contains("Allow: GET,\tHEAD\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_head_answer_gives_the_length_or_none_and_never_a_body() {
+        // HEAD where GET's body is known: its length, no body.
+        let ca = ok_response(b"certificate");
+        assert_eq!(
+            written(&ca, true, true),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 11\r\n\
+             Connection: keep-alive\r\n\r\n"
+        );
+        // HEAD where GET makes its body afresh: no Content-Length at all, kept alive.
+        let profile = Response {
+            status: 200,
+            content_type: "application/x-apple-aspen-config",
+            headers: vec![(
+                "Content-Disposition",
+                "attachment; filename=\"enroll.mobileconfig\"".into(),
+            )],
+            body: Vec::new(),
+            length_unknown: true,
+        };
+        assert_eq!(
+            written(&profile, true, true),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/x-apple-aspen-config\r\n\
+             Content-Disposition: attachment; filename=\"enroll.mobileconfig\"\r\n\
+             Connection: keep-alive\r\n\r\n"
+        );
+        // Anything but HEAD is framed by its length whatever the handler said.
+        assert!(written(&profile, false, false).contains("Content-Length: 0\r\n"));
+    }
+
+    /// A writer that counts the writes made to it.
+    #[derive(Default)]
+    struct CountingWriter {
+        writes: usize,
+        bytes: Vec<u8>,
+    }
+
+    impl Write for CountingWriter {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_head_and_a_small_body_go_out_in_one_write() {
+        for (len, writes) in [
+            (0, 1),
+            (5000, 1),
+            (ONE_WRITE_BODY, 1),
+            (ONE_WRITE_BODY + 1, 2),
+        ] {
+            let response = ok_response(&vec![b'x'; len]);
+            let mut out = CountingWriter::default();
+            write_response(&mut out, &response, false, true).unwrap();
+            assert_eq!(out.writes, writes, "a body of {len} bytes");
+            assert!(out.bytes.ends_with(&response.body));
+            let mut out = CountingWriter::default();
+            write_response(&mut out, &response, true, true).unwrap();
+            assert_eq!(out.writes, 1, "HEAD with a body of {len} bytes");
+            assert!(out.bytes.ends_with(b"\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdate() {
+        let at = |unix| http_date(time::OffsetDateTime::from_unix_timestamp(unix).unwrap());
+        assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(at(1_709_251_199), "Thu, 29 Feb 2024 23:59:59 GMT");
+        assert_eq!(at(1_735_689_600), "Wed, 01 Jan 2025 00:00:00 GMT");
+    }
+
+    #[test]
+    fn permits_bound_the_holders_and_come_back_on_drop() {
+        let permits = Permits::new(2);
+        let far = Instant::now() + Duration::from_secs(60);
+        let first = permits.acquire(far).unwrap();
+        let second = permits.acquire(far).unwrap();
+        assert_eq!(permits.available(), 0);
+        // None free: the wait ends at the deadline, with nothing.
+        assert!(permits
+            .acquire(Instant::now() + Duration::from_millis(20))
+            .is_none());
+        assert!(permits.acquire(Instant::now()).is_none());
+        assert!(
+            permits.state.lock().unwrap().queue.is_empty(),
+            "no place kept"
+        );
+        drop(first);
+        assert_eq!(permits.available(), 1);
+        let third = permits.acquire(Instant::now()).unwrap();
+        drop((second, third));
+        assert_eq!(permits.available(), 2);
+        // Zero is one: a server always handles something.
+        assert_eq!(Permits::new(0).available(), 1);
+    }
+
+    #[test]
+    fn a_permit_given_back_goes_to_a_waiter_not_to_a_newcomer() {
+        let permits = Permits::new(1);
+        let held = permits.acquire(Instant::now()).unwrap();
+        std::thread::scope(|scope| {
+            let (tell, told) = std::sync::mpsc::channel();
+            let shared = &permits;
+            let waiter = scope.spawn(move || {
+                let permit = shared.acquire(Instant::now() + Duration::from_secs(60));
+                let got = permit.is_some();
+                // Held until the newcomer below has asked.
+                let _ = told.recv();
+                got
+            });
+            while permits.state.lock().unwrap().queue.is_empty() {
+                std::thread::yield_now();
+            }
+            drop(held);
+            assert!(
+                permits.acquire(Instant::now()).is_none(),
+                "the permit went to the thread that was waiting"
+            );
+            tell.send(()).unwrap();
+            assert!(waiter.join().unwrap(), "the waiter got the permit");
+        });
+        let state = permits.state.lock().unwrap();
+        assert_eq!((state.free, state.queue.len()), (1, 0));
+    }
+
+    /// A request as the guard hands it on, from a loopback client.
+    fn request(method: &str, target: &str) -> Request {
+        Request {
+            head: Head {
+                method: method.into(),
+                target: target.into(),
+                headers: Vec::new(),
+                content_length: 0,
+                expects_continue: false,
+                keep_alive: true,
+            },
+            body: Vec::new(),
+            peer: "127.0.0.1:5000".into(),
+            remote: "127.0.0.1:5000".into(),
+        }
+    }
+
+    #[test]
+    fn a_panicking_handler_gets_500_and_gives_its_permit_back() {
+        let permits = Permits::new(1);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let panics = |_: &mut Request| -> Response { panic!("a bug in a handler") };
+        let mut asked = request("GET", "/ota/enroll?token=secret");
+        assert_eq!(
+            run_handler(&panics, &permits, deadline, &mut asked),
+            Err(Unhandled::Panicked)
+        );
+        assert_eq!(permits.available(), 1, "the permit came back");
+        let rejection = Unhandled::Panicked.rejection(1);
+        assert_eq!(
+            (rejection.status, rejection.reason.as_str()),
+            (500, INTERNAL_ERROR)
+        );
+        assert_eq!(asked.path(), "/ota/enroll", "logged without its query");
+
+        // The next request is handled as if nothing happened.
+        let answers = |_: &mut Request| ok_response(b"ok");
+        let mut next = request("GET", "/healthz");
+        let answered = run_handler(&answers, &permits, deadline, &mut next).unwrap();
+        assert_eq!(answered.status, 200);
+        assert_eq!(permits.available(), 1);
+    }
+
+    #[test]
+    fn a_request_that_gets_no_permit_by_its_deadline_is_busy() {
+        let permits = Permits::new(1);
+        let held = permits.acquire(Instant::now()).unwrap();
+        let answers = |_: &mut Request| ok_response(b"ok");
+        let soon = Instant::now() + Duration::from_millis(20);
+        let got = run_handler(&answers, &permits, soon, &mut request("GET", "/"));
+        assert_eq!(got, Err(Unhandled::Busy));
+        let rejection = Unhandled::Busy.rejection(4);
+        assert_eq!(rejection.status, 503);
+        assert!(
+            rejection.reason.contains("4 requests"),
+            "{}",
+            rejection.reason
+        );
+        drop(held);
+        assert_eq!(permits.available(), 1);
+    }
+
+    #[test]
+    fn at_most_workers_requests_are_in_the_handler_at_once() {
+        for workers in [1, 3] {
+            let permits = Permits::new(workers);
+            let inside = AtomicUsize::new(0);
+            let most = AtomicUsize::new(0);
+            let slow = |_: &mut Request| {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(30));
+                inside.fetch_sub(1, Ordering::SeqCst);
+                ok_response(b"ok")
+            };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            std::thread::scope(|scope| {
+                let callers: Vec<_> = (0..6)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            let mut asked = request("POST", "/ota/phase23");
+                            run_handler(&slow, &permits, deadline, &mut asked).map(|r| r.status)
+                        })
+                    })
+                    .collect();
+                for caller in callers {
+                    assert_eq!(caller.join().unwrap(), Ok(200), "every request is answered");
+                }
+            });
+            let most = most.load(Ordering::SeqCst);
+            assert!(
+                most >= 1 && most <= workers,
+                "{most} at once with {workers} workers"
+            );
+            assert_eq!(permits.available(), workers);
+        }
+    }
+
+    /// A guard serving on loopback with a handler of the test's own; stopped when dropped.
+    struct Running {
+        address: SocketAddr,
+        shutdown: Arc<Shutdown>,
+        acceptor: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Running {
+        fn start(workers: usize, handler: Arc<Handler>) -> Running {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let address = listener.local_addr().unwrap();
+            let shutdown = Arc::new(Shutdown::default());
+            let service = Service {
+                limits: Limits {
+                    workers,
+                    ..limits(Duration::from_secs(10))
+                },
+                handler,
+                trusted_proxies: Vec::new(),
+                tls: None,
+                shutdown: Arc::clone(&shutdown),
+                metrics: Arc::new(crate::metrics::Metrics::default()),
+            };
+            let acceptor = std::thread::spawn(move || run(listener, service));
+            Running {
+                address,
+                shutdown,
+                acceptor: Some(acceptor),
+            }
+        }
+
+        fn connect(&self) -> TcpStream {
+            let stream = TcpStream::connect(self.address).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .unwrap();
+            stream
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.shutdown.begin();
+            if let Some(acceptor) = self.acceptor.take() {
+                acceptor.join().unwrap();
+            }
+        }
+    }
+
+    /// Sends `method target` and reads the answer: status line, headers (names lowercased),
+    /// and the body its Content-Length gives (none for HEAD).
+    fn ask(stream: &mut TcpStream, method: &str, target: &str) -> (String, String, Vec<u8>) {
+        let request = format!("{method} {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(stream.read(&mut byte).unwrap(), 1, "cut off: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let (status, headers) = head.split_once("\r\n").unwrap();
+        let length = headers
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length: "))
+            .map(|n| n.parse().unwrap());
+        let mut body = vec![0u8; if method == "HEAD" { 0 } else { length.unwrap() }];
+        stream.read_exact(&mut body).unwrap();
+        (status.to_string(), headers.to_string(), body)
+    }
+
+    /// Whether the server closed `stream` (after what it already sent).
+    fn closed(stream: &mut TcpStream) -> bool {
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).is_ok() && rest.is_empty()
+    }
+
+    /// A handler with a route for each case: 404, a panic, a HEAD without length, a slow one
+    /// that counts how many are inside it at once.
+    fn test_handler(inside: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> Arc<Handler> {
+        Arc::new(move |request: &mut Request| match request.path() {
+            "/missing" => Response::text(404, "/missing: no such endpoint"),
+            "/panic" => panic!("a bug in a handler"),
+            "/profile" => Response {
+                status: 200,
+                content_type: "application/x-apple-aspen-config",
+                headers: Vec::new(),
+                body: Vec::new(),
+                length_unknown: request.head.method == "HEAD",
+            },
+            "/slow" => {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                inside.fetch_sub(1, Ordering::SeqCst);
+                ok_response(b"slow")
+            }
+            _ => ok_response(b"ok"),
+        })
+    }
+
+    #[test]
+    fn a_handler_refusal_keeps_the_connection_and_a_panic_closes_it() {
+        let counters = (Arc::default(), Arc::default());
+        let running = Running::start(1, test_handler(counters.0, counters.1));
+        let mut stream = running.connect();
+        let (status, headers, body) = ask(&mut stream, "GET", "/missing");
+        assert_eq!(status, "http/1.1 404 not found");
+        assert!(headers.contains("connection: keep-alive"), "{headers}");
+        assert_eq!(body, b"/missing: no such endpoint\n");
+        let (status, headers, body) = ask(&mut stream, "GET", "/healthz");
+        assert_eq!(status, "http/1.1 200 ok", "served again after the 404");
+        assert!(headers.contains("connection: keep-alive"), "{headers}");
+        assert_eq!(body, b"ok");
+
+        // HEAD with no length to give: no Content-Length, no body, and the connection goes on.
+        let (status, headers, _) = ask(&mut stream, "HEAD", "/profile");
+        assert_eq!(status, "http/1.1 200 ok");
+        assert!(!headers.contains("content-length"), "{headers}");
+        assert!(headers.contains("connection: keep-alive"), "{headers}");
+        let (status, _, body) = ask(&mut stream, "GET", "/healthz");
+        assert_eq!(
+            (status.as_str(), &body[..]),
+            ("http/1.1 200 ok", &b"ok"[..])
+        );
+
+        // A panic: 500 with one line, the connection closed; the one permit is free again.
+        let (status, headers, body) = ask(&mut stream, "GET", "/panic?token=secret");
+        assert_eq!(status, "http/1.1 500 internal server error");
+        assert!(headers.contains("connection: close"), "{headers}");
+        assert_eq!(body, format!("{INTERNAL_ERROR}\n").as_bytes());
+        assert!(closed(&mut stream));
+        let mut again = running.connect();
+        let (status, _, _) = ask(&mut again, "GET", "/healthz");
+        assert_eq!(status, "http/1.1 200 ok", "the only permit was given back");
+    }
+
+    #[test]
+    fn with_one_worker_two_slow_requests_are_handled_one_at_a_time() {
+        let inside = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let running = Running::start(1, test_handler(Arc::clone(&inside), Arc::clone(&most)));
+        let answers: Vec<(String, Vec<u8>)> = std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..2)
+                .map(|_| {
+                    let mut stream = running.connect();
+                    scope.spawn(move || {
+                        let (status, _, body) = ask(&mut stream, "POST", "/slow");
+                        (status, body)
+                    })
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        for (status, body) in answers {
+            assert_eq!(
+                (status.as_str(), &body[..]),
+                ("http/1.1 200 ok", &b"slow"[..])
+            );
+        }
+        assert_eq!(
+            most.load(Ordering::SeqCst),
+            1,
+            "one request in the handler at a time"
+        );
     }
 
     /// Scans `parts` one after another, as reads bring them; the first refusal's status.
@@ -1146,10 +1826,47 @@ mod tests {
         assert_eq!(parsed.target, "/ota/phase23");
         assert_eq!(parsed.content_length, 12);
         assert!(parsed.keep_alive);
+        // Hop headers are dropped. X-Otad-Remote named the client between the guard and the
+        // handlers once; nothing reads it now, so a client's copy is an ordinary header.
+        let pair = |name: &str, value: &str| (name.to_string(), value.to_string());
         assert_eq!(
             parsed.headers,
-            vec![("Host".to_string(), "x".to_string())],
-            "hop headers and a forged remote are dropped"
+            vec![pair("Host", "x"), pair("X-Otad-Remote", "6.6.6.6:1")]
+        );
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_names_it() {
+        let pool = |trusted: &[&str]| Pool {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+            limits: limits(Duration::from_secs(1)),
+            handler: Arc::new(|_: &mut Request| ok_response(b"")),
+            permits: Permits::new(1),
+            trusted_proxies: trusted
+                .iter()
+                .map(|cidr| crate::gate::cidr::Cidr::parse(cidr).unwrap())
+                .collect(),
+            waiting: AtomicUsize::new(0),
+            tls: None,
+            shutdown: Arc::new(Shutdown::default()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        };
+        let forwarded = head(
+            "GET /ota/enroll HTTP/1.1\r\nX-Forwarded-For: 203.0.113.9\r\n\
+             X-Otad-Remote: 6.6.6.6:1",
+        )
+        .unwrap();
+        let peer: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let direct = pool(&[]).request(forwarded.clone(), Vec::new(), peer);
+        assert_eq!(
+            (direct.peer.as_str(), direct.remote.as_str()),
+            ("10.1.2.3:40000", "10.1.2.3:40000")
+        );
+        let proxied = pool(&["10.0.0.0/8"]).request(forwarded, Vec::new(), peer);
+        assert_eq!(
+            (proxied.peer.as_str(), proxied.remote.as_str()),
+            ("10.1.2.3:40000", "203.0.113.9")
         );
     }
 
@@ -1279,13 +1996,14 @@ mod tests {
             max_connections: 4,
             max_body: 65536,
             request_timeout,
+            workers: 2,
         }
     }
 
     fn read_one(stream: &mut TcpStream, limits: &Limits) -> Result<(Head, Vec<u8>), u16> {
         let mut buffer = Vec::new();
         match read_request(stream, limits, &mut buffer, None) {
-            Ok(Received::Request(head, body)) => Ok((head, body)),
+            Ok(Received::Request(head, body, _)) => Ok((head, body)),
             Ok(Received::Gone) => Err(0),
             Err(rejection) => Err(rejection.status),
         }
@@ -1338,7 +2056,7 @@ mod tests {
             .unwrap();
         let mut buffer = Vec::new();
         match read_request(&mut server, &limits(timeout), &mut buffer, None) {
-            Ok(Received::Request(head, body)) => {
+            Ok(Received::Request(head, body, _)) => {
                 assert_eq!((head.content_length, body), (3, b"a\nb".to_vec()));
             }
             Ok(Received::Gone) => panic!("gone"),

@@ -1,6 +1,6 @@
-//! The HTTP adapter: tiny_http with a fixed pool of worker threads behind otad's own
-//! acceptor ([`guard`]), routing, body limits, and the one place where errors become HTTP
-//! statuses.
+//! The HTTP adapter: routing, and the one place where errors become HTTP statuses. otad's own
+//! server ([`guard`]) reads each request within its limits and calls [`route`] (through
+//! `handle`) on the connection's thread, at most `http.workers` requests at once.
 //!
 //! Every refusal is a status with a one-line reason in a `text/plain` body and a warn log line
 //! with the remote address; an internal failure logs its detail and tells the client only
@@ -8,9 +8,7 @@
 
 pub mod guard;
 
-use std::io::Read;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -33,7 +31,7 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// A file name for Content-Disposition, for profiles Safari should offer to install.
     pub attachment: Option<&'static str>,
-    /// An answer to HEAD sent without Content-Length (see [`guard::UNKNOWN_LENGTH_HEADER`]):
+    /// An answer to HEAD sent without Content-Length (see [`guard::Response::length_unknown`]):
     /// GET makes its body for each request alone and mints state doing so.
     pub length_unknown: bool,
 }
@@ -170,8 +168,8 @@ pub struct Incoming<'a> {
     pub remote: String,
     /// The TCP peer ("ip:port"): the proxy itself, where there is one.
     pub peer: String,
-    /// The request headers, as tiny_http parsed them (at most `guard::MAX_HEADERS` and the
-    /// guard's `guard::ADDED_HEADERS`).
+    /// The request headers as the client sent them, hop-by-hop ones removed (at most
+    /// `guard::MAX_HEADERS`).
     pub headers: Vec<(String, String)>,
 }
 
@@ -238,29 +236,8 @@ pub fn split_target(target: &str) -> (&str, Vec<(String, String)>) {
     (path, params)
 }
 
-/// Reads a request body of at most `limit` bytes; larger gets 413 before reading on when the
-/// length is declared, or as soon as the limit is passed when it is not.
-pub fn read_body(
-    reader: &mut dyn Read,
-    declared: Option<usize>,
-    limit: usize,
-) -> Result<Vec<u8>, Refusal> {
-    let too_large = || Refusal::new(413, format!("request body: over the {limit} bytes allowed"));
-    if declared.is_some_and(|n| n > limit) {
-        return Err(too_large());
-    }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit));
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut body)
-        .map_err(|err| Refusal::new(400, format!("request body: cannot read: {err}")))?;
-    if body.len() > limit {
-        return Err(too_large());
-    }
-    Ok(body)
-}
-
-/// Routes one request. `body` reads the request body on demand, with the size limit applied.
+/// Routes one request. `body` gives the request body, which the guard read whole within its
+/// route's limit (see [`guard::body_limit`]).
 pub fn route(
     ctx: &Context,
     incoming: &Incoming<'_>,
@@ -540,244 +517,110 @@ fn truncate(text: &str) -> String {
     text.chars().take(80).filter(|c| !c.is_control()).collect()
 }
 
-fn header(name: &str, value: &str) -> Option<tiny_http::Header> {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok()
-}
-
-/// Handles one tiny_http request to the end.
-fn handle(ctx: &Context, mut request: tiny_http::Request) {
+/// Answers one request the guard read, on the connection's thread: routes it, records a
+/// refusal of an enrollment endpoint in the events log, logs a 5xx at error (the client is
+/// told only that it happened) and a 4xx at warn, and counts it in the metrics.
+fn handle(ctx: &Context, request: &mut guard::Request) -> guard::Response {
     let started = std::time::Instant::now();
 
-    // The guard is the only client of this tiny_http and names the TCP peer in a header; a
-    // trusted proxy's X-Forwarded-For names the client behind it.
-    let peer = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(guard::REMOTE_HEADER))
-        .map_or_else(|| "-".to_string(), |h| h.value.as_str().to_string());
-    let forwarded_for: Vec<&str> = request
-        .headers()
-        .iter()
-        .take(guard::MAX_HEADERS + guard::ADDED_HEADERS)
-        .filter(|h| h.field.equiv("X-Forwarded-For"))
-        .map(|h| h.value.as_str())
-        .collect();
-    let remote = client_address(&peer, &forwarded_for, &ctx.derived.trusted_proxies);
-    let method = request.method().as_str().to_string();
-    let target = request.url().to_string();
-    let (path, query) = split_target(&target);
-    let headers = request
-        .headers()
-        .iter()
-        .take(guard::MAX_HEADERS + guard::ADDED_HEADERS)
-        .map(|h| (h.field.as_str().to_string(), h.value.as_str().to_string()))
-        .collect();
+    let headers = std::mem::take(&mut request.head.headers);
+    let mut body = Some(std::mem::take(&mut request.body));
+    let method = request.head.method.as_str();
+    let (path, query) = split_target(&request.head.target);
     let incoming = Incoming {
-        method: &method,
+        method,
         path,
         query,
-        remote: remote.clone(),
-        peer,
+        remote: request.remote.clone(),
+        peer: std::mem::take(&mut request.peer),
         headers,
     };
+    let remote = &request.remote;
 
-    // The guard refused more than MAX_HEADERS already; this holds if it ever did not.
-    let too_many_headers = request.headers().len() > guard::MAX_HEADERS + guard::ADDED_HEADERS;
-    let declared = request.body_length();
-    let limit = ctx.config.http.max_body;
-    let reply = if too_many_headers {
-        Err(Refusal::new(
-            431,
-            format!("request: more than {} headers", guard::MAX_HEADERS),
-        ))
-    } else {
-        let reader = request.as_reader();
-        answer(ctx, &incoming, &mut || read_body(reader, declared, limit))
-    };
+    // The guard read the body whole, within its route's limit. What the request wrote is
+    // durable, and its events written, before it is answered.
+    let reply = answer(ctx, &incoming, &mut || Ok(body.take().unwrap_or_default()));
 
-    let allow = reply.as_ref().err().and_then(|refusal| refusal.allow);
-    let extra_headers = reply
-        .as_ref()
-        .err()
-        .map(|refusal| refusal.headers.clone())
-        .unwrap_or_default();
-    let reply = reply.unwrap_or_else(|refusal| {
-        // 503 is a state the client should hear about ("try again later"), not a fault.
-        if refusal.status >= 500 && refusal.status != 503 {
-            error!("{method} {path}: {} remote={remote}", refusal.reason);
-            Reply::ok(
-                "text/plain",
-                b"internal error; see the server log\n".to_vec(),
-            )
-            .with_status(refusal.status)
-        } else {
-            warn!(
-                "{method} {path}: {} {} remote={remote}",
-                refusal.status, refusal.reason
-            );
-            let mut body = crate::logger::one_line(&refusal.reason, 300).into_bytes();
-            body.push(b'\n');
-            Reply::ok("text/plain; charset=utf-8", body).with_status(refusal.status)
+    let response = match reply {
+        Ok(reply) => {
+            let mut headers = Vec::new();
+            if let Some(file) = reply.attachment {
+                headers.push((
+                    "Content-Disposition",
+                    format!("attachment; filename=\"{file}\""),
+                ));
+            }
+            guard::Response {
+                status: reply.status,
+                content_type: reply.content_type,
+                headers,
+                body: reply.body,
+                length_unknown: reply.length_unknown,
+            }
         }
-    });
+        Err(refusal) => {
+            // 503 is a state the client should hear about ("try again later"), not a fault.
+            let mut response = if refusal.status >= 500 && refusal.status != 503 {
+                error!("{method} {path}: {} remote={remote}", refusal.reason);
+                guard::Response::text(refusal.status, guard::INTERNAL_ERROR)
+            } else {
+                warn!(
+                    "{method} {path}: {} {} remote={remote}",
+                    refusal.status, refusal.reason
+                );
+                let reason = crate::logger::one_line(&refusal.reason, 300);
+                guard::Response::text(refusal.status, &reason)
+            };
+            if let Some(methods) = refusal.allow {
+                response.headers.push(("Allow", methods.to_string()));
+            }
+            response.headers.extend(refusal.headers);
+            response
+        }
+    };
 
     ctx.metrics.request(
         crate::metrics::route_label(path),
-        reply.status,
+        response.status,
         started.elapsed(),
     );
     // Phases 2 and 3 count themselves (only the OTA code knows which one a body was).
-    let counted_phase = match (path, method.as_str()) {
+    let counted_phase = match (path, method) {
         ("/ota/enroll", "GET") => Some("1"),
         ("/mdm/enroll", "POST") => Some("dep"),
         _ => None,
     };
     if let Some(phase) = counted_phase {
         ctx.metrics
-            .phase(phase, crate::metrics::outcome_of_status(reply.status));
+            .phase(phase, crate::metrics::outcome_of_status(response.status));
     }
-    let mut response = tiny_http::Response::from_data(reply.body).with_status_code(reply.status);
-    if let Some(h) = header("Content-Type", reply.content_type) {
-        response.add_header(h);
-    }
-    if let Some(h) = allow.and_then(|methods| header("Allow", methods)) {
-        response.add_header(h);
-    }
-    for (name, value) in &extra_headers {
-        if let Some(h) = header(name, value) {
-            response.add_header(h);
-        }
-    }
-    if reply.length_unknown {
-        if let Some(h) = header(guard::UNKNOWN_LENGTH_HEADER, "1") {
-            response.add_header(h);
-        }
-    }
-    if let Some(file) = reply.attachment {
-        if let Some(h) = header(
-            "Content-Disposition",
-            &format!("attachment; filename=\"{file}\""),
-        ) {
-            response.add_header(h);
-        }
-    }
-    if let Err(err) = request.respond(response) {
-        warn!("{method} {path}: cannot send the response: {err} remote={remote}");
-    }
-}
-
-impl Reply {
-    fn with_status(mut self, status: u16) -> Reply {
-        self.status = status;
-        self
-    }
-}
-
-/// A folder only otad's user can enter, for the socket between the guard and tiny_http.
-/// Most entries of the temp folder looked at for stale socket folders.
-const MAX_TEMP_ENTRIES: usize = 10_000;
-
-/// Removes the socket folders of otad processes that ended without cleaning up (killed):
-/// `otad-<pid>` folders of this user whose process no longer exists.
-fn remove_stale_socket_dirs(temp: &std::path::Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(temp) else {
-        return;
-    };
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    let me = unsafe { libc::geteuid() };
-    for entry in entries.filter_map(Result::ok).take(MAX_TEMP_ENTRIES) {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("otad-"))
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let ours =
-            std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir() && m.uid() == me);
-        let alive = std::path::Path::new("/proc").join(pid).exists();
-        if ours && !alive {
-            let _ = std::fs::remove_dir_all(entry.path());
-        }
-    }
-}
-
-fn private_socket_dir() -> Result<PathBuf, String> {
-    use std::os::unix::fs::DirBuilderExt;
-    let temp = std::env::temp_dir();
-    remove_stale_socket_dirs(&temp);
-    let dir = temp.join(format!("otad-{}", std::process::id()));
-    // A folder left by an earlier process with the same pid is stale.
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|err| {
-            format!(
-                "{}: cannot create the internal socket folder: {err}",
-                dir.display()
-            )
-        })?;
-    Ok(dir)
+    response
 }
 
 /// Serves on `listener` (in TLS with `tls`) until `shutdown` says stop and the connections
-/// in flight are done; then removes the private socket and returns.
+/// in flight are done: the guard reads each request and calls the router on the
+/// connection's own thread, at most `http.workers` at once.
 pub fn serve(
     ctx: Arc<Context>,
     listener: TcpListener,
     tls: Option<Arc<crate::tls::Tls>>,
     shutdown: Arc<guard::Shutdown>,
-) -> Result<(), String> {
-    let dir = private_socket_dir()?;
-    let socket = dir.join("http.sock");
-    let inner = std::os::unix::net::UnixListener::bind(&socket)
-        .map_err(|err| format!("{}: cannot listen: {err}", socket.display()))?;
-    let server = tiny_http::Server::from_listener(inner, None)
-        .map_err(|err| format!("{}: cannot serve: {err}", socket.display()))?;
-    let server = Arc::new(server);
-
-    // The workers wait on tiny_http for good; the acceptor is what ends the server.
-    let workers = ctx.derived.workers;
-    for n in 0..workers {
-        let server = Arc::clone(&server);
-        let ctx = Arc::clone(&ctx);
-        let handle = std::thread::Builder::new()
-            .name(format!("worker-{n}"))
-            .spawn(move || loop {
-                match server.recv() {
-                    Ok(request) => handle(&ctx, request),
-                    Err(err) => {
-                        error!("accepting a request: {err}");
-                        std::thread::sleep(std::time::Duration::from_millis(50));
-                    }
-                }
-            })
-            .map_err(|err| format!("cannot start worker thread: {err}"))?;
-        drop(handle);
-    }
-
+) {
     let limits = guard::Limits {
         max_connections: ctx.config.http.max_connections,
         max_body: ctx.config.http.max_body,
         request_timeout: ctx.derived.request_timeout,
+        workers: ctx.derived.workers,
     };
-    let inner_socket = socket.clone();
-    let acceptor = std::thread::Builder::new()
-        .name("guard".into())
-        .spawn({
-            let metrics = Arc::clone(&ctx.metrics);
-            move || guard::run(listener, inner_socket, limits, tls, shutdown, metrics)
-        })
-        .map_err(|err| format!("cannot start the acceptor thread: {err}"))?;
-    let _ = acceptor.join();
-
-    if let Err(err) = std::fs::remove_file(&socket).and_then(|()| std::fs::remove_dir(&dir)) {
-        warn!("{}: cannot remove: {err}", dir.display());
-    }
-    Ok(())
+    let service = guard::Service {
+        limits,
+        trusted_proxies: ctx.derived.trusted_proxies.clone(),
+        tls,
+        shutdown,
+        metrics: Arc::clone(&ctx.metrics),
+        handler: Arc::new(move |request: &mut guard::Request| handle(&ctx, request)),
+    };
+    guard::run(listener, service);
 }
 
 #[cfg(test)]
@@ -829,17 +672,6 @@ mod tests {
         assert_eq!(query[1].1, "ab+c/d=");
     }
 
-    #[test]
-    fn body_limits() {
-        let big = [0u8; 10];
-        assert_eq!(read_body(&mut &big[..], None, 10).unwrap().len(), 10);
-        assert_eq!(read_body(&mut &big[..], None, 9).unwrap_err().status, 413);
-        assert_eq!(
-            read_body(&mut &big[..], Some(10), 9).unwrap_err().status,
-            413
-        );
-    }
-
     /// A request as the router sees it, from the guard's loopback client.
     fn incoming<'a>(method: &'a str, target: &'a str) -> Incoming<'a> {
         let (path, query) = split_target(target);
@@ -887,7 +719,7 @@ mod tests {
             let (get, head) = (outcome("GET"), outcome("HEAD"));
             assert_eq!(head, get, "HEAD {target}");
         }
-        // tiny_http leaves the body out of a HEAD answer; the router only says what it is.
+        // The guard leaves the body out of a HEAD answer; the router only says what it is.
         let ca = answer(&ctx, "HEAD", "/ca").unwrap();
         assert_eq!(ca.body, ctx.ca.certificate());
         assert!(

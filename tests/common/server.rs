@@ -226,8 +226,7 @@ fn collect(dir: &Path, files: &mut Vec<(PathBuf, Vec<u8>)>) {
 }
 
 impl Drop for TestServer {
-    /// SIGTERM, as systemd stops it (otad then removes its private socket folder), and
-    /// SIGKILL if it is still there after a few seconds.
+    /// SIGTERM, as systemd stops it, and SIGKILL if it is still there after a few seconds.
     fn drop(&mut self) {
         stop(&mut self.child, Duration::from_secs(5));
     }
