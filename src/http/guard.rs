@@ -629,8 +629,32 @@ impl Response {
     }
 }
 
+/// Work a handler leaves for after its permit is given back (see [`Handled::then`]).
+pub type Then = Box<dyn FnOnce(&mut Response) + Send>;
+
+/// What a handler answers: a response, and what is left to do once the handler's permit is
+/// given back.
+pub struct Handled {
+    /// The response, as far as the handler's own work goes.
+    pub response: Response,
+    /// Work that waits rather than computes (making what the request wrote durable, before
+    /// it is answered): done after the permit is given back, so that a request waiting for
+    /// the disk does not keep another from the CPU, and before the response is sent. It may
+    /// change the response (a 500 when the state could not be saved).
+    pub then: Option<Then>,
+}
+
+impl From<Response> for Handled {
+    fn from(response: Response) -> Handled {
+        Handled {
+            response,
+            then: None,
+        }
+    }
+}
+
 /// What answers the requests: called on the connection's thread, holding a permit.
-pub type Handler = dyn Fn(&mut Request) -> Response + Send + Sync;
+pub type Handler = dyn Fn(&mut Request) -> Handled + Send + Sync;
 
 /// A counting semaphore: at most the number it was made with are held at once. Taken by
 /// [`Permits::acquire`], given back when the [`Permit`] is dropped (on every path, unwinding
@@ -751,10 +775,11 @@ impl Unhandled {
     }
 }
 
-/// Hands `request` to `handler` holding one of `permits`, waiting for it until `deadline`.
-/// A panic in the handler is caught and logged (method, path without its query, client); the
-/// permit is given back either way.
-fn run_handler<F: Fn(&mut Request) -> Response + ?Sized>(
+/// Hands `request` to `handler` holding one of `permits`, waiting for it until `deadline`;
+/// then, the permit given back, does what the handler left to do ([`Handled::then`]). A panic
+/// in either is caught and logged (method, path without its query, client); the permit is
+/// given back either way.
+fn run_handler<F: Fn(&mut Request) -> Handled + ?Sized>(
     handler: &F,
     permits: &Permits,
     deadline: Instant,
@@ -763,8 +788,15 @@ fn run_handler<F: Fn(&mut Request) -> Response + ?Sized>(
     let Some(permit) = permits.acquire(deadline) else {
         return Err(Unhandled::Busy);
     };
-    let answered = catch_unwind(AssertUnwindSafe(|| handler(request)));
+    let handled = catch_unwind(AssertUnwindSafe(|| handler(request)));
     drop(permit);
+    let answered = handled.and_then(|handled| {
+        let mut response = handled.response;
+        match handled.then {
+            Some(then) => catch_unwind(AssertUnwindSafe(|| then(&mut response))).map(|()| response),
+            None => Ok(response),
+        }
+    });
     answered.map_err(|panic| {
         let what = panic
             .downcast_ref::<&str>()
@@ -1502,10 +1534,49 @@ mod tests {
     }
 
     #[test]
+    fn what_a_handler_leaves_runs_with_its_permit_given_back_and_may_change_the_answer() {
+        let permits = Arc::new(Permits::new(1));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let seen = Arc::new(AtomicUsize::new(usize::MAX));
+        let handler = {
+            let (permits, seen) = (Arc::clone(&permits), Arc::clone(&seen));
+            move |_: &mut Request| {
+                let (permits, seen) = (Arc::clone(&permits), Arc::clone(&seen));
+                Handled {
+                    response: ok_response(b"computed"),
+                    then: Some(Box::new(move |response: &mut Response| {
+                        seen.store(permits.available(), Ordering::SeqCst);
+                        *response = Response::text(500, INTERNAL_ERROR);
+                    })),
+                }
+            }
+        };
+        let mut asked = request("POST", "/ota/phase23");
+        let answered = run_handler(&handler, &permits, deadline, &mut asked).unwrap();
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "the permit was free while it waited"
+        );
+        assert_eq!(answered.status, 500);
+
+        // A panic there is a 500 too, and the permit stays given back.
+        let panics = |_: &mut Request| Handled {
+            response: ok_response(b"computed"),
+            then: Some(Box::new(|_: &mut Response| panic!("a bug while waiting"))),
+        };
+        assert_eq!(
+            run_handler(&panics, &permits, deadline, &mut asked),
+            Err(Unhandled::Panicked)
+        );
+        assert_eq!(permits.available(), 1);
+    }
+
+    #[test]
     fn a_panicking_handler_gets_500_and_gives_its_permit_back() {
         let permits = Permits::new(1);
         let deadline = Instant::now() + Duration::from_secs(60);
-        let panics = |_: &mut Request| -> Response { panic!("a bug in a handler") };
+        let panics = |_: &mut Request| -> Handled { panic!("a bug in a handler") };
         let mut asked = request("GET", "/ota/enroll?token=secret");
         assert_eq!(
             run_handler(&panics, &permits, deadline, &mut asked),
@@ -1520,7 +1591,7 @@ mod tests {
         assert_eq!(asked.path(), "/ota/enroll", "logged without its query");
 
         // The next request is handled as if nothing happened.
-        let answers = |_: &mut Request| ok_response(b"ok");
+        let answers = |_: &mut Request| Handled::from(ok_response(b"ok"));
         let mut next = request("GET", "/healthz");
         let answered = run_handler(&answers, &permits, deadline, &mut next).unwrap();
         assert_eq!(answered.status, 200);
@@ -1531,7 +1602,7 @@ mod tests {
     fn a_request_that_gets_no_permit_by_its_deadline_is_busy() {
         let permits = Permits::new(1);
         let held = permits.acquire(Instant::now()).unwrap();
-        let answers = |_: &mut Request| ok_response(b"ok");
+        let answers = |_: &mut Request| Handled::from(ok_response(b"ok"));
         let soon = Instant::now() + Duration::from_millis(20);
         let got = run_handler(&answers, &permits, soon, &mut request("GET", "/"));
         assert_eq!(got, Err(Unhandled::Busy));
@@ -1557,7 +1628,7 @@ mod tests {
                 most.fetch_max(now, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(30));
                 inside.fetch_sub(1, Ordering::SeqCst);
-                ok_response(b"ok")
+                Handled::from(ok_response(b"ok"))
             };
             let deadline = Instant::now() + Duration::from_secs(60);
             std::thread::scope(|scope| {
@@ -1662,24 +1733,26 @@ mod tests {
     /// A handler with a route for each case: 404, a panic, a HEAD without length, a slow one
     /// that counts how many are inside it at once.
     fn test_handler(inside: Arc<AtomicUsize>, most: Arc<AtomicUsize>) -> Arc<Handler> {
-        Arc::new(move |request: &mut Request| match request.path() {
-            "/missing" => Response::text(404, "/missing: no such endpoint"),
-            "/panic" => panic!("a bug in a handler"),
-            "/profile" => Response {
-                status: 200,
-                content_type: "application/x-apple-aspen-config",
-                headers: Vec::new(),
-                body: Vec::new(),
-                length_unknown: request.head.method == "HEAD",
-            },
-            "/slow" => {
-                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-                inside.fetch_sub(1, Ordering::SeqCst);
-                ok_response(b"slow")
-            }
-            _ => ok_response(b"ok"),
+        Arc::new(move |request: &mut Request| {
+            Handled::from(match request.path() {
+                "/missing" => Response::text(404, "/missing: no such endpoint"),
+                "/panic" => panic!("a bug in a handler"),
+                "/profile" => Response {
+                    status: 200,
+                    content_type: "application/x-apple-aspen-config",
+                    headers: Vec::new(),
+                    body: Vec::new(),
+                    length_unknown: request.head.method == "HEAD",
+                },
+                "/slow" => {
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    ok_response(b"slow")
+                }
+                _ => ok_response(b"ok"),
+            })
         })
     }
 
@@ -1841,7 +1914,7 @@ mod tests {
             queue: Mutex::new(Queue::default()),
             ready: Condvar::new(),
             limits: limits(Duration::from_secs(1)),
-            handler: Arc::new(|_: &mut Request| ok_response(b"")),
+            handler: Arc::new(|_: &mut Request| Handled::from(ok_response(b""))),
             permits: Permits::new(1),
             trusted_proxies: trusted
                 .iter()

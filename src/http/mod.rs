@@ -400,15 +400,15 @@ pub fn route(
     }
 }
 
-/// Routes one request and makes what it wrote durable before it is answered: its
-/// transactions share one wait for the state log's sync, then its events are written in one
-/// append (after the state they record). A state that could not be made durable is a 500.
+/// Routes one request and keeps what must follow before it is answered: the state log's
+/// sync that makes its transactions durable (one wait for all of them), and its events,
+/// written after that in one append ([`Pending::settle`]).
 pub fn answer(
     ctx: &Context,
     incoming: &Incoming<'_>,
     body: &mut dyn FnMut() -> Result<Vec<u8>, Refusal>,
-) -> Result<Reply, Refusal> {
-    let ((reply, events), settled) = ctx.store.deferring(|| {
+) -> (Result<Reply, Refusal>, Pending) {
+    let ((reply, events), ticket) = ctx.store.deferring(|| {
         ctx.events.buffering(|| {
             let reply = route(ctx, incoming, body);
             if let Err(refusal) = &reply {
@@ -417,12 +417,23 @@ pub fn answer(
             reply
         })
     });
-    let reply = match settled {
-        Ok(()) => reply,
-        Err(err) => Err(Refusal::new(500, format!("state not saved: {err}"))),
-    };
-    ctx.events.write_all(events);
-    reply
+    (reply, Pending { ticket, events })
+}
+
+/// What a request leaves to do before it is answered (see [`answer`]).
+pub struct Pending {
+    ticket: Option<crate::store::journal::Ticket>,
+    events: crate::events::Buffered,
+}
+
+impl Pending {
+    /// Waits until the request's state is durable, then writes its events (after the state
+    /// they record). `Err` when the state could not be made durable.
+    pub fn settle(self, ctx: &Context) -> Result<(), crate::store::StoreError> {
+        let settled = ctx.store.settle(self.ticket);
+        ctx.events.write_all(self.events);
+        settled
+    }
 }
 
 /// The endpoints whose HTTP refusals go into the events log. SCEP records its CertRep
@@ -520,7 +531,7 @@ fn truncate(text: &str) -> String {
 /// Answers one request the guard read, on the connection's thread: routes it, records a
 /// refusal of an enrollment endpoint in the events log, logs a 5xx at error (the client is
 /// told only that it happened) and a 4xx at warn, and counts it in the metrics.
-fn handle(ctx: &Context, request: &mut guard::Request) -> guard::Response {
+fn handle(ctx: &Arc<Context>, request: &mut guard::Request) -> guard::Handled {
     let started = std::time::Instant::now();
 
     let headers = std::mem::take(&mut request.head.headers);
@@ -537,9 +548,8 @@ fn handle(ctx: &Context, request: &mut guard::Request) -> guard::Response {
     };
     let remote = &request.remote;
 
-    // The guard read the body whole, within its route's limit. What the request wrote is
-    // durable, and its events written, before it is answered.
-    let reply = answer(ctx, &incoming, &mut || Ok(body.take().unwrap_or_default()));
+    // The guard read the body whole, within its route's limit.
+    let (reply, pending) = answer(ctx, &incoming, &mut || Ok(body.take().unwrap_or_default()));
 
     let response = match reply {
         Ok(reply) => {
@@ -579,22 +589,34 @@ fn handle(ctx: &Context, request: &mut guard::Request) -> guard::Response {
         }
     };
 
-    ctx.metrics.request(
-        crate::metrics::route_label(path),
-        response.status,
-        started.elapsed(),
-    );
     // Phases 2 and 3 count themselves (only the OTA code knows which one a body was).
+    let route = crate::metrics::route_label(path);
     let counted_phase = match (path, method) {
         ("/ota/enroll", "GET") => Some("1"),
         ("/mdm/enroll", "POST") => Some("dep"),
         _ => None,
     };
-    if let Some(phase) = counted_phase {
+    let (method, path, remote) = (method.to_string(), path.to_string(), remote.clone());
+    let ctx = Arc::clone(ctx);
+
+    // Waiting for the disk, with the worker's permit given back: what the request wrote is
+    // durable, and its events written, before it is answered.
+    let then = move |response: &mut guard::Response| {
+        if let Err(err) = pending.settle(&ctx) {
+            error!("{method} {path}: state not saved: {err} remote={remote}");
+            *response = guard::Response::text(500, guard::INTERNAL_ERROR);
+        }
         ctx.metrics
-            .phase(phase, crate::metrics::outcome_of_status(response.status));
+            .request(route, response.status, started.elapsed());
+        if let Some(phase) = counted_phase {
+            ctx.metrics
+                .phase(phase, crate::metrics::outcome_of_status(response.status));
+        }
+    };
+    guard::Handled {
+        response,
+        then: Some(Box::new(then)),
     }
-    response
 }
 
 /// Serves on `listener` (in TLS with `tls`) until `shutdown` says stop and the connections

@@ -726,18 +726,21 @@ impl Journal {
         self.sync.has_failed()
     }
 
-    /// Runs `work` with this thread's waits for durability put off to its end, where one
-    /// wait covers them all: what a request wrote in several transactions is then made
-    /// durable together, before it is answered. Returns what `work` returned and how the wait
-    /// ended.
-    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Result<(), StoreError>) {
+    /// Runs `work` with this thread's waits for durability put off: returns what `work`
+    /// returned and the one [`Ticket`] that covers every commit it made, for
+    /// [`Journal::settle`] before the request is answered. What a request wrote in several
+    /// transactions is then made durable together, and its thread need not hold a worker's
+    /// place while it waits.
+    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Option<Ticket>) {
         DEFERRED.with(|deferred| deferred.borrow_mut().push((self.id, None)));
         let deferral = Deferral(self.id);
         let out = work();
-        let settled = deferral
-            .take()
-            .map_or(Ok(()), |ticket| self.wait_now(ticket));
-        (out, settled)
+        (out, deferral.take())
+    }
+
+    /// Returns once what [`Journal::deferring`] put off is durable.
+    pub fn settle(&self, ticket: Option<Ticket>) -> Result<(), StoreError> {
+        ticket.map_or(Ok(()), |ticket| self.wait_now(ticket))
     }
 
     /// Makes every change this thread made so far durable before it goes on: the ones staged

@@ -539,11 +539,16 @@ impl Store {
         result
     }
 
-    /// Runs `work` with the waits for durability of its transactions put off to its end,
-    /// where one wait covers them all (see [`Journal::deferring`]): for a request, before it
-    /// is answered. Returns what `work` returned and how the wait ended.
-    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Result<(), StoreError>) {
+    /// Runs `work` with the waits for durability of its transactions put off: returns what
+    /// `work` returned and what to wait for with [`Store::settle`] before the request is
+    /// answered (see [`Journal::deferring`]).
+    pub fn deferring<T>(&self, work: impl FnOnce() -> T) -> (T, Option<journal::Ticket>) {
         self.journal.deferring(work)
+    }
+
+    /// Returns once what [`Store::deferring`] put off is durable.
+    pub fn settle(&self, ticket: Option<journal::Ticket>) -> Result<(), StoreError> {
+        self.journal.settle(ticket)
     }
 
     /// Makes the records this thread wrote so far durable before it writes another file of
