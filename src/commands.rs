@@ -359,6 +359,12 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
         }
         Err(err) => warn!("state: the start-up check failed: {err}"),
     }
+    // Events a crash kept only in the state log go to events.jsonl before anything else.
+    match ctx.events.recover_spool(&ctx.store) {
+        Ok(0) => {}
+        Ok(n) => info!("start-up repair: events: {n} event(s) kept in the state log written"),
+        Err(err) => warn!("events: writing the events kept in the state log: {err}"),
+    }
     raise_open_file_limit(ctx.config.http.max_connections);
     let tls = tls.map(Arc::new);
     // The CRL exists before anyone asks (an MDM server or a relying party may fetch it
@@ -384,10 +390,13 @@ pub fn serve(config_path: &Path, listen: Option<&str>) -> Result<(), String> {
     if let Err(err) = systemd::notify("READY=1") {
         warn!("NOTIFY_SOCKET: cannot report readiness: {err}");
     }
-    let events = Arc::clone(&ctx.events);
+    let (events, state) = (Arc::clone(&ctx.events), Arc::clone(&ctx));
     crate::http::serve(ctx, listener, tls, shutdown);
     // A window's count of refusals not logged one by one would be lost with the process.
     events.record_suppressed_now();
+    if let Err(err) = events.flush_spool(&state.store) {
+        warn!("events: syncing what requests wrote: {err}");
+    }
     info!("stopped");
     Ok(())
 }
@@ -722,6 +731,9 @@ fn start_sweeper(ctx: Arc<Context>) {
             }
             let swept = std::time::Instant::now();
             loop {
+                if let Err(err) = ctx.events.flush_spool(&ctx.store) {
+                    warn!("events: syncing what requests wrote: {err}");
+                }
                 compact_if_worth_it(&ctx.store);
                 if swept.elapsed() >= SWEEP_INTERVAL
                     || ctx.store.expired_challenges_unswept() >= ctx.config.ota.max_live_challenges

@@ -26,6 +26,7 @@
 pub mod throttle;
 pub mod webhook;
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -35,8 +36,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::fsutil::{self, FileLock};
+use crate::store::fsutil;
 use crate::store::group_commit::{GroupCommit, Ticket};
+use crate::store::journal::{Change, Kind};
+use crate::store::{Store, StoreError};
 
 /// The live log's file name.
 pub const LOG_FILE: &str = "events.jsonl";
@@ -365,11 +368,16 @@ pub struct EventLog {
     keep: u64,
     /// Whether a webhook follows the log (rotation then spares what it has not delivered).
     followed: bool,
-    in_process: Mutex<()>,
+    /// One appender at a time in this process, and the append lock (`.events.lock`) it
+    /// takes against other processes, kept open.
+    in_process: Mutex<fsutil::KeptLock>,
     /// The live log as this process last wrote it (under `in_process`).
     live: Mutex<Option<LiveFile>>,
     /// Appends that share syncs; its epoch counts the live files this process opened.
     sync: GroupCommit,
+    /// Keys of the spooled events written to `events.jsonl` and not synced there yet (see
+    /// [`EventLog::spool`]).
+    spool: Mutex<Vec<String>>,
     /// Bumped after every append, once synced, for the webhook worker to wake up.
     appended: Arc<(Mutex<u64>, Condvar)>,
     /// How many refusals go into the log one by one.
@@ -387,9 +395,10 @@ impl EventLog {
             max_size: settings.max_size,
             keep: settings.keep,
             followed: settings.webhook.is_some(),
-            in_process: Mutex::new(()),
+            in_process: Mutex::new(fsutil::KeptLock::new(state_dir.join(LOCK_FILE))),
             live: Mutex::new(None),
             sync: GroupCommit::new(0, 0),
+            spool: Mutex::new(Vec::new()),
             appended: Arc::new((Mutex::new(0), Condvar::new())),
             refusals: throttle::RefusalThrottle::default(),
             downloads: throttle::RefusalThrottle::new(
@@ -522,13 +531,32 @@ impl EventLog {
     /// Appends whole lines in one write, synced before it returns, rotating first if they
     /// would take the live log past `events.max_size`.
     fn append_lines(&self, lines: &[Vec<u8>]) -> io::Result<()> {
+        let ticket = self.write_lines(lines)?;
+        self.wait_synced(ticket)?;
+        self.appended_now();
+        Ok(())
+    }
+
+    /// Wakes the webhook worker: lines were appended.
+    fn appended_now(&self) {
+        let (count, wake) = &*self.appended;
+        let mut count = count
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *count = count.wrapping_add(1);
+        wake.notify_all();
+    }
+
+    /// Writes whole lines in one write under the append lock, rotating first if they would
+    /// take the live log past `events.max_size`; returns what a sync past them waits for.
+    fn write_lines(&self, lines: &[Vec<u8>]) -> io::Result<Ticket> {
         let size: usize = lines.iter().map(Vec::len).sum();
         let ticket = {
-            let _thread = self
+            let mut lock = self
                 .in_process
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
+            let _process = lock.acquire()?;
             let mut live = self.live_file()?;
             if live.len > 0 && live.len.saturating_add(size as u64) > self.max_size {
                 // What this process wrote to the old file is durable before it moves.
@@ -558,15 +586,149 @@ impl EventLog {
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(live);
             ticket
         };
-        self.wait_synced(ticket)?;
+        Ok(ticket)
+    }
 
-        let (count, wake) = &*self.appended;
-        let mut count = count
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *count = count.wrapping_add(1);
-        wake.notify_all();
-        Ok(())
+    /// Keeps a request's `events` in the state log, in a transaction of their own inside
+    /// the request's deferral (see [`crate::store::Store::deferring`]), so that they are
+    /// durable with the state they record and share its sync; [`EventLog::write_spooled`]
+    /// then writes them to `events.jsonl` without a sync of their own, and
+    /// [`EventLog::flush_spool`] forgets them once `events.jsonl` is synced past them. If the
+    /// state log cannot take them, they are written as [`EventLog::record`] writes.
+    pub fn spool(&self, store: &Store, events: Buffered) -> Spooled {
+        if events.is_empty() {
+            return Spooled::default();
+        }
+        let lines: Vec<Vec<u8>> = events.iter().map(|(e, at)| e.to_line(*at)).collect();
+        let keys: Vec<String> = lines.iter().map(|_| spool_key()).collect();
+        let staged = store.transaction(|| {
+            for (key, line) in keys.iter().zip(&lines) {
+                store.journal().stage(Change {
+                    kind: Kind::Event,
+                    key: key.clone(),
+                    tag: String::new(),
+                    value: Some(line.clone()),
+                })?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        match staged {
+            Ok(()) => Spooled { lines, keys },
+            Err(err) => {
+                log::warn!("events: not kept in the state log ({err}); written directly");
+                self.write_all(events);
+                Spooled::default()
+            }
+        }
+    }
+
+    /// Appends spooled lines to `events.jsonl` without a sync of their own: their records in
+    /// the state log are durable already. A failure is logged with every line; the records
+    /// stay, and the next start writes them ([`EventLog::recover_spool`]).
+    pub fn write_spooled(&self, spooled: Spooled) {
+        if spooled.lines.is_empty() {
+            return;
+        }
+        match self.write_lines(&spooled.lines) {
+            Ok(_) => {
+                self.spool
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .extend(spooled.keys);
+                self.appended_now();
+            }
+            Err(err) => {
+                for line in &spooled.lines {
+                    log::error!(
+                        "events: cannot write to {}: {err}; the event, kept in the state log \
+                         until the next start, was: {}",
+                        self.dir.join(LOG_FILE).display(),
+                        String::from_utf8_lossy(line).trim_end()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Appends spooled lines to `events.jsonl` and syncs them there, for a request whose state
+    /// could not be made durable (their records in the state log may not be either). The
+    /// next start does not write them again: they are in the log by then.
+    pub fn write_spooled_durably(&self, spooled: Spooled) {
+        if let Err(err) = self.append_lines(&spooled.lines) {
+            for line in &spooled.lines {
+                log::error!(
+                    "events: cannot write to {}: {err}; the event was: {}",
+                    self.dir.join(LOG_FILE).display(),
+                    String::from_utf8_lossy(line).trim_end()
+                );
+            }
+        }
+    }
+
+    /// Syncs `events.jsonl` past every spooled line written so far, then removes their
+    /// records from the state log; returns how many. Called every second by the server's
+    /// sweeper and when it stops.
+    pub fn flush_spool(&self, store: &Store) -> Result<usize, String> {
+        let keys = std::mem::take(
+            &mut *self
+                .spool
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let forgotten = self
+            .sync_appended()
+            .map_err(|err| format!("{}: {err}", self.dir.join(LOG_FILE).display()))
+            .and_then(|()| forget_spooled(store, &keys).map_err(|err| err.to_string()));
+        if let Err(err) = forgotten {
+            // Kept for the next try; a start after a crash writes what is missing.
+            self.spool
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .extend(keys);
+            return Err(err);
+        }
+        Ok(keys.len())
+    }
+
+    /// After a crash: writes to `events.jsonl` the spooled lines it lost (those a sync had
+    /// not reached), durably, in the order they were made, then removes every spooled
+    /// record; returns how many lines were written. A line counts as there when the same
+    /// bytes are among the last lines of the log (as often as they were spooled).
+    pub fn recover_spool(&self, store: &Store) -> Result<usize, String> {
+        let spooled = store
+            .journal()
+            .all(Kind::Event, false)
+            .map_err(|err| err.to_string())?;
+        if spooled.is_empty() {
+            return Ok(0);
+        }
+        let mut present: HashMap<Vec<u8>, usize> = HashMap::new();
+        let live = read_generation(&self.dir).map_err(|err| err.to_string())?;
+        for path in [
+            self.file_of(live.saturating_sub(1), live),
+            self.dir.join(LOG_FILE),
+        ] {
+            for line in tail_lines(&path, RECOVERY_TAIL_BYTES) {
+                *present.entry(line).or_default() += 1;
+            }
+        }
+        let mut missing = Vec::new();
+        for (_, line) in &spooled {
+            match present.get_mut(line) {
+                Some(count) if *count > 0 => *count -= 1,
+                _ => missing.push(line.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            self.append_lines(&missing)
+                .map_err(|err| format!("{}: {err}", self.dir.join(LOG_FILE).display()))?;
+        }
+        let keys: Vec<String> = spooled.into_iter().map(|(key, _)| key).collect();
+        forget_spooled(store, &keys).map_err(|err| err.to_string())?;
+        Ok(missing.len())
     }
 
     /// Returns once the live log is synced past `ticket`, sharing the sync with the other
@@ -754,11 +916,11 @@ impl EventLog {
         // Nothing is delivered that a crash could still take back: what this process
         // appended is synced first (other processes sync theirs before they return).
         self.sync_appended()?;
-        let _thread = self
+        let mut lock = self
             .in_process
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
+        let _process = lock.acquire()?;
         let live = read_generation(&self.dir)?;
         let path = self.file_of(cursor.generation, live);
         let mut file = match File::open(&path) {
@@ -772,11 +934,11 @@ impl EventLog {
 
     /// The end of the log now: where a webhook starts that has no cursor yet.
     pub fn end(&self) -> io::Result<Cursor> {
-        let _thread = self
+        let mut lock = self
             .in_process
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _process = FileLock::acquire(&self.dir.join(LOCK_FILE))?;
+        let _process = lock.acquire()?;
         let generation = read_generation(&self.dir)?;
         let offset = match std::fs::metadata(self.dir.join(LOG_FILE)) {
             Ok(meta) => meta.len(),
@@ -794,6 +956,69 @@ impl EventLog {
         }
         Ok(())
     }
+}
+
+/// A request's events as [`EventLog::spool`] kept them: their lines and their keys in the
+/// state log.
+#[derive(Debug, Default)]
+pub struct Spooled {
+    lines: Vec<Vec<u8>>,
+    keys: Vec<String>,
+}
+
+/// How much of the end of `events.jsonl` (and of the file rotated before it) recovery
+/// searches for spooled lines: far more than a second of events.
+const RECOVERY_TAIL_BYTES: u64 = 8 * 1024 * 1024;
+
+/// A key for a spooled event: this process's start time, then a count, so that keys sort
+/// by when they were made, across restarts.
+fn spool_key() -> String {
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{started:032x}{n:016x}")
+}
+
+/// Removes the spooled records under `keys` from the state log.
+fn forget_spooled(store: &Store, keys: &[String]) -> Result<(), StoreError> {
+    store.transaction(|| {
+        for key in keys {
+            store.journal().stage(Change {
+                kind: Kind::Event,
+                key: key.clone(),
+                tag: String::new(),
+                value: None,
+            })?;
+        }
+        Ok(())
+    })
+}
+
+/// The whole lines (each with its newline) in the last `tail` bytes of `path`; none if it
+/// cannot be read.
+fn tail_lines(path: &Path, tail: u64) -> Vec<Vec<u8>> {
+    let Ok(file) = fsutil::open_regular(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map_or(0, |meta| meta.len());
+    let start = len.saturating_sub(tail);
+    let mut bytes = vec![0u8; (len - start) as usize];
+    if file.read_exact_at(&mut bytes, start).is_err() {
+        return Vec::new();
+    }
+    // The first line may be cut by the tail's start: it is skipped unless the tail is all.
+    let skip_first = start > 0;
+    bytes
+        .split_inclusive(|b| *b == b'\n')
+        .skip(usize::from(skip_first))
+        .filter(|line| line.ends_with(b"\n"))
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 /// The live log as this process holds it open.
@@ -1153,6 +1378,79 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    /// A request's events as `http::answer` handles them: kept aside, spooled into the
+    /// state log, written after.
+    fn request_events(log: &EventLog, store: &Store, kinds: &[&str]) -> Spooled {
+        let ((), events) = log.buffering(|| {
+            for kind in kinds {
+                log.record(Event::new(kind).udid("UDID-1"));
+            }
+        });
+        log.spool(store, events)
+    }
+
+    fn kinds_of(path: &Path) -> Vec<String> {
+        lines_of(path)
+            .iter()
+            .map(|line| line["kind"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn spooled_events_are_written_once_and_forgotten_once_synced() {
+        let (dir, store) = Store::temporary();
+        let log = EventLog::open(store.root(), &settings(1 << 20, 4, false));
+        let spooled = request_events(&log, &store, &["phase2", "certificate"]);
+        assert_eq!(store.journal().count(Kind::Event).unwrap(), 2);
+        assert!(
+            !store.root().join(LOG_FILE).exists(),
+            "nothing written before settling"
+        );
+
+        log.write_spooled(spooled);
+        assert_eq!(
+            kinds_of(&store.root().join(LOG_FILE)),
+            ["phase2", "certificate"]
+        );
+        assert_eq!(log.flush_spool(&store).unwrap(), 2);
+        assert_eq!(store.journal().count(Kind::Event).unwrap(), 0);
+        assert_eq!(log.flush_spool(&store).unwrap(), 0);
+        // Nothing to recover: the log has every line once.
+        assert_eq!(log.recover_spool(&store).unwrap(), 0);
+        assert_eq!(kinds_of(&store.root().join(LOG_FILE)).len(), 2);
+        drop(dir);
+    }
+
+    #[test]
+    fn after_a_crash_the_spooled_lines_the_log_lost_are_written_once() {
+        let (_dir, store) = Store::temporary();
+        let path = store.root().join(LOG_FILE);
+        let log = EventLog::open(store.root(), &settings(1 << 20, 4, false));
+        log.record(Event::new("before"));
+        // Two requests' events: written, then a crash before events.jsonl was synced,
+        // and the power loss took the last two lines (the same line twice among them).
+        let first = request_events(&log, &store, &["phase1", "refusal"]);
+        let second = request_events(&log, &store, &["refusal", "phase3"]);
+        log.write_spooled(first);
+        log.write_spooled(second);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.split_inclusive('\n').collect();
+        assert_eq!(kept.len(), 5);
+        std::fs::write(&path, kept[..3].concat()).unwrap();
+        drop(log);
+
+        // The next start: a new process's log, the records still in the state log.
+        let store = Store::open(store.root()).unwrap();
+        let log = EventLog::open(store.root(), &settings(1 << 20, 4, false));
+        assert_eq!(log.recover_spool(&store).unwrap(), 2);
+        assert_eq!(
+            kinds_of(&path),
+            ["before", "phase1", "refusal", "refusal", "phase3"]
+        );
+        assert_eq!(store.journal().count(Kind::Event).unwrap(), 0);
+        assert_eq!(log.recover_spool(&store).unwrap(), 0, "nothing twice");
     }
 
     #[test]

@@ -401,37 +401,43 @@ pub fn route(
 }
 
 /// Routes one request and keeps what must follow before it is answered: the state log's
-/// sync that makes its transactions durable (one wait for all of them), and its events,
-/// written after that in one append ([`Pending::settle`]).
+/// sync that makes its transactions durable (one wait for all of them), its events among
+/// them ([`crate::events::EventLog::spool`]), then the events' lines written to
+/// `events.jsonl` in one append ([`Pending::settle`]).
 pub fn answer(
     ctx: &Context,
     incoming: &Incoming<'_>,
     body: &mut dyn FnMut() -> Result<Vec<u8>, Refusal>,
 ) -> (Result<Reply, Refusal>, Pending) {
-    let ((reply, events), ticket) = ctx.store.deferring(|| {
-        ctx.events.buffering(|| {
+    let ((reply, spooled), ticket) = ctx.store.deferring(|| {
+        let (reply, events) = ctx.events.buffering(|| {
             let reply = route(ctx, incoming, body);
             if let Err(refusal) = &reply {
                 record_refusal(ctx, incoming, refusal);
             }
             reply
-        })
+        });
+        (reply, ctx.events.spool(&ctx.store, events))
     });
-    (reply, Pending { ticket, events })
+    (reply, Pending { ticket, spooled })
 }
 
 /// What a request leaves to do before it is answered (see [`answer`]).
 pub struct Pending {
     ticket: Option<crate::store::journal::Ticket>,
-    events: crate::events::Buffered,
+    spooled: crate::events::Spooled,
 }
 
 impl Pending {
-    /// Waits until the request's state is durable, then writes its events (after the state
-    /// they record). `Err` when the state could not be made durable.
+    /// Waits until the request's state (and its events with it) is durable, then writes its
+    /// events to `events.jsonl`. `Err` when the state could not be made durable; its events
+    /// are then written with a sync of their own.
     pub fn settle(self, ctx: &Context) -> Result<(), crate::store::StoreError> {
         let settled = ctx.store.settle(self.ticket);
-        ctx.events.write_all(self.events);
+        match settled {
+            Ok(()) => ctx.events.write_spooled(self.spooled),
+            Err(_) => ctx.events.write_spooled_durably(self.spooled),
+        }
         settled
     }
 }

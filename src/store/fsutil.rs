@@ -247,6 +247,60 @@ impl Drop for FileLock {
     }
 }
 
+/// A lock file kept open between uses, for a process that takes the lock often (the server):
+/// locking then costs one `flock` each way instead of an open and a close as well. The
+/// threads of the process must take turns under a mutex of their own first, since `flock`
+/// does not exclude holders of the same open file from each other. The file is opened again
+/// when it was removed or replaced since (its inode has no name left).
+#[derive(Debug)]
+pub struct KeptLock {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+/// The lock of a [`KeptLock`], released when dropped.
+#[derive(Debug)]
+pub struct KeptLockGuard<'a>(&'a File);
+
+impl KeptLock {
+    /// The lock on `path`, opened at its first use.
+    pub fn new(path: PathBuf) -> KeptLock {
+        KeptLock { path, file: None }
+    }
+
+    /// Blocks until the lock is held.
+    pub fn acquire(&mut self) -> io::Result<KeptLockGuard<'_>> {
+        use std::os::unix::fs::MetadataExt;
+        let stale = match &self.file {
+            Some(file) => file.metadata()?.nlink() == 0,
+            None => true,
+        };
+        if stale {
+            self.file = None;
+        }
+        let file = match &mut self.file {
+            Some(file) => file,
+            none => none.insert(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .mode(0o600)
+                    .open(&self.path)?,
+            ),
+        };
+        file.lock()?;
+        Ok(KeptLockGuard(file))
+    }
+}
+
+impl Drop for KeptLockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +393,44 @@ mod tests {
         assert_eq!(parse_temp_name("ABC.json"), None);
         assert_eq!(parse_temp_name(".ABC.json.tmp.x.1"), None);
         assert_eq!(parse_temp_name(".tmp.1.2"), None);
+    }
+
+    #[test]
+    fn a_kept_lock_excludes_another_holder_and_follows_a_replaced_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".lock");
+        let mut kept = KeptLock::new(path.clone());
+        let held = kept.acquire().unwrap();
+
+        // Another open of the file (another process, as flock sees it) waits for it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let lock = FileLock::acquire(&path).unwrap();
+                tx.send(()).unwrap();
+                drop(lock);
+            })
+        };
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(200))
+            .is_err());
+        drop(held);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        other.join().unwrap();
+
+        // The lock file removed and made anew: the kept lock takes the new one.
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"").unwrap();
+        let _held = kept.acquire().unwrap();
+        let again = OpenOptions::new().read(true).open(&path).unwrap();
+        assert_eq!(
+            again
+                .try_lock()
+                .map_err(|err| matches!(err, fs::TryLockError::WouldBlock)),
+            Err(true),
+            "the new file is the one locked"
+        );
     }
 
     #[test]

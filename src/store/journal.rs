@@ -87,16 +87,21 @@ pub enum Kind {
     Device,
     /// An issued certificate, keyed by its serial (lowercase hex).
     Cert,
+    /// A line of the events log a request wrote, kept here (durable with the request's
+    /// state) until `events.jsonl`, written without a sync of its own, is synced past it
+    /// (see `crate::events`), keyed so that keys sort by when they were made.
+    Event,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Challenge, Kind::Device, Kind::Cert];
+    const ALL: [Kind; 4] = [Kind::Challenge, Kind::Device, Kind::Cert, Kind::Event];
 
     fn code(self) -> u8 {
         match self {
             Kind::Challenge => 1,
             Kind::Device => 2,
             Kind::Cert => 3,
+            Kind::Event => 4,
         }
     }
 
@@ -109,6 +114,7 @@ impl Kind {
             Kind::Challenge => 0,
             Kind::Device => 1,
             Kind::Cert => 2,
+            Kind::Event => 3,
         }
     }
 
@@ -118,6 +124,7 @@ impl Kind {
             Kind::Challenge => "challenge",
             Kind::Device => "device",
             Kind::Cert => "certificate",
+            Kind::Event => "event",
         }
     }
 }
@@ -172,7 +179,7 @@ struct View {
     /// Whether this process has cut off what followed the last frame when it opened the log
     /// (done before its first write).
     tidied: bool,
-    records: [HashMap<String, Entry>; 3],
+    records: [HashMap<String, Entry>; 4],
     /// Device serial number → the UDID of the device that last reported it.
     by_serial: HashMap<String, String>,
     /// UDID → the serial number its latest record reports.
@@ -585,7 +592,12 @@ impl Journal {
     /// afresh, frames appended by others are applied. With `writing` (the state lock held,
     /// so nobody else writes), a torn tail is cut off and the cut made durable.
     fn refresh(&self, view: &mut View, writing: bool) -> Result<(), StoreError> {
-        let meta = std::fs::symlink_metadata(&self.path).map_err(io_err(&self.path))?;
+        // The file this view reads, as it is now: one that lost its name was replaced (a
+        // compaction in another process, a restored backup), and the one at the path is read.
+        let mut meta = view.file.metadata().map_err(io_err(&self.path))?;
+        if meta.nlink() == 0 {
+            meta = std::fs::symlink_metadata(&self.path).map_err(io_err(&self.path))?;
+        }
         if file_id(&meta) != view.id {
             let staged = std::mem::take(&mut view.staged);
             let fresh = Self::load(&self.path, view.epoch + 1)?;

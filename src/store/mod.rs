@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use challenges::ChallengeIndex;
 pub use challenges::{ChallengeLimits, NoRoom};
-use fsutil::{write_atomic, FileLock};
+use fsutil::{write_atomic, FileLock, KeptLock};
 use journal::{Change, Journal, Kind};
 pub use pending::{
     new_pending_id, transaction_index_name, valid_pending_id, Decision, PendingRequest,
@@ -399,7 +399,9 @@ pub struct Store {
     root: PathBuf,
     id: u64,
     journal: Journal,
-    in_process: Mutex<()>,
+    /// One transaction at a time in this process, and the state lock (`.lock`) it takes
+    /// against the admin commands, kept open.
+    in_process: Mutex<KeptLock>,
     /// Live challenges as this process counts them, by expiry: built from the records on
     /// first use, then kept up by puts and takes (see [`challenges`]).
     challenge_index: OnceLock<Mutex<ChallengeIndex>>,
@@ -475,7 +477,7 @@ impl Store {
             root: root.to_path_buf(),
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             journal,
-            in_process: Mutex::new(()),
+            in_process: Mutex::new(KeptLock::new(root.join(".lock"))),
             challenge_index: OnceLock::new(),
             crl_resign_failure: Mutex::new(None),
         })
@@ -520,12 +522,12 @@ impl Store {
             return work();
         }
         let (result, committed) = {
-            let _thread = self
+            let mut lock = self
                 .in_process
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             let lock_path = self.root.join(".lock");
-            let _process = FileLock::acquire(&lock_path).map_err(io_err(&lock_path))?;
+            let _process = lock.acquire().map_err(io_err(&lock_path))?;
             let _inside = InTransaction::enter(self.id);
             self.journal.begin()?;
             let result = work();
@@ -1020,6 +1022,8 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
                 Kind::Challenge => key.len() == 64 && valid_serial(&key),
                 Kind::Device => valid_udid(&key),
                 Kind::Cert => valid_serial(&key),
+                // The file layout had no spooled events.
+                Kind::Event => false,
             };
             if !valid {
                 continue;

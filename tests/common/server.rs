@@ -185,11 +185,25 @@ impl TestServer {
     pub fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>)> {
         let mut files = Vec::new();
         collect(&self.state, &mut files);
-        // The events log records refusals too; "nothing changed" means the enrollment state.
+        // The events log records refusals too (and keeps them in the state log for a moment,
+        // see `events::EventLog::spool`); "nothing changed" means the enrollment state: the
+        // other files, and the records of the state log rather than its bytes.
         files.retain(|(path, _)| {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            !name.is_some_and(|n| n.ends_with(".lock") || n.starts_with("events."))
+            !name.is_some_and(|n| {
+                n.ends_with(".lock") || n.starts_with("events.") || n == "state.log"
+            })
         });
+        use super::state::RecordKind;
+        for kind in [RecordKind::Challenge, RecordKind::Device, RecordKind::Cert] {
+            let journal = otad::store::journal::Journal::open(&self.state).expect("state log");
+            for (key, bytes) in journal.all(kind, false).expect("records") {
+                files.push((
+                    PathBuf::from(format!("state.log/{}/{key}", kind.name())),
+                    bytes,
+                ));
+            }
+        }
         files.sort();
         files
     }
