@@ -2,8 +2,8 @@
 //! `events.jsonl` under the state dir, which a webhook ([`webhook`]) can follow.
 //!
 //! ```text
-//! events.jsonl        the live log; every line ends in a newline and is synced before the
-//!                     request that wrote it is answered
+//! events.jsonl        the live log; every line ends in a newline; a request's lines are
+//!                     durable in the state log before it is answered (see below)
 //! events.jsonl.<N>    rotated logs, N counting up (the live log becomes N = events.gen)
 //! events.gen          the live log's generation number
 //! events.cursor       how far the webhook has delivered: {"generation", "offset"}
@@ -22,6 +22,13 @@
 //! [`crate::store::Store::transaction`]; the state lock is never taken while this one is held.
 //! A line is written under the lock and synced after it is released, so that lines written
 //! at about the same time share one `fdatasync` ([`crate::store::group_commit`]).
+//!
+//! A request's events need no sync of this file at all: [`EventLog::spool`] keeps them in the
+//! state log, in the same sync as the state they record; [`EventLog::write_spooled`] appends
+//! them here once that is durable; every second the server syncs this file and forgets them
+//! there ([`EventLog::flush_spool`]); after a crash, [`EventLog::recover_spool`] writes the
+//! lines this file lost. An event is thus durable before the request that made it is
+//! answered, and a request pays one sync, shared, for its state and its events.
 
 pub mod throttle;
 pub mod webhook;
