@@ -670,21 +670,7 @@ impl State<'_> {
 
     /// The `*.json` files of a folder (temp files excluded), sorted; none if it is absent.
     fn json_files(&self, folder: &str) -> Vec<PathBuf> {
-        let Ok(entries) = std::fs::read_dir(self.root.join(folder)) else {
-            return Vec::new();
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .take(MAX_FILES_PER_FOLDER)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
-        paths
+        fsutil::json_files(&self.root.join(folder), MAX_FILES_PER_FOLDER).unwrap_or_default()
     }
 
     fn stem(path: &Path) -> String {

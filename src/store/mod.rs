@@ -615,17 +615,7 @@ impl Store {
         folder: &str,
     ) -> Result<(Vec<T>, Vec<StoreError>), StoreError> {
         let dir = self.root.join(folder);
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        paths.sort();
+        let paths = fsutil::json_files(&dir, usize::MAX).map_err(io_err(&dir))?;
         let mut records = Vec::with_capacity(paths.len());
         let mut skipped = Vec::new();
         for path in paths {
@@ -1003,16 +993,9 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
         ("certs", Kind::Cert),
     ] {
         let dir = root.join(folder);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
+        let Ok(paths) = fsutil::json_files(&dir, MAX_LEGACY_FILES) else {
             continue;
         };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .take(MAX_LEGACY_FILES)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        paths.sort();
         for path in paths {
             let key = path
                 .file_stem()
