@@ -862,5 +862,34 @@ fn rsa_bound(signatures: usize, threads: &[usize]) -> Result<(), String> {
             cpu.as_secs_f64() * 1e6 / total.max(1) as f64
         );
     }
+
+    // The public-key operation beside them (a signature verified, a key encrypted to):
+    // what each stage must do besides its private-key operations, on one thread.
+    let mut signature = vec![0u8; pair.public_modulus_len()];
+    pair.sign(&RSA_PKCS1_SHA256, &rng, &message, &mut signature)
+        .map_err(|err| format!("rsa: {err}"))?;
+    let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        aws_lc_rs::signature::KeyPair::public_key(&pair)
+            .as_ref()
+            .to_vec(),
+    );
+    let before = thread_cpu();
+    let mut failed = 0;
+    for _ in 0..signatures {
+        if public.verify(&message, &signature).is_err() {
+            failed += 1;
+        }
+    }
+    let cpu = thread_cpu()
+        .zip(before)
+        .map_or(Duration::ZERO, |(after, before)| {
+            after.saturating_sub(before)
+        });
+    println!(
+        "{{\"verify\": 2048, \"verifications\": {signatures}, \"failures\": {failed}, \
+         \"cpu_us_per_verification\": {:.1}}}",
+        cpu.as_secs_f64() * 1e6 / signatures.max(1) as f64
+    );
     Ok(())
 }
