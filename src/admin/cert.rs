@@ -54,13 +54,14 @@ and subject.
 ";
 
 const SHOW_HELP: &str = "\
-usage: otad cert show (--config FILE | --state DIR) SERIAL
+usage: otad cert show (--config FILE | --state DIR) SERIAL [--json]
 
 Prints one certificate's record and its PEM. SERIAL is hex as `otad cert list` prints it
 (case, colons and leading zeros do not matter).
 
   --config FILE   the otad.toml of the state
   --state DIR     the state dir (its otad.toml)
+  --json          the record as stored (times in unix seconds), PEM included
 ";
 
 const REVOKE_HELP: &str = "\
@@ -314,10 +315,11 @@ fn config_and_serial(
 }
 
 fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
-    let (mut config, mut serial) = (None, None);
+    let (mut config, mut serial, mut as_json) = (None, None, false);
     while let Some(arg) = parser.next().map_err(usage)? {
         match arg {
             Long("config") => config = Some(PathBuf::from(parser.value().map_err(usage)?)),
+            Long("json") => as_json = true,
             Long("help") | Short('h') => return Ok(SHOW_HELP.to_string()),
             Value(value) if serial.is_none() => serial = Some(value.string().map_err(usage)?),
             other => return Err(usage(other.unexpected())),
@@ -337,6 +339,13 @@ fn show(mut parser: lexopt::Parser) -> Result<String, Exit> {
             "certificate {serial}: not recorded in this state dir"
         )));
     };
+    if as_json {
+        let mut text = serde_json::to_string_pretty(record).map_err(|err| {
+            Exit::Failed(format!("certificate {serial}: cannot be printed: {err}"))
+        })?;
+        text.push('\n');
+        return Ok(text);
+    }
 
     let mut text = format!(
         "serial: {}\nstatus: {}\nsubject: {}\nudid: {}\nissued: {}\nnot after: {}\n",
@@ -406,7 +415,7 @@ fn revoke(mut parser: lexopt::Parser) -> Result<String, Exit> {
                 .as_deref()
                 .unwrap_or(reason.name()),
         )
-        .field("crl_number", done.crl_number.to_string());
+        .field("crl_number", done.crl_number);
     if let Some(udid) = &done.record.udid {
         event = event.udid(udid);
     }
@@ -951,6 +960,13 @@ mod tests {
         assert!(shown.contains("status: revoked"), "{shown}");
         assert!(shown.contains("(keyCompromise)"), "{shown}");
         assert!(shown.contains("-----BEGIN CERTIFICATE-----"), "{shown}");
+        // As stored: the record the state log holds, times in unix seconds.
+        let stored: serde_json::Value =
+            serde_json::from_str(&cli(&["show", "--config", config, &serial, "--json"]).unwrap())
+                .unwrap();
+        let record = store.cert(&serial).unwrap().unwrap();
+        assert_eq!(stored, serde_json::to_value(&record).unwrap());
+        assert_eq!(stored["revocation_reason"], "keyCompromise");
 
         let crl_der = store.crl().unwrap().unwrap();
         let summary = crl::read(&crl_der, &ca).unwrap();

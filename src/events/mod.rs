@@ -1140,9 +1140,16 @@ pub fn record_in(state_dir: &Path, settings: &EventSettings, event: Event) {
 /// An admin action: `command` is the words of the CLI command ("cert revoke"), `outcome`
 /// "ok" or "failed", with whatever `fields` name its target. One call for any new command.
 pub fn admin(command: &str, outcome: &str) -> Event {
+    // Who ran it, as sudo or the login says; where neither does (a cron job, a container),
+    // the user id at least.
     let user = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
-        .unwrap_or_default();
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| {
+            // SAFETY: getuid(2) cannot fail and touches no memory.
+            format!("uid {}", unsafe { libc::getuid() })
+        });
     Event::new("admin")
         .field("command", command)
         .field("outcome", outcome)
