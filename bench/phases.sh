@@ -4,9 +4,10 @@
 # 1,000 devices and the cost as the inventory grows. Loopback only; bounded counts; nothing is
 # asserted. See bench/README.md.
 #
-#   bench/phases.sh                         # 500 devices a level at concurrency 1, 8, 64
-#   REQUESTS=100 LEVELS=1,8 CURVE= bench/phases.sh
-#   CURVE=1000,2000,5000,10000 bench/phases.sh   # grow to 10,000 devices afterwards
+#   bench/phases.sh                         # 500 devices a level at concurrency 1, 8, 64,
+#                                           # then grow to 10,000 devices (CURVE's default)
+#   REQUESTS=100 LEVELS=1,8 CURVE= bench/phases.sh   # smaller, and no curve
+#   CURVE=1000,2000 bench/phases.sh         # a shorter curve
 #   KEEP_WORK=1 bench/phases.sh             # keep the state and log
 #   CONFIGURE='http.workers=16' bench/phases.sh   # other settings (bench/configure.py)
 #

@@ -263,7 +263,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
 
     let url = format!("{}?operation=PKIOperation", options.scep_url);
     let (warm, _, _) = run(&url, &warmup, 1, options.reuse);
-    let warm_failures = check(&warm, &warmup, &authorities, &requester);
+    let warm_failures = check(&options.label, &warm, &warmup, &authorities, &requester);
     if warm_failures > 0 {
         return Err(format!(
             "{}: {warm_failures} of {WARMUP_REQUESTS} warm-up requests failed; is the \
@@ -289,7 +289,7 @@ fn load(options: &LoadOptions) -> Result<(), String> {
             (Some(pid), Some(before)) => Some(process_cpu(pid)?.saturating_sub(before)),
             _ => None,
         };
-        let failures = check(&replies, requests, &authorities, &requester);
+        let failures = check(&options.label, &replies, requests, &authorities, &requester);
         let mut latencies: Vec<Duration> = replies.iter().map(|reply| reply.latency).collect();
         latencies.sort();
         let seconds = elapsed.as_secs_f64();
@@ -769,8 +769,10 @@ fn exchange(
 }
 
 /// Failures among the replies: transport errors, and CertReps that are not a verified
-/// SUCCESS for this transaction holding a certificate for our key.
+/// SUCCESS for this transaction holding a certificate for our key. The first is told on
+/// stderr, with the server's `label`.
 fn check(
+    label: &str,
     replies: &[Reply],
     requests: &[Prepared],
     authorities: &Authorities,
@@ -789,7 +791,10 @@ fn check(
                 requester.key.decrypting(),
             )?;
             if parsed.status != PkiStatus::Success {
-                return Err(format!("{:?} {:?}", parsed.status, parsed.fail_info));
+                let fail_info = parsed
+                    .fail_info
+                    .map_or_else(|| "no failInfo".to_string(), |info| format!("{info:?}"));
+                return Err(format!("CertRep {:?}, failInfo {fail_info}", parsed.status));
             }
             if parsed.transaction_id != request.transaction_id
                 || parsed.recipient_nonce != request.sender_nonce
@@ -812,7 +817,7 @@ fn check(
         }
     }
     if let Some(err) = first_failure {
-        eprintln!("otad-bench: first failure: {err}");
+        eprintln!("otad-bench: {label}: first failure: {err}");
     }
     failures
 }
