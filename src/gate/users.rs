@@ -129,10 +129,12 @@ fn decoy_hash() -> &'static str {
     })
 }
 
-/// Reads the users file; none yet means nobody.
+/// Reads the users file; none yet means nobody. Only a regular file is read: a FIFO there
+/// would block every login (and `otad fsck`) for good, and a symlink could lead out of the
+/// state dir.
 pub fn load(store: &Store) -> Result<Vec<User>, StoreError> {
     let path = store.path(USERS_FILE);
-    let file = match std::fs::File::open(&path) {
+    let file = match crate::store::fsutil::open_regular(&path) {
         Ok(file) => file,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(StoreError::Io { path, source }),
@@ -358,6 +360,34 @@ mod tests {
         assert!(err.contains("user eve"), "{err}");
         store.write_file(USERS_FILE, b"{", 0o600).unwrap();
         assert!(authenticate(&store, "eve", "x").is_err());
+    }
+
+    #[test]
+    fn a_users_file_that_is_not_a_regular_file_is_refused_at_once() {
+        let (_dir, store) = store();
+        let path = store.path(USERS_FILE);
+        // A FIFO: opening it to read would wait for a writer for good.
+        let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo(3) with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let root = store.root().to_path_buf();
+        std::thread::spawn(move || {
+            let store = Store::open(&root).unwrap();
+            let _ = sender.send(load(&store).map_err(|err| err.to_string()));
+        });
+        let loaded = receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("load returns instead of blocking on a FIFO");
+        assert!(loaded.unwrap_err().contains("not a regular file"));
+        assert!(authenticate(&store, "alice", "whatever1").is_err());
+
+        // A symlink is not followed.
+        std::fs::remove_file(&path).unwrap();
+        let elsewhere = store.path("elsewhere.json");
+        std::fs::write(&elsewhere, br#"{"users":[]}"#).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert!(load(&store).is_err());
     }
 
     #[test]

@@ -977,6 +977,18 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
     if root.join(journal::LOG_FILE).exists() {
         return Ok(());
     }
+    // A record folder that is a symlink fails the import, before anything is written: otad
+    // never reads state through a link, and its records must not be left out without a word.
+    for folder in LEGACY_FOLDERS {
+        let path = root.join(folder);
+        if std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+            return Err(io_err(&path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a symlink, not a folder; put the folder itself there (`readlink -f` says \
+                 where it is) and start otad again to import it",
+            )));
+        }
+    }
     let present: Vec<&str> = LEGACY_FOLDERS
         .iter()
         .copied()
@@ -992,10 +1004,26 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
         ("devices", Kind::Device),
         ("certs", Kind::Cert),
     ] {
-        let dir = root.join(folder);
-        let Ok(paths) = fsutil::json_files(&dir, MAX_LEGACY_FILES) else {
+        if !present.contains(&folder) {
             continue;
-        };
+        }
+        // A folder that cannot be listed fails the import, before anything is written: its
+        // records would otherwise be left out without a word and the folder moved away.
+        let dir = root.join(folder);
+        let mut paths = Vec::new();
+        for entry in std::fs::read_dir(&dir)
+            .map_err(io_err(&dir))?
+            .take(MAX_LEGACY_FILES)
+        {
+            let path = entry.map_err(io_err(&dir))?.path();
+            let temp = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if path.extension().is_some_and(|e| e == "json") && !temp {
+                paths.push(path);
+            }
+        }
+        paths.sort();
         for path in paths {
             let key = path
                 .file_stem()
@@ -1594,6 +1622,42 @@ mod tests {
         assert_eq!(again.certs().unwrap().len(), 1);
         assert_eq!(again.count_challenges().unwrap(), 0);
 
+        // A record folder that is a symlink fails the import, which writes nothing.
+        let linked = dir.path().join("linked");
+        std::fs::create_dir_all(linked.join("ca")).unwrap();
+        std::fs::create_dir_all(linked.join("devices")).unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("0c.json"), cert_json("0c")).unwrap();
+        std::os::unix::fs::symlink(&outside, linked.join("certs")).unwrap();
+        let err = Store::open(&linked).err().unwrap().to_string();
+        assert!(err.contains("a symlink, not a folder"), "{err}");
+        assert!(!linked.join(journal::LOG_FILE).exists());
+        assert!(linked.join("devices").is_dir(), "not moved");
+        std::fs::remove_file(linked.join("certs")).unwrap();
+        std::fs::rename(&outside, linked.join("certs")).unwrap();
+        assert_eq!(Store::open(&linked).unwrap().certs().unwrap().len(), 1);
+
+        // A folder that cannot be listed fails the import, which writes nothing (root reads
+        // any folder: the check needs another user).
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            eprintln!("SKIP: an unreadable record folder, as root");
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            let closed = dir.path().join("closed");
+            std::fs::create_dir_all(closed.join("ca")).unwrap();
+            std::fs::create_dir_all(closed.join("certs")).unwrap();
+            std::fs::write(closed.join("certs/0d.json"), cert_json("0d")).unwrap();
+            let mode = |m| std::fs::Permissions::from_mode(m);
+            std::fs::set_permissions(closed.join("certs"), mode(0o300)).unwrap();
+            assert!(Store::open(&closed).is_err());
+            assert!(!closed.join(journal::LOG_FILE).exists());
+            assert!(closed.join("certs").is_dir(), "not moved");
+            std::fs::set_permissions(closed.join("certs"), mode(0o700)).unwrap();
+            assert_eq!(Store::open(&closed).unwrap().certs().unwrap().len(), 1);
+        }
+
         // A folder with neither a log nor record folders is not a state dir.
         let empty = dir.path().join("empty");
         std::fs::create_dir_all(empty.join("ca")).unwrap();
@@ -1601,6 +1665,15 @@ mod tests {
             Store::open(&empty),
             Err(StoreError::NotInitialized(_))
         ));
+    }
+
+    /// A certificate record file of the legacy layout, as JSON.
+    fn cert_json(serial: &str) -> String {
+        serde_json::json!({
+            "serial": serial, "udid": null, "subject": "CN=x", "issued_at": 1,
+            "not_after": 2, "revoked": null, "authorised_by": "static", "pem": "",
+        })
+        .to_string()
     }
 
     /// Serialises any record for the legacy-layout test.
