@@ -68,8 +68,10 @@ problem was found (notes do not count), 1 if one was. Safe while otad serve runs
 
 Checks:
   - state.log: it is mode 0600 and reads to its end (bytes after the last whole record, a
-    write cut short by a crash, are a note: otad's next write cuts them off); pre-journal/,
-    the folders of an older state dir that were imported (a note)
+    write cut short by a crash, are a note: otad's next write cuts them off); bytes that
+    fail their check though a later write knew them on disk, damaged after they were
+    written (read past; their records are lost); pre-journal/, the folders of an older
+    state dir that were imported (a note)
   - temp files left by interrupted writes (one whose writer may still be writing is a
     note: its pid runs, that process started before the file was written, and the file is
     under 10 minutes old), and of an interrupted rewrite of state.log
@@ -98,7 +100,9 @@ Checks:
 
   --config FILE   the otad.toml of the state
   --state DIR     the state dir (its otad.toml)
-  --repair        under the state lock: cut off a torn end of state.log; remove leftover
+  --repair        under the state lock: rewrite state.log without damaged bytes (keeping
+                  it as it was in state.log.damaged-<time>); cut off a torn end of it;
+                  remove leftover
                   temp files and expired challenges, rebuild pending/by-transaction from
                   the requests;
                   reconcile revocations both ways: a record marked revoked is added to
@@ -127,6 +131,9 @@ pub enum Repair {
     SweepChallenges,
     /// Cut off what follows the state log's last whole record.
     CutTornTail,
+    /// Rewrite the state log without the damaged bytes it reads past, keeping a copy of it
+    /// as it was.
+    RewriteDamaged,
     /// Rebuild `pending/by-transaction` from the requests.
     RebuildTransactionIndex,
     /// Bring the certificate records, `crl.json` and `crl.der` into agreement
@@ -240,6 +247,18 @@ pub fn run(args: Args) -> Exit {
     };
     let store = match Store::open(&derived.state_dir) {
         Ok(store) => store,
+        Err(err) if as_json => {
+            // Still one JSON object, as --json promises: the one problem there is.
+            let mut report = Report::default();
+            report.add(
+                Severity::Problem,
+                journal::LOG_FILE,
+                err.to_string(),
+                "restore the state dir from a backup",
+            );
+            crate::admin::emit(&render(&report, &[], true));
+            return Exit::Failed(err.to_string());
+        }
         Err(err) => return Exit::Failed(err.to_string()),
     };
 
@@ -349,12 +368,36 @@ pub fn repair_state(
     store: &Store,
     signer: Option<&CrlSigner<'_>>,
 ) -> Result<(Report, Vec<String>), StoreError> {
+    // Damaged bytes first: the rewrite is a compaction, with nothing else under way. A copy
+    // of the log as it was is kept beside it.
+    let damaged = store.journal().damaged().unwrap_or_default();
+    let mut rewritten = Vec::new();
+    if !damaged.is_empty() {
+        let log = store.journal().path().to_path_buf();
+        let copy = log.with_file_name(format!("{}.damaged-{}", journal::LOG_FILE, store::now()));
+        std::fs::copy(&log, &copy)
+            .and_then(|_| std::fs::File::open(&copy)?.sync_all())
+            .and_then(|()| fsutil::sync_dir(store.root()))
+            .map_err(|source| StoreError::Io {
+                path: copy.clone(),
+                source,
+            })?;
+        let (before, after) = store.compact()?;
+        let name = copy.file_name().unwrap_or_default().to_string_lossy();
+        rewritten.push(format!(
+            "{}: rewritten without {} damaged part(s) ({before} -> {after} bytes); as it was: \
+             {name}",
+            journal::LOG_FILE,
+            damaged.len()
+        ));
+    }
+
     // Starting the transaction cuts off a torn end of the state log: what was there is read
     // first, to say so.
     let torn = store.journal().tail().ok();
     store.transaction(|| {
         let before = check(store);
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut rewritten);
         if let Some(Tail::Torn { at }) = torn {
             done.push(format!(
                 "{}: the record at offset {at} that was not whole cut off",
@@ -379,6 +422,8 @@ pub fn repair_state(
                 }
                 // Done as the transaction started (above).
                 Some(Repair::CutTornTail) => {}
+                // Done after the transaction (a rewrite of the whole log).
+                Some(Repair::RewriteDamaged) => {}
                 Some(Repair::RebuildTransactionIndex) => {
                     wanted.insert("transaction");
                 }
@@ -788,6 +833,22 @@ impl State<'_> {
                 err.to_string(),
                 "restore the state dir from a backup",
             ),
+        }
+        for (from, to) in journal.damaged().unwrap_or_default() {
+            report.push(Finding {
+                severity: Severity::Problem,
+                file: journal::LOG_FILE.into(),
+                problem: format!(
+                    "bytes {from} to {to} do not pass their check, though a later write knew \
+                     them on disk: damaged after they were written (a failing disk, or an \
+                     edit); the records they held are lost, those after them are read"
+                ),
+                action: "restore state.log from a backup if those records matter; --repair \
+                         rewrites it without them, keeping it as it was in \
+                         state.log.damaged-<time>"
+                    .into(),
+                repair: Some(Repair::RewriteDamaged),
+            });
         }
         if fsutil::is_real_dir(&self.root.join(store::LEGACY_IMPORTED)) {
             report.add(
@@ -1596,6 +1657,59 @@ mod tests {
         );
     }
 
+    #[test]
+    fn damaged_bytes_are_a_problem_and_repair_rewrites_the_log_keeping_a_copy() {
+        let (_dir, store) = state();
+        let mut starts = Vec::new();
+        for n in 0..3 {
+            starts.push(store.journal().sizes().unwrap().0);
+            store
+                .save_device(&device(&format!("UDID-D{n}"), &format!("C02DMG{n}"), &[]))
+                .unwrap();
+        }
+        let log = store.journal().path().to_path_buf();
+        let mut bytes = std::fs::read(&log).unwrap();
+        bytes[starts[1] as usize + 40] ^= 0x01;
+        std::fs::write(&log, &bytes).unwrap();
+        let store = Store::open(store.root()).unwrap();
+
+        let found = problems(&check(&store));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(&format!(
+                "state.log: bytes {} to {} do not pass their check",
+                starts[1], starts[2]
+            )),
+            "{found:?}"
+        );
+
+        let (after, repaired) = repair_state(&store, None).unwrap();
+        assert_eq!(after.findings, Vec::new());
+        assert_eq!(repaired.len(), 1, "{repaired:?}");
+        assert!(
+            repaired[0].contains("rewritten without 1 damaged part(s)"),
+            "{repaired:?}"
+        );
+        let copies: Vec<String> = std::fs::read_dir(store.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("state.log.damaged-"))
+            .collect();
+        assert_eq!(copies.len(), 1);
+        assert_eq!(
+            std::fs::read(store.root().join(&copies[0])).unwrap(),
+            bytes,
+            "the log as it was"
+        );
+        let udids: Vec<String> = store
+            .devices()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.udid)
+            .collect();
+        assert_eq!(udids, ["UDID-D0", "UDID-D2"]);
+    }
+
     fn pending_request(transaction: &str) -> PendingRequest {
         PendingRequest {
             id: "0123456789abcdef0123456789abcdef".into(),
@@ -1688,6 +1802,7 @@ mod tests {
             "devices: each record parses and is keyed by its udid",
             "but not on its record",
             "state.log: it is mode 0600 and reads to its end",
+            "damaged after they were\n    written",
             "pre-journal/",
             "expired ones",
             "tokens/: each parses, is mode 0600",

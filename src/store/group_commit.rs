@@ -72,6 +72,16 @@ impl GroupCommit {
         self.synced.notify_all();
     }
 
+    /// How far the file of `epoch` is known durable (0 for another epoch's file).
+    pub fn synced(&self, epoch: u64) -> u64 {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.epoch == epoch {
+            state.synced
+        } else {
+            0
+        }
+    }
+
     /// Whether a sync failed (see the module documentation).
     pub fn has_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)

@@ -12,11 +12,12 @@
 //! ```text
 //! state.log := MAGIC frame*
 //! frame     := length:u32le check:[u8; 8] payload          check = SHA-256(payload)[..8]
-//! payload   := change*
+//! payload   := synced:u64le change*
 //! change    := kind:u8 flags:u8 key_len:u16le key tag_len:u16le tag value_len:u32le value
 //! ```
 //!
-//! A frame holds the changes of one transaction: all of them count or none. `flags` bit 0
+//! A frame holds the changes of one transaction: all of them count or none. `synced` is how
+//! far the writer knew the log to be durable when it wrote the frame. `flags` bit 0
 //! marks a removal (no value). The `tag` of a device record is the serial number it reports
 //! (normalised), from which the serial index is kept in memory; other kinds leave it empty.
 //!
@@ -28,7 +29,10 @@
 //! The log is read from the start when it is opened; afterwards each use first reads what
 //! other processes (the admin commands) appended since. A frame whose bytes are not all there,
 //! or whose check fails, ends the log as read: it is a write that a crash cut short, or one
-//! still being written by another process. A writer, which holds the state lock so that no
+//! still being written by another process. Unless a whole frame follows whose writer knew the
+//! bad one to be durable (its `synced` is past it): then the bad bytes were damaged on disk
+//! after they were written, not cut short, and the log is read on after them (what they held
+//! is lost, and fsck says so) rather than ended there. A writer, which holds the state lock so that no
 //! one else is writing, cuts such a tail off before it appends, and its first write after
 //! opening the log cuts off whatever follows the last frame: a frame that a crash left
 //! behind a lost one was never acknowledged, and must not be read again once new frames fill
@@ -39,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -52,7 +56,7 @@ use super::{fsutil, StoreError};
 pub const LOG_FILE: &str = "state.log";
 
 /// The first bytes of every state log: the format and its version.
-pub const MAGIC: &[u8; 16] = b"otad state log 1";
+pub const MAGIC: &[u8; 16] = b"otad state log 2";
 
 /// A frame's length and check, before its payload.
 const FRAME_HEAD: usize = 12;
@@ -190,6 +194,9 @@ struct View {
     staged: Vec<Change>,
     /// Bumped whenever the file is replaced: offsets of another epoch mean nothing here.
     epoch: u64,
+    /// Bytes that fail their check although a later frame's writer knew them durable:
+    /// damaged on disk, skipped (from, to).
+    damaged: Vec<(u64, u64)>,
 }
 
 /// Ids of open logs, for [`DEFERRED`].
@@ -270,9 +277,10 @@ fn encode_change(payload: &mut Vec<u8>, change: &Change) {
     payload.extend_from_slice(value);
 }
 
-/// A frame for `changes`, and where each value lies within it.
-fn encode_frame(changes: &[Change]) -> (Vec<u8>, Vec<usize>) {
-    let mut payload = Vec::new();
+/// A frame for `changes`, written when the log was known durable up to `synced`, and where
+/// each value lies within it.
+fn encode_frame(changes: &[Change], synced: u64) -> (Vec<u8>, Vec<usize>) {
+    let mut payload = synced.to_le_bytes().to_vec();
     let mut values = Vec::with_capacity(changes.len());
     for change in changes {
         encode_change(&mut payload, change);
@@ -286,6 +294,110 @@ fn encode_frame(changes: &[Change]) -> (Vec<u8>, Vec<usize>) {
     (frame, values)
 }
 
+/// The bytes of a payload's synced offset.
+const SYNCED_BYTES: usize = 8;
+
+/// How far the writer of a payload knew the log to be durable.
+fn synced_of(payload: &[u8]) -> u64 {
+    payload
+        .get(..SYNCED_BYTES)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// What lies at an offset of the log.
+enum At {
+    /// Zeros where a frame would start: the space filled ahead of the next write.
+    Zeros,
+    /// A whole frame that passes its check, and where it ends.
+    Frame { payload: Vec<u8>, end: u64 },
+    /// Anything else: a frame cut short, or damaged.
+    Bad,
+}
+
+/// What lies at `at` in `file`, whose length was `len` (a file another process is cutting
+/// or filling may be shorter by now: what is not there is a bad frame).
+fn frame_at(file: &File, at: u64, len: u64) -> io::Result<At> {
+    let eof_is_bad = |result: io::Result<()>| match result {
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        other => other.map(|()| true),
+    };
+    let want = (len.saturating_sub(at)).min(FRAME_HEAD as u64) as usize;
+    let mut head = [0u8; FRAME_HEAD];
+    let Some(head_read) = head.get_mut(..want) else {
+        return Ok(At::Bad);
+    };
+    if !eof_is_bad(file.read_exact_at(head_read, at))? {
+        return Ok(At::Bad);
+    }
+    if head.iter().all(|b| *b == 0) {
+        return Ok(At::Zeros);
+    }
+    let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let end = at + (FRAME_HEAD + size) as u64;
+    if want < FRAME_HEAD || !(SYNCED_BYTES..=MAX_FRAME_BYTES).contains(&size) || end > len {
+        return Ok(At::Bad);
+    }
+    let mut payload = vec![0u8; size];
+    if !eof_is_bad(file.read_exact_at(&mut payload, at + FRAME_HEAD as u64))? {
+        return Ok(At::Bad);
+    }
+    if check_of(&payload) != head[4..] {
+        return Ok(At::Bad);
+    }
+    Ok(At::Frame { payload, end })
+}
+
+/// The first whole frame after the bad bytes at `bad`, and where it starts: first where the
+/// bad frame's own length says the next one starts, then at every offset whose bytes could
+/// start a frame. Only read when a frame is bad, so a scan of what follows is affordable.
+fn next_frame_after(file: &File, bad: u64, len: u64) -> io::Result<Option<(u64, Vec<u8>)>> {
+    let mut head = [0u8; 4];
+    if file.read_exact_at(&mut head, bad).is_ok() {
+        let next = bad + FRAME_HEAD as u64 + u64::from(u32::from_le_bytes(head));
+        if next < len {
+            if let At::Frame { payload, .. } = frame_at(file, next, len)? {
+                return Ok(Some((next, payload)));
+            }
+        }
+    }
+    const CHUNK: usize = 1024 * 1024;
+    // A frame's length, check, synced offset, then a change's kind and flags.
+    const PLAUSIBLE: usize = FRAME_HEAD + SYNCED_BYTES + 2;
+    let mut buffer = vec![0u8; CHUNK + PLAUSIBLE];
+    let mut start = bad + 1;
+    while start < len {
+        let n = (len - start).min(buffer.len() as u64) as usize;
+        let window = buffer.get_mut(..n).unwrap_or_default();
+        match file.read_exact_at(window, start) {
+            // Cut meanwhile by the process that writes: nothing further to find.
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other?,
+        }
+        let last = n.saturating_sub(PLAUSIBLE);
+        for i in 0..=last.min(CHUNK - 1) {
+            let Some(bytes) = window.get(i..i + PLAUSIBLE) else {
+                break;
+            };
+            let size = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let kind = bytes[FRAME_HEAD + SYNCED_BYTES];
+            let flags = bytes[FRAME_HEAD + SYNCED_BYTES + 1];
+            let plausible = (SYNCED_BYTES + 2..=MAX_FRAME_BYTES).contains(&size)
+                && Kind::from_code(kind).is_some()
+                && flags <= 1;
+            if !plausible {
+                continue;
+            }
+            let at = start + i as u64;
+            if let At::Frame { payload, .. } = frame_at(file, at, len)? {
+                return Ok(Some((at, payload)));
+            }
+        }
+        start += CHUNK as u64;
+    }
+    Ok(None)
+}
+
 /// One change read back from a payload: its value as (offset in the payload, length).
 struct Decoded<'a> {
     kind: Kind,
@@ -297,7 +409,11 @@ struct Decoded<'a> {
 /// The changes of one payload, or why it does not read.
 fn decode_payload(payload: &[u8]) -> Result<Vec<Decoded<'_>>, String> {
     let mut changes = Vec::new();
-    let mut at = 0usize;
+    // After the synced offset (see [`synced_of`]).
+    let mut at = SYNCED_BYTES;
+    if payload.len() < SYNCED_BYTES {
+        return Err("a payload shorter than its synced offset".into());
+    }
     let take = |at: &mut usize, n: usize| -> Result<&[u8], String> {
         let end = at.checked_add(n).ok_or("length overflow")?;
         let bytes = payload.get(*at..end).ok_or("change runs past its frame")?;
@@ -338,20 +454,6 @@ fn decode_payload(payload: &[u8]) -> Result<Vec<Decoded<'_>>, String> {
     Ok(changes)
 }
 
-/// Reads a file from an offset with `pread`, so that the file's own offset is never moved.
-struct ReadAt<'a> {
-    file: &'a File,
-    at: u64,
-}
-
-impl Read for ReadAt<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
-    }
-}
-
 /// The name of a log being written whole (`n` = 0 at creation, 1 in a compaction), as
 /// [`fsutil::parse_temp_name`] reads temp files: fsck finds the ones a crash left.
 fn temp_name(n: u32) -> String {
@@ -377,6 +479,7 @@ impl View {
             live: 0,
             staged: Vec::new(),
             epoch,
+            damaged: Vec::new(),
         }
     }
 
@@ -406,45 +509,41 @@ impl View {
         }
     }
 
-    /// Reads the frames after `self.end` up to `len` and applies them; stops at the first
-    /// frame that is not whole or fails its check (see [`Tail`]).
+    /// Reads the frames after `self.end` up to `len` and applies them; stops at zeros, or
+    /// at the first frame that is not whole or fails its check (see [`Tail`]), unless bytes
+    /// damaged after they were written lie there (see the module documentation): those are
+    /// noted and skipped.
     fn read_frames(&mut self, path: &Path, len: u64) -> Result<(), StoreError> {
         let file = Arc::clone(&self.file);
-        let mut reader = BufReader::with_capacity(
-            256 * 1024,
-            ReadAt {
-                file: &file,
-                at: self.end,
-            },
-        );
         let mut at = self.end;
-        let mut payload = Vec::new();
         self.tail = Tail::Clean;
         while at < len {
-            let mut head = [0u8; FRAME_HEAD];
-            let want = (len - at).min(FRAME_HEAD as u64) as usize;
-            let Some(head_read) = head.get_mut(..want) else {
-                break;
+            let (payload, frame_end) = match frame_at(&file, at, len).map_err(io_err(path))? {
+                At::Zeros => break,
+                At::Frame { payload, end } => (payload, end),
+                At::Bad => match next_frame_after(&file, at, len).map_err(io_err(path))? {
+                    // Read again first: another process may have been writing it (a reader
+                    // takes no lock), and be done by now.
+                    Some(_) if matches!(frame_at(&file, at, len), Ok(At::Frame { .. })) => {
+                        continue;
+                    }
+                    Some((next, payload)) if synced_of(&payload) > at => {
+                        log::error!(
+                            "{}: bytes {at} to {next} do not pass their check, though a later \
+                             write knew them on disk: damaged; what they held is lost, the \
+                             rest is read (run otad fsck)",
+                            path.display()
+                        );
+                        self.damaged.push((at, next));
+                        at = next;
+                        continue;
+                    }
+                    _ => {
+                        self.tail = Tail::Torn { at };
+                        break;
+                    }
+                },
             };
-            if reader.read_exact(head_read).is_err() {
-                self.tail = Tail::Torn { at };
-                break;
-            }
-            // Zeros where a frame would start: the space filled ahead of the next write.
-            if head.iter().all(|b| *b == 0) {
-                break;
-            }
-            let size = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-            let frame_end = at + (FRAME_HEAD + size) as u64;
-            if want < FRAME_HEAD || size > MAX_FRAME_BYTES || frame_end > len {
-                self.tail = Tail::Torn { at };
-                break;
-            }
-            payload.resize(size, 0);
-            if reader.read_exact(&mut payload).is_err() || check_of(&payload) != head[4..] {
-                self.tail = Tail::Torn { at };
-                break;
-            }
             let changes = decode_payload(&payload).map_err(|why| {
                 corrupt(
                     path,
@@ -498,7 +597,9 @@ impl Journal {
             id: NEXT_JOURNAL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             root: root.to_path_buf(),
             path,
-            sync: GroupCommit::new(view.epoch, view.end),
+            // What was read may still be only in the page cache (written by a process that
+            // was killed before its sync): the first read that needs it durable syncs once.
+            sync: GroupCommit::new(view.epoch, MAGIC.len() as u64),
             view: Mutex::new(view),
         })
     }
@@ -543,14 +644,14 @@ impl Journal {
             size += change.key.len() + change.value.as_ref().map_or(0, Vec::len);
             batch.push(change);
             if size >= COMPACT_FRAME_BYTES {
-                out.write_all(&encode_frame(&batch).0)
+                out.write_all(&encode_frame(&batch, 0).0)
                     .map_err(io_err(path))?;
                 batch.clear();
                 size = 0;
             }
         }
         if !batch.is_empty() {
-            out.write_all(&encode_frame(&batch).0)
+            out.write_all(&encode_frame(&batch, 0).0)
                 .map_err(io_err(path))?;
         }
         out.flush().map_err(io_err(path))?;
@@ -559,12 +660,20 @@ impl Journal {
     }
 
     fn load(path: &Path, epoch: u64) -> Result<View, StoreError> {
-        let file = OpenOptions::new()
+        let file = match OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(io_err(path))?;
+        {
+            Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(corrupt(
+                    path,
+                    "a symbolic link, not the state log itself: put the file in its place",
+                ))
+            }
+            opened => opened.map_err(io_err(path))?,
+        };
         let meta = file.metadata().map_err(io_err(path))?;
         if !meta.is_file() {
             return Err(corrupt(path, "not a regular file"));
@@ -673,7 +782,7 @@ impl Journal {
         if self.sync.has_failed() {
             return Err(self.failure());
         }
-        let (frame, values) = encode_frame(&staged);
+        let (frame, values) = encode_frame(&staged, self.sync.synced(view.epoch));
         if frame.len() - FRAME_HEAD > MAX_FRAME_BYTES {
             return Err(corrupt(&self.path, "a transaction over the largest frame"));
         }
@@ -914,6 +1023,13 @@ impl Journal {
         let mut view = lock(&self.view);
         self.refresh(&mut view, false)?;
         Ok((view.end, view.live))
+    }
+
+    /// The damaged bytes read past (from, to): see the module documentation.
+    pub fn damaged(&self) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut view = lock(&self.view);
+        self.refresh(&mut view, false)?;
+        Ok(view.damaged.clone())
     }
 
     /// How the log ended when last read.
@@ -1162,7 +1278,7 @@ mod tests {
         );
 
         // Half of a frame, as a crash mid-write leaves it.
-        let (frame, _) = encode_frame(&[put(Kind::Cert, "02", "lost")]);
+        let (frame, _) = encode_frame(&[put(Kind::Cert, "02", "lost")], 0);
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&frame[..frame.len() / 2], whole).unwrap();
         drop(file);
@@ -1203,8 +1319,8 @@ mod tests {
         let end = journal.sizes().unwrap().0;
 
         // Two frames written, the first lost to a crash (zeros), the second on disk.
-        let (lost, _) = encode_frame(&[put(Kind::Cert, "02", "lost")]);
-        let (behind, _) = encode_frame(&[put(Kind::Cert, "03", "never acknowledged")]);
+        let (lost, _) = encode_frame(&[put(Kind::Cert, "02", "lost")], 0);
+        let (behind, _) = encode_frame(&[put(Kind::Cert, "03", "never acknowledged")], 0);
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&behind, end + lost.len() as u64).unwrap();
         drop(file);
@@ -1218,6 +1334,66 @@ mod tests {
         let later = Journal::open(dir.path()).unwrap();
         assert_eq!(text(&later, Kind::Cert, "03"), None);
         assert_eq!(later.count(Kind::Cert).unwrap(), 2);
+    }
+
+    #[test]
+    fn bytes_damaged_after_they_were_written_are_read_past_not_cut() {
+        let (dir, journal) = journal();
+        let mut starts = Vec::new();
+        for n in 0..5 {
+            starts.push(journal.sizes().unwrap().0);
+            write(&journal, vec![put(Kind::Cert, &format!("0{n}"), "record")]);
+        }
+        let path = dir.path().join(LOG_FILE);
+        let end = journal.sizes().unwrap().0;
+
+        // One byte of the second frame's payload flipped on disk, long after it was synced.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[starts[1] as usize + FRAME_HEAD + 20] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let reopened = Journal::open(dir.path()).unwrap();
+        assert_eq!(reopened.damaged().unwrap(), [(starts[1], starts[2])]);
+        assert_eq!(reopened.tail().unwrap(), Tail::Clean);
+        assert_eq!(reopened.sizes().unwrap().0, end, "read to the end");
+        let keys: Vec<String> = reopened
+            .all(Kind::Cert, false)
+            .unwrap()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["00", "02", "03", "04"],
+            "only the damaged frame's record is lost"
+        );
+
+        // A writer goes on after the last frame and cuts nothing.
+        write(&reopened, vec![put(Kind::Cert, "05", "after")]);
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.count(Kind::Cert).unwrap(), 5);
+
+        // Its length field damaged too: found by scanning on.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[starts[3] as usize] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let scanned = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            scanned.damaged().unwrap(),
+            [(starts[1], starts[2]), (starts[3], starts[4])]
+        );
+        assert_eq!(scanned.count(Kind::Cert).unwrap(), 4);
+
+        // Compaction leaves the damage behind.
+        scanned.compact().unwrap();
+        assert_eq!(scanned.damaged().unwrap(), []);
+        assert_eq!(
+            Journal::open(dir.path())
+                .unwrap()
+                .count(Kind::Cert)
+                .unwrap(),
+            4
+        );
     }
 
     #[test]
@@ -1372,7 +1548,7 @@ mod tests {
         ] {
             assert!(decode_payload(&payload).is_err(), "{payload:?}");
         }
-        let (frame, _) = encode_frame(&[device("U", "S", "v"), removal(Kind::Cert, "0a")]);
+        let (frame, _) = encode_frame(&[device("U", "S", "v"), removal(Kind::Cert, "0a")], 0);
         let decoded = decode_payload(&frame[FRAME_HEAD..]).unwrap();
         assert_eq!(decoded.len(), 2);
         assert_eq!((decoded[0].key, decoded[0].tag), ("U", "S"));

@@ -965,8 +965,9 @@ fn strict<T>((records, mut skipped): (Vec<T>, Vec<StoreError>)) -> Result<Vec<T>
     }
 }
 
-/// Most files read from one legacy folder.
-const MAX_LEGACY_FILES: usize = 1_000_000;
+/// Most entries of one legacy folder imported; a larger one fails the import (the
+/// challenges' cap, `ota.max_live_challenges`, allows ten million live at once).
+const MAX_LEGACY_FILES: usize = 12_000_000;
 
 /// Imports a state dir of the file-per-record layout ([`LEGACY_FOLDERS`]) into a new state
 /// log, under the state lock, then moves those folders into [`LEGACY_IMPORTED`]. A state dir
@@ -1011,10 +1012,17 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
         // records would otherwise be left out without a word and the folder moved away.
         let dir = root.join(folder);
         let mut paths = Vec::new();
-        for entry in std::fs::read_dir(&dir)
-            .map_err(io_err(&dir))?
-            .take(MAX_LEGACY_FILES)
-        {
+        for (n, entry) in std::fs::read_dir(&dir).map_err(io_err(&dir))?.enumerate() {
+            if n >= MAX_LEGACY_FILES {
+                return Err(io_err(&dir)(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "more than {MAX_LEGACY_FILES} entries: too many to import at once; \
+                         move the expired challenges out (`find challenges -mmin +60`) and \
+                         start otad again"
+                    ),
+                )));
+            }
             let path = entry.map_err(io_err(&dir))?.path();
             let temp = path
                 .file_name()
@@ -1037,10 +1045,24 @@ fn import_legacy(root: &Path) -> Result<(), StoreError> {
                 Kind::Event => false,
             };
             if !valid {
+                // Not a name otad gave a record: left in the folder, which is kept.
+                log::warn!(
+                    "{}: not a record name otad writes; not imported (it stays in \
+                     {LEGACY_IMPORTED}/)",
+                    path.display()
+                );
                 continue;
             }
             let bytes =
-                fsutil::read_bounded(&path, fsutil::MAX_STATE_FILE_BYTES).map_err(io_err(&path))?;
+                fsutil::read_bounded(&path, fsutil::MAX_STATE_FILE_BYTES).map_err(|err| {
+                    io_err(&path)(io::Error::new(
+                        err.kind(),
+                        format!(
+                            "{err}; the import of the older layout stops here: move this file out \
+                         of the folder (it is not a record otad can read) and start otad again"
+                        ),
+                    ))
+                })?;
             // A record that does not parse is imported as it is, for fsck to report.
             let tag = match kind {
                 Kind::Device => serde_json::from_slice::<DeviceRecord>(&bytes)
