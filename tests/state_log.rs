@@ -186,3 +186,44 @@ fn events_a_crash_kept_only_in_the_state_log_are_written_at_the_next_start_once(
     assert!(after.starts_with(&before), "every line, in order:\n{after}");
     assert_eq!(server.count(RecordKind::Event), 0);
 }
+
+#[test]
+fn a_damaged_record_is_set_aside_at_start_and_the_rest_kept() {
+    let mut server = TestServer::start(|config| config);
+    enroll(&server, "00008030-00000000000000F1");
+    enroll(&server, "00008030-00000000000000F2");
+    server.stop();
+
+    // A byte of the first frame (phase 1's challenge of the first device) flipped on disk,
+    // long after later writes knew it synced.
+    let path = server.state_file("state.log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[16 + 12 + 30] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out) = fsck(&server);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("problem: state.log: bytes 16 to "), "{out}");
+
+    server.restart();
+    assert!(
+        server
+            .log()
+            .contains("start-up repair: state.log: rewritten without 1 damaged part(s)"),
+        "{}",
+        server.log()
+    );
+    for udid in ["00008030-00000000000000F1", "00008030-00000000000000F2"] {
+        assert_eq!(server.device_record(udid).unwrap()["phase"], "enrolled");
+    }
+    let kept = std::fs::read_dir(&server.state)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.log.damaged-")
+        })
+        .count();
+    assert_eq!(kept, 1, "the damaged log is kept as it was");
+    assert_eq!(fsck(&server).0, Some(0));
+}

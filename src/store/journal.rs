@@ -398,6 +398,25 @@ fn next_frame_after(file: &File, bad: u64, len: u64) -> io::Result<Option<(u64, 
     Ok(None)
 }
 
+/// Whether a frame of the run of whole frames that starts at `from` was written when its
+/// writer knew the log durable past `at`: then the bytes at `at` were on disk once. Frames
+/// of the same commit as a cut-short one know no more than it (they went to disk with it).
+fn written_after_durable(file: &File, from: u64, at: u64, len: u64) -> io::Result<bool> {
+    let mut next = from;
+    while next < len {
+        match frame_at(file, next, len)? {
+            At::Frame { payload, end } => {
+                if synced_of(&payload) > at {
+                    return Ok(true);
+                }
+                next = end;
+            }
+            At::Zeros | At::Bad => break,
+        }
+    }
+    Ok(false)
+}
+
 /// One change read back from a payload: its value as (offset in the payload, length).
 struct Decoded<'a> {
     kind: Kind,
@@ -527,7 +546,9 @@ impl View {
                     Some(_) if matches!(frame_at(&file, at, len), Ok(At::Frame { .. })) => {
                         continue;
                     }
-                    Some((next, payload)) if synced_of(&payload) > at => {
+                    Some((next, _))
+                        if written_after_durable(&file, next, at, len).map_err(io_err(path))? =>
+                    {
                         log::error!(
                             "{}: bytes {at} to {next} do not pass their check, though a later \
                              write knew them on disk: damaged; what they held is lost, the \
