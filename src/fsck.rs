@@ -1425,16 +1425,15 @@ fn rebuild_transaction_index(store: &Store) -> Result<usize, StoreError> {
         .into_iter()
         .map(|(name, (_, id))| (name, id))
         .collect();
-    rebuild_index(root, store::TRANSACTION_INDEX_DIR, &entries, |_, _| false)
+    rebuild_index(root, store::TRANSACTION_INDEX_DIR, &entries)
 }
 
-/// Makes `folder` hold `entries` (name → content line): writes the missing and wrong ones,
-/// unless `keep(name, current)` says the current content is fine too, and removes the rest.
+/// Makes `folder` hold `entries` (name → content line): writes the missing and wrong ones
+/// and removes the rest.
 fn rebuild_index(
     root: &Path,
     folder: &str,
     entries: &BTreeMap<String, String>,
-    keep: impl Fn(&str, Option<&str>) -> bool,
 ) -> Result<usize, StoreError> {
     let dir = root.join(folder);
     let io = |path: &Path| {
@@ -1461,7 +1460,7 @@ fn rebuild_index(
         let current = fsutil::read_bounded(&path, 4096)
             .ok()
             .map(|b| String::from_utf8_lossy(&b).trim().to_string());
-        if current.as_deref() == Some(content.as_str()) || keep(name, current.as_deref()) {
+        if current.as_deref() == Some(content.as_str()) {
             continue;
         }
         fsutil::write_atomic(&path, format!("{content}\n").as_bytes(), 0o600).map_err(io(&path))?;
@@ -1854,10 +1853,7 @@ mod tests {
             repaired,
             ["crl: not reconciled: the CA key could not be loaded"]
         );
-        let signer = CrlSigner {
-            ca: &ca,
-            validity: Duration::from_secs(86_400),
-        };
+        let signer = signer(&ca);
         let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
         assert_eq!(problems(&after), Vec::<String>::new());
         assert_eq!(
@@ -1915,10 +1911,7 @@ mod tests {
             )
         );
 
-        let signer = CrlSigner {
-            ca: &ca,
-            validity: Duration::from_secs(86_400),
-        };
+        let signer = signer(&ca);
         let (after, repaired) = repair_state(&store, Some(&signer)).unwrap();
         assert_eq!(problems(&after), Vec::<String>::new());
         assert_eq!(

@@ -490,13 +490,18 @@ impl EventLog {
 
     fn write_or_log(&self, event: Event) {
         let at = crate::store::now();
-        let kept = BUFFERED.with(|buffered| {
+        // Kept aside where this thread buffers (see `buffering`); else written now.
+        let unkept = BUFFERED.with(|buffered| {
             let mut buffered = buffered.borrow_mut();
-            let (_, events) = buffered.iter_mut().rev().find(|(id, _)| *id == self.id)?;
-            events.push((event.clone(), at));
-            Some(())
+            match buffered.iter_mut().rev().find(|(id, _)| *id == self.id) {
+                Some((_, events)) => {
+                    events.push((event, at));
+                    None
+                }
+                None => Some(event),
+            }
         });
-        if kept.is_none() {
+        if let Some(event) = unkept {
             self.write_all(vec![(event, at)]);
         }
     }
@@ -518,14 +523,24 @@ impl EventLog {
             return;
         }
         let lines: Vec<Vec<u8>> = events.iter().map(|(e, at)| e.to_line(*at)).collect();
-        if let Err(err) = self.append_lines(&lines) {
-            for line in &lines {
-                log::error!(
-                    "events: cannot write to {}: {err}; the event was: {}",
-                    self.dir.join(LOG_FILE).display(),
-                    String::from_utf8_lossy(line).trim_end()
-                );
-            }
+        self.write_lines_or_log(&lines);
+    }
+
+    /// Appends `lines` and syncs them; a failure is logged at error with every line.
+    fn write_lines_or_log(&self, lines: &[Vec<u8>]) {
+        if let Err(err) = self.append_lines(lines) {
+            self.log_unwritten(&err, lines, "");
+        }
+    }
+
+    /// Logs at error each of `lines` a write failed to add (`kept` says where else it is).
+    fn log_unwritten(&self, err: &io::Error, lines: &[Vec<u8>], kept: &str) {
+        for line in lines {
+            log::error!(
+                "events: cannot write to {}: {err}; the event{kept} was: {}",
+                self.dir.join(LOG_FILE).display(),
+                String::from_utf8_lossy(line).trim_end()
+            );
         }
     }
 
@@ -623,7 +638,7 @@ impl EventLog {
             Ok(()) => Spooled { lines, keys },
             Err(err) => {
                 log::warn!("events: not kept in the state log ({err}); written directly");
-                self.write_all(events);
+                self.write_lines_or_log(&lines);
                 Spooled::default()
             }
         }
@@ -644,16 +659,11 @@ impl EventLog {
                     .extend(spooled.keys);
                 self.appended_now();
             }
-            Err(err) => {
-                for line in &spooled.lines {
-                    log::error!(
-                        "events: cannot write to {}: {err}; the event, kept in the state log \
-                         until the next start, was: {}",
-                        self.dir.join(LOG_FILE).display(),
-                        String::from_utf8_lossy(line).trim_end()
-                    );
-                }
-            }
+            Err(err) => self.log_unwritten(
+                &err,
+                &spooled.lines,
+                ", kept in the state log until the next start,",
+            ),
         }
     }
 
@@ -661,15 +671,7 @@ impl EventLog {
     /// could not be made durable (their records in the state log may not be either). The
     /// next start does not write them again: they are in the log by then.
     pub fn write_spooled_durably(&self, spooled: Spooled) {
-        if let Err(err) = self.append_lines(&spooled.lines) {
-            for line in &spooled.lines {
-                log::error!(
-                    "events: cannot write to {}: {err}; the event was: {}",
-                    self.dir.join(LOG_FILE).display(),
-                    String::from_utf8_lossy(line).trim_end()
-                );
-            }
-        }
+        self.write_lines_or_log(&spooled.lines);
     }
 
     /// Syncs `events.jsonl` past every spooled line written so far, then removes their

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::store::fsutil::{create_atomic, read_optional};
+use crate::store::fsutil::read_optional;
 use crate::store::{Store, StoreError};
 
 /// The folder of token files, under the state dir.
@@ -434,8 +434,7 @@ pub fn create(
             live_challenges: Vec::new(),
         };
         let path = dir.join(format!("{hash}.json"));
-        store.barrier().map_err(TokenError::Store)?;
-        create_atomic(&path, &to_json(&record), 0o600).map_err(io_error(path))?;
+        store.create_state_file(&path, &to_json(&record), 0o600)?;
         Ok((secret, record))
     })
 }

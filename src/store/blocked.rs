@@ -5,11 +5,9 @@
 //! The folder is made by the first `otad device block`; a state dir without it blocks nobody.
 //! Writes are atomic and, from the CLI, taken under the state lock.
 
-use std::io;
-
 use serde::{Deserialize, Serialize};
 
-use super::fsutil::{read_optional, remove_durably, write_atomic};
+use super::fsutil::read_optional;
 use super::{create_dir, io_err, Store, StoreError};
 
 /// The folder under the state dir.
@@ -64,20 +62,14 @@ impl Store {
     /// Blocks a serial (replacing an earlier block's reason). Call inside a transaction.
     pub fn block(&self, record: &BlockRecord) -> Result<(), StoreError> {
         let path = self.blocked_path(&record.serial)?;
-        self.barrier()?;
         create_dir(&self.root.join(BLOCKED_DIR), 0o700)?;
-        write_atomic(&path, &Self::to_json(record), 0o600).map_err(io_err(&path))
+        self.replace_state_file(&path, &Self::to_json(record), 0o600)
     }
 
     /// Lifts a block; returns whether there was one. Call inside a transaction.
     pub fn unblock(&self, serial: &str) -> Result<bool, StoreError> {
         let path = self.blocked_path(serial)?;
-        self.barrier()?;
-        match remove_durably(&path) {
-            Ok(removed) => Ok(removed),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(err) => Err(io_err(&path)(err)),
-        }
+        self.remove_state_file(&path)
     }
 
     /// Every blocked serial, sorted (an admin command).

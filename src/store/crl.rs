@@ -28,7 +28,7 @@ use std::sync::PoisonError;
 
 use serde::{Deserialize, Serialize};
 
-use super::fsutil::{read_optional, write_atomic};
+use super::fsutil::read_optional;
 use super::{io_err, Store, StoreError};
 
 /// The current CRL, DER, under the state dir.
@@ -376,9 +376,8 @@ impl Store {
     /// Stores the index alone (inside a [`Store::transaction`]): a revocation's first step,
     /// before its certificate record and the CRL signed from the index.
     pub fn save_crl_index(&self, index: &CrlIndex) -> Result<(), StoreError> {
-        self.barrier()?;
         let path = self.root.join(CRL_INDEX_FILE);
-        write_atomic(&path, &Self::to_json(index), 0o644).map_err(io_err(&path))
+        self.replace_state_file(&path, &Self::to_json(index), 0o644)
     }
 
     /// Stores a newly signed CRL and the index it was signed from (inside a
@@ -387,9 +386,7 @@ impl Store {
         self.save_crl_index(index)?;
 
         // After the certificate records written since (a revocation's record) too.
-        self.barrier()?;
-        let crl_path = self.root.join(CRL_FILE);
-        write_atomic(&crl_path, crl_der, 0o644).map_err(io_err(&crl_path))
+        self.replace_state_file(&self.root.join(CRL_FILE), crl_der, 0o644)
     }
 
     /// A stamp of `crl.json` and `crl.der` as they are now (inode, size and mtime of each):

@@ -32,14 +32,14 @@
 //! still being written by another process. Unless a whole frame follows whose writer knew the
 //! bad one to be durable (its `synced` is past it): then the bad bytes were damaged on disk
 //! after they were written, not cut short, and the log is read on after them (what they held
-//! is lost, and fsck says so) rather than ended there. A writer, which holds the state lock so that no
-//! one else is writing, cuts such a tail off before it appends, and its first write after
-//! opening the log cuts off whatever follows the last frame: a frame that a crash left
-//! behind a lost one was never acknowledged, and must not be read again once new frames fill
-//! the gap before it. When the log holds more than
-//! twice what is live, [`Journal::compact`] rewrites it with only the latest record of each
-//! key (a new file renamed over the old one); readers in other processes notice the new file
-//! and read it afresh.
+//! is lost, and fsck says so) rather than ended there. A writer, which holds the state lock
+//! so that no one else is writing, cuts such a tail off before it appends, and its first
+//! write after opening the log cuts off whatever follows the last frame: a frame that a crash
+//! left behind a lost one was never acknowledged, and must not be read again once new frames
+//! fill the gap before it. When the log holds more than twice what is live,
+//! [`Journal::compact`] rewrites it with only the latest record of each key (a new file
+//! renamed over the old one); readers in other processes notice the new file and read it
+//! afresh.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -969,6 +969,21 @@ impl Journal {
             self.wait_durable(ticket)?;
         }
         Ok(Some(bytes))
+    }
+
+    /// Whether there is a record of `kind` under `key`, within the transaction under way
+    /// (the caller's): its own changes first, then what is committed.
+    pub fn contains_in_txn(&self, kind: Kind, key: &str) -> bool {
+        let view = lock(&self.view);
+        match view
+            .staged
+            .iter()
+            .rev()
+            .find(|c| c.kind == kind && c.key == key)
+        {
+            Some(change) => change.value.is_some(),
+            None => view.records[kind.slot()].contains_key(key),
+        }
     }
 
     /// Every record of `kind`, sorted by key (the transaction's own changes included when

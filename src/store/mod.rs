@@ -560,23 +560,52 @@ impl Store {
         self.journal.barrier(self.in_transaction())
     }
 
+    /// Replaces the state file at `path` atomically, after the records this thread wrote
+    /// before it (see [`Store::barrier`]). Every write of a state file beside the log goes
+    /// through this, [`Store::create_state_file`] or [`Store::remove_state_file`].
+    pub(crate) fn replace_state_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), StoreError> {
+        self.barrier()?;
+        write_atomic(path, bytes, mode).map_err(io_err(path))
+    }
+
+    /// Creates the state file at `path` atomically (an `AlreadyExists` failure if it is
+    /// there), after the records this thread wrote before it.
+    pub(crate) fn create_state_file(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), StoreError> {
+        self.barrier()?;
+        fsutil::create_atomic(path, bytes, mode).map_err(io_err(path))
+    }
+
+    /// Removes the state file at `path` durably, after the records this thread wrote before;
+    /// whether it was there.
+    pub(crate) fn remove_state_file(&self, path: &Path) -> Result<bool, StoreError> {
+        self.barrier()?;
+        match fsutil::remove_durably(path) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            other => other.map_err(io_err(path)),
+        }
+    }
+
     /// Writes a file under the state dir atomically, after the records written before it
     /// (see [`Store::barrier`]).
     pub fn write_file(&self, relative: &str, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-        self.barrier()?;
-        let path = self.root.join(relative);
-        write_atomic(&path, bytes, mode).map_err(io_err(&path))
+        self.replace_state_file(&self.root.join(relative), bytes, mode)
     }
 
     /// Removes a file under the state dir (a missing one is not an error), after the records
     /// written before (see [`Store::barrier`]).
     pub fn remove_file(&self, relative: &str) -> Result<(), StoreError> {
-        self.barrier()?;
-        let path = self.root.join(relative);
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(err)),
-            _ => Ok(()),
-        }
+        self.remove_state_file(&self.root.join(relative))
+            .map(|_| ())
     }
 
     /// Reads a file under the state dir.
@@ -902,7 +931,7 @@ impl Store {
             return Err(StoreError::InvalidName("certificate serial"));
         }
         self.transaction(|| {
-            if self.journal.get(Kind::Cert, &cert.serial, true)?.is_some() {
+            if self.journal.contains_in_txn(Kind::Cert, &cert.serial) {
                 return Err(StoreError::SerialTaken(cert.serial.clone()));
             }
             self.put_record(Kind::Cert, &cert.serial, String::new(), cert)

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::fsutil::{create_atomic, remove_durably, sync_dir, write_atomic};
+use super::fsutil::{remove_durably, sync_dir, write_atomic};
 use super::{create_dir, io_err, Store, StoreError};
 
 /// How long a request waits for a decision before it reads as denied (7 days).
@@ -169,14 +169,13 @@ impl Store {
     /// it, so that the newest request of a transaction is the one found.
     pub fn create_pending(&self, request: &PendingRequest) -> Result<(), StoreError> {
         let path = self.pending_path(&request.id)?;
-        self.barrier()?;
         let dir = self.pending_dir();
         if !dir.is_dir() {
             create_dir(&dir, PENDING_FOLDER_MODE)?;
             sync_dir(&self.root).map_err(io_err(&self.root))?;
         }
         self.ensure_transaction_index()?;
-        create_atomic(&path, &Self::to_json(request), PENDING_FILE_MODE).map_err(io_err(&path))?;
+        self.create_state_file(&path, &Self::to_json(request), PENDING_FILE_MODE)?;
         self.index_transaction(&request.transaction_id, &request.id)
     }
 
@@ -231,8 +230,7 @@ impl Store {
                 source: io::Error::from(io::ErrorKind::NotFound),
             });
         }
-        self.barrier()?;
-        write_atomic(&path, &Self::to_json(request), PENDING_FILE_MODE).map_err(io_err(&path))
+        self.replace_state_file(&path, &Self::to_json(request), PENDING_FILE_MODE)
     }
 
     /// The request with this id, expiry applied as of `now`.
